@@ -1,0 +1,76 @@
+"""AutoAttack through pyautoattack, with its per-attack log turned into progress and numbers."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+_AFTER = re.compile(r"robust accuracy after ([A-Z\-]+): ([0-9.]+)%")
+
+
+@dataclass
+class AutoAttackResult:
+    """Point-wise worst case over AutoAttack's attacks, as RobustBench reports it.
+
+    ``robust[i]`` is True when no attack fooled the model on point i; ``per_attack`` maps each
+    attack that ran to the robust accuracy after it (cumulative, so the last value equals
+    ``accuracy`` unless AutoAttack stopped early because no robust point was left).
+    """
+
+    x_adv: torch.Tensor
+    robust: torch.Tensor
+    per_attack: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.robust.float().mean())
+
+
+class _ProgressLog(logging.Handler):
+    """Receives pyautoattack's debug log and reports attack names and accuracies."""
+
+    def __init__(self, on_message: Callable[[str], None] | None):
+        super().__init__(logging.DEBUG)
+        self.on_message = on_message
+        self.per_attack: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        match = _AFTER.search(message)
+        if match:
+            self.per_attack[match.group(1).lower()] = float(match.group(2)) / 100
+        if self.on_message is not None:
+            self.on_message(message)
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
+                   version: str = "standard", attacks: Sequence[str] | None = None, seed: int = 0,
+                   batch_size: int = 250, on_message: Callable[[str], None] | None = None) -> AutoAttackResult:
+    """Run pyautoattack's ``AutoAttack(...).run_standard_evaluation`` on ``(x, y)`` unchanged.
+
+    ``version`` is standard, plus or rand; pass ``attacks`` (apgd-ce, apgd-t, fab-t, square,
+    apgd-dlr, fab) to run a custom list. The model must already be in the mode to attack (eval).
+    """
+    from pyautoattack import AutoAttack
+
+    device = next((p.device for p in model.parameters()), x.device)
+    adversary = AutoAttack(model, attacks=list(attacks) if attacks else None, device=device, eps=eps, norm=norm,
+                           seed=seed, version="custom" if attacks else version)
+    logger = logging.getLogger("auto-attack")
+    handler, old_level = _ProgressLog(on_message), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate, old_propagate = False, logger.propagate
+    try:
+        x_adv, y_adv = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+    robust = (y_adv.to(y.device) == y)
+    return AutoAttackResult(x_adv=x_adv.detach(), robust=robust, per_attack=handler.per_attack)

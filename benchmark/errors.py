@@ -1,0 +1,21 @@
+"""Errors that the CLI turns into one clear line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import difflib
+
+
+class EnergybenchError(Exception):
+    """A problem with the user's input or environment, reported without a traceback."""
+
+
+class PluginError(EnergybenchError):
+    """A plugin could not be found, imported or validated, or failed at run time."""
+
+
+def unknown_name(kind: str, name: str, known: list[str]) -> EnergybenchError:
+    """An error for an unknown `name` of `kind`, with a did-you-mean suggestion."""
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    choices = ", ".join(sorted(known)) or "none registered"
+    return EnergybenchError(f"unknown {kind} {name!r}{hint} (known: {choices})")

@@ -1,0 +1,43 @@
+"""`preact-resnet18`: the PreAct ResNet-18 of He et al. (2016) used in the fast-AT literature."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.model import Classifier
+
+
+class _PreActBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        skip = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + skip
+
+
+class PreActResNet18(Classifier):
+    """PreAct ResNet-18 for 32x32 inputs (four stages of two blocks, 64 to 512 channels)."""
+
+    def __init__(self, num_classes: int, in_channels: int, mean, std):
+        super().__init__(num_classes, in_channels, mean, std)
+        self.stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        blocks, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [_PreActBlock(cin, cout, stride), _PreActBlock(cout, cout, 1)]
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(512)
+        self.fc = nn.Linear(512, num_classes)
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.blocks(self.stem(z))))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))

@@ -1,0 +1,1 @@
+"""Built-in regularizer plugins: one file each."""

@@ -1,0 +1,1 @@
+"""Built-in sampler plugins: one file each."""

@@ -1,0 +1,1 @@
+"""Built-in trainer plugins: one file each."""

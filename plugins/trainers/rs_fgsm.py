@@ -1,0 +1,23 @@
+"""`rs-fgsm`: FGSM with random start (Wong et al., 2020, "Fast is better than free")."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from pydantic import Field
+
+from benchmark.params import PluginParams
+from benchmark.perturb import single_step
+from benchmark.trainer import Trainer, TrainOutput
+
+
+class RSFGSMTrainer(Trainer):
+    """Uniform init in the eps-ball, one step of ``alpha * eps``, projected back to the ball."""
+
+    class Params(PluginParams):
+        alpha: float = Field(1.25, gt=0, description="step size as a multiple of eps")
+
+    def step(self, model, x, y, *, keep_clean_logits):
+        x_adv, _ = single_step(model, x, y, eps=self.eps, step=self.params.alpha * self.eps,
+                               init_radius=self.eps, norm=self.norm)
+        logits_adv = model(x_adv)
+        return TrainOutput(loss=F.cross_entropy(logits_adv, y), x_adv=x_adv, logits_adv=logits_adv, passes=2.0)
