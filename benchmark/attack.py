@@ -19,7 +19,8 @@ class Attack(ABC):
     labels ``y`` of shape (N,), and returns detached ``x_adv`` of the same shape, inside the
     ``eps``-ball of ``norm`` around ``x`` and inside the [0, 1] box. ``model`` is any module that
     returns logits. The attack uses the model in the mode the caller chose: ``__call__`` restores
-    every submodule's train/eval flag afterwards, so a plugin cannot change it behind the caller's back.
+    every submodule's train/eval flag afterwards, so a plugin cannot change it behind the caller's back,
+    and enables gradients, so attacks also work when called inside ``torch.no_grad()``.
 
     Subclasses declare hyper-parameters as a nested ``Params`` (a ``PluginParams``), list the
     norms they support in ``norms`` and implement ``perturb``.
@@ -46,7 +47,8 @@ class Attack(ABC):
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         modes = [m.training for m in self.model.modules()]
         try:
-            x_adv = self.perturb(x, y)
+            with torch.enable_grad():
+                x_adv = self.perturb(x, y)
         finally:
             for module, training in zip(self.model.modules(), modes):
                 module.training = training

@@ -61,13 +61,20 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     device = next((p.device for p in model.parameters()), x.device)
     adversary = AutoAttack(model, attacks=list(attacks) if attacks else None, device=device, eps=eps, norm=norm,
                            seed=seed, version="custom" if attacks else version)
+    with torch.no_grad():
+        num_classes = model(x[:1].to(device)).shape[1]
+    # AutoAttack targets the 9 runner-up classes; with fewer classes there are only K - 1 targets.
+    adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, num_classes - 1)
+    adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, num_classes - 1)
     logger = logging.getLogger("auto-attack")
     handler, old_level = _ProgressLog(on_message), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     logger.propagate, old_propagate = False, logger.propagate
-    try:
-        x_adv, y_adv = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
+    devices = [device] if device.type == "cuda" else []
+    try:  # pyautoattack reseeds the global RNG: keep that from leaking into the caller's randomness
+        with torch.random.fork_rng(devices=devices):
+            x_adv, y_adv = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)

@@ -115,3 +115,36 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
         best[take], best_loss[take] = x_adv[take], value[take]
         fooled |= wrong
     return best
+
+
+def kl_divergence(logits: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
+    """KL(p(x) || p(x*)) per sample, with p the softmax of the logits: the TRADES and MART robust term.
+
+    Computed from log-softmaxes (no 1e-12 fudge); gradients flow into both arguments.
+    """
+    return F.kl_div(F.log_softmax(logits_adv, dim=1), F.log_softmax(logits, dim=1), reduction="none",
+                    log_target=True).sum(dim=1)
+
+
+def kl_pgd(model: nn.Module, x: torch.Tensor, *, eps: float, step_size: float, steps: int, norm: Norm = "Linf",
+           init_std: float = 0.001, logits: torch.Tensor | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """TRADES' inner maximisation (Zhang et al., 2019): projected ascent on KL(p(x) || p(x*)).
+
+    Starts from ``x + init_std * N(0, 1)`` (the KL and its gradient vanish at x itself), then takes
+    ``steps`` steps of ``step_size`` along ``ascent_direction``, projecting onto the ``norm`` ball and
+    the [0, 1] box after each. p(x) comes from ``logits`` (detached) when the caller has them, else
+    from one forward pass without gradient. Returns detached x*.
+    """
+    if logits is None:
+        with torch.no_grad():
+            logits = model(x)
+    target = logits.detach()
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * init_std
+    delta = (x + project(noise, eps, norm)).clamp(0, 1) - x
+    for _ in range(steps):
+        x_adv = (x + delta).detach().requires_grad_(True)
+        grad, = torch.autograd.grad(kl_divergence(target, model(x_adv)).sum(), x_adv)
+        delta = project(delta + step_size * ascent_direction(grad, norm), eps, norm)
+        delta = (x + delta).clamp(0, 1) - x
+    return (x + delta).detach()

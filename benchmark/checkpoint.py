@@ -1,0 +1,75 @@
+"""Checkpoint files: atomic writes, a SHA-256 sidecar, and loading with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.errors import EnergybenchError
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, obj: Any) -> str:
+    """Save ``obj`` (tensors, dicts, numbers) atomically, with ``path.sha256`` beside it; return the hash."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    atomic_write(path, data)
+    atomic_write(path.with_name(path.name + ".sha256"), digest.encode())
+    return digest
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint safely: verify its hash when a sidecar exists, and never run pickled code."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EnergybenchError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file() and hashlib.sha256(data).hexdigest() != sidecar.read_text().strip():
+        raise EnergybenchError(f"checkpoint {path} is corrupted: its SHA-256 does not match {sidecar.name}")
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise EnergybenchError(f"refusing checkpoint {path}: it holds objects other than tensors and plain "
+                               f"containers, which could run code ({first[:160]})") from None
+    except Exception as exc:
+        raise EnergybenchError(f"checkpoint {path} is not a readable PyTorch file "
+                               f"({type(exc).__name__}: {str(exc)[:160]})") from None
+
+
+def model_state(obj: Any) -> dict[str, torch.Tensor]:
+    """The model state dict inside a loaded checkpoint: an energybench file or a bare state dict."""
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    for key in ("state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise EnergybenchError("checkpoint holds no model state dict")
+    return obj

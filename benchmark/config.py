@@ -1,0 +1,228 @@
+"""Run configuration: the catalogue in registry.toml, tracks, and the validated `RunConfig`.
+
+A run's settings are resolved in this order, later ones winning: the ``RunConfig`` defaults,
+the track from registry.toml, a ``--config`` TOML file, then explicit CLI flags. Plugin
+hyper-parameters are resolved the same way on top of the plugin's own ``Params`` defaults and
+the ``[defaults.<kind>.<name>]`` tables of registry.toml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from benchmark.errors import EnergybenchError, unknown_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def parse_eps(value: Any) -> float:
+    """A perturbation budget from a number or a string like ``"8/255"`` or ``"0.031"``."""
+    if isinstance(value, bool):
+        raise ValueError(f"eps must be a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    if not re.fullmatch(r"[-+]?[0-9.eE+-]+(/[0-9.]+)?", text):
+        raise ValueError(f"eps {text!r} is not a number or a fraction like 8/255")
+    try:
+        return float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"eps {text!r} is not a number or a fraction like 8/255") from None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EvalProtocol(_Strict):
+    """How a run is evaluated: per epoch on a fixed validation subset, and finally on the test set."""
+
+    val_points: int = Field(1000, ge=1, description="fixed validation subset evaluated every epoch")
+    val_pgd_steps: int = Field(10, ge=1, description="PGD steps of the per-epoch evaluation")
+    test_points: int | None = Field(None, ge=1, description="test points for clean/PGD (None = all)")
+    pgd_steps: int = Field(20, ge=1, description="PGD steps of the final evaluation")
+    pgd_restarts: int = Field(1, ge=1, description="PGD restarts of the final evaluation")
+    aa_points: int = Field(1000, ge=0, description="test points attacked by AutoAttack (0 = skip)")
+    aa_version: Literal["standard", "plus", "rand"] = "standard"
+    batch_size: int = Field(500, ge=1, description="batch size for evaluation")
+    co_gap: float = Field(0.3, ge=0, le=1, description="CO: FGSM minus PGD validation accuracy at least this")
+    co_ratio: float = Field(0.5, gt=0, le=1, description="CO: PGD accuracy below this fraction of FGSM accuracy")
+
+
+class Schedule(_Strict):
+    """Learning-rate schedule over the run, stepped every batch."""
+
+    kind: Literal["constant", "cyclic", "step"] = "cyclic"
+    peak_at: float = Field(0.4, gt=0, lt=1, description="cyclic: fraction of the run at which LR peaks")
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75],
+                                    description="step: fractions of the run where LR is multiplied by gamma")
+    gamma: float = Field(0.1, gt=0, le=1)
+
+    def factor(self, progress: float) -> float:
+        """LR multiplier at ``progress`` in [0, 1] of the run."""
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "cyclic":
+            if progress <= self.peak_at:
+                return progress / self.peak_at
+            return max(0.0, (1 - progress) / (1 - self.peak_at))
+        return self.gamma ** sum(progress >= m for m in self.milestones)
+
+
+class RunConfig(_Strict):
+    """Everything that determines a run's result (plus where to find data and which device)."""
+
+    track: str | None = None
+    dataset: str = "fashion-mnist"
+    model: str = "small-cnn"
+    trainer: str = "fgsm"
+    trainer_params: dict[str, Any] = Field(default_factory=dict)
+    regularizer: str = "none"
+    regularizer_params: dict[str, Any] = Field(default_factory=dict)
+    eps: float = 0.3
+    norm: Literal["Linf", "L2"] = "Linf"
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Schedule = Field(default_factory=Schedule)
+    augment: bool = False
+    n_train: int | None = Field(None, ge=1)
+    val_size: int = Field(5000, ge=1)
+    seed: int = 0
+    eval: EvalProtocol = Field(default_factory=EvalProtocol)
+    device: str = "auto"
+    data_root: str | None = None
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps(cls, value: Any) -> float:
+        return parse_eps(value)
+
+    @model_validator(mode="after")
+    def _eps_range(self) -> RunConfig:
+        limit = 1.0 if self.norm == "Linf" else 100.0
+        if not 0 < self.eps < limit:
+            raise ValueError(f"eps={self.eps:g} is outside (0, {limit:g}) for the {self.norm} norm "
+                             "(inputs live in [0, 1]; e.g. 8/255 or 0.3)")
+        return self
+
+    def config_hash(self) -> str:
+        """Hash of the settings that determine results (not the track name, device or data path)."""
+        data = self.model_dump(exclude={"track", "device", "data_root"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Track(_Strict):
+    """A named benchmark setting from registry.toml: a description plus ``RunConfig`` fields."""
+
+    description: str
+    settings: dict[str, Any]
+
+
+class Catalogue:
+    """registry.toml, parsed: tracks, the default track, suites, plugin defaults and reference rows."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise EnergybenchError(f"cannot read catalogue {path}: {exc}") from None
+        self.default_track: str = data.get("default_track", "")
+        self.tracks: dict[str, Track] = {}
+        for name, table in data.get("tracks", {}).items():
+            if not isinstance(table, dict) or not isinstance(table.get("description"), str):
+                raise EnergybenchError(f"{path}: track {name!r} needs a table with a 'description' string")
+            settings = {k: v for k, v in table.items() if k != "description"}
+            try:
+                RunConfig(**settings)
+            except ValidationError as exc:
+                raise EnergybenchError(f"{path}: track {name!r} is malformed: {readable(exc)}") from None
+            self.tracks[name] = Track(description=table["description"], settings=settings)
+        if self.default_track and self.default_track not in self.tracks:
+            raise EnergybenchError(f"{path}: default_track {self.default_track!r} is not a track")
+        self.plugin_defaults: dict[str, dict[str, dict[str, Any]]] = data.get("defaults", {})
+        self.suites: dict[str, dict[str, Any]] = data.get("suites", {})
+        self.references: dict[str, list[dict[str, Any]]] = data.get("references", {})
+
+    def track(self, name: str) -> Track:
+        if name not in self.tracks:
+            raise unknown_name("track", name, list(self.tracks))
+        return self.tracks[name]
+
+    def defaults_for(self, kind: str, name: str) -> dict[str, Any]:
+        """The catalogue's default hyper-parameters for plugin ``name`` of ``kind``."""
+        return dict(self.plugin_defaults.get(kind, {}).get(name, {}))
+
+
+def default_catalogue_path() -> Path:
+    """registry.toml: $ENERGYBENCH_REGISTRY, inside the installed package, or beside it in a checkout."""
+    if os.environ.get("ENERGYBENCH_REGISTRY"):
+        return Path(os.environ["ENERGYBENCH_REGISTRY"])
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "registry.toml", here.parent / "registry.toml"):
+        if candidate.is_file():
+            return candidate
+    raise EnergybenchError("registry.toml not found beside the benchmark package; set ENERGYBENCH_REGISTRY")
+
+
+def load_catalogue(path: str | Path | None = None) -> Catalogue:
+    return Catalogue(Path(path) if path else default_catalogue_path())
+
+
+def readable(exc: ValidationError) -> str:
+    """pydantic's errors as one line: ``field: message (got value)``; ..."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown setting {where!r}")
+        elif err["type"] == "value_error":
+            parts.append(msg)
+        else:
+            parts.append(f"{where}: {msg} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_config(catalogue: Catalogue, *, track: str | None = None, config_file: str | Path | None = None,
+                   overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Build a ``RunConfig`` from the track (or the default one), a TOML file and CLI overrides."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    settings: dict[str, Any] = {}
+    if track is None and not {"dataset", "model"} & overrides.keys() and catalogue.default_track:
+        track = catalogue.default_track
+    if track is not None:
+        settings = _merge(settings, catalogue.track(track).settings)
+        settings["track"] = track
+    if config_file is not None:
+        try:
+            settings = _merge(settings, tomllib.loads(Path(config_file).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise EnergybenchError(f"cannot read config file {config_file}: {exc}") from None
+    settings = _merge(settings, overrides)
+    try:
+        return RunConfig(**settings)
+    except ValidationError as exc:
+        raise EnergybenchError(f"invalid configuration: {readable(exc)}") from None

@@ -1,0 +1,306 @@
+"""The harness: one run of any trainer + regularizer, evaluated and stored the same way for all.
+
+``prepare`` checks a ``RunConfig`` against the registry and completes the plugin
+hyper-parameters; ``execute`` trains epoch by epoch (saving everything needed to resume after
+each one), evaluates on a fixed validation subset every epoch, then evaluates the best (by
+validation PGD accuracy) and last checkpoints on the test set: clean, PGD and AutoAttack.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmark.checkpoint import load_checkpoint, save_checkpoint
+from benchmark.config import Catalogue, RunConfig
+from benchmark.datasets import ImageData, load_dataset
+from benchmark.energy import EnergyTrace
+from benchmark.errors import EnergybenchError, PluginError
+from benchmark.evaluation import autoattack_accuracy, catastrophic_overfitting, robustness
+from benchmark.params import parse_params
+from benchmark.progress import Reporter
+from benchmark.registry import get_registry
+from benchmark.store import Store
+
+#: When a trainer does not compute clean logits itself, the training dE trace computes them on
+#: every ``TRACE_INTERVAL``-th batch only (one no-grad forward), to keep its cost negligible.
+TRACE_INTERVAL = 4
+
+
+def prepare(config: RunConfig, catalogue: Catalogue) -> RunConfig:
+    """Check plugin names and their combination, and fill in every plugin hyper-parameter."""
+    registry = get_registry()
+    trainer_cls = registry.load("trainer", config.trainer)
+    reg_cls = registry.load("regularizer", config.regularizer)
+    registry.load("model", config.model)
+    if reg_cls.requires_adversarial and not trainer_cls.adversarial:
+        adversarial = [n for n in registry.names("trainer") if n != config.trainer]
+        raise EnergybenchError(f"regularizer {config.regularizer!r} needs adversarial examples but trainer "
+                               f"{config.trainer!r} makes none; use it with one of: {', '.join(adversarial)}")
+    if config.batch_size > config.val_size and config.n_train is not None and config.batch_size > config.n_train:
+        raise EnergybenchError(f"batch_size={config.batch_size} is larger than the training set ({config.n_train})")
+    trainer_params = parse_params(trainer_cls.Params, catalogue.defaults_for("trainer", config.trainer)
+                                  | config.trainer_params, f"trainer {config.trainer!r}")
+    reg_params = parse_params(reg_cls.Params, catalogue.defaults_for("regularizer", config.regularizer)
+                              | config.regularizer_params, f"regularizer {config.regularizer!r}")
+    return config.model_copy(update={"trainer_params": trainer_params.model_dump(by_alias=True),
+                                     "regularizer_params": reg_params.model_dump(by_alias=True)})
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EnergybenchError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EnergybenchError(f"device {name!r} requested but CUDA is not available here (use auto or cpu)")
+    return device
+
+
+def build_model(config: RunConfig, data: ImageData) -> nn.Module:
+    info = data.info
+    model_cls = get_registry().load("model", config.model)
+    return model_cls(num_classes=info.num_classes, in_channels=info.in_channels, mean=info.mean, std=info.std)
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, for a whole batch on its device."""
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    i = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    j = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    rows = (i[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (j[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    out = padded[batch, channel, rows, cols]
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def _trace_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Clean logits for the dE trace: no gradient, BatchNorm running statistics left untouched."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
+
+def _call_plugin(kind: str, name: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except EnergybenchError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{kind} {name!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class Run:
+    """A run in progress: model, optimizer, data and plugins built from a resolved config."""
+
+    def __init__(self, config: RunConfig, store: Store, run_id: str, reporter: Reporter | None = None):
+        self.config, self.store, self.run_id = config, store, run_id
+        self.reporter = reporter or Reporter()
+        self.dir = store.run_dir(run_id)
+        self.device = select_device(config.device)
+        self.data = load_dataset(config.dataset, data_root=config.data_root, val_size=config.val_size,
+                                 n_train=config.n_train)
+        if config.batch_size > len(self.data.train):
+            raise EnergybenchError(f"batch_size={config.batch_size} is larger than the training set "
+                                   f"({len(self.data.train)} points)")
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, self.data).to(self.device)
+        registry = get_registry()
+        self.trainer = registry.load("trainer", config.trainer)(eps=config.eps, norm=config.norm,
+                                                                 **config.trainer_params)
+        self.regularizer = registry.load("regularizer", config.regularizer)(**config.regularizer_params)
+        self.regularizer.eps, self.regularizer.norm = config.eps, config.norm
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         weight_decay=config.weight_decay)
+        self.batches_per_epoch = max(1, len(self.data.train) // config.batch_size)
+        total = config.epochs * self.batches_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: config.schedule.factor(min(it, total) / total))
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.epoch, self.best_pgd, self.best_epoch, self.passes = 0, -1.0, -1, 0.0
+        self.train_x = self.data.train.x.to(self.device)
+        self.train_y = self.data.train.y.to(self.device)
+
+    # ----- state ----------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best_pgd": self.best_pgd,
+                 "best_epoch": self.best_epoch, "passes": self.passes, "generator": self.generator.get_state(),
+                 "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def restore(self) -> None:
+        """Continue from the state saved after the last completed epoch."""
+        state = load_checkpoint(self.dir / "state.pt", map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best_pgd, self.best_epoch = state["epoch"], state["best_pgd"], state["best_epoch"]
+        self.passes = state["passes"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    # ----- training -------------------------------------------------------------------------
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg, model = self.config, self.model
+        model.train()
+        trace = EnergyTrace()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        passes = 0.0
+        order = torch.randperm(len(self.train_y), generator=self.generator).to(self.device)
+        self.reporter.start_epoch(self.epoch, self.batches_per_epoch)
+        for b in range(self.batches_per_epoch):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            x, y = self.train_x[idx].float().div_(255), self.train_y[idx]
+            if cfg.augment:
+                x = crop_flip(x, self.generator)
+            out = _call_plugin("trainer", cfg.trainer, self.trainer.step, model, x, y,
+                               keep_clean_logits=self.regularizer.uses_clean_logits)
+            step_passes = out.passes
+            if self.regularizer.uses_clean_logits and out.logits is None:
+                out.logits = model(x)
+                step_passes += 1
+            if out.logits_adv is not None:
+                clean = out.logits if out.logits is not None else (
+                    _trace_logits(model, x) if b % TRACE_INTERVAL == 0 else None)
+                if clean is not None:
+                    trace.add(clean, out.logits_adv, y)
+            loss = out.loss + _call_plugin("regularizer", cfg.regularizer, self.regularizer.penalty, model, x, y, out)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            loss_sum += loss.detach() * len(y)
+            seen_logits = out.logits_adv if out.logits_adv is not None else out.logits
+            if seen_logits is not None:
+                correct += (seen_logits.detach().argmax(1) == y).sum()
+            passes += step_passes * len(y)
+            self.reporter.batch_done()
+        n = self.batches_per_epoch * cfg.batch_size
+        self.passes += passes / n
+        metrics = {"train_loss": float(loss_sum) / n, "train_acc": float(correct) / n,
+                   "lr": self.optimizer.param_groups[0]["lr"]}
+        metrics.update(trace.summary(prefix="train_"))
+        return metrics
+
+    def validate(self) -> dict[str, float]:
+        p = self.config.eval
+        return robustness(self.model, self.data.val, n=p.val_points, eps=self.config.eps, norm=self.config.norm,
+                          pgd_steps=p.val_pgd_steps, with_fgsm=True, batch_size=p.batch_size, device=self.device,
+                          prefix="val_")
+
+    def fit(self) -> None:
+        """Train the remaining epochs; after each, store metrics and checkpoints (resumable)."""
+        self.reporter.start(self.run_id, self.config.epochs, self.epoch)
+        while self.epoch < self.config.epochs:
+            start = time.perf_counter()
+            metrics = self.train_epoch()
+            if not math.isfinite(metrics["train_loss"]):
+                raise EnergybenchError(f"training loss became {metrics['train_loss']} in epoch {self.epoch + 1}; "
+                                       f"run stopped, last good checkpoint kept (epoch {self.epoch})")
+            metrics.update(self.validate())
+            metrics["co"] = catastrophic_overfitting(metrics, self.config.eval)
+            metrics["epoch_time"] = time.perf_counter() - start
+            save_checkpoint(self.dir / "last.pt", self.model.state_dict())
+            if metrics["val_pgd_acc"] > self.best_pgd:
+                self.best_pgd, self.best_epoch = metrics["val_pgd_acc"], self.epoch
+                save_checkpoint(self.dir / "best.pt", self.model.state_dict())
+            self.store.add_epoch(self.run_id, self.epoch, metrics)
+            self.epoch += 1
+            save_checkpoint(self.dir / "state.pt", self._state())
+            self.reporter.epoch_done(self.epoch - 1, metrics)
+
+    # ----- final evaluation -----------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        """Test-set evaluation of the best and last checkpoints (once if they are the same epoch)."""
+        cfg, p = self.config, self.config.eval
+        history = self.store.epochs(self.run_id)
+        co_epochs = [m["epoch"] for m in history if m.get("co")]
+        summary = {"best_epoch": float(self.best_epoch), "co": float(bool(co_epochs)),
+                   "co_epoch": float(co_epochs[0]) if co_epochs else -1.0,
+                   "train_dE_mean": history[-1].get("train_dE_mean", float("nan")),
+                   "val_dE_mean": history[-1]["val_dE_mean"], "passes_per_example": self.passes / cfg.epochs}
+        results: dict[str, dict[str, float]] = {}
+        for tag in ("last", "best"):
+            if tag == "best" and self.best_epoch == cfg.epochs - 1:
+                results["best"] = dict(results["last"])
+                continue
+            self.model.load_state_dict(load_checkpoint(self.dir / f"{tag}.pt", map_location=self.device))
+            self.reporter.stage(f"PGD-{p.pgd_steps} on the test set ({tag})")
+            metrics = robustness(self.model, self.data.test, n=p.test_points, eps=cfg.eps, norm=cfg.norm,
+                                 pgd_steps=p.pgd_steps, pgd_restarts=p.pgd_restarts, batch_size=p.batch_size,
+                                 device=self.device, prefix="test_")
+            if p.aa_points:
+                self.reporter.stage(f"AutoAttack on {p.aa_points} test points ({tag})")
+                metrics.update(autoattack_accuracy(
+                    self.model, self.data.test, n=p.aa_points, eps=cfg.eps, norm=cfg.norm, version=p.aa_version,
+                    seed=cfg.seed, batch_size=p.batch_size, device=self.device,
+                    on_message=lambda m, tag=tag: self.reporter.stage(f"AutoAttack ({tag}): {m[:60]}")))
+            results[tag] = metrics | summary
+        for tag, metrics in results.items():
+            self.store.add_results(self.run_id, tag, metrics)
+        return results
+
+
+def execute(config: RunConfig, store: Store, *, reporter: Reporter | None = None, resume: str | None = None,
+            suite: str | None = None) -> str:
+    """Train and evaluate ``config`` (or resume run ``resume``); return the run id.
+
+    The run is stored with status 'running' from the start, 'done' at the end, 'interrupted'
+    on Ctrl-C and 'failed' (with the error) otherwise; a resumed run continues after its last
+    completed epoch.
+    """
+    reporter = reporter or Reporter()
+    if resume is not None:
+        record = store.get_run(resume)
+        if record.status == "done":
+            raise EnergybenchError(f"run {resume} is already complete")
+        config, run_id = RunConfig(**record.config), resume
+        store.set_status(run_id, "running")
+    else:
+        run_id = store.create_run(config.model_dump(), config.config_hash(), suite=suite)
+    start = time.perf_counter()
+    elapsed = 0.0 if resume is None else (store.get_run(run_id).wall_time or 0.0)
+    try:
+        run = Run(config, store, run_id, reporter)
+        if resume is not None and (run.dir / "state.pt").is_file():
+            run.restore()
+        run.fit()
+        run.evaluate()
+    except KeyboardInterrupt:
+        store.set_status(run_id, "interrupted", error="interrupted by the user",
+                         wall_time=elapsed + time.perf_counter() - start)
+        raise
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, EnergybenchError) else f"{type(exc).__name__}: {exc}"
+        store.set_status(run_id, "failed", error=message, wall_time=elapsed + time.perf_counter() - start)
+        raise
+    finally:
+        reporter.finish()
+    store.set_status(run_id, "done", wall_time=elapsed + time.perf_counter() - start)
+    return run_id

@@ -1,0 +1,1 @@
+"""An example third-party energybench plugin package (registered by entry points only)."""

@@ -1,0 +1,48 @@
+"""Shared fixtures: offline, a private store per test, tiny datasets written in their real formats."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from datafiles import class_images, write_idx
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    """Never download, never touch the user's store, never pick up a user's registry override."""
+    monkeypatch.setenv("ENERGYBENCH_OFFLINE", "1")
+    monkeypatch.setenv("ENERGYBENCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ENERGYBENCH_DATA", raising=False)
+    monkeypatch.delenv("ENERGYBENCH_REGISTRY", raising=False)
+    monkeypatch.delenv("ENERGYBENCH_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path) -> Path:
+    """A tiny Fashion-MNIST folder: the four gzipped IDX files, 400 train and 100 test images."""
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    xtr, ytr = class_images(400, 28, 1, 0)
+    xte, yte = class_images(100, 28, 1, 1)
+    write_idx(root / "train-images-idx3-ubyte.gz", xtr[:, 0])
+    write_idx(root / "train-labels-idx1-ubyte.gz", ytr)
+    write_idx(root / "t10k-images-idx3-ubyte.gz", xte[:, 0])
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", yte)
+    return root
+
+
+@pytest.fixture
+def cifar10_root(tmp_path) -> Path:
+    """A tiny cifar-10-batches-py folder of pickled batches in torchvision's layout (60 images each)."""
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        x, y = class_images(60, 32, 3, i)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": x.reshape(60, -1), b"labels": y.tolist()}, f)
+    return tmp_path / "cifar"

@@ -1,0 +1,93 @@
+"""Configuration: eps parsing, tracks, resolution order and readable validation errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmark.config import Catalogue, load_catalogue, parse_eps, resolve_config
+from benchmark.errors import EnergybenchError
+from benchmark.harness import prepare
+
+
+@pytest.mark.parametrize("text,value", [("8/255", 8 / 255), ("0.031", 0.031), (0.3, 0.3), ("1e-2", 0.01)])
+def test_parse_eps(text, value):
+    assert parse_eps(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["abc", "8/0", "", "1/2/3"])
+def test_parse_eps_rejects_garbage(text):
+    with pytest.raises(ValueError):
+        parse_eps(text)
+
+
+def test_shipped_catalogue_is_valid_and_has_the_documented_tracks():
+    catalogue = load_catalogue()
+    assert catalogue.default_track == "fmnist-co"
+    assert {"fmnist-co", "fmnist-ro", "digits-tiny", "cifar10-co", "cifar10-ro"} <= set(catalogue.tracks)
+    cifar = resolve_config(catalogue, track="cifar10-co")
+    assert cifar.eps == pytest.approx(8 / 255) and cifar.model == "preact-resnet18" and cifar.augment
+
+
+def test_default_track_and_override_order(tmp_path):
+    catalogue = load_catalogue()
+    cfg = resolve_config(catalogue, overrides={"trainer": "fgsm", "regularizer": "der"})
+    assert cfg.track == "fmnist-co" and cfg.eps == 0.3 and cfg.regularizer == "der"
+    file = tmp_path / "c.toml"
+    file.write_text('epochs = 7\neps = "4/255"\n[eval]\naa_points = 5\n')
+    cfg = resolve_config(catalogue, track="fmnist-co", config_file=file, overrides={"epochs": 2})
+    assert cfg.epochs == 2 and cfg.eps == pytest.approx(4 / 255) and cfg.eval.aa_points == 5
+    assert cfg.eval.val_points == 500  # untouched track settings survive the merge
+
+
+def test_plugin_defaults_come_from_the_catalogue_then_flags():
+    catalogue = load_catalogue()
+    cfg = prepare(resolve_config(catalogue, overrides={"regularizer": "der",
+                                                       "regularizer_params": {"terms": "joint"}}), catalogue)
+    assert cfg.regularizer_params == {"lambda": 1.0, "form": "squared", "terms": "joint", "huber_delta": 1.0}
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"eps": -0.1}, "eps=-0.1 is outside (0, 1)"),
+    ({"eps": "2"}, "eps=2 is outside (0, 1)"),
+    ({"eps": "eight"}, "not a number or a fraction"),
+    ({"epochs": "many"}, "epochs: Input should be a valid integer"),
+    ({"colour": "red"}, "unknown setting 'colour'"),
+])
+def test_bad_settings_give_one_readable_line(overrides, message):
+    with pytest.raises(EnergybenchError) as info:
+        resolve_config(load_catalogue(), overrides=overrides)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_plugin_choices_are_refused():
+    catalogue = load_catalogue()
+    with pytest.raises(EnergybenchError, match="needs adversarial examples but trainer 'standard'"):
+        prepare(resolve_config(catalogue, overrides={"trainer": "standard", "regularizer": "der"}), catalogue)
+    with pytest.raises(EnergybenchError, match="did you mean 'fgsm'"):
+        prepare(resolve_config(catalogue, overrides={"trainer": "fgsn"}), catalogue)
+    with pytest.raises(EnergybenchError, match=r"regularizer 'der'.*lambda=.?'big'"):
+        prepare(resolve_config(catalogue, overrides={"regularizer": "der",
+                                                     "regularizer_params": {"lambda": "big"}}), catalogue)
+    with pytest.raises(EnergybenchError, match="unknown hyper-parameter 'lamda'"):
+        prepare(resolve_config(catalogue, overrides={"regularizer": "der",
+                                                     "regularizer_params": {"lamda": 1}}), catalogue)
+
+
+def test_malformed_track_names_the_track(tmp_path: Path):
+    bad = tmp_path / "registry.toml"
+    bad.write_text('[tracks.broken]\ndescription = "x"\nepochs = "ten"\n')
+    with pytest.raises(EnergybenchError, match="track 'broken' is malformed: epochs"):
+        Catalogue(bad)
+    bad.write_text("[tracks.nodesc]\nepochs = 3\n")
+    with pytest.raises(EnergybenchError, match="'nodesc' needs a table with a 'description'"):
+        Catalogue(bad)
+
+
+def test_config_hash_ignores_device_and_paths_but_not_settings():
+    catalogue = load_catalogue()
+    a = resolve_config(catalogue, track="fmnist-co")
+    b = resolve_config(catalogue, track="fmnist-co", overrides={"device": "cpu", "data_root": "/x"})
+    c = resolve_config(catalogue, track="fmnist-co", overrides={"seed": 1})
+    assert a.config_hash() == b.config_hash() != c.config_hash()

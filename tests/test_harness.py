@@ -1,0 +1,134 @@
+"""The harness end to end on CPU-sized data: training, evaluation, storage, resume, failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmark import registry as reg
+from benchmark.checkpoint import load_checkpoint
+from benchmark.config import EvalProtocol, load_catalogue, resolve_config
+from benchmark.errors import EnergybenchError, PluginError
+from benchmark.evaluation import catastrophic_overfitting
+from benchmark.harness import crop_flip, execute, prepare
+from benchmark.progress import Reporter
+from benchmark.store import Store
+from benchmark.trainer import Trainer, TrainOutput
+
+
+def tiny_config(**overrides):
+    catalogue = load_catalogue()
+    settings = {"eval": {"aa_points": 20, "val_points": 60, "test_points": 60}} | overrides
+    return prepare(resolve_config(catalogue, track="digits-tiny", overrides=settings), catalogue)
+
+
+def test_a_run_trains_evaluates_and_stores_everything(tmp_path):
+    store = Store(tmp_path)
+    config = tiny_config(regularizer="der")
+    run_id = execute(config, store)
+    record = store.get_run(run_id)
+    assert record.status == "done" and record.wall_time > 0 and record.config_hash == config.config_hash()
+    epochs = store.epochs(run_id)
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    for key in ("train_loss", "val_clean_acc", "val_fgsm_acc", "val_pgd_acc", "train_dE_mean", "train_dE_q50",
+                "val_dE_mean", "val_dE_q95", "co"):
+        assert key in epochs[-1], key
+    results = store.results(run_id)
+    assert set(results) == {"best", "last"}
+    for metric in ("test_clean_acc", "test_pgd_acc", "aa_acc", "aa_apgd-ce_acc", "co", "passes_per_example"):
+        assert metric in results["last"], metric
+    last = results["last"]
+    assert 0 <= last["aa_acc"] <= last["test_pgd_acc"] + 0.2 and last["test_clean_acc"] > 0.5
+    assert last["passes_per_example"] == pytest.approx(2.0)  # FGSM+DER: DER reused the clean forward pass
+    folder = store.run_dir(run_id)
+    assert json.loads((folder / "config.json").read_text())["regularizer_params"]["lambda"] == 1.0
+    for name in ("best.pt", "last.pt", "state.pt"):
+        assert load_checkpoint(folder / name)
+    assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+class _StopAfterFirstEpoch(Reporter):
+    def epoch_done(self, epoch, metrics):
+        raise KeyboardInterrupt
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+    store = Store(tmp_path)
+    config = tiny_config(trainer="rs-fgsm")  # random init: RNG state must be restored too
+    reference = store.results(execute(config, store))
+    with pytest.raises(KeyboardInterrupt):
+        execute(config, store, reporter=_StopAfterFirstEpoch())
+    interrupted = [r for r in store.runs(status="interrupted")]
+    assert len(interrupted) == 1 and interrupted[0].epochs_done == 1
+    run_id = execute(config, store, resume=interrupted[0].id)
+    assert run_id == interrupted[0].id and store.get_run(run_id).status == "done"
+    resumed = store.results(run_id)
+    for tag in ("best", "last"):
+        for metric in ("test_clean_acc", "test_pgd_acc", "aa_acc", "test_dE_mean"):
+            assert resumed[tag][metric] == reference[tag][metric], (tag, metric)
+
+
+class _NaNAfterSomeSteps(Trainer):
+    adversarial = False
+    calls = 0
+
+    def step(self, model, x, y, *, keep_clean_logits):
+        type(self).calls += 1
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        return TrainOutput(loss=loss * float("nan") if type(self).calls > 25 else loss, logits=logits)
+
+
+class _Raising(Trainer):
+    adversarial = False
+
+    def step(self, model, x, y, *, keep_clean_logits):
+        raise ValueError("wrong shapes")
+
+
+@pytest.fixture
+def runtime_registry(monkeypatch):
+    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+    return reg.get_registry()
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, runtime_registry):
+    runtime_registry.register("trainer", "nan-later", _NaNAfterSomeSteps)
+    store = Store(tmp_path)
+    with pytest.raises(EnergybenchError, match="training loss became nan in epoch 2"):
+        execute(tiny_config(trainer="nan-later"), store)
+    record = store.runs(status="failed")[0]
+    assert "nan" in record.error
+    state = load_checkpoint(store.run_dir(record.id) / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_a_raising_plugin_fails_its_run_with_its_name(tmp_path, runtime_registry):
+    runtime_registry.register("trainer", "raising", _Raising)
+    store = Store(tmp_path)
+    with pytest.raises(PluginError, match="trainer 'raising' failed: ValueError: wrong shapes"):
+        execute(tiny_config(trainer="raising"), store)
+    assert store.runs(status="failed")[0].error.startswith("trainer 'raising' failed")
+
+
+def test_batch_size_larger_than_the_dataset_is_refused(tmp_path):
+    with pytest.raises(EnergybenchError, match="batch_size=5000 is larger than the training set"):
+        execute(tiny_config(batch_size=5000), Store(tmp_path))
+
+
+def test_catastrophic_overfitting_rule():
+    protocol = EvalProtocol()
+    assert catastrophic_overfitting({"val_fgsm_acc": 0.70, "val_pgd_acc": 0.07}, protocol)
+    assert not catastrophic_overfitting({"val_fgsm_acc": 0.75, "val_pgd_acc": 0.65}, protocol)  # healthy AT
+    assert not catastrophic_overfitting({"val_fgsm_acc": 0.05, "val_pgd_acc": 0.00}, protocol)  # standard training
+
+
+def test_crop_flip_keeps_shape_and_content():
+    x = torch.rand(16, 3, 32, 32)
+    out = crop_flip(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert not torch.equal(out, x)
+    same = crop_flip(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, same)
