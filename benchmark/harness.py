@@ -17,7 +17,7 @@ from torch import nn
 
 from benchmark.checkpoint import load_checkpoint, save_checkpoint
 from benchmark.config import Catalogue, RunConfig
-from benchmark.datasets import ImageData, load_dataset
+from benchmark.datasets import load_dataset
 from benchmark.energy import EnergyTrace
 from benchmark.errors import EnergybenchError, PluginError
 from benchmark.evaluation import autoattack_accuracy, catastrophic_overfitting, robustness
@@ -25,6 +25,7 @@ from benchmark.params import parse_params
 from benchmark.progress import Reporter
 from benchmark.registry import get_registry
 from benchmark.store import Store
+from benchmark.trained import build
 
 #: When a trainer does not compute clean logits itself, the training dE trace computes them on
 #: every ``TRACE_INTERVAL``-th batch only (one no-grad forward), to keep its cost negligible.
@@ -61,12 +62,6 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EnergybenchError(f"device {name!r} requested but CUDA is not available here (use auto or cpu)")
     return device
-
-
-def build_model(config: RunConfig, data: ImageData) -> nn.Module:
-    info = data.info
-    model_cls = get_registry().load("model", config.model)
-    return model_cls(num_classes=info.num_classes, in_channels=info.in_channels, mean=info.mean, std=info.std)
 
 
 def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -121,7 +116,7 @@ class Run:
             raise EnergybenchError(f"batch_size={config.batch_size} is larger than the training set "
                                    f"({len(self.data.train)} points)")
         torch.manual_seed(config.seed)
-        self.model = build_model(config, self.data).to(self.device)
+        self.model = build(config.model, self.data.info).to(self.device)
         registry = get_registry()
         self.trainer = registry.load("trainer", config.trainer)(eps=config.eps, norm=config.norm,
                                                                  **config.trainer_params)

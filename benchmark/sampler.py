@@ -27,8 +27,9 @@ class Sampler(ABC):
     """Base class of every sampler plugin (entry-point group ``energybench.samplers``).
 
     A classifier f defines p(x | y) proportional to exp(-E(x, y)) with E(x, y) = -f(x)[y].
-    Contract: ``fit(model, x_train, y_train)`` collects what the sampler needs from the training
-    data (class statistics; the default does nothing), then ``sample(model, y, generator)`` returns
+    Contract: callers always call ``fit(model, x_train, y_train)`` first (float images in [0, 1]);
+    it collects what the sampler needs from the training data (image shape, class statistics, the
+    class-typical energies), then ``sample(model, y, generator)`` returns
     a ``SampleBatch`` with one sample per entry of ``y``, clamped to [0, 1], deterministic for a
     given ``generator`` state. The model is used in eval mode and its parameters are not changed.
     """
