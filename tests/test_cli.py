@@ -1,0 +1,55 @@
+"""The command line: the main command end to end, listings, and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_run_prints_the_leaderboard_and_leaderboard_reprints_it(capsys, tmp_path):
+    store = str(tmp_path / "store")
+    code, out, err = run_cli(capsys, "run", "--track", "digits-tiny", "--reg", "der", "-R", "terms=joint",
+                             "--aa-points", "20", "--store", store)
+    assert code == 0, err
+    assert "Leaderboard: digits, small-cnn, Linf eps 0.1" in out
+    assert "fgsm" in out and "der" in out and "energybench run --track cifar10-co" in out
+    assert "epoch 2:" in err and "PGD" in err
+    code, out, _ = run_cli(capsys, "leaderboard", "--dataset", "digits", "--eps", "0.1", "--store", store)
+    assert code == 0 and "der" in out
+    code, _, err = run_cli(capsys, "leaderboard", "--dataset", "cifar10", "--store", store)
+    assert code == 2 and "no completed runs match" in err
+
+
+def test_plugins_lists_every_kind_with_source_and_hyper_parameters(capsys):
+    code, out, _ = run_cli(capsys, "plugins")
+    assert code == 0
+    for text in ("attacks", "trainers", "regularizers", "samplers", "models", "der", "lambda=1.0",
+                 "energybench 0.1.0", "autoattack", "steps=10"):
+        assert text in out, text
+
+
+def test_tracks_lists_the_catalogue(capsys):
+    code, out, _ = run_cli(capsys, "tracks")
+    assert code == 0 and "fmnist-co (default)" in out and "cifar10-co" in out and "8/255" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--trainer", "fgms"], "unknown trainer 'fgms'; did you mean 'fgsm'?"),
+    (["run", "--track", "fmnist"], "unknown track 'fmnist'; did you mean"),
+    (["run", "--eps", "-0.1"], "eps=-0.1 is outside (0, 1)"),
+    (["run", "--reg", "der", "-R", "lambda=big"], "invalid hyper-parameters for regularizer 'der'"),
+    (["run", "--trainer-opt", "steps"], "--trainer-opt expects KEY=VALUE"),
+    (["run", "--dataset", "cifar10", "--model", "preact-resnet18"], "dataset 'cifar10' not found"),
+    (["run", "--nonsense"], "No such option '--nonsense'"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, message):
+    code, out, err = run_cli(capsys, *argv, "--store", str(tmp_path / "s"))
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
