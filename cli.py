@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -68,11 +69,13 @@ def cli() -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of RunConfig fields.")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@click.option("--fast", type=click.Choice(["auto", "on", "off"]),
+              help="Fast path (bf16 autocast, channels_last, cuDNN autotuning, fused SGD); auto: on with CUDA.")
 @click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run after its last completed epoch.")
 @store_option
 @catalogue_option
 def run(track, trainer, regularizer, dataset, model, eps, norm, epochs, batch_size, lr, seed, n_train, aa_points,
-        trainer_opt, reg_opt, config_file, data_root, device, resume, store_path, registry_path) -> None:
+        trainer_opt, reg_opt, config_file, data_root, device, fast, resume, store_path, registry_path) -> None:
     """Train a classifier with a trainer (+ regularizer), evaluate it, store it, show the leaderboard."""
     from benchmark.config import load_catalogue, resolve_config
     from benchmark.harness import execute, prepare
@@ -88,14 +91,12 @@ def run(track, trainer, regularizer, dataset, model, eps, norm, epochs, batch_si
         overrides = {"trainer": trainer, "regularizer": regularizer, "dataset": dataset, "model": model,
                      "eps": eps, "norm": norm, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                      "n_train": n_train, "data_root": data_root, "device": device,
+                     "fast": {"enabled": fast} if fast else None,
                      "trainer_params": parse_assignments(trainer_opt, "--trainer-opt") or None,
                      "regularizer_params": parse_assignments(reg_opt, "--reg-opt") or None,
                      "eval": {"aa_points": aa_points} if aa_points is not None else None}
         config = prepare(resolve_config(catalogue, track=track, config_file=config_file, overrides=overrides),
                          catalogue)
-        err.print(f"[bold]energybench run[/]: {config.trainer} + {config.regularizer} on {config.dataset} "
-                  f"({config.model}), eps {config.eps:g}, {config.epochs} epochs"
-                  + (f", track {config.track}" if config.track else ""))
     run_id = execute(config, store, reporter=RichReporter(err), resume=resume)
     record = store.get_run(run_id)
     rows = collect(store, dataset=record.dataset, model=record.model, eps=record.eps, norm=record.norm)
@@ -113,21 +114,99 @@ def run(track, trainer, regularizer, dataset, model, eps, norm, epochs, batch_si
 @click.option("--eps", help="A number or a fraction such as 8/255.")
 @click.option("--track")
 @click.option("--trainer")
+@click.option("--generative", is_flag=True, help="Rank sampled models by FID instead (see `energybench sample`).")
+@click.option("--norm", type=click.Choice(["Linf", "L2"]))
+@click.option("--suite")
+@click.option("--sort", metavar="COLUMN", help="Rank by this column (e.g. aa, pgd, clean_best, dE, time, trainer).")
+@click.option("--reverse", is_flag=True, help="Reverse the order (numbers ascending, text Z to A).")
+@click.option("--group-seeds", is_flag=True, help="One row per configuration: mean and std over seeds.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json", "html"]), default="table",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@click.option("--no-references", is_flag=True, help="Leave out the published reference rows.")
 @store_option
-def leaderboard(dataset, model, eps, track, trainer, store_path) -> None:
-    """Print the robustness leaderboard of stored runs."""
-    from benchmark.config import parse_eps
-    from benchmark.leaderboard import collect, render
+@catalogue_option
+def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, sort, reverse, group_seeds, fmt, output,
+                no_references, store_path, registry_path) -> None:
+    """Print the robustness leaderboard of stored runs, or with --generative the generative one."""
+    from benchmark.config import load_catalogue, parse_eps
+    from benchmark.formats import build_leaderboard, export, rich_tables
     from benchmark.store import Store
 
+    if generative:
+        from benchmark.generative_leaderboard import generative_tables
+
+        if eps or track or trainer:
+            raise EnergybenchError("--eps, --track and --trainer filter runs; with --generative use --dataset/--model")
+        for table in generative_tables(Store(store_path), load_catalogue(registry_path), dataset=dataset, model=model,
+                                       references=not no_references):
+            out.print(table)
+        return
     try:
         eps_value = parse_eps(eps) if eps is not None else None
     except ValueError as exc:
         raise EnergybenchError(str(exc)) from None
-    rows = collect(Store(store_path), dataset=dataset, model=model, eps=eps_value, track=track, trainer=trainer)
-    if not rows:
+    board = build_leaderboard(Store(store_path), load_catalogue(registry_path), dataset=dataset, model=model,
+                              eps=eps_value, norm=norm, track=track, suite=suite, trainer=trainer, sort=sort,
+                              reverse=reverse, group=group_seeds, references=not no_references)
+    if not board.rows:
         raise EnergybenchError("no completed runs match these filters; start one with `energybench run`")
-    out.print(render(rows, "Leaderboard"))
+    if output:
+        from benchmark.checkpoint import atomic_write
+
+        atomic_write(Path(output), export(board, fmt).encode())
+        err.print(f"leaderboard ({fmt}) written to {output}")
+    elif fmt == "table":
+        for table in rich_tables(board):
+            out.print(table)
+    else:
+        click.echo(export(board, fmt), nl=False)
+
+
+@cli.command()
+@click.option("--model", "model_ref", required=True, metavar="RUN_ID|CHECKPOINT",
+              help="A run id of the store, or a checkpoint file.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which checkpoint of a run.")
+@click.option("--dataset", help="Dataset of a checkpoint file outside a run folder.")
+@click.option("--model-arch", help="Architecture (model plugin) of a checkpoint file outside a run folder.")
+@click.option("--sampler", help="Sampler plugin, e.g. local-pca (see `energybench plugins --kind sampler`).")
+@click.option("--compare", metavar="A,B,...", help="Several samplers on the same model and seeds, "
+              "e.g. sgld,class-gaussian,class-pca,local-pca (added to --sampler).")
+@click.option("-n", "n", type=int, default=1000, show_default=True, help="Samples per sampler, balanced over classes.")
+@click.option("--sampler-opt", "-S", multiple=True, metavar="[SAMPLER.]KEY=VALUE",
+              help="Sampler hyper-parameter: plain KEY sets it for every sampler that has it.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=250, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Folder for grids, samples and metrics (default: STORE/generative/<id>).")
+@click.option("--features", type=click.Choice(["auto", "domain", "inception", "both"]), default="auto",
+              show_default=True, help="Feature space of IS/FID: auto = Inception for colour images when its weights "
+              "are here, else the dataset's domain classifier (labelled FID[<dataset>-cnn]).")
+@click.option("--inception-weights", type=click.Path(dir_okay=False, exists=True),
+              help="Local file of torch-fidelity's Inception-v3 weights.")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@store_option
+@catalogue_option
+def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, sampler_opt, seed, batch_size, out_dir,
+           features, inception_weights, data_root, device, store_path, registry_path) -> None:
+    """Generate class-conditional samples from a trained classifier: grids, samples, IS/FID, stored results."""
+    from benchmark.config import load_catalogue
+    from benchmark.generation import generate, sampler_names
+    from benchmark.generative_leaderboard import model_names, ranking_table, rankings
+    from benchmark.progress import RichReporter
+    from benchmark.store import Store
+
+    store = Store(store_path)
+    records = generate(model_ref, store, load_catalogue(registry_path), samplers=sampler_names(sampler, compare), n=n,
+                       assignments=parse_assignments(sampler_opt, "--sampler-opt"), seed=seed, checkpoint=checkpoint,
+                       dataset=dataset, model=model_arch, data_root=data_root, out_dir=out_dir, features=features,
+                       inception_weights=inception_weights, batch_size=batch_size, device=device,
+                       reporter=RichReporter(err), log=err.print)
+    for (ds, label), group in rankings(records).items():
+        out.print(ranking_table(ds, label, group, model_names(store, group)))
+    out.print(f"grids, samples (.npz) and metrics (.json) in {records[0].out_dir}")
 
 
 @cli.command()
@@ -167,6 +246,236 @@ def tracks(registry_path) -> None:
         label = f"{name} (default)" if name == catalogue.default_track else name
         table.add_row(label, cfg.dataset, cfg.model, cfg.trainer, format_eps(cfg.eps), str(cfg.epochs),
                       track.description)
+    out.print(table)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="List the cells, which are done and the estimated cost; run nothing.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: one cell after another here; ray: cells as Ray tasks (pip install 'energybench[ray]').")
+@click.option("--ray-address", help="Ray cluster to join, e.g. ray://head:10001 (default: start a local one).")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
+@click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@store_option
+@catalogue_option
+def suite(name, dry_run, executor, ray_address, data_root, device, store_path, registry_path) -> None:
+    """Run the cells of suite NAME not yet done in the store, then show the suite's leaderboard."""
+    from benchmark.config import load_catalogue
+    from benchmark.executors import LocalExecutor, RayExecutor
+    from benchmark.progress import RichReporter
+    from benchmark.store import Store
+    from benchmark.suite import load_suite, pending, render_plan
+    from benchmark.suite_leaderboard import group_cells, render_suite
+
+    if ray_address and executor != "ray":
+        raise EnergybenchError("--ray-address needs --executor ray")
+    catalogue = load_catalogue(registry_path)
+    spec = load_suite(catalogue, name)
+    cells = spec.cells(catalogue, data_root=data_root, device=device)
+    store = Store(store_path)
+    if dry_run:
+        table, summary = render_plan(spec, cells, store)
+        out.print(table)
+        out.print(summary)
+        return
+    todo = pending(store, cells)
+    err.print(f"[bold]energybench suite {name}[/]: {len(cells)} cells, {len(cells) - len(todo)} already done, "
+              f"{len(todo)} to run ({executor} executor)")
+    runner = RayExecutor(ray_address) if executor == "ray" else LocalExecutor(lambda: RichReporter(err))
+    finished = []
+
+    def report_cell(outcome) -> None:
+        finished.append(outcome)
+        result = (f"done in {outcome.wall_time:.0f}s, run {outcome.run_id}" if outcome.status == "done"
+                  else f"[red]{outcome.status}[/]: {outcome.error}")
+        err.print(f"[{len(finished)}/{len(todo)}] {outcome.cell.describe()}: {result}", highlight=False)
+
+    runner.run(todo, store, suite=name, on_done=report_cell)
+    first = cells[0].config
+    out.print(render_suite(group_cells(store, cells), f"Suite {name}: {first.dataset}, {first.model}, {first.norm}"))
+    failed = [o for o in finished if o.status != "done"]
+    if failed:
+        raise EnergybenchError(f"{len(failed)} of {len(todo)} cells failed (errors above, kept in the store); "
+                               f"run `energybench suite {name}` again to retry only those")
+
+
+@cli.command("eval")
+@click.argument("model_ref", metavar="CHECKPOINT|RUN_ID|robustbench:NAME")
+@click.option("--dataset", help="Dataset to evaluate on (files outside run folders need it; robustbench: cifar10).")
+@click.option("--eps", help="Perturbation budget: a number or a fraction such as 8/255 (default: the track's).")
+@click.option("--model", "arch", help="Registered architecture of a state-dict file, e.g. preact-resnet18.")
+@click.option("--track", help="Track whose evaluation protocol runs (default: the first track on the dataset).")
+@click.option("--norm", type=click.Choice(["Linf", "L2"]), help="Threat model (default: the track's).")
+@click.option("--aa-points", type=int, help="Test points attacked by AutoAttack (0 skips it).")
+@click.option("--test-points", type=int, help="Test points for clean/FGSM/PGD accuracy (default: the track's).")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which checkpoint of an energybench run.")
+@click.option("--model-dir", type=click.Path(file_okay=False),
+              help="RobustBench model_dir holding <dataset>/<norm>/<NAME>.pt (default: STORE/robustbench-models).")
+@click.option("--seed", type=int, help="Seed of the attacks (default: the run's seed for a run, else 0).")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@store_option
+@catalogue_option
+def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points, checkpoint, model_dir, seed, data_root,
+             device, store_path, registry_path) -> None:
+    """Evaluate a model energybench did not train (clean, PGD, AutoAttack, energies) and add it to the store."""
+    from benchmark.config import load_catalogue
+    from benchmark.leaderboard import collect, format_eps, render
+    from benchmark.model_eval import eval_config, evaluate_external, resolve_model
+    from benchmark.store import Store
+
+    store = Store(store_path)
+    with err.status(f"loading {model_ref}"):
+        external = resolve_model(model_ref, store, dataset=dataset, model=arch, norm=norm, checkpoint=checkpoint,
+                                 model_dir=model_dir)
+    config = eval_config(load_catalogue(registry_path), external, track=track, eps=eps, norm=norm,
+                         aa_points=aa_points, test_points=test_points, seed=seed, device=device, data_root=data_root)
+    err.print(f"[bold]energybench eval[/]: {external.label} on {config.dataset}, {config.norm} eps "
+              f"{format_eps(config.eps)}" + (f", protocol of track {config.track}" if config.track else ""))
+    with err.status("evaluating") as status:
+        run_id = evaluate_external(external, config, store, on_stage=lambda text: status.update(text))
+    rows = collect(store, dataset=config.dataset, eps=config.eps, norm=config.norm)
+    title = f"Leaderboard: {config.dataset}, {config.norm} eps {format_eps(config.eps)}"
+    out.print(render(rows, title, highlight=run_id))
+    out.print(f"stored as run {run_id}; share it with `energybench export {run_id} -o {run_id}.json`")
+
+
+@cli.command("export")
+@click.argument("run_id")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The JSON file to write.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="last", show_default=True)
+@click.option("--name", help="Title of the paper or method (RobustBench's `name`).")
+@click.option("--authors", default="", help="Comma-separated authors.")
+@click.option("--link", default="", help="Link to the paper or code.")
+@click.option("--venue", default="", help="Venue, e.g. ICLR 2026 (empty: unpublished).")
+@store_option
+def export_run(run_id, output, checkpoint, name, authors, link, venue, store_path) -> None:
+    """Write a run's result as a RobustBench model-info JSON file (their field names), ready to submit."""
+    from benchmark.references import export_model_info
+    from benchmark.store import Store
+
+    info = export_model_info(Store(store_path), run_id, output, checkpoint=checkpoint, name=name, authors=authors,
+                             link=link, venue=venue)
+    out.print(f"{output}: clean {info['clean_acc']}%, AutoAttack {info['autoattack_acc']}% ({info['dataset']}, "
+              f"eps {info['eps']})")
+
+
+@cli.command("import-reference")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--norm", type=click.Choice(["Linf", "L2"]),
+              help="Threat model (default: the file's folder name when Linf or L2, as in RobustBench's model_info).")
+@store_option
+def import_reference(files, norm, store_path) -> None:
+    """Add RobustBench-style model-info JSON files to the leaderboard as (unranked) reference rows."""
+    from benchmark.leaderboard import format_eps
+    from benchmark.references import import_model_info
+    from benchmark.store import Store
+
+    for ref in import_model_info(list(files), Store(store_path), norm=norm):
+        clean = "-" if ref.clean is None else f"{100 * ref.clean:.2f}%"
+        out.print(f"reference {ref.id}: {ref.dataset} {ref.norm} eps {format_eps(ref.eps)}, clean {clean}, "
+                  f"AutoAttack {100 * ref.aa:.2f}%")
+
+
+@cli.command()
+@click.argument("refs", nargs=-1, required=True, metavar="SUITE|RUN_ID...")
+@click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--title", help="Page title (default: the suites and runs named).")
+@store_option
+@catalogue_option
+def report(refs, output, title, store_path, registry_path) -> None:
+    """Write one self-contained HTML page: leaderboard, dE traces, energies, samples, configs, environment."""
+    from benchmark.config import load_catalogue
+    from benchmark.report import write_report
+    from benchmark.store import Store
+
+    with err.status("writing the report"):
+        path = write_report(Store(store_path), load_catalogue(registry_path), refs, output, title=title)
+    out.print(f"report written to {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+@cli.group()
+def energy() -> None:
+    """Energy views of models and runs: histograms under attacks, dE traces, attack-free checkpoint choice."""
+
+
+@energy.command()
+@click.option("--model", "model_ref", required=True, metavar="RUN_ID|CHECKPOINT|robustbench:NAME",
+              help="A run id of the store, a checkpoint file or a RobustBench model name.")
+@click.option("--attacks", default="pgd,apgd-t,cw,square,fgsm", show_default=True, metavar="A,B,...",
+              help="Attack plugins (default hyper-parameters), see `energybench plugins --kind attack`.")
+@click.option("-n", "n", type=int, default=500, show_default=True, help="Test points (the first n).")
+@click.option("--eps", help="Perturbation budget (default: the run's).")
+@click.option("--norm", type=click.Choice(["Linf", "L2"]), help="Threat model (default: the run's, else Linf).")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--dataset", help="Dataset of a checkpoint file outside a run folder.")
+@click.option("--model-arch", help="Architecture (model plugin) of a checkpoint file outside a run folder.")
+@click.option("--model-dir", type=click.Path(file_okay=False), help="RobustBench model_dir (see `energybench eval`).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+              help="PNG file (default: energy-histograms-REF.png).")
+@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@store_option
+def histograms(model_ref, attacks, n, eps, norm, checkpoint, dataset, model_arch, model_dir, out_path, data_root,
+               device, store_path) -> None:
+    """E(x) and E(x,y) of clean test points and of their adversarial counterparts under each attack."""
+    from pathlib import Path
+
+    from benchmark.config import parse_eps
+    from benchmark.energy_figures import HistogramRequest, energy_stats, histogram_figure, model_histograms, stats_table
+    from benchmark.store import Store
+
+    try:
+        eps_value = parse_eps(eps) if eps is not None else None
+    except ValueError as exc:
+        raise EnergybenchError(str(exc)) from None
+    request = HistogramRequest(ref=model_ref, attacks=[a.strip() for a in attacks.split(",") if a.strip()], n=n,
+                               eps=eps_value, norm=norm, checkpoint=checkpoint, dataset=dataset, arch=model_arch,
+                               model_dir=model_dir, data_root=data_root, device=device)
+    with err.status("loading the model") as status:
+        data, title = model_histograms(request, Store(store_path),
+                                       on_attack=lambda name: status.update(f"energies under {name}"))
+    path = Path(out_path or f"energy-histograms-{Path(model_ref).stem.replace(':', '-')}.png")
+    histogram_figure(data, title=title).savefig(path, dpi=120)
+    out.print(stats_table(energy_stats(data), title))
+    out.print(f"figure written to {path}")
+
+
+@energy.command()
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID...")
+@click.option("--out", "out_path", default="energy-trace.png", show_default=True, type=click.Path(dir_okay=False))
+@store_option
+def trace(run_ids, out_path, store_path) -> None:
+    """Per-epoch train and validation dE beside PGD and FGSM validation accuracy, several runs overlaid."""
+    from benchmark.energy_figures import load_traces, trace_figure, trace_table
+    from benchmark.store import Store
+
+    traces = load_traces(Store(store_path), list(run_ids))
+    trace_figure(traces).savefig(out_path, dpi=120)
+    out.print(trace_table(traces))
+    out.print(f"figure written to {out_path}")
+
+
+@energy.command()
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID...")
+@store_option
+def select(run_ids, store_path) -> None:
+    """The epoch each criterion picks (val-pgd needs an attack per epoch, dE none) and its validation PGD."""
+    from benchmark.selection import CRITERIA, select_epoch
+    from benchmark.store import Store
+
+    store = Store(store_path)
+    table = Table(title="checkpoint selection: epoch (validation PGD accuracy)", title_justify="left",
+                  header_style="bold")
+    for column in ("run", *CRITERIA, "dE = val-pgd"):
+        table.add_column(column)
+    for run_id in run_ids:
+        history = store.epochs(store.get_run(run_id).id)
+        picks = {c: select_epoch(history, c) for c in CRITERIA}
+        table.add_row(run_id, *(f"{picks[c] + 1} ({history[picks[c]]['val_pgd_acc']:.1%})" for c in CRITERIA),
+                      "yes" if picks["dE"] == picks["val-pgd"] else "no")
     out.print(table)
 
 

@@ -8,7 +8,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from benchmark.errors import PluginError
+from benchmark.errors import EnergybenchError, PluginError
+from benchmark.guard import attack_output_problem
 from benchmark.params import PluginParams, parse_params
 
 
@@ -45,11 +46,20 @@ class Attack(ABC):
         """Return adversarial inputs for the batch ``(x, y)``."""
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``perturb`` with the model's modes restored, its failures and contract breaches named (PluginError)."""
+        label = repr(self.name or type(self).__name__)
         modes = [m.training for m in self.model.modules()]
         try:
             with torch.enable_grad():
                 x_adv = self.perturb(x, y)
+        except EnergybenchError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"attack {label} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             for module, training in zip(self.model.modules(), modes):
                 module.training = training
+        problem = attack_output_problem(x, x_adv, self.eps, self.norm)
+        if problem:
+            raise PluginError(f"attack {label} {problem}")
         return x_adv.detach()

@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,34 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def save_checkpoint(path: str | Path, obj: Any) -> str:
-    """Save ``obj`` (tensors, dicts, numbers) atomically, with ``path.sha256`` beside it; return the hash."""
+    """Save ``obj`` (tensors, dicts, numbers) atomically, with ``path.sha256`` beside it; return the hash.
+
+    The sidecar lists the hashes a valid ``path`` may have: first the new one plus the old ones,
+    then, once ``path`` is replaced, the new one only. A process killed at any moment thus leaves
+    a checkpoint whose hash is listed, while any corruption of the file is still detected.
+    """
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
+    sidecar = path.with_name(path.name + ".sha256")
+    previous = []
+    if path.is_file():
+        previous = (sidecar.read_text().split() if sidecar.is_file()
+                    else [hashlib.sha256(path.read_bytes()).hexdigest()])
+    atomic_write(sidecar, "\n".join([digest, *previous]).encode())
     atomic_write(path, data)
-    atomic_write(path.with_name(path.name + ".sha256"), digest.encode())
+    atomic_write(sidecar, digest.encode())
     return digest
 
 
@@ -50,14 +68,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except OSError as exc:
         raise EnergybenchError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.is_file() and hashlib.sha256(data).hexdigest() != sidecar.read_text().strip():
+    if sidecar.is_file() and hashlib.sha256(data).hexdigest() not in sidecar.read_text().split():
         raise EnergybenchError(f"checkpoint {path} is corrupted: its SHA-256 does not match {sidecar.name}")
     try:
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. about pickle protocols: the outcome is reported below
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        reason = " ".join(line.strip() for line in str(exc).splitlines()
+                          if line.strip() and not line.strip().startswith(boilerplate))
         raise EnergybenchError(f"refusing checkpoint {path}: it holds objects other than tensors and plain "
-                               f"containers, which could run code ({first[:160]})") from None
+                               f"containers, which could run code ({reason[:160] or 'pickled objects'})") from None
     except Exception as exc:
         raise EnergybenchError(f"checkpoint {path} is not a readable PyTorch file "
                                f"({type(exc).__name__}: {str(exc)[:160]})") from None

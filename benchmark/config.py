@@ -81,6 +81,40 @@ class Schedule(_Strict):
         return self.gamma ** sum(progress >= m for m in self.milestones)
 
 
+class MonitorConfig(_Strict):
+    """The catastrophic-overfitting early warning on the training dE (benchmark/monitor.py, docs/energy.md)."""
+
+    enabled: bool = True
+    action: Literal["warn", "stop", "rollback"] = Field(
+        "warn", description="on alarm: warn only; stop training (then evaluate); or roll back to the last "
+                            "healthy epoch and continue with fallback_trainer")
+    signal: Literal["dE", "dE_joint"] = Field("dE", description="batch mean of the marginal or the joint dE")
+    direction: Literal["up", "both"] = Field("both", description="alarm on a rising dE only, or on both signs")
+    check_every: int = Field(16, ge=1, description="training batches per check (one host read per check)")
+    halflife: float = Field(8.0, gt=0, description="half-life of the baseline's moving mean and variance, in checks")
+    threshold: float = Field(4.0, gt=0, description="alarm when |z| of a check exceeds this...")
+    patience: int = Field(2, ge=1, description="...for this many consecutive checks")
+    warmup: int = Field(8, ge=0, description="checks that only build the baseline")
+    min_std: float = Field(0.05, gt=0, description="floor of the baseline's standard deviation")
+    fallback_trainer: str = Field("n-fgsm", description="rollback: the trainer used after rolling back")
+
+
+class FastPath(_Strict):
+    """Speed settings of the run's device (benchmark/acceleration.py, docs/performance.md).
+
+    With ``enabled="auto"`` they apply on CUDA and not on CPU; ``"on"``/``"off"`` force them.
+    They change speed and floating-point rounding, not the experiment, so the config hash ignores them.
+    """
+
+    enabled: Literal["auto", "on", "off"] = Field("auto", description="auto: on when the run's device is CUDA")
+    amp: Literal["bf16", "off"] = Field("bf16", description="autocast dtype of the model's forward passes")
+    amp_test: bool = Field(False, description="autocast the final test evaluation too (default: it runs in float32)")
+    channels_last: bool = Field(True, description="channels_last memory format for the model and its inputs")
+    cudnn_benchmark: bool = Field(True, description="let cuDNN pick the fastest convolution algorithms")
+    fused_optimizer: bool = Field(True, description="fused SGD kernels where the device has them")
+    compile: bool = Field(False, description="torch.compile the model (slow start, faster steps)")
+
+
 class RunConfig(_Strict):
     """Everything that determines a run's result (plus where to find data and which device)."""
 
@@ -104,8 +138,12 @@ class RunConfig(_Strict):
     val_size: int = Field(5000, ge=1)
     seed: int = 0
     eval: EvalProtocol = Field(default_factory=EvalProtocol)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    fast: FastPath = Field(default_factory=FastPath)
     device: str = "auto"
     data_root: str | None = None
+    plugin_timeout: float | None = Field(None, gt=0, description="seconds one trainer step or regularizer "
+                                         "penalty may take before its run fails (None = no limit; Unix only)")
 
     @field_validator("eps", mode="before")
     @classmethod
@@ -121,8 +159,11 @@ class RunConfig(_Strict):
         return self
 
     def config_hash(self) -> str:
-        """Hash of the settings that determine results (not the track name, device or data path)."""
-        data = self.model_dump(exclude={"track", "device", "data_root"})
+        """Hash of the settings that determine results (not the track name, device, fast path, data path,
+        plugin timeout, or a monitor that only warns)."""
+        passive = not self.monitor.enabled or self.monitor.action == "warn"
+        ignored = {"track", "device", "fast", "data_root", "plugin_timeout"} | ({"monitor"} if passive else set())
+        data = self.model_dump(exclude=ignored)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

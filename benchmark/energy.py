@@ -51,14 +51,15 @@ class EnergyTrace:
     def __init__(self) -> None:
         self._parts: dict[str, list[torch.Tensor]] = {}
 
-    def add(self, logits: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> None:
-        """Record E(x), E(x*), dE and the joint dE of a batch (all detached)."""
+    def add(self, logits: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Record E(x), E(x*), dE and the joint dE of a batch (all detached), and return them by name."""
         logits, logits_adv = logits.detach().float(), logits_adv.detach().float()
         e, e_adv = marginal_energy(logits), marginal_energy(logits_adv)
         values = {"energy": e, "energy_adv": e_adv, "dE": e - e_adv,
                   "dE_joint": joint_energy(logits, y) - joint_energy(logits_adv, y)}
         for key, value in values.items():
             self._parts.setdefault(key, []).append(value)
+        return values
 
     def summary(self, prefix: str = "") -> dict[str, float]:
         """Statistics of everything recorded: ``{prefix}dE_mean``, ``{prefix}dE_q50``, ..."""

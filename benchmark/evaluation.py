@@ -37,10 +37,11 @@ def as_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _batches(split: Split, n: int | None, batch_size: int, device: torch.device):
+    """The first ``n`` points in batches: copied to ``device`` once (as uint8), made float per batch."""
     n = len(split) if n is None else min(n, len(split))
+    x, y = split.x[:n].to(device), split.y[:n].to(device)
     for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        yield as_float(split.x[start:stop], device), split.y[start:stop].to(device)
+        yield as_float(x[start:start + batch_size], device), y[start:start + batch_size]
 
 
 def pgd_attack(model: nn.Module, eps: float, norm: str, steps: int, restarts: int = 1):
@@ -55,7 +56,8 @@ def robustness(model: nn.Module, split: Split, *, n: int | None, eps: float, nor
     """Clean, (FGSM,) and PGD accuracy on the first ``n`` points, and dE statistics against PGD."""
     fgsm = get_plugin("attack", "fgsm")(model, eps=eps, norm=norm) if with_fgsm else None
     pgd = pgd_attack(model, eps, norm, pgd_steps, pgd_restarts)
-    counts = {"clean": 0, "pgd": 0} | ({"fgsm": 0} if fgsm else {})
+    counts = {name: torch.zeros((), dtype=torch.long, device=device)  # read once, at the end
+              for name in ("clean", "pgd") + (("fgsm",) if fgsm else ())}
     total, trace = 0, EnergyTrace()
     with eval_mode(model):
         for x, y in _batches(split, n, batch_size, device):
@@ -65,13 +67,13 @@ def robustness(model: nn.Module, split: Split, *, n: int | None, eps: float, nor
             x_fgsm = fgsm(x, y) if fgsm is not None else None
             with torch.no_grad():
                 logits_pgd = model(x_pgd)
-                counts["clean"] += int((logits.argmax(1) == y).sum())
-                counts["pgd"] += int((logits_pgd.argmax(1) == y).sum())
+                counts["clean"] += (logits.argmax(1) == y).sum()
+                counts["pgd"] += (logits_pgd.argmax(1) == y).sum()
                 if x_fgsm is not None:
-                    counts["fgsm"] += int((model(x_fgsm).argmax(1) == y).sum())
+                    counts["fgsm"] += (model(x_fgsm).argmax(1) == y).sum()
             trace.add(logits, logits_pgd, y)
             total += len(y)
-    metrics = {f"{prefix}{k}_acc": v / total for k, v in counts.items()}
+    metrics = {f"{prefix}{k}_acc": float(v) / total for k, v in counts.items()}
     metrics.update(trace.summary(prefix=prefix))
     return metrics
 

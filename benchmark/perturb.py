@@ -94,9 +94,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
     """Projected gradient ascent (Madry et al.) on ``loss`` inside the ``norm`` ball of ``eps``.
 
     With several restarts, each sample keeps the first restart that misclassifies it, or else the
-    one with the highest final loss.
+    one with the highest final loss; with one, the final iterate is returned (no selection pass).
     """
-    best = x.detach().clone()
+    best = x.detach()
     best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(max(restarts, 1)):
@@ -107,12 +107,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_
             delta = project(delta + step_size * ascent_direction(grad, norm), eps, norm)
             delta = (x + delta).clamp(0, 1) - x
         x_adv = (x + delta).detach()
+        if restarts <= 1:
+            return x_adv
         with torch.no_grad():
             logits = model(x_adv)
             value = per_sample_loss(logits, y, loss)
             wrong = logits.argmax(1) != y
-        take = (~fooled) & (wrong | (value > best_loss))
-        best[take], best_loss[take] = x_adv[take], value[take]
+        take = (~fooled) & (wrong | (value > best_loss))  # torch.where, not masks: no host synchronisation
+        best = torch.where(take.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
+        best_loss = torch.where(take, value, best_loss)
         fooled |= wrong
     return best
 

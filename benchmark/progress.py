@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from benchmark.config import RunConfig
 
 
 class Reporter:
     """Receives a run's progress; this base ignores everything (library use, tests)."""
 
-    def start(self, run_id: str, epochs: int, done: int) -> None: ...
+    def start(self, run_id: str, config: RunConfig, done: int) -> None: ...
     def start_epoch(self, epoch: int, batches: int) -> None: ...
     def batch_done(self) -> None: ...
     def epoch_done(self, epoch: int, metrics: dict[str, Any]) -> None: ...
     def stage(self, text: str) -> None: ...
+    def alert(self, text: str) -> None: ...
     def finish(self) -> None: ...
 
 
@@ -28,9 +32,14 @@ class RichReporter(Reporter):
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
         self._epochs = self._batches = self._stage = None
 
-    def start(self, run_id: str, epochs: int, done: int) -> None:
+    def start(self, run_id: str, config: RunConfig, done: int) -> None:
+        self.console.print(
+            f"[bold]energybench run {run_id}[/]: {config.trainer} + {config.regularizer} on {config.dataset} "
+            f"({config.model}), {config.norm} eps {config.eps:g}, {config.epochs} epochs"
+            + (f", track {config.track}" if config.track else "")
+            + (f", resuming after epoch {done}" if done else ""))
         self.progress.start()
-        self._epochs = self.progress.add_task(f"run {run_id}", total=epochs, completed=done)
+        self._epochs = self.progress.add_task(f"run {run_id}", total=config.epochs, completed=done)
 
     def start_epoch(self, epoch: int, batches: int) -> None:
         if self._batches is not None:
@@ -43,6 +52,8 @@ class RichReporter(Reporter):
     def epoch_done(self, epoch: int, metrics: dict[str, Any]) -> None:
         self.progress.advance(self._epochs)
         co = " [bold red]CO[/]" if metrics.get("co") else ""
+        if metrics.get("monitor_alarm"):
+            co += f" [bold yellow]dE alarm @{metrics['monitor_alarm_iter']:.0f}[/]"
         self.console.print(
             f"epoch {epoch + 1}: loss {metrics['train_loss']:.3f}  val clean {metrics['val_clean_acc']:.1%}  "
             f"FGSM {metrics['val_fgsm_acc']:.1%}  PGD {metrics['val_pgd_acc']:.1%}  "
@@ -58,5 +69,9 @@ class RichReporter(Reporter):
         else:
             self.progress.update(self._stage, description=text)
 
+    def alert(self, text: str) -> None:
+        self.console.print(f"[bold yellow]warning:[/] {text}")
+
     def finish(self) -> None:
-        self.progress.stop()
+        if self._epochs is not None:
+            self.progress.stop()

@@ -2,7 +2,8 @@
 
 Layout under the store home (``--store``, ``$ENERGYBENCH_HOME`` or ``~/.local/share/energybench``):
 ``store.sqlite`` and ``runs/<run_id>/`` holding ``config.json``, ``metrics.jsonl``, ``best.pt``,
-``last.pt`` and ``state.pt`` (everything needed to resume). The database uses WAL mode and a busy
+``last.pt`` and ``state.pt`` (everything needed to resume). A ``generative`` table holds the results
+of sampling stored models (``energybench sample``). The database uses WAL mode and a busy
 timeout, so several processes may write to it at once.
 """
 
@@ -15,11 +16,16 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmark.errors import EnergybenchError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: runs are not locked
+    fcntl = None
 
 SCHEMA_VERSION = 1
 
@@ -37,6 +43,10 @@ CREATE TABLE IF NOT EXISTS epochs (
 CREATE TABLE IF NOT EXISTS results (
     run_id TEXT NOT NULL REFERENCES runs(id), checkpoint TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
     PRIMARY KEY (run_id, checkpoint, metric));
+CREATE TABLE IF NOT EXISTS generative (
+    id TEXT PRIMARY KEY, created REAL NOT NULL, model_ref TEXT NOT NULL, checkpoint TEXT, dataset TEXT NOT NULL,
+    model TEXT NOT NULL, sampler TEXT NOT NULL, params TEXT NOT NULL, seed INTEGER NOT NULL, n INTEGER NOT NULL,
+    metrics TEXT NOT NULL, steps_mean REAL NOT NULL, wall_time REAL NOT NULL, out_dir TEXT);
 """
 
 
@@ -86,7 +96,7 @@ class Store:
             self._db.execute("PRAGMA busy_timeout = 30000")
             self._db.execute("PRAGMA journal_mode = WAL")
             version = self._schema_version()
-            if version is None:  # new store; every statement is idempotent, so racing creators agree
+            if version is None or version <= SCHEMA_VERSION:  # idempotent: older stores gain new tables
                 self._db.executescript(_SCHEMA)
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except OSError as exc:
@@ -130,16 +140,31 @@ class Store:
     def run_dir(self, run_id: str) -> Path:
         return self.home / "runs" / run_id
 
+    def claim(self, run_id: str) -> RunClaim:
+        """Hold run ``run_id`` for this process until ``release()``; refused while another process holds it.
+
+        The hold is an OS lock (``flock``) on ``runs/<id>/.lock`` that ends with its process, however
+        that ends: a run left in status 'running' that nobody holds was killed and may be resumed.
+        """
+        return RunClaim(self.run_dir(run_id) / ".lock", run_id)
+
     def create_run(self, config: dict[str, Any], config_hash: str, suite: str | None = None) -> str:
         """Insert a new run in status 'running' and create its folder; return its id."""
-        run_id = f"{time.strftime('%y%m%d-%H%M')}-{secrets.token_hex(2)}"
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO runs (id, created, status, track, suite, trainer, regularizer, dataset, model, eps, "
-                "norm, seed, config_hash, config) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, time.time(), config.get("track"), suite, config["trainer"], config["regularizer"],
-                 config["dataset"], config["model"], config["eps"], config["norm"], config["seed"], config_hash,
-                 json.dumps(config, sort_keys=True)))
+        for attempt in range(10):
+            run_id = new_id()
+            try:
+                with self._tx() as db:
+                    db.execute(
+                        "INSERT INTO runs (id, created, status, track, suite, trainer, regularizer, dataset, model, "
+                        "eps, norm, seed, config_hash, config) "
+                        "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (run_id, time.time(), config.get("track"), suite, config["trainer"], config["regularizer"],
+                         config["dataset"], config["model"], config["eps"], config["norm"], config["seed"],
+                         config_hash, json.dumps(config, sort_keys=True)))
+                break
+            except sqlite3.IntegrityError:  # the id drawn is taken (another run in the same minute): draw again
+                if attempt == 9:
+                    raise
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
         from benchmark.checkpoint import atomic_write
 
@@ -203,6 +228,79 @@ class Store:
         for row in self._db.execute("SELECT checkpoint, metric, value FROM results WHERE run_id = ?", (run_id,)):
             out.setdefault(row[0], {})[row[1]] = row[2]
         return out
+
+
+    # ----- generative results -----------------------------------------------------------------
+
+    def add_generative(self, record: GenerativeRecord) -> None:
+        """Store one sampler's result on one model (``record.id`` from ``new_id()``)."""
+        data = asdict(record) | {"params": json.dumps(record.params, sort_keys=True),
+                                 "metrics": json.dumps(record.metrics, sort_keys=True)}
+        with self._tx() as db:
+            db.execute(f"INSERT INTO generative ({', '.join(data)}) VALUES ({', '.join('?' * len(data))})",
+                       tuple(data.values()))
+
+    def generative(self, *, dataset: str | None = None, model: str | None = None) -> list[GenerativeRecord]:
+        """Stored generative results, oldest first, optionally for one dataset and/or architecture."""
+        clauses = [(c, v) for c, v in (("dataset", dataset), ("model", model)) if v is not None]
+        where = f"WHERE {' AND '.join(f'{c} = ?' for c, _ in clauses)}" if clauses else ""
+        rows = self._db.execute(f"SELECT * FROM generative {where} ORDER BY created", [v for _, v in clauses])
+        return [GenerativeRecord(**(dict(r) | {"params": json.loads(r["params"]), "metrics": json.loads(r["metrics"])}))
+                for r in rows]
+
+
+class RunClaim:
+    """An exclusive lock on a run's ``.lock`` file, holding the owner's pid (Unix; a no-op elsewhere)."""
+
+    def __init__(self, path: Path, run_id: str):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "a+")
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "?"
+            self._file.close()
+            raise EnergybenchError(f"run {run_id} is in use by another process (pid {holder}); wait for it "
+                                   "to finish or stop it first") from None
+        self._file.truncate(0)
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+
+    def release(self) -> None:
+        self._file.close()
+
+
+def new_id() -> str:
+    """A fresh id for a run or a generative result: creation minute plus a random suffix."""
+    return f"{time.strftime('%y%m%d-%H%M')}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class GenerativeRecord:
+    """One row of the generative table: a sampler's samples of one model and their metrics.
+
+    ``model_ref`` is a run id (with its ``checkpoint``, best or last) or a checkpoint path;
+    ``metrics`` holds labelled keys such as ``FID[fmnist-cnn]``; ``steps_mean`` is the mean number
+    of update steps per sample and ``wall_time`` the sampling time in seconds (metrics excluded).
+    """
+
+    id: str
+    created: float
+    model_ref: str
+    checkpoint: str | None
+    dataset: str
+    model: str
+    sampler: str
+    params: dict[str, Any]
+    seed: int
+    n: int
+    metrics: dict[str, float]
+    steps_mean: float
+    wall_time: float
+    out_dir: str | None
 
 
 def _record(row: sqlite3.Row) -> RunRecord:

@@ -9,7 +9,9 @@ import pytest
 import torch
 from datafiles import class_images, write_idx
 
-torch.set_num_threads(2)
+# One thread: with only 2 cores, intra-op threading of these tiny models costs more than it saves,
+# and pyautoattack slows down sharply when its threads compete with another process.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ def site(tmp_path_factory) -> Path:
 
 def energybench(site: Path, tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(site), ENERGYBENCH_OFFLINE="1", ENERGYBENCH_HOME=str(tmp_path),
-               COLUMNS="200")
+               COLUMNS="200", OMP_NUM_THREADS="1")
     code = "import sys; from cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=600)
 

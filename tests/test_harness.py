@@ -12,7 +12,7 @@ from benchmark.checkpoint import load_checkpoint
 from benchmark.config import EvalProtocol, load_catalogue, resolve_config
 from benchmark.errors import EnergybenchError, PluginError
 from benchmark.evaluation import catastrophic_overfitting
-from benchmark.harness import crop_flip, execute, prepare
+from benchmark.harness import crop_flip, crop_flip_draws, execute, prepare
 from benchmark.progress import Reporter
 from benchmark.store import Store
 from benchmark.trainer import Trainer, TrainOutput
@@ -127,8 +127,8 @@ def test_catastrophic_overfitting_rule():
 
 def test_crop_flip_keeps_shape_and_content():
     x = torch.rand(16, 3, 32, 32)
-    out = crop_flip(x, torch.Generator().manual_seed(0))
+    out = crop_flip(x, crop_flip_draws(16, torch.Generator().manual_seed(0)))
     assert out.shape == x.shape
     assert not torch.equal(out, x)
-    same = crop_flip(x, torch.Generator().manual_seed(0))
+    same = crop_flip(x, crop_flip_draws(16, torch.Generator().manual_seed(0)))
     assert torch.equal(out, same)

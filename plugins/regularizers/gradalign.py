@@ -46,5 +46,5 @@ class GradAlign(Regularizer):
                                           create_graph=True)
         grad, grad_noisy = grad.flatten(1), grad_noisy.flatten(1)
         keep = (grad.norm(dim=1) > 0) & (grad_noisy.norm(dim=1) > 0)
-        cos = F.cosine_similarity(grad[keep], grad_noisy[keep], dim=1)
-        return self.params.lam * (1 - cos).sum() / keep.sum().clamp_min(1)
+        cos = F.cosine_similarity(grad, grad_noisy, dim=1)  # masked, not indexed: no host synchronisation
+        return self.params.lam * torch.where(keep, 1 - cos, 0.0).sum() / keep.sum().clamp_min(1)

@@ -1,0 +1,181 @@
+"""`energybench eval`: energybench runs and checkpoints, TorchScript and state-dict files, RobustBench names."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pytest
+import torch
+
+from benchmark.config import load_catalogue, resolve_config
+from benchmark.datasets import load_dataset
+from benchmark.harness import execute, prepare
+from benchmark.store import Store
+from benchmark.trained import load_trained
+from cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def stored_run(out: str) -> str:
+    match = re.search(r"stored as run (\S+);", out)
+    assert match, out
+    return match.group(1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread while this module runs: the CPU is shared, and AutoAttack is chatty."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny digits run (1 epoch on 512 points), evaluated on 60 test points with AutoAttack on 8."""
+    home = tmp_path_factory.mktemp("store")
+    catalogue = load_catalogue()
+    overrides = {"epochs": 1, "n_train": 512, "eval": {"aa_points": 8, "val_points": 60, "test_points": 60}}
+    run_id = execute(prepare(resolve_config(catalogue, track="digits-tiny", overrides=overrides), catalogue),
+                     Store(home))
+    return home, run_id
+
+
+def clean_accuracy(model, n: int, dataset: str = "digits", data_root=None) -> float:
+    test = load_dataset(dataset, data_root=data_root, val_size=1).test
+    with torch.no_grad():
+        return float((model(test.x[:n].float() / 255).argmax(1) == test.y[:n]).float().mean())
+
+
+def test_eval_of_a_run_repeats_its_test_evaluation_and_joins_the_leaderboard(capsys, trained):
+    home, run_id = trained
+    code, out, err = run_cli(capsys, "eval", run_id, "--aa-points", 8, "--test-points", 60, "--store", home)
+    assert code == 0, err
+    new_id = stored_run(out)
+    store = Store(home)
+    record = store.get_run(new_id)
+    assert (record.status, record.trainer, record.model, record.track) == ("done", "external", "small-cnn",
+                                                                          "digits-tiny")
+    assert record.config["trainer_params"] == {"kind": "run", "run": run_id, "checkpoint": "best",
+                                               "trainer": "fgsm", "regularizer": "none"}
+    original, evaluated = store.results(run_id)["best"], store.results(new_id)
+    assert evaluated["best"] == evaluated["last"]
+    # Same weights, seed and protocol: clean and AutoAttack (seeded) repeat exactly; PGD has a random start.
+    assert evaluated["last"]["test_clean_acc"] == original["test_clean_acc"]
+    assert evaluated["last"]["aa_acc"] == original["aa_acc"] and evaluated["last"]["aa_points"] == 8
+    assert abs(evaluated["last"]["test_pgd_acc"] - original["test_pgd_acc"]) <= 0.1
+    for metric in ("test_fgsm_acc", "test_dE_mean", "test_energy_q50", "test_energy_adv_q95"):
+        assert metric in evaluated["last"], metric
+    assert {k for k in evaluated["last"] if k.startswith("aa_")} == {k for k in original if k.startswith("aa_")}
+    code, out, _ = run_cli(capsys, "leaderboard", "--format", "json", "--trainer", "external", "--store", home)
+    assert code == 0
+    assert [row["id"] for row in json.loads(out)["measured"]] == [new_id]
+
+
+def test_eval_of_torchscript_and_state_dict_files(capsys, trained, tmp_path):
+    home, run_id = trained
+    model = load_trained(run_id, Store(home)).model
+    expected = clean_accuracy(model, 60)
+    script = tmp_path / "scripted.pt"
+    torch.jit.script(model).save(str(script))
+    code, out, err = run_cli(capsys, "eval", script, "--dataset", "digits", "--eps", "0.1", "--aa-points", 0,
+                             "--test-points", 60, "--store", home)
+    assert code == 0, err
+    record = Store(home).get_run(stored_run(out))
+    assert record.model == "torchscript:scripted.pt" and record.config["trainer_params"]["kind"] == "torchscript"
+    assert len(record.config["trainer_params"]["sha256"]) == 16
+    assert Store(home).results(record.id)["last"]["test_clean_acc"] == pytest.approx(expected)
+
+    weights = tmp_path / "weights.pth"  # a bare state dict: no config.json beside it
+    torch.save(model.state_dict(), weights)
+    code, _, err = run_cli(capsys, "eval", weights, "--dataset", "digits", "--store", home)
+    assert code == 2 and "give --dataset and --model" in err
+    code, out, err = run_cli(capsys, "eval", weights, "--dataset", "digits", "--model", "small-cnn", "--aa-points", 0,
+                             "--test-points", 60, "--store", home)
+    assert code == 0, err
+    record = Store(home).get_run(stored_run(out))
+    assert record.model == "small-cnn" and record.config["trainer_params"]["kind"] == "checkpoint"
+    assert record.eps == 0.1 and record.track == "digits-tiny"  # the first track on digits gives the protocol
+    assert Store(home).results(record.id)["last"]["test_clean_acc"] == pytest.approx(expected)
+
+
+def test_eval_refuses_bad_input_in_one_line(capsys, trained, tmp_path):
+    home, run_id = trained
+    code, _, err = run_cli(capsys, "eval", run_id, "--eps", "8/0", "--store", home)
+    assert code == 2 and "eps '8/0' is not a number or a fraction like 8/255" in err
+    code, _, err = run_cli(capsys, "eval", run_id, "--norm", "L2", "--store", home)
+    assert code == 2 and "track 'digits-tiny' gives an eps for Linf, not L2: pass --eps" in err
+    code, _, err = run_cli(capsys, "eval", run_id, "--track", "fmnist-co", "--store", home)
+    assert code == 2 and "track 'fmnist-co' is on 'fashion-mnist'" in err
+    wrong = tmp_path / "three_classes.pt"
+    torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))).save(str(wrong))
+    code, _, err = run_cli(capsys, "eval", wrong, "--dataset", "digits", "--store", home)
+    assert code == 2 and "returns (2, 3) for 2 digits images; expected logits of shape (2, 10)" in err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("energybench: error: model torchscript")
+    failed = Store(home).runs(status="failed")
+    assert failed and "returns (2, 3)" in failed[-1].error
+
+
+TINY_CIFAR_REGISTRY = """
+default_track = "cifar-tiny"
+
+[tracks.cifar-tiny]
+description = "CIFAR-10 protocol shrunk for a test"
+dataset = "cifar10"
+model = "preact-resnet18"
+eps = "8/255"
+eval = { test_points = 8, pgd_steps = 2, aa_points = 0, batch_size = 8, val_points = 8 }
+"""
+
+
+def test_robustbench_model_loads_offline_from_a_local_checkpoint_file(capsys, tmp_path, cifar10_root):
+    from benchmark.robustbench_compat import import_robustbench
+
+    rb = import_robustbench()  # robustbench 1.1.1 imports `autoattack`: pyautoattack stands in for it
+    import pyautoattack
+    from robustbench.eval import AutoAttack
+
+    assert sys.modules["autoattack"] is pyautoattack and AutoAttack is pyautoattack.AutoAttack
+    assert rb.load_model is rb.utils.load_model
+    registry = tmp_path / "registry.toml"
+    registry.write_text(TINY_CIFAR_REGISTRY)
+    model_dir, home = tmp_path / "models", tmp_path / "store"
+    args = ["eval", "robustbench:Wong2020Fast", "--model-dir", model_dir, "--data-root", cifar10_root,
+            "--registry", registry, "--store", home]
+
+    code, _, err = run_cli(capsys, *args)  # no weights yet, downloads disabled: say where to fetch them
+    assert code == 2
+    assert "fetch the weights of RobustBench model 'Wong2020Fast' first from Google Drive (https://drive.google" in err
+    assert str(model_dir / "cifar10" / "Linf" / "Wong2020Fast.pt") in err and "ENERGYBENCH_OFFLINE" in err
+
+    from robustbench.model_zoo.cifar10 import Wong2020FastNet
+
+    torch.manual_seed(0)
+    net = Wong2020FastNet().eval()  # RobustBench's own architecture for this name, random weights
+    (model_dir / "cifar10" / "Linf").mkdir(parents=True)
+    torch.save(net.state_dict(), model_dir / "cifar10" / "Linf" / "Wong2020Fast.pt")
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    record = Store(home).get_run(stored_run(out))
+    assert (record.model, record.dataset, record.norm, record.track) == ("robustbench:Wong2020Fast", "cifar10",
+                                                                         "Linf", "cifar-tiny")
+    assert record.eps == pytest.approx(8 / 255)
+    assert record.config["trainer_params"] == {"kind": "robustbench", "name": "Wong2020Fast", "threat_model": "Linf"}
+    results = Store(home).results(record.id)["last"]
+    assert results["test_clean_acc"] == pytest.approx(clean_accuracy(net, 8, "cifar10", cifar10_root))
+    assert "test_pgd_acc" in results and "test_dE_mean" in results and "aa_acc" not in results
+
+    code, _, err = run_cli(capsys, "eval", "robustbench:Wong2020Fst", "--model-dir", model_dir, "--store", home)
+    assert code == 2 and "did you mean 'Wong2020Fast'?" in err
+    code, _, err = run_cli(capsys, "eval", "robustbench:Debenedetti2022Light_XCiT-S12", "--store", home)
+    assert code == 2 and "is loaded through timm" in err and "downloads are disabled" in err  # and none was tried

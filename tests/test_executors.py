@@ -1,0 +1,102 @@
+"""Executors: Ray for real on a local instance, and the store under several concurrent writers."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import ray
+
+from benchmark.checkpoint import load_checkpoint
+from benchmark.config import load_catalogue
+from benchmark.executors import RayExecutor
+from benchmark.store import Store
+from benchmark.suite import load_suite, pending
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ray_executor_runs_cells_as_tasks_into_the_store(tmp_path):
+    catalogue = load_catalogue()
+    cells = load_suite(catalogue, "tiny").cells(catalogue)[:3]
+    broken = dataclasses.replace(cells[2], config=cells[2].config.model_copy(update={"device": "cuda:99"}))
+    store = Store(tmp_path / "store")
+    seen = []
+    outcomes = RayExecutor(num_cpus=2).run([cells[0], cells[1], broken], store, suite="tiny", on_done=seen.append)
+    assert not ray.is_initialized()  # the local instance it started is shut down
+    assert seen == outcomes and len(outcomes) == 3
+    status = {o.cell.describe(): o for o in outcomes}
+    assert status[broken.describe()].status == "failed" and "cuda:99" in status[broken.describe()].error
+    for cell in cells[:2]:
+        outcome = status[cell.describe()]
+        assert outcome.status == "done" and outcome.wall_time > 0
+        record = store.get_run(outcome.run_id)
+        assert record.suite == "tiny" and record.config_hash == cell.config_hash and record.epochs_done == 1
+        assert [e["epoch"] for e in store.epochs(record.id)] == [0]
+        results = store.results(record.id)
+        assert set(results) == {"best", "last"} and 0 <= results["last"]["aa_acc"] <= 1
+        folder = store.run_dir(record.id)
+        assert load_checkpoint(folder / "last.pt") and (folder / "config.json").is_file()
+        assert len((folder / "metrics.jsonl").read_text().splitlines()) == 1
+    failed = store.get_run(status[broken.describe()].run_id)
+    assert failed.status == "failed" and failed.suite == "tiny"
+    assert pending(store, cells) == [cells[2]]  # a re-run retries only the failed cell
+
+
+WORKER = """
+import sys, time
+from pathlib import Path
+from benchmark.store import Store
+
+home, worker, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+while not (home.parent / "go").exists():
+    time.sleep(0.002)
+store = Store(home)
+for i in range(n):
+    config = {"trainer": "fgsm", "regularizer": "none", "dataset": "digits", "model": "small-cnn", "eps": 0.1,
+              "norm": "Linf", "seed": i}
+    run_id = store.create_run(config, f"w{worker}-{i}", suite="concurrent")
+    for epoch in range(3):
+        store.add_epoch(run_id, epoch, {"worker": worker, "i": i})
+    store.add_results(run_id, "best", {"acc": worker + i / 1000})
+    store.add_results(run_id, "last", {"acc": worker + i / 1000, "i": i})
+    store.set_status(run_id, "done", wall_time=1.0)
+"""
+
+
+def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
+    home, workers, per_worker = tmp_path / "store", 4, 12
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(home), str(w), str(per_worker)], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True) for w in range(workers)]
+    (tmp_path / "go").touch()  # all of them open the new store and write at once
+    for proc in procs:
+        _, errors = proc.communicate(timeout=120)
+        assert proc.returncode == 0, errors
+    store = Store(home)
+    runs = store.runs(status=None, suite="concurrent")
+    assert len(runs) == workers * per_worker and len({r.id for r in runs}) == len(runs)
+    assert sorted(r.config_hash for r in runs) == sorted(f"w{w}-{i}" for w in range(workers) for i in range(per_worker))
+    for run in runs:
+        worker, i = (int(part) for part in run.config_hash[1:].split("-"))
+        assert run.status == "done" and run.epochs_done == 3 and run.seed == i
+        assert store.epochs(run.id) == [{"epoch": e, "worker": worker, "i": i} for e in range(3)]
+        assert store.results(run.id) == {"best": {"acc": worker + i / 1000}, "last": {"acc": worker + i / 1000, "i": i}}
+        assert len((store.run_dir(run.id) / "metrics.jsonl").read_text().splitlines()) == 3
+    db = store._db
+    assert db.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == 3 * len(runs)
+    assert db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 3 * len(runs)
+
+
+def test_a_run_id_already_taken_is_drawn_again(tmp_path, monkeypatch):
+    from benchmark import store as store_module
+
+    drawn = iter(["260101-0000-aaaa", "260101-0000-aaaa", "260101-0000-bbbb"])
+    monkeypatch.setattr(store_module, "new_id", lambda: next(drawn))
+    store = Store(tmp_path)
+    config = {"trainer": "fgsm", "regularizer": "none", "dataset": "digits", "model": "small-cnn", "eps": 0.1,
+              "norm": "Linf", "seed": 0}
+    assert store.create_run(config, "h1") == "260101-0000-aaaa"
+    assert store.create_run(config, "h2") == "260101-0000-bbbb"
+    assert [r.config_hash for r in store.runs(status=None)] == ["h1", "h2"]

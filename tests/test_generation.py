@@ -1,0 +1,211 @@
+"""`energybench sample` and `leaderboard --generative` end to end on a digits-tiny run, with the digits domain CNN."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmark.config import load_catalogue, resolve_config
+from benchmark.datasets import DATASETS, load_dataset
+from benchmark.errors import EnergybenchError
+from benchmark.feature_extractors import domain_extractor, domain_name
+from benchmark.generation import feature_sets
+from benchmark.generative_leaderboard import rankings
+from benchmark.generative_metrics import domain_metrics
+from benchmark.harness import execute, prepare
+from benchmark.store import GenerativeRecord, Store
+from cli import main
+
+
+@pytest.fixture(scope="module")
+def base_home(tmp_path_factory):
+    """A store with one finished digits-tiny run and the digits domain extractor already trained."""
+    home = tmp_path_factory.mktemp("base")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENERGYBENCH_OFFLINE", "1")
+        catalogue = load_catalogue()
+        config = prepare(resolve_config(catalogue, track="digits-tiny", overrides={
+            "epochs": 1, "eval": {"aa_points": 0, "val_points": 60, "test_points": 60}}), catalogue)
+        run_id = execute(config, Store(home))
+        domain_extractor("digits", home)
+    return home, run_id
+
+
+@pytest.fixture
+def home(base_home, tmp_path):
+    """A private copy of the base store; returns (home, run_id)."""
+    folder = tmp_path / "store"
+    shutil.copytree(base_home[0], folder)
+    return folder, base_home[1]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_sample_writes_grid_samples_and_labelled_metrics_and_stores_a_row(capsys, home, tmp_path):
+    store_dir, run_id = home
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(capsys, "sample", "--model", run_id, "--sampler", "local-pca", "-n", "30", "-S", "steps=5",
+                             "--store", str(store_dir), "--out", str(out_dir))
+    assert code == 0, err
+    assert "ranked by FID[digits-cnn]" in out and "local-pca" in out and str(out_dir) in out.replace("\n", "")
+
+    samples = np.load(out_dir / "local-pca.npz")
+    assert samples["x"].shape == (30, 1, 8, 8) and samples["x"].dtype == np.uint8
+    assert samples["y"].tolist() == sorted(list(range(10)) * 3)  # balanced, sorted: grid rows are classes
+    assert samples["steps"].shape == (30,) and samples["steps"].max() <= 5 and samples["energy"].shape == (30,)
+    # 10 rows of 3 columns of 8x8 images with 2-pixel padding, enlarged 8 times
+    assert Image.open(out_dir / "local-pca.png").size == ((3 * 10 + 2) * 8, (10 * 10 + 2) * 8)
+
+    saved = json.loads((out_dir / "local-pca.json").read_text())
+    metrics = saved["metrics"]
+    for key in ("FID[digits-cnn]", "IS[digits-cnn]", "precision[digits-cnn]", "recall[digits-cnn]",
+                "acc[digits-cnn]", "diversity", "diversity_real"):
+        assert key in metrics, key
+    assert not {"FID", "IS"} & set(metrics)  # never unlabelled without the Inception weights
+    assert saved["params"]["steps"] == 5 and saved["feature_extractor"]["name"] == "digits-cnn"
+
+    rows = Store(store_dir).generative()
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.sampler, row.model_ref, row.checkpoint, row.dataset) == ("local-pca", run_id, "best", "digits")
+    assert row.n == 30
+    assert row.metrics == metrics and row.steps_mean == pytest.approx(samples["steps"].mean())
+
+    # the stored FID/IS are torch-fidelity's on the saved samples against the whole training set
+    data = load_dataset("digits", val_size=1)
+    real = torch.cat([data.train.x, data.val.x])
+    direct = domain_metrics(torch.from_numpy(samples["x"]), real, domain_extractor("digits", store_dir).model,
+                            "digits-cnn", isc_splits=3, device="cpu")
+    assert direct["FID[digits-cnn]"] == pytest.approx(metrics["FID[digits-cnn]"], rel=1e-4)
+    assert direct["IS[digits-cnn]"] == pytest.approx(metrics["IS[digits-cnn]"], rel=1e-4)
+
+
+def test_compare_runs_every_sampler_on_the_same_labels_and_seed(capsys, home, tmp_path):
+    store_dir, run_id = home
+    common = ["--model", run_id, "-n", "20", "--seed", "3", "--store", str(store_dir)]
+    code, out, err = run_cli(capsys, "sample", *common, "--compare", "class-pca, sgld,local-pca", "-S", "steps=3",
+                             "-S", "sgld.steps=2", "--out", str(tmp_path / "all"))
+    assert code == 0, err
+    rows = Store(store_dir).generative()
+    assert [r.sampler for r in rows] == ["class-pca", "sgld", "local-pca"]
+    assert {r.seed for r in rows} == {3} and {r.model_ref for r in rows} == {run_id}
+    assert [r.params["steps"] for r in rows] == [3, 2, 3]
+    assert "sgld steps=2" in out and "class-pca steps=3" in out  # non-default hyper-parameters are shown
+    labels = [np.load(tmp_path / "all" / f"{r.sampler}.npz")["y"].tolist() for r in rows]
+    assert labels[0] == labels[1] == labels[2]
+    assert all((tmp_path / "all" / f"{r.sampler}.{ext}").is_file() for r in rows for ext in ("png", "json"))
+
+    # each sampler starts from the seed afresh: sgld alone draws exactly what it drew second in the comparison
+    code, _, err = run_cli(capsys, "sample", *common, "--sampler", "sgld", "-S", "steps=2", "--out",
+                           str(tmp_path / "alone"))
+    assert code == 0, err
+    assert np.array_equal(np.load(tmp_path / "alone" / "sgld.npz")["x"], np.load(tmp_path / "all" / "sgld.npz")["x"])
+
+
+def test_domain_extractor_is_trained_once_and_names_its_results(home, monkeypatch, tmp_path):
+    store_dir, _ = home
+    weights = store_dir / "feature-extractors" / "digits-small-cnn.pt"
+    before = weights.stat().st_mtime_ns
+    extractor = domain_extractor("digits", store_dir)
+    assert weights.stat().st_mtime_ns == before and extractor.path == weights  # reused, not retrained
+    assert extractor.name == "digits-cnn" and domain_name("fashion-mnist") == "fmnist-cnn"
+    assert extractor.test_acc > 0.5 and not extractor.model.training
+    assert len(Store(store_dir / "feature-extractors").runs()) == 1
+    assert Store(store_dir).runs(trainer="standard") == []  # never on the robustness leaderboard
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached Inception weights here
+    assert feature_sets("auto", DATASETS["fashion-mnist"], None) == ["domain"]
+    assert feature_sets("auto", DATASETS["cifar10"], None) == ["domain"]
+    assert feature_sets("auto", DATASETS["cifar10"], "inception.pth") == ["inception"]
+    assert feature_sets("auto", DATASETS["fashion-mnist"], "inception.pth") == ["domain"]  # grayscale: domain
+    assert feature_sets("both", DATASETS["cifar10"], "inception.pth") == ["inception", "domain"]
+    with pytest.raises(EnergybenchError, match="Inception weights not found"):
+        feature_sets("inception", DATASETS["cifar10"], None)
+
+
+def record(id_, dataset, sampler, metrics, model_ref="run-a", checkpoint="best"):
+    return GenerativeRecord(id=id_, created=float(len(id_)), model_ref=model_ref, checkpoint=checkpoint,
+                            dataset=dataset, model="small-cnn", sampler=sampler, params={}, seed=0, n=100,
+                            metrics=metrics | {"diversity": 1.0, "diversity_real": 2.0}, steps_mean=10.0,
+                            wall_time=1.0, out_dir=None)
+
+
+def test_generative_leaderboard_ranks_per_feature_space_and_keeps_references_apart(capsys, tmp_path):
+    store = Store(tmp_path / "s")
+    for r in (record("g1", "fashion-mnist", "sgld", {"FID[fmnist-cnn]": 9.0, "IS[fmnist-cnn]": 3.0}),
+              record("g2", "fashion-mnist", "local-pca", {"FID[fmnist-cnn]": 2.0, "IS[fmnist-cnn]": 5.0}),
+              record("g3", "cifar10", "class-pca", {"FID": 50.0, "IS": 6.0}, model_ref="/x/model.pt", checkpoint=None),
+              record("g4", "cifar10", "sgld", {"FID": 40.0, "IS": 7.0, "FID[cifar10-cnn]": 1.0})):
+        store.add_generative(r)
+    groups = rankings(store.generative())
+    assert {key: [r.id for r in group] for key, group in groups.items()} == {
+        ("cifar10", ""): ["g4", "g3"], ("cifar10", "[cifar10-cnn]"): ["g4"],
+        ("fashion-mnist", "[fmnist-cnn]"): ["g2", "g1"]}
+
+    code, out, err = run_cli(capsys, "leaderboard", "--generative", "--store", str(tmp_path / "s"))
+    assert code == 0, err
+    measured, references = out.split("Published references")
+    assert "ranked by FID[fmnist-cnn]" in measured and "ranked by FID[cifar10-cnn]" in measured
+    assert re.search(r"cifar10, ranked by FID *\n", measured)  # reference Inception weights: plain FID
+    fmnist = measured.split("ranked by FID[fmnist-cnn]")[1]
+    assert fmnist.index("local-pca") < fmnist.index("sgld") and "class-pca" not in fmnist
+    assert "model.pt" in measured and "run-a ?/best" in measured
+    for text in ("JEM", "8.76", "38.4", "Grathwohl", "JEAT", "Zhu", "Santurkar", "7.50"):
+        assert text in references and text not in measured, text
+    assert "never ranked" in references
+
+    code, out, _ = run_cli(capsys, "leaderboard", "--generative", "--dataset", "fashion-mnist", "--store",
+                           str(tmp_path / "s"))
+    assert code == 0 and "cifar10-cnn" not in out.split("Published references")[0] and "JEM" in out
+    code, out, _ = run_cli(capsys, "leaderboard", "--generative", "--no-references", "--store", str(tmp_path / "s"))
+    assert code == 0 and "local-pca" in out and "JEM" not in out and "Published references" not in out
+
+
+def test_an_existing_store_gains_the_generative_table(tmp_path):
+    Store(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "store.sqlite")
+    db.execute("DROP TABLE generative")  # as a store made before generation existed
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    store.add_generative(record("g1", "digits", "sgld", {"FID[digits-cnn]": 1.0}))
+    assert [r.id for r in Store(tmp_path).generative(dataset="digits")] == ["g1"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sampler", "local-pcaa"], "unknown sampler 'local-pcaa'; did you mean 'local-pca'?"),
+    (["--compare", "sgld,clas-pca"], "unknown sampler 'clas-pca'; did you mean 'class-pca'?"),
+    (["--sampler", "sgld", "-n", "0"], "-n 0 is too small: FID and diversity need at least 2 samples per class"),
+    (["--sampler", "sgld", "-S", "tol=0.1"], "-S tol: no sampler run here has a hyper-parameter 'tol'"),
+    (["--sampler", "sgld", "-S", "local-pca.tol=0.1"], "sampler 'local-pca' is not run here"),
+    (["--sampler", "sgld", "-S", "steps=-1"], "invalid hyper-parameters for sampler 'sgld'"),
+    (["--sampler", "sgld", "--features", "inception"], "Inception weights not found"),
+    (["-n", "20"], "name a sampler with --sampler or several with --compare"),
+])
+def test_bad_sample_input_is_one_line_exit_2(capsys, home, monkeypatch, tmp_path, argv, message):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    store_dir, run_id = home
+    code, out, err = run_cli(capsys, "sample", "--model", run_id, *argv, "--store", str(store_dir))
+    assert code == 2, err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert Store(store_dir).generative() == []
+
+
+def test_unknown_run_and_bad_leaderboard_filters_are_one_line_errors(capsys, home):
+    store_dir, run_id = home
+    code, _, err = run_cli(capsys, "sample", "--model", run_id[:-1] + "x", "--sampler", "sgld",
+                           "--store", str(store_dir))
+    assert code == 2 and f"unknown run '{run_id[:-1]}x'; did you mean '{run_id}'?" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "leaderboard", "--generative", "--eps", "0.1", "--store", str(store_dir))
+    assert code == 2 and "with --generative use --dataset/--model" in err and err.count("\n") == 1

@@ -1,0 +1,219 @@
+"""Honest evaluation: eval mode everywhere, no attack touches BatchNorm statistics, the test split is
+read only by the final evaluation, and AutoAttack-style flags catch masked or randomised models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from benchmark import harness
+from benchmark import registry as reg
+from benchmark.config import load_catalogue, resolve_config
+from benchmark.datasets import Split
+from benchmark.evaluation import autoattack_accuracy, robustness
+from benchmark.harness import Run, execute, prepare
+from benchmark.model import Classifier
+from benchmark.progress import Reporter
+from benchmark.sanity import evaluation_warnings, model_checks
+from benchmark.store import Store
+
+CPU = torch.device("cpu")
+
+
+class BNNet(Classifier):
+    """A tiny CNN with BatchNorm that logs (phase, training flag) at every forward pass."""
+
+    phase = "init"
+    log: list[tuple[str, bool]] = []
+
+    def __init__(self, num_classes: int, in_channels: int, mean, std):
+        super().__init__(num_classes, in_channels, mean, std)
+        self.body = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, num_classes))
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        type(self).log.append((type(self).phase, self.training))
+        return self.body(z)
+
+
+def _bn_model() -> BNNet:
+    torch.manual_seed(0)
+    model = BNNet(10, 1, (0.3,), (0.4,))
+    with torch.no_grad():  # running statistics that differ from their initial values
+        for _ in range(3):
+            model(torch.rand(16, 1, 8, 8))
+    return model.eval()
+
+
+def _buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _digits(n: int = 16) -> Split:
+    torch.manual_seed(1)
+    return Split(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 10, (n,)))
+
+
+@pytest.mark.parametrize("name", reg.list_plugins("attack"))
+def test_no_attack_changes_a_buffer_or_the_mode(name):
+    model = _bn_model()
+    before = _buffers(model)
+    split = _digits(8)
+    attack = reg.get_plugin("attack", name)(model, eps=0.1, norm="Linf", seed=0)
+    x_adv = attack(split.x.float() / 255, split.y)
+    assert x_adv.shape == split.x.shape
+    assert not any(m.training for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), name
+
+
+def test_every_evaluation_runs_in_eval_mode_and_restores_the_callers_mode():
+    model = _bn_model().train()
+    before = _buffers(model)
+    BNNet.log.clear()
+    split = _digits(12)
+    robustness(model, split, n=None, eps=0.1, norm="Linf", pgd_steps=3, with_fgsm=True, batch_size=5, device=CPU)
+    autoattack_accuracy(model, split, n=6, eps=0.1, norm="Linf", version="standard", seed=0, batch_size=6,
+                        device=CPU)
+    model_checks(model, split, device=CPU)
+    assert BNNet.log and not any(training for _, training in BNNet.log)
+    assert all(m.training for m in model.modules())  # the caller's train mode is back
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+class _WatchedSplit:
+    """A split that records in which phase of a run its images or labels are read."""
+
+    def __init__(self, split: Split, log: list[str]):
+        self._split, self._log = split, log
+
+    @property
+    def x(self) -> torch.Tensor:
+        self._log.append(BNNet.phase)
+        return self._split.x
+
+    @property
+    def y(self) -> torch.Tensor:
+        self._log.append(BNNet.phase)
+        return self._split.y
+
+    def __len__(self) -> int:
+        return len(self._split)
+
+
+def test_the_test_split_is_read_only_by_the_final_evaluation_and_evaluations_use_eval_mode(tmp_path, monkeypatch):
+    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+    reg.get_registry().register("model", "bn-net", BNNet)
+    test_reads: list[str] = []
+    load = harness.load_dataset
+
+    def watched_load(*args, **kwargs):
+        data = load(*args, **kwargs)
+        data.test = _WatchedSplit(data.test, test_reads)
+        return data
+
+    monkeypatch.setattr(harness, "load_dataset", watched_load)
+    for method in ("fit", "validate", "evaluate"):
+        original = getattr(Run, method)
+
+        def phased(self, *args, _original=original, _phase=method, **kwargs):
+            outer, BNNet.phase = BNNet.phase, _phase
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                BNNet.phase = outer
+
+        monkeypatch.setattr(Run, method, phased)
+    monkeypatch.setattr(BNNet, "phase", "init")
+    BNNet.log.clear()
+    catalogue = load_catalogue()
+    config = prepare(resolve_config(catalogue, track="digits-tiny", overrides={
+        "model": "bn-net", "eval": {"aa_points": 0, "val_points": 30, "test_points": 30}}), catalogue)
+    execute(config, Store(tmp_path))
+    assert test_reads and set(test_reads) == {"evaluate"}
+    phases = {phase for phase, _ in BNNet.log}
+    assert {"fit", "validate", "evaluate"} <= phases
+    assert not any(training for phase, training in BNNet.log if phase in ("validate", "evaluate"))
+    assert any(training for phase, training in BNNet.log if phase == "fit")
+
+
+# ----- AutoAttack-style flags ---------------------------------------------------------------------
+
+class _Randomised(BNNet):
+    def logits(self, z):
+        return super().logits(z + 0.5 * torch.randn_like(z))
+
+
+class _Probabilities(BNNet):
+    def logits(self, z):
+        return super().logits(z).softmax(1)
+
+
+class _Quantised(Classifier):
+    """Rounds its input to 4 levels: the input gradient is exactly zero almost everywhere."""
+
+    def __init__(self, num_classes, in_channels, mean, std):
+        super().__init__(num_classes, in_channels, mean, std)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * in_channels, num_classes))
+
+    def forward(self, x):
+        return self.head(torch.round(x * 3) / 3)
+
+
+@pytest.mark.parametrize(("cls", "check", "value", "warning"), [
+    (BNNet, None, None, None),
+    (_Randomised, "check_randomized", 1.0, "the model is randomised"),
+    (_Probabilities, "check_probability_outputs", 1.0, "outputs probabilities, not logits"),
+    (_Quantised, "check_zero_grad_frac", 1.0, "100% of checked points have an exactly zero input gradient"),
+])
+def test_model_checks_flag_randomised_probability_and_masked_models(cls, check, value, warning):
+    torch.manual_seed(0)
+    model = cls(10, 1, (0.3,), (0.4,)).eval()
+    checks = model_checks(model, _digits(20), device=CPU)
+    assert set(checks) == {"check_randomized", "check_probability_outputs", "check_zero_grad_frac"}
+    for key, got in checks.items():
+        assert got == (value if key == check else 0.0), key
+    warnings = evaluation_warnings(checks)
+    assert (warnings == []) if warning is None else (len(warnings) == 1 and warning in warnings[0])
+
+
+@pytest.mark.parametrize(("metrics", "warning"), [
+    ({"test_fgsm_acc": 0.60, "test_pgd_acc": 0.50}, None),  # the weaker attack leaves more: normal
+    ({"test_fgsm_acc": 0.10, "test_pgd_acc": 0.05}, None),
+    ({"test_fgsm_acc": 0.40, "test_pgd_acc": 0.44}, None),  # within the margin (sampling noise)
+    ({"test_fgsm_acc": 0.40, "test_pgd_acc": 0.55}, "PGD leaves a higher accuracy (55.0%) than FGSM (40.0%)"),
+    ({"aa_apgd-ce_acc": 0.5, "aa_apgd-t_acc": 0.45, "aa_fab-t_acc": 0.45, "aa_square_acc": 0.45}, None),
+    ({"aa_apgd-ce_acc": 0.5, "aa_apgd-t_acc": 0.45, "aa_fab-t_acc": 0.45, "aa_square_acc": 0.30},
+     "the black-box Square attack lowered accuracy from 45.0% to 30.0%"),
+    ({"aa_square_acc": 0.30}, None),  # Square alone: nothing to compare with
+])
+def test_attack_strength_flags(metrics, warning):
+    warnings = evaluation_warnings(metrics)
+    assert (warnings == []) if warning is None else (len(warnings) == 1 and warning in warnings[0])
+
+
+class _Alerts(Reporter):
+    def __init__(self):
+        self.alerts: list[str] = []
+
+    def alert(self, text):
+        self.alerts.append(text)
+
+
+def test_a_masked_model_is_flagged_in_the_stored_results_and_the_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+    reg.get_registry().register("model", "quantised", _Quantised)
+    catalogue = load_catalogue()
+    config = prepare(resolve_config(catalogue, track="digits-tiny", overrides={
+        "model": "quantised", "trainer": "standard", "epochs": 1,
+        "eval": {"aa_points": 0, "val_points": 30, "test_points": 30}}), catalogue)
+    store, reporter = Store(tmp_path), _Alerts()
+    run_id = execute(config, store, reporter=reporter)
+    last = store.results(run_id)["last"]
+    assert last["check_zero_grad_frac"] == 1.0 and last["check_randomized"] == 0.0
+    assert "test_fgsm_acc" in last
+    assert any("zero input gradient" in a and a.startswith("last checkpoint: ") for a in reporter.alerts)
+    assert evaluation_warnings(last) == [a.removeprefix("last checkpoint: ") for a in reporter.alerts
+                                         if a.startswith("last checkpoint: ")]

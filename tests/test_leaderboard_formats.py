@@ -1,0 +1,281 @@
+"""Leaderboard exports (table, markdown, csv, json, html), reference rows, seed groups, RobustBench JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from html.parser import HTMLParser
+
+import pytest
+
+from benchmark.config import RunConfig
+from benchmark.references import MODEL_INFO_FIELDS
+from benchmark.store import Store
+from cli import main
+
+EPS = 8 / 255
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def add_run(store: Store, *, aa: float, pgd: float, clean: float, seed: int = 0, trainer: str = "fgsm",
+            dataset: str = "cifar10", eps: float = EPS, suite: str | None = None, track: str | None = None,
+            wall_time: float = 10.0) -> str:
+    """A completed run with these (last-checkpoint) results; best is 1 point better everywhere."""
+    config = RunConfig(dataset=dataset, model="preact-resnet18", trainer=trainer, eps=eps, seed=seed, track=track)
+    run_id = store.create_run(config.model_dump(), config.config_hash(), suite=suite)
+    last = {"test_clean_acc": clean, "test_pgd_acc": pgd, "aa_acc": aa, "aa_points": 1000.0, "co": 0.0,
+            "train_dE_mean": -0.0123456789}
+    store.add_results(run_id, "last", last)
+    store.add_results(run_id, "best", {k: v + 0.01 if k.endswith("_acc") else v for k, v in last.items()})
+    store.set_status(run_id, "done", wall_time=wall_time)
+    return run_id
+
+
+@pytest.fixture
+def home(tmp_path):
+    store = Store(tmp_path / "store")
+    add_run(store, aa=0.4123456789, pgd=0.4987654321, clean=0.8011111111, trainer="fgsm", wall_time=30.0)
+    add_run(store, aa=0.3012345678, pgd=0.3198765432, clean=0.8522222222, trainer="rs-fgsm", wall_time=20.0)
+    add_run(store, aa=0.4555555555, pgd=0.5011111111, clean=0.7833333333, trainer="pgd", wall_time=90.0)
+    return tmp_path / "store"
+
+
+class Tables(HTMLParser):
+    """The rows of every <table>: lists of cell texts, with the table's class."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: list[tuple[str, list[list[str]]]] = []
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append((dict(attrs).get("class", ""), []))
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._row is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr":
+            self.tables[-1][1].append(self._row)
+            self._row = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    tables, current = [], None
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if current is None:
+                current = []
+                tables.append(current)
+            if not set("".join(cells)) <= set("-: "):
+                current.append(cells)
+        else:
+            current = None
+    return tables
+
+
+def export(capsys, home, fmt, *extra):
+    code, out, err = run_cli(capsys, "leaderboard", "--format", fmt, "--store", home, *extra)
+    assert code == 0, err
+    return out
+
+
+def test_every_format_carries_the_same_numbers(capsys, home, tmp_path):
+    store = Store(home)
+    data = json.loads(export(capsys, home, "json"))
+    measured = data["measured"]
+    assert [r["rank"] for r in measured] == [1, 2, 3]
+    assert [r["trainer"] for r in measured] == ["pgd", "fgsm", "rs-fgsm"]  # by AutoAttack accuracy (last)
+    for row in measured:
+        results = store.results(row["id"])
+        assert row["aa"] == results["last"]["aa_acc"] and row["aa_best"] == results["best"]["aa_acc"]
+        assert row["pgd"] == results["last"]["test_pgd_acc"] and row["clean"] == results["last"]["test_clean_acc"]
+        assert row["dE"] == results["last"]["train_dE_mean"] and row["eps"] == EPS
+    order = [r["id"] for r in measured]
+
+    out = tmp_path / "board.csv"  # -o writes the same text to a file
+    code, _, err = run_cli(capsys, "leaderboard", "--format", "csv", "-o", out, "--store", home)
+    assert code == 0 and "written to" in err
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    csv_measured = [r for r in rows if r["kind"] == "measured"]
+    assert [r["id"] for r in csv_measured] == order and [r["rank"] for r in csv_measured] == ["1", "2", "3"]
+    for row, expected in zip(csv_measured, measured):
+        for field in ("aa", "aa_best", "pgd", "pgd_best", "clean", "clean_best", "dE", "eps", "time"):
+            assert float(row[field]) == expected[field], field
+
+    def shown(run_id: str) -> dict[str, str]:
+        last, best = store.results(run_id)["last"], store.results(run_id)["best"]
+        return {name: f"{100 * best[m]:.1f}/{100 * last[m]:.1f}"
+                for name, m in (("clean b/l", "test_clean_acc"), ("PGD b/l", "test_pgd_acc"), ("AA b/l", "aa_acc"))}
+
+    md = markdown_tables(export(capsys, home, "markdown"))[0]
+    parser = Tables()
+    parser.feed(export(capsys, home, "html"))
+    html_rows = next(rows for cls, rows in parser.tables if "measured" in cls)
+    for table in (md, html_rows):
+        header, body = table[0], table[1:]
+        assert [r[header.index("run")] for r in body] == order and [r[0] for r in body] == ["1", "2", "3"]
+        for row in body:
+            for name, text in shown(row[header.index("run")]).items():
+                assert row[header.index(name)] == text, name
+    text = export(capsys, home, "table")
+    for run_id in order:
+        line = next(line for line in text.splitlines() if run_id in line)
+        assert all(cell in line for cell in shown(run_id).values())
+
+
+def test_reference_rows_are_shown_apart_and_never_ranked(capsys, home):
+    data = json.loads(export(capsys, home, "json", "--sort", "aa"))
+    refs = {r["id"]: r for r in data["references"]}
+    # NOTES.md section 7 (RobustBench) and section 5 (WEAT, secondary source), CIFAR-10 Linf 8/255 only
+    assert set(refs) == {"Wong2020Fast", "Andriushchenko2020Understanding", "Madry2018Towards",
+                         "Zhang2019Theoretically", "Rice2020Overfitting", "WEAT-cifar10", "WEAT-TRADES-cifar10"}
+    assert (refs["Wong2020Fast"]["clean"], refs["Wong2020Fast"]["aa"]) == pytest.approx((0.8334, 0.4321))
+    assert refs["Rice2020Overfitting"]["aa"] == pytest.approx(0.5342) and refs["WEAT-cifar10"]["secondary"]
+    assert all(r["rank"] is None for r in refs.values())
+    # every reference is more robust than every measured run, and still none takes a rank
+    assert [r["rank"] for r in data["measured"]] == [1, 2, 3] and not set(refs) & {r["id"] for r in data["measured"]}
+
+    rows = list(csv.DictReader(io.StringIO(export(capsys, home, "csv"))))
+    assert [r["kind"] for r in rows] == ["measured"] * 3 + ["reference"] * 7
+    assert {r["rank"] for r in rows if r["kind"] == "reference"} == {"-"}
+
+    md = export(capsys, home, "markdown")
+    ranked, published = markdown_tables(md)
+    assert md.index("Published reference rows (not measured here, never ranked)") > md.index(ranked[1][1])
+    assert [r[0] for r in published[1:]] == ["-"] * 7 and published[1][1] == "*Rice2020Overfitting*"
+    assert [r[0] for r in ranked[1:]] == ["1", "2", "3"]
+
+    parser = Tables()
+    parser.feed(export(capsys, home, "html"))
+    classes = [cls for cls, _ in parser.tables]
+    assert classes == ["leaderboard measured", "leaderboard references"]
+    assert [r[0] for r in parser.tables[1][1][1:]] == ["-"] * 7
+    assert "Published reference rows" in export(capsys, home, "table")
+
+    assert json.loads(export(capsys, home, "json", "--no-references"))["references"] == []
+
+
+def test_references_follow_the_filters(capsys, tmp_path):
+    store = Store(tmp_path)
+    add_run(store, aa=0.4, pgd=0.45, clean=0.8, dataset="cifar10", eps=4 / 255)
+    add_run(store, aa=0.3, pgd=0.35, clean=0.7, dataset="cifar100", eps=EPS)
+    data = json.loads(export(capsys, tmp_path, "json"))  # no dataset filter: the settings of measured rows
+    assert {r["id"] for r in data["references"]} == {"WEAT-cifar100", "WEAT-TRADES-cifar100"}
+    data = json.loads(export(capsys, tmp_path, "json", "--dataset", "cifar10", "--eps", "4/255"))
+    assert len(data["measured"]) == 1 and data["references"] == []
+
+
+def test_group_seeds_gives_mean_and_std(capsys, tmp_path):
+    store = Store(tmp_path)
+    aas = [0.41, 0.44, 0.40]
+    ids = [add_run(store, aa=a, pgd=a + 0.05, clean=0.8, seed=s) for s, a in enumerate(aas)]
+    add_run(store, aa=0.2, pgd=0.25, clean=0.9, trainer="standard")
+    data = json.loads(export(capsys, tmp_path, "json", "--group-seeds", "--no-references"))
+    group, single = data["measured"]
+    assert group["id"] == ids[0] and group["n_seeds"] == 3 and group["seed"] == "0,1,2"
+    assert (group["aa"], group["aa_std"]) == pytest.approx((statistics.fmean(aas), statistics.pstdev(aas)))
+    assert group["aa_best"] == pytest.approx(statistics.fmean(aas) + 0.01)
+    assert single["n_seeds"] == 1 and single["aa_std"] == 0.0
+    rows = list(csv.DictReader(io.StringIO(export(capsys, tmp_path, "csv", "--group-seeds"))))
+    assert float(rows[0]["aa_std"]) == group["aa_std"] and rows[0]["n_seeds"] == "3"
+    md = markdown_tables(export(capsys, tmp_path, "markdown", "--group-seeds", "--no-references"))[0]
+    header = md[0]
+    assert md[1][header.index("seeds")] == "3" and md[1][header.index("AA ±")] == f"±{100 * group['aa_std']:.1f}"
+
+
+def test_sort_by_any_column_and_filter(capsys, tmp_path):
+    store = Store(tmp_path)
+    add_run(store, aa=0.4, pgd=0.45, clean=0.70, trainer="fgsm", wall_time=30, suite="co")
+    add_run(store, aa=0.3, pgd=0.50, clean=0.90, trainer="pgd", wall_time=10, suite="co", track="cifar10-co")
+    add_run(store, aa=0.2, pgd=0.20, clean=0.80, trainer="weat", wall_time=20)
+
+    def trainers(*extra):
+        return [r["trainer"] for r in json.loads(export(capsys, tmp_path, "json", *extra))["measured"]]
+
+    assert trainers() == ["fgsm", "pgd", "weat"]
+    assert trainers("--sort", "clean") == ["pgd", "weat", "fgsm"]
+    assert trainers("--sort", "time", "--reverse") == ["pgd", "weat", "fgsm"]
+    assert trainers("--sort", "trainer") == ["fgsm", "pgd", "weat"]
+    assert trainers("--sort", "pgd_best") == ["pgd", "fgsm", "weat"]
+    assert trainers("--suite", "co") == ["fgsm", "pgd"]
+    assert trainers("--track", "cifar10-co") == ["pgd"]
+    by_track = json.loads(export(capsys, tmp_path, "json", "--track", "cifar10-co"))["references"]
+    assert len(by_track) == 7 and {r["dataset"] for r in by_track} == {"cifar10"}  # the track's dataset and eps
+    assert trainers("--trainer", "weat", "--eps", "8/255", "--model", "preact-resnet18") == ["weat"]
+    code, _, err = run_cli(capsys, "leaderboard", "--sort", "robustness", "--store", tmp_path)
+    assert code == 2 and "cannot sort by 'robustness'; use one of: id, trainer" in err
+
+
+def test_export_and_import_round_trip_as_robustbench_model_info(capsys, home, tmp_path):
+    data = json.loads(export(capsys, home, "json"))
+    best_run = data["measured"][0]
+    target = tmp_path / "model_info" / "cifar10" / "Linf" / "energybench_pgd.json"
+    target.parent.mkdir(parents=True)
+    code, out, err = run_cli(capsys, "export", best_run["id"], "-o", target, "--name", "PGD-AT by energybench",
+                             "--store", home)
+    assert code == 0, err
+    info = json.loads(target.read_text())
+    assert list(info) == list(MODEL_INFO_FIELDS)  # RobustBench's field names, in its order
+    assert info["eps"] == "8/255" and info["dataset"] == "cifar10" and info["architecture"] == "preact-resnet18"
+    assert info["clean_acc"] == str(round(best_run["clean"] * 100, 2)) == "78.33"
+    assert info["autoattack_acc"] == "45.56" and info["additional_data"] is False
+
+    published = tmp_path / "model_info" / "cifar10" / "Linf" / "Wong2020Fast_copy.json"
+    published.write_text(json.dumps({  # RobustBench's model_info/cifar10/Linf/Wong2020Fast.json
+        "link": "https://arxiv.org/abs/2001.03994", "name": "Fast is better than free: Revisiting adversarial "
+        "training", "authors": "Eric Wong, Leslie Rice, J. Zico Kolter", "additional_data": False,
+        "number_forward_passes": 1, "dataset": "cifar10", "venue": "ICLR 2020", "architecture": "ResNet-18",
+        "eps": "8/255", "clean_acc": "83.34", "reported": "46.06", "autoattack_acc": "43.21"}))
+    code, out, err = run_cli(capsys, "import-reference", target, published, "--store", home)
+    assert code == 0, err
+    assert "reference energybench_pgd: cifar10 Linf eps 8/255, clean 78.33%, AutoAttack 45.56%" in out
+    refs = {r["id"]: r for r in json.loads(export(capsys, home, "json"))["references"]}
+    assert refs["energybench_pgd"]["clean"] == pytest.approx(0.7833) and refs["energybench_pgd"]["aa"] == 0.4556
+    assert refs["energybench_pgd"]["rank"] is None and refs["energybench_pgd"]["method"] == "PGD-AT by energybench"
+    assert refs["Wong2020Fast_copy"]["aa"] == refs["Wong2020Fast"]["aa"] == pytest.approx(0.4321)
+    assert "Eric Wong" in refs["Wong2020Fast_copy"]["source"]
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"dataset": "cifar10", "eps": "8/255", "clean_acc": "80.1"}))
+    code, _, err = run_cli(capsys, "import-reference", bad, "--store", home)
+    assert code == 2 and "RobustBench model-info field(s) autoattack_acc missing" in err
+    bad.write_text(json.dumps({"dataset": "cifar10", "eps": "8/255", "clean_acc": "80.1", "autoattack_acc": "140"}))
+    code, _, err = run_cli(capsys, "import-reference", bad, "--store", home)
+    assert code == 2 and "autoattack_acc=140 is not a percentage between 0 and 100" in err
+
+
+def test_export_needs_autoattack_accuracy(capsys, tmp_path):
+    store = Store(tmp_path)
+    config = RunConfig(dataset="digits", eps=0.1)
+    run_id = store.create_run(config.model_dump(), config.config_hash())
+    store.add_results(run_id, "last", {"test_clean_acc": 0.9, "test_pgd_acc": 0.5})
+    store.set_status(run_id, "done")
+    code, _, err = run_cli(capsys, "export", run_id, "-o", tmp_path / "x.json", "--store", tmp_path)
+    assert code == 2 and "has no aa_acc" in err and "--aa-points" in err
+
+
+def test_a_malformed_reference_entry_is_named(capsys, home, tmp_path):
+    registry = tmp_path / "registry.toml"
+    registry.write_text('[[references.robustness]]\nid = "X"\nmethod = "m"\narchitecture = "a"\n'
+                        'dataset = "cifar10"\neps = "8/255"\nsource = "s"\nautoattack = "lots"\n')
+    code, _, err = run_cli(capsys, "leaderboard", "--registry", registry, "--store", home)
+    assert code == 2 and "references.robustness[0]: autoattack must be a percentage like 43.21, got 'lots'" in err

@@ -1,0 +1,190 @@
+"""The CO early-warning monitor: the drift rule, the online monitor, replay, and its place in the harness."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from datafiles import class_images, write_idx
+
+from benchmark.config import MonitorConfig, RunConfig, load_catalogue, resolve_config
+from benchmark.errors import EnergybenchError
+from benchmark.harness import execute, prepare
+from benchmark.monitor import COMonitor, DriftRule, read_log, replay
+from benchmark.progress import Reporter
+from benchmark.store import Store
+
+SETTINGS = MonitorConfig(check_every=4, warmup=4, halflife=8, threshold=4, patience=2, min_std=0.05)
+
+
+def stable_trace(n: int, seed: int = 0) -> list[float]:
+    """Batch-mean dE of healthy training: noise around a slowly falling level."""
+    g = torch.Generator().manual_seed(seed)
+    return [-0.3 - 0.001 * i + 0.05 * float(torch.randn((), generator=g)) for i in range(n)]
+
+
+def diverging_trace(n: int, onset: int, seed: int = 0) -> list[float]:
+    """The same, until dE shoots up at ``onset`` (catastrophic overfitting)."""
+    return [v + (0.05 * (i - onset) if i >= onset else 0.0) for i, v in enumerate(stable_trace(n, seed))]
+
+
+def feed(monitor: COMonitor, trace: list[float], start: int = 1) -> list[int]:
+    """Feed one traced batch per iteration; return the iterations at which the alarm fired."""
+    fired = []
+    for iteration, value in enumerate(trace, start):
+        values = {"dE": torch.full((8,), value), "dE_joint": torch.full((8,), 2 * value)}
+        monitor.observe(values, iteration)
+        if monitor.step(iteration):
+            fired.append(iteration)
+    return fired
+
+
+def test_rule_fires_on_a_diverging_trace_and_stays_silent_on_a_stable_one():
+    for seed in range(5):
+        assert feed(COMonitor(SETTINGS, torch.device("cpu")), stable_trace(400, seed)) == []
+        fired = feed(COMonitor(SETTINGS, torch.device("cpu")), diverging_trace(400, onset=200, seed=seed))
+        assert len(fired) == 1 and 200 < fired[0] <= 240, fired
+
+
+def test_rule_needs_patience_and_warmup():
+    rule = DriftRule(threshold=3, patience=2, halflife=4, warmup=3, min_std=0.1)
+    assert [rule.update(v) for v in (0.0, 5.0)] == [0.0, 0.0]  # a jump during warm-up only moves the baseline
+    rule.reset()
+    for _ in range(10):
+        rule.update(0.0)
+    assert rule.update(1.0) == pytest.approx(10.0) and not rule.fired  # one outlier: no alarm yet
+    rule.update(0.0)
+    assert rule.streak == 0 and not rule.fired
+    rule.update(1.0)
+    rule.update(1.0)
+    assert rule.fired
+    assert rule.mean == pytest.approx(0.0, abs=1e-6)  # the diverging checks were kept out of the baseline
+    assert math.isinf(DriftRule(3, 2, 4, 3, 0.1).update(float("nan")))
+
+
+def test_one_sided_rule_ignores_a_falling_dE():
+    falling = [-v for v in diverging_trace(400, onset=200)]
+    assert feed(COMonitor(SETTINGS.model_copy(update={"direction": "up"}), torch.device("cpu")), falling) == []
+    assert feed(COMonitor(SETTINGS.model_copy(update={"direction": "both"}), torch.device("cpu")), falling)
+
+
+def test_monitor_state_round_trips_mid_stream_and_replay_matches_online():
+    trace = diverging_trace(400, onset=250, seed=3)
+    reference = COMonitor(SETTINGS, torch.device("cpu"))
+    fired = feed(reference, trace)
+    first = COMonitor(SETTINGS, torch.device("cpu"))
+    feed(first, trace[:203])  # stop between two checks: pending batches must survive
+    state = json.loads(json.dumps(first.state_dict()))  # plain containers only
+    resumed = COMonitor(SETTINGS, torch.device("cpu"))
+    resumed.load_state_dict(state)
+    assert feed(resumed, trace[203:], start=204) == fired
+    assert resumed.log == reference.log
+    assert replay(reference.log, SETTINGS) == fired[0]
+    assert replay(reference.log, SETTINGS.model_copy(update={"threshold": 1e6})) is None
+
+
+def test_epoch_metrics_report_the_alarm_once():
+    monitor = COMonitor(SETTINGS, torch.device("cpu"))
+    fired = feed(monitor, diverging_trace(300, onset=150))
+    metrics = monitor.epoch_metrics()
+    assert metrics["monitor_alarm"] == 1.0 and metrics["monitor_alarm_iter"] == fired[0]
+    assert metrics["monitor_iters"] == 300 and metrics["monitor_z_max"] > SETTINGS.threshold
+    assert monitor.epoch_metrics()["monitor_alarm"] == 0.0
+
+
+def test_a_monitor_that_only_warns_does_not_change_the_config_hash():
+    base = RunConfig()
+    assert base.config_hash() == RunConfig(monitor={"threshold": 9.0}).config_hash()
+    assert base.config_hash() == RunConfig(monitor={"enabled": False}).config_hash()
+    assert base.config_hash() != RunConfig(monitor={"action": "stop"}).config_hash()
+
+
+# ----- in the harness, on real tiny runs ------------------------------------------------------------
+
+#: FGSM training forced into catastrophic overfitting: eps 0.5 on toy images (one bright band per
+#: class) makes PGD accuracy collapse within two epochs while FGSM accuracy climbs to ~100%.
+FORCED_CO = {"dataset": "fashion-mnist", "trainer": "fgsm", "eps": 0.5, "lr": 0.1, "epochs": 3, "batch_size": 32,
+             "val_size": 200, "monitor": {"check_every": 4, "warmup": 3},
+             "eval": {"aa_points": 0, "val_points": 100, "test_points": 50, "val_pgd_steps": 5, "pgd_steps": 5}}
+
+
+@pytest.fixture
+def toy_root(tmp_path):
+    """Fashion-MNIST files of 1,000 toy training images (``datafiles.class_images``)."""
+    root = tmp_path / "toy"
+    root.mkdir()
+    for prefix, (x, y) in (("train", class_images(1000, 28, 1, 0)), ("t10k", class_images(100, 28, 1, 1))):
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", x[:, 0])
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return root
+
+
+def forced_co(root, **overrides):
+    catalogue = load_catalogue()
+    settings = FORCED_CO | {"data_root": str(root)} | overrides
+    return prepare(resolve_config(catalogue, track="digits-tiny", overrides=settings), catalogue)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions run faster on one thread than on two busy-waiting ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class _StopAfterSecondEpoch(Reporter):
+    def epoch_done(self, epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+
+def test_monitor_fires_on_a_real_run_forced_into_co_and_resumes_its_state(tmp_path, toy_root, one_thread):
+    store = Store(tmp_path)
+    config = forced_co(toy_root)
+    run_id = execute(config, store)
+    history = store.epochs(run_id)
+    co_epoch = next(e["epoch"] for e in history if e["co"])
+    alarms = [e for e in history if e["monitor_alarm"]]
+    assert alarms and alarms[0]["epoch"] <= co_epoch, [(e["train_dE_mean"], e["monitor_z_max"]) for e in history]
+    log = read_log(store.run_dir(run_id) / "monitor.json")
+    assert log.alarm_iters == [int(alarms[0]["monitor_alarm_iter"])]
+    assert len(log.batch_iters) == len(log.batch_dE) > 0
+    # interrupted after the second epoch and resumed: the monitor goes on as if never stopped
+    with pytest.raises(KeyboardInterrupt):
+        execute(config, store, reporter=_StopAfterSecondEpoch())
+    interrupted = store.runs(status="interrupted")[0].id
+    execute(config, store, resume=interrupted)
+    assert read_log(store.run_dir(interrupted) / "monitor.json") == log
+    assert [e["monitor_alarm_iter"] for e in store.epochs(interrupted)] == [e["monitor_alarm_iter"] for e in history]
+
+
+def test_stop_action_ends_training_at_the_alarm(tmp_path, toy_root, one_thread):
+    store = Store(tmp_path)
+    run_id = execute(forced_co(toy_root, epochs=4, monitor=FORCED_CO["monitor"] | {"action": "stop"}), store)
+    history = store.epochs(run_id)
+    assert len(history) < 4 and history[-1]["monitor_alarm"] == 1.0
+    assert history[-1]["monitor_iters"] == history[-1]["monitor_alarm_iter"]  # the epoch ended at the alarm
+    assert store.get_run(run_id).status == "done" and "test_pgd_acc" in store.results(run_id)["last"]
+
+
+def test_rollback_action_restarts_the_epoch_with_the_fallback_trainer(tmp_path, toy_root, one_thread):
+    store = Store(tmp_path)
+    monitor = FORCED_CO["monitor"] | {"action": "rollback", "fallback_trainer": "n-fgsm"}
+    run_id = execute(forced_co(toy_root, epochs=4, monitor=monitor), store)
+    history = store.epochs(run_id)
+    assert [e["epoch"] for e in history] == [0, 1, 2, 3]
+    log = read_log(store.run_dir(run_id) / "monitor.json")
+    assert len(log.rollback_iters) == 1
+    rolled = next(e["epoch"] for e in history if e["monitor_rollbacks"])
+    assert history[rolled]["monitor_alarm_iter"] == log.rollback_iters[0]
+    # the alarmed epoch was trained again from its start: its iterations appear twice in the log
+    assert log.batch_iters.count(log.batch_iters[-1]) == 1 and len(set(log.batch_iters)) < len(log.batch_iters)
+
+
+def test_rollback_needs_a_known_fallback_trainer(toy_root):
+    with pytest.raises(EnergybenchError, match="unknown trainer 'nope'"):
+        forced_co(toy_root, monitor={"action": "rollback", "fallback_trainer": "nope"})
