@@ -64,7 +64,11 @@ class Executor(ABC):
 
 
 class LocalExecutor(Executor):
-    """One cell after another in this process; an interrupted run of a cell is resumed."""
+    """One cell after another in this process.
+
+    A cell whose latest run was interrupted, killed (left 'running' by a dead process) or failed after
+    completing some epochs is resumed after its last completed epoch rather than started again.
+    """
 
     def __init__(self, reporter: Callable[[], Reporter] = Reporter):
         self.reporter = reporter
@@ -72,8 +76,10 @@ class LocalExecutor(Executor):
     def run(self, cells, store, *, suite, on_done=lambda outcome: None):
         outcomes = []
         for cell in cells:
-            interrupted = store.runs(status="interrupted", config_hash=cell.config_hash)
-            resume = interrupted[-1].id if interrupted else None
+            unfinished = [r for r in store.runs(status=None, config_hash=cell.config_hash)
+                          if r.status in ("interrupted", "running", "failed")
+                          and (store.run_dir(r.id) / "state.pt").is_file()]
+            resume = unfinished[-1].id if unfinished else None
             started = time.time()
             try:
                 run_id = execute(None if resume else cell.config, store, reporter=self.reporter(), resume=resume,

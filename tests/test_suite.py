@@ -60,7 +60,7 @@ def test_shipped_suites_expand_into_prepared_cells():
     assert joint.config.regularizer == "der" and joint.config.regularizer_params["terms"] == "joint"
     assert joint.config.regularizer_params["lambda"] == 10.0 and joint.config.data_root == "/data"
     assert {c.eps for c in cells} == {0.1, 0.2, 0.3} and {c.seed for c in cells} == {0, 1, 2}
-    assert cells[0].config.n_train == 8000 and cells[0].config.eval.aa_points == 50  # suite settings over the track
+    assert cells[0].config.n_train == 8000 and cells[0].config.eval.aa_points == 40  # suite settings over the track
     assert cells[0].config.eval.pgd_steps == 20  # the track's, not overridden
     ro = load_suite(catalogue, "ro-fmnist").cells(catalogue)
     trades = [c for c in ro if c.trainer == "trades"][0]
@@ -108,7 +108,7 @@ def test_training_passes_are_measured_per_trainer_and_regularizer():
     assert passes("fgsm", "gradalign") == 4  # GradAlign's two forward passes of its own
     config = cells[("fgsm", "none")]
     no_aa = config.model_copy(update={"eval": config.eval.model_copy(update={"aa_points": 0})})
-    assert estimate_passes(config) - estimate_passes(no_aa) == 2 * 50 * AA_PASSES_PER_POINT  # best and last
+    assert estimate_passes(config) - estimate_passes(no_aa) == 2 * 40 * AA_PASSES_PER_POINT  # best and last
     training, validation = (8000 // 128) * 128 * 3 * 2, 3 * 300 * (10 + 2)
     assert estimate_passes(no_aa) == training + validation + 2 * 500 * (20 + 1)
 
@@ -228,3 +228,27 @@ def test_tiny_suite_end_to_end_then_nothing_left_to_run(tmp_path, capsys):
     assert len(Store(store).runs(status=None)) == 4
     code, _, err = run_cli(capsys, "suite", "tiny", "--ray-address", "x:1", "--store", store)
     assert code == 2 and "--ray-address needs --executor ray" in err
+
+
+class _StopAfterFirstEpoch:
+    """A reporter that interrupts the run once its first epoch is stored (like Ctrl-C or a kill)."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+    def epoch_done(self, epoch, metrics):
+        raise KeyboardInterrupt
+
+
+def test_rerunning_a_suite_resumes_a_killed_cell_after_its_last_epoch(tmp_path):
+    catalogue = catalogue_with(tmp_path, '[suites.two]\ndescription = "x"\ntrack = "t"\ntrainers = ["fgsm"]\n'
+                                         'settings = { epochs = 2 }\n')
+    (cell,) = load_suite(catalogue, "two").cells(catalogue)
+    store = Store(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        LocalExecutor(reporter=_StopAfterFirstEpoch).run([cell], store, suite="two")
+    (killed,) = store.runs(status=None)
+    store.set_status(killed.id, "running")  # what a SIGKILL leaves behind
+    (outcome,) = LocalExecutor().run(pending(store, [cell]), store, suite="two")
+    assert outcome.run_id == killed.id and outcome.status == "done"
+    assert [e["epoch"] for e in store.epochs(killed.id)] == [0, 1]
