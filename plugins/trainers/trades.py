@@ -25,11 +25,16 @@ class TRADESTrainer(Trainer):
         step_ratio: float = Field(0.25, gt=0, description="step size as a fraction of eps")
         init_std: float = Field(0.001, ge=0, description="std of the Gaussian start around x")
 
-    def step(self, model, x, y, *, keep_clean_logits):
+    def attack(self, model, x):
+        """Clean logits (with graph), x* from PGD on the KL, and f(x*): the part TRADES-style losses share."""
         p = self.params
         logits = model(x)
         x_adv = kl_pgd(model, x, eps=self.eps, step_size=p.step_ratio * self.eps, steps=p.steps, norm=self.norm,
                        init_std=p.init_std, logits=logits)
-        logits_adv = model(x_adv)
-        loss = F.cross_entropy(logits, y) + p.beta * kl_divergence(logits, logits_adv).mean()
-        return TrainOutput(loss=loss, x_adv=x_adv, logits_adv=logits_adv, logits=logits, passes=p.steps + 2.0)
+        return logits, x_adv, model(x_adv)
+
+    def step(self, model, x, y, *, keep_clean_logits):
+        logits, x_adv, logits_adv = self.attack(model, x)
+        loss = F.cross_entropy(logits, y) + self.params.beta * kl_divergence(logits, logits_adv).mean()
+        return TrainOutput(loss=loss, x_adv=x_adv, logits_adv=logits_adv, logits=logits,
+                           passes=self.params.steps + 2.0)

@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from benchmark.energy import marginal_energy
-from benchmark.params import PluginParams
-from benchmark.perturb import kl_divergence, kl_pgd
-from benchmark.trainer import Trainer, TrainOutput
+from benchmark.perturb import kl_divergence
+from benchmark.trainer import TrainOutput
+from plugins.trainers.trades import TRADESTrainer
 
 
-class WEATTrainer(Trainer):
+class WEATTrainer(TRADESTrainer):
     """TRADES with every sample's loss weighted by its clean marginal energy.
 
     With E(x) = -logsumexp_k f(x)[k] from the DETACHED clean logits and w(x) = 1 / log(1 + exp(|E(x)|)):
@@ -30,19 +30,12 @@ class WEATTrainer(Trainer):
     serve as the attack's target (the reference recomputes them in eval mode at every attack step).
     """
 
-    class Params(PluginParams):
+    class Params(TRADESTrainer.Params):
         variant: Literal["nat", "adv"] = Field("nat", description="cross-entropy on x (WEAT_nat) or on x* (WEAT_adv)")
-        beta: float = Field(6.0, ge=0, description="weight of the KL (robustness) term")
-        steps: int = Field(10, ge=1, description="PGD steps on the KL per batch")
-        step_ratio: float = Field(0.25, gt=0, description="step size as a fraction of eps")
-        init_std: float = Field(0.001, ge=0, description="std of the Gaussian start around x")
 
     def step(self, model, x, y, *, keep_clean_logits):
         p = self.params
-        logits = model(x)
-        x_adv = kl_pgd(model, x, eps=self.eps, step_size=p.step_ratio * self.eps, steps=p.steps, norm=self.norm,
-                       init_std=p.init_std, logits=logits)
-        logits_adv = model(x_adv)
+        logits, x_adv, logits_adv = self.attack(model, x)
         weights = 1.0 / F.softplus(marginal_energy(logits.detach()).abs())
         ce = F.cross_entropy(logits_adv if p.variant == "adv" else logits, y, reduction="none")
         loss = torch.sum(weights * (ce + p.beta * kl_divergence(logits, logits_adv))) / x.shape[0]
