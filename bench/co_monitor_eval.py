@@ -32,7 +32,8 @@ from benchmark.selection import CRITERIA, select_epoch
 from benchmark.store import Store
 
 SUITE = "co-monitor"
-GRID = [("fgsm", 0.1), ("fgsm", 0.2), ("fgsm", 0.3), ("rs-fgsm", 0.3), ("n-fgsm", 0.3)]
+GRID = [("fgsm", 0.1), ("fgsm", 0.2), ("fgsm", 0.25), ("fgsm", 0.3), ("rs-fgsm", 0.25), ("rs-fgsm", 0.3),
+        ("n-fgsm", 0.3)]
 SETTINGS = {"track": "fmnist-co", "n_train": 10000, "epochs": 4, "val_size": 2000,
             "eval": {"val_points": 300, "val_pgd_steps": 10, "test_points": 300, "pgd_steps": 10, "aa_points": 0}}
 SEARCH = {"signal": ["dE", "dE_joint"], "check_every": [4, 8, 16], "threshold": [2.0, 3.0, 4.0, 5.0, 6.0, 8.0],

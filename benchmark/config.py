@@ -82,20 +82,23 @@ class Schedule(_Strict):
 
 
 class MonitorConfig(_Strict):
-    """The catastrophic-overfitting early warning on the training dE (benchmark/monitor.py, docs/energy.md)."""
+    """The catastrophic-overfitting early warning on the training dE (benchmark/monitor.py, docs/energy.md).
+
+    The defaults were tuned with bench/co_monitor_eval.py on Fashion-MNIST FGSM/RS-FGSM/N-FGSM runs.
+    """
 
     enabled: bool = True
     action: Literal["warn", "stop", "rollback"] = Field(
         "warn", description="on alarm: warn only; stop training (then evaluate); or roll back to the last "
                             "healthy epoch and continue with fallback_trainer")
     signal: Literal["dE", "dE_joint"] = Field("dE", description="batch mean of the marginal or the joint dE")
-    direction: Literal["up", "both"] = Field("both", description="alarm on a rising dE only, or on both signs")
-    check_every: int = Field(16, ge=1, description="training batches per check (one host read per check)")
-    halflife: float = Field(8.0, gt=0, description="half-life of the baseline's moving mean and variance, in checks")
-    threshold: float = Field(4.0, gt=0, description="alarm when |z| of a check exceeds this...")
-    patience: int = Field(2, ge=1, description="...for this many consecutive checks")
-    warmup: int = Field(8, ge=0, description="checks that only build the baseline")
-    min_std: float = Field(0.05, gt=0, description="floor of the baseline's standard deviation")
+    direction: Literal["up", "both"] = Field("up", description="alarm on a rising dE only (CO raises it), or both ways")
+    check_every: int = Field(8, ge=1, description="training batches per check (one host read per check)")
+    halflife: float = Field(16.0, gt=0, description="half-life of the baseline's moving mean and variance, in checks")
+    threshold: float = Field(3.0, gt=0, description="alarm when the z-score of a check exceeds this...")
+    patience: int = Field(1, ge=1, description="...for this many consecutive checks")
+    warmup: int = Field(2, ge=0, description="checks that only build the baseline")
+    min_std: float = Field(0.02, gt=0, description="floor of the baseline's standard deviation")
     fallback_trainer: str = Field("n-fgsm", description="rollback: the trainer used after rolling back")
 
 

@@ -121,7 +121,8 @@ class EnergyStats:
     energy: str
     source: str
     quantiles: dict[float, float]  # QUANTILES -> value
-    median_shift: float  # median over points of energy(x*) - energy(x); 0 for clean
+    moved: float  # fraction of points whose energy the attack changed (AutoAttack's skip misclassified points)
+    median_shift: float  # median of energy(x*) - energy(x) over the moved points; 0 for clean
 
     @property
     def direction(self) -> str:
@@ -131,14 +132,17 @@ class EnergyStats:
 
 
 def energy_stats(data: AttackEnergies) -> list[EnergyStats]:
-    """Quantiles of every (energy, source) and the median per-point shift against the clean points."""
+    """Quantiles of every (energy, source) and the median per-point shift of the points an attack moved."""
     rows = []
     for energy in ENERGIES:
         clean = data.values[energy]["clean"]
         for source, values in data.values[energy].items():
+            shift = values - clean
+            moved = np.abs(shift) > 1e-6
             qs = np.quantile(values, QUANTILES)
             rows.append(EnergyStats(energy, source, dict(zip(QUANTILES, qs.tolist())),
-                                    float(np.median(values - clean))))
+                                    float(moved.mean()) if source != "clean" else 0.0,
+                                    float(np.median(shift[moved])) if moved.any() else 0.0))
     return rows
 
 
@@ -164,13 +168,14 @@ def histogram_figure(data: AttackEnergies, bins: int = 40, title: str = "") -> F
 def stats_table(rows: list[EnergyStats], title: str) -> Table:
     table = Table(title=title, title_justify="left", header_style="bold")
     for column in ("energy", "source", "median", *(f"q{round(q * 100):02d}" for q in QUANTILES if q != 0.5),
-                   "median shift", "vs clean"):
+                   "moved", "median shift", "vs clean"):
         table.add_column(column, justify="left" if column in ("energy", "source", "vs clean") else "right")
     for row in rows:
         colour = {"lowers": "cyan", "raises": "magenta"}.get(row.direction, "")
         others = [f"{v:+.3f}" for q, v in row.quantiles.items() if q != 0.5]
+        attacked = row.source != "clean"
         table.add_row(row.energy, row.source, f"{row.quantiles[0.5]:+.3f}", *others,
-                      "" if row.source == "clean" else f"{row.median_shift:+.3f}",
+                      f"{row.moved:.0%}" if attacked else "", f"{row.median_shift:+.3f}" if attacked else "",
                       f"[{colour}]{row.direction}[/]" if colour else row.direction)
     return table
 

@@ -132,13 +132,14 @@ def test_histogram_figure_and_summary_match_the_data():
     rng = np.random.default_rng(0)
     data = AttackEnergies()
     clean = rng.normal(-5, 1, 200)
+    half_moved = np.where(np.arange(200) % 2 == 0, clean, clean + 1.0)  # AutoAttack skips misclassified points
     for energy in ENERGIES:
-        data.values[energy] = {"clean": clean, "pgd": clean - 1.0, "apgd-t": clean + 2.0}
+        data.values[energy] = {"clean": clean, "pgd": clean - 1.0, "apgd-t": clean + 2.0, "square": half_moved}
     fig = histogram_figure(data, bins=20)
     assert len(fig.axes) == len(ENERGIES)
     assert [ax.get_title() for ax in fig.axes] == ["marginal energy E(x)", "joint energy E(x,y)"]
     for ax, energy in zip(fig.axes, ENERGIES):
-        assert ax.get_legend_handles_labels()[1] == ["clean", "pgd", "apgd-t"]
+        assert ax.get_legend_handles_labels()[1] == ["clean", "pgd", "apgd-t", "square"]
         edges = np.histogram_bin_edges(np.concatenate(list(data.values[energy].values())), bins=20)
         for patch, values in zip(ax.patches, data.values[energy].values()):
             counts, patch_edges = patch.get_data()[:2]
@@ -146,7 +147,8 @@ def test_histogram_figure_and_summary_match_the_data():
             np.testing.assert_allclose(patch_edges, edges)
     rows = {(r.energy, r.source): r for r in energy_stats(data)}
     assert rows[("E(x)", "pgd")].direction == "lowers" and rows[("E(x)", "pgd")].median_shift == pytest.approx(-1)
-    assert rows[("E(x,y)", "apgd-t")].direction == "raises"
+    assert rows[("E(x,y)", "apgd-t")].direction == "raises" and rows[("E(x,y)", "apgd-t")].moved == 1.0
+    assert rows[("E(x)", "square")].moved == 0.5 and rows[("E(x)", "square")].median_shift == pytest.approx(1.0)
     assert rows[("E(x)", "clean")].quantiles[0.5] == pytest.approx(np.median(clean))
 
 
