@@ -211,7 +211,9 @@ def main() -> None:
     for name, settings in (("default", default), ("tuned", tuned)):
         console.print(describe(f"{name}, tuning seeds", score(tuning, settings)))
         console.print(describe(f"{name}, held-out seeds", score(held_out, settings)))
-    console.print(f"checkpoint selection, tuned rule, all runs: {selection(store, cases, tuned)}")
+    collapsing = [c for c in cases if c.co_epoch is not None]
+    console.print(f"checkpoint selection (tuned rule), all runs: {selection(store, cases, tuned)}")
+    console.print(f"checkpoint selection (tuned rule), collapsing runs: {selection(store, collapsing, tuned)}")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ class MonitorConfig(_Strict):
                             "healthy epoch and continue with fallback_trainer")
     signal: Literal["dE", "dE_joint"] = Field("dE", description="batch mean of the marginal or the joint dE")
     direction: Literal["up", "both"] = Field("up", description="alarm on a rising dE only (CO raises it), or both ways")
-    check_every: int = Field(8, ge=1, description="training batches per check (one host read per check)")
+    check_every: int = Field(16, ge=1, description="training batches per check (one host read per check)")
     halflife: float = Field(16.0, gt=0, description="half-life of the baseline's moving mean and variance, in checks")
     threshold: float = Field(3.0, gt=0, description="alarm when the z-score of a check exceeds this...")
     patience: int = Field(1, ge=1, description="...for this many consecutive checks")
