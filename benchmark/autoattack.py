@@ -6,9 +6,14 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
+from pydantic import Field
 from torch import nn
+
+from benchmark.attack import Attack
+from benchmark.params import PluginParams
 
 _AFTER = re.compile(r"robust accuracy after ([A-Z\-]+): ([0-9.]+)%")
 
@@ -81,3 +86,19 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         logger.propagate = old_propagate
     robust = (y_adv.to(y.device) == y)
     return AutoAttackResult(x_adv=x_adv.detach(), robust=robust, per_attack=handler.per_attack)
+
+
+class AutoAttackComponent(Attack):
+    """Base of the plugins that run one of AutoAttack's attacks through pyautoattack, exactly as
+    ``AutoAttack(version="custom", attacks=[component])`` runs it; points already misclassified are
+    returned unchanged and ``seed`` None means 0. Subclasses set ``component``."""
+
+    component: ClassVar[str]
+    norms = ("Linf", "L2", "L1")
+
+    class Params(PluginParams):
+        batch_size: int = Field(250, ge=1, description="batch size inside AutoAttack")
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return run_autoattack(self.model, x, y, eps=self.eps, norm=self.norm, attacks=[self.component],
+                              seed=self.seed or 0, batch_size=self.params.batch_size).x_adv

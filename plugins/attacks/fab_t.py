@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-from pydantic import Field
-
-from benchmark.attack import Attack
-from benchmark.autoattack import run_autoattack
-from benchmark.params import PluginParams
+from benchmark.autoattack import AutoAttackComponent
 
 
-class FABT(Attack):
-    """Targeted FAB, a minimum-norm attack: 100 iterations towards each of the 9 most likely wrong classes.
+class FABT(AutoAttackComponent):
+    """Targeted FAB, a minimum-norm attack: 100 iterations towards each of the 9 most likely wrong classes."""
 
-    Runs pyautoattack's ``AutoAttack(version="custom", attacks=["fab-t"])`` with its own settings for a custom
-    list; points already misclassified are returned unchanged. ``seed`` None means 0.
-    """
-
-    norms = ("Linf", "L2", "L1")
-
-    class Params(PluginParams):
-        batch_size: int = Field(250, ge=1, description="batch size inside AutoAttack")
-
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        result = run_autoattack(self.model, x, y, eps=self.eps, norm=self.norm, attacks=["fab-t"],
-                                seed=self.seed or 0, batch_size=self.params.batch_size)
-        return result.x_adv
+    component = "fab-t"
