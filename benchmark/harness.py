@@ -31,6 +31,7 @@ from benchmark.monitor import COMonitor
 from benchmark.params import parse_params
 from benchmark.progress import Reporter
 from benchmark.registry import get_registry
+from benchmark.regularizer import forward_calls
 from benchmark.sanity import evaluation_warnings, model_checks
 from benchmark.store import Store
 from benchmark.trained import build
@@ -162,6 +163,7 @@ class Run:
         self.train_x = self.data.train.x.to(self.device)
         self.train_y = self.data.train.y.to(self.device)
         self.monitor = COMonitor(config.monitor, self.device) if config.monitor.enabled else None
+        self.penalty_passes: int | None = None  # forward calls of one penalty, counted on the first step
         self._halt: str | None = None  # "stop" or "rollback" once the monitor's alarm asks for it
 
     @property
@@ -209,6 +211,17 @@ class Run:
 
     # ----- training -------------------------------------------------------------------------
 
+    def _penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out) -> torch.Tensor:
+        """The regularizer's penalty; its forward calls are counted once (the cost is the same every step)."""
+        call = partial(_call_plugin, "regularizer", self.config.regularizer, self.regularizer.penalty, model, x, y,
+                       out, timeout=self.config.plugin_timeout, check=penalty_problem)
+        if self.penalty_passes is not None:
+            return call()
+        with forward_calls(model) as calls:
+            penalty = call()
+        self.penalty_passes = len(calls)
+        return penalty
+
     def train_epoch(self) -> dict[str, float]:
         cfg, model = self.config, self.model
         model.train()
@@ -239,8 +252,8 @@ class Run:
                     values = trace.add(clean, out.logits_adv, y)
                     if self.monitor is not None:
                         self.monitor.observe(values, iteration)
-            loss = out.loss + _call_plugin("regularizer", cfg.regularizer, self.regularizer.penalty, model, x, y, out,
-                                           timeout=cfg.plugin_timeout, check=penalty_problem)
+            loss = out.loss + self._penalty(model, x, y, out)
+            step_passes += self.penalty_passes
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

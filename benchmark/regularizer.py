@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
@@ -20,7 +22,8 @@ class Regularizer(ABC):
     the trainer's loss. ``requires_adversarial`` means it needs ``out.x_adv``/``out.logits_adv``,
     and the harness refuses to combine it with a trainer that makes none. ``uses_clean_logits``
     means it reads ``out.logits``: the harness guarantees they are present (reused from the trainer
-    when it has them, else computed once with their graph).
+    when it has them, else computed once with their graph). Each forward call the penalty makes
+    on the model counts as one more forward+backward pass per example in the run's cost.
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
@@ -34,3 +37,14 @@ class Regularizer(ABC):
     @abstractmethod
     def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: TrainOutput) -> torch.Tensor:
         """Return the weighted penalty for this batch (a scalar with graph)."""
+
+
+@contextmanager
+def forward_calls(model: nn.Module) -> Iterator[list[int]]:
+    """Count the forward calls made on ``model`` inside the block (the length of the yielded list)."""
+    calls: list[int] = []
+    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        yield calls
+    finally:
+        hook.remove()

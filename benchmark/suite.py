@@ -220,6 +220,7 @@ def _step_passes(key: str) -> float:
 
     from benchmark.datasets import DATASETS
     from benchmark.registry import get_registry
+    from benchmark.regularizer import forward_calls
     from benchmark.trained import build
 
     config = RunConfig(**json.loads(key))
@@ -235,12 +236,8 @@ def _step_passes(key: str) -> float:
     passes = out.passes
     if regularizer.uses_clean_logits and out.logits is None:
         out.logits, passes = model(x), passes + 1
-    calls = []
-    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
-    try:
+    with forward_calls(model) as calls:
         regularizer.penalty(model, x, y, out)
-    finally:
-        hook.remove()
     return passes + len(calls)
 
 

@@ -49,6 +49,14 @@ def test_a_run_trains_evaluates_and_stores_everything(tmp_path):
     assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_the_cost_counts_the_forward_passes_a_regularizer_makes(tmp_path):
+    store = Store(tmp_path)
+    run_id = execute(tiny_config(regularizer="gradalign", epochs=1, eval={"aa_points": 0, "val_points": 20,
+                                                                          "test_points": 20}), store)
+    # FGSM's two passes plus GradAlign's gradients at x and at x + eta: two forward calls of its own
+    assert store.results(run_id)["last"]["passes_per_example"] == pytest.approx(4.0)
+
+
 class _StopAfterFirstEpoch(Reporter):
     def epoch_done(self, epoch, metrics):
         raise KeyboardInterrupt
