@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.errors import EnergybenchError
+from benchmark.errors import EnergybenchError, Interrupted
 
 #: Tables keep a readable width when stdout is piped to a file (rich would assume 80 columns).
 out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 150)
@@ -291,13 +291,22 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
                   else f"[red]{outcome.status}[/]: {outcome.error}")
         err.print(f"[{len(finished)}/{len(todo)}] {outcome.cell.describe()}: {result}", highlight=False)
 
-    runner.run(todo, store, suite=name, on_done=report_cell)
+    try:
+        runner.run(todo, store, suite=name, on_done=report_cell)
+    except KeyboardInterrupt:
+        raise Interrupted(f"energybench suite {name}" + (f" --store {store_path}" if store_path else "")) from None
     first = cells[0].config
     out.print(render_suite(group_cells(store, cells), f"Suite {name}: {first.dataset}, {first.model}, {first.norm}"))
-    failed = [o for o in finished if o.status != "done"]
+    problems = []
+    failed = sum(o.status == "failed" for o in finished)
     if failed:
-        raise EnergybenchError(f"{len(failed)} of {len(todo)} cells failed (errors above, kept in the store); "
-                               f"run `energybench suite {name}` again to retry only those")
+        problems.append(f"{failed} of {len(todo)} cells failed (errors above, kept in the store)")
+    in_use = sum(o.status == "in use" for o in finished)
+    if in_use:
+        problems.append(f"{in_use} cells are being run by another process")
+    if problems:
+        raise EnergybenchError(f"{'; '.join(problems)}; run `energybench suite {name}` again to retry only "
+                               "the unfinished cells")
 
 
 @cli.command("eval")
@@ -491,8 +500,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         err.print(f"energybench: error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
         return 2
+    except Interrupted as exc:
+        err.print(f"energybench: interrupted; continue with `{exc.resume_command}`", markup=False)
+        return 130
     except (KeyboardInterrupt, click.exceptions.Abort):
-        err.print("energybench: interrupted; resume with `energybench run --resume RUN_ID`", markup=False)
+        err.print("energybench: interrupted", markup=False)
         return 130
     return 0
 

@@ -9,6 +9,14 @@ class EnergybenchError(Exception):
     """A problem with the user's input or environment, reported without a traceback."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a long job, carrying the command that picks the work up again."""
+
+    def __init__(self, resume_command: str):
+        super().__init__(resume_command)
+        self.resume_command = resume_command
+
+
 class PluginError(EnergybenchError):
     """A plugin could not be found, imported or validated, or failed at run time."""
 

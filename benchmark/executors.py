@@ -23,13 +23,14 @@ from benchmark.config import RunConfig
 from benchmark.errors import EnergybenchError
 from benchmark.harness import execute
 from benchmark.progress import Reporter
-from benchmark.store import Store
+from benchmark.store import RunInUse, Store
 from benchmark.suite import Cell
 
 
 @dataclass
 class CellOutcome:
-    """How a cell's run ended: ``done`` or ``failed`` (with the error), and where it is stored."""
+    """How a cell's run ended: ``done``, ``failed`` (with the error) or ``in use`` (another process is
+    running it), and where it is stored."""
 
     cell: Cell
     status: str
@@ -84,6 +85,11 @@ class LocalExecutor(Executor):
             try:
                 run_id = execute(None if resume else cell.config, store, reporter=self.reporter(), resume=resume,
                                  suite=suite)
+            except RunInUse as exc:  # another live process is running this cell: leave it to that process
+                outcome = CellOutcome(cell, "in use", resume, str(exc))
+                outcomes.append(outcome)
+                on_done(outcome)
+                continue
             except Exception as exc:  # stored as failed by execute, unless it failed before storing the run
                 failed = [r for r in store.runs(status="failed", config_hash=cell.config_hash)
                           if r.id == resume or r.created >= started]

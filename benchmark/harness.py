@@ -24,7 +24,7 @@ from benchmark.checkpoint import load_checkpoint, save_checkpoint
 from benchmark.config import Catalogue, RunConfig
 from benchmark.datasets import ImageData, load_dataset
 from benchmark.energy import EnergyTrace
-from benchmark.errors import EnergybenchError, PluginError
+from benchmark.errors import EnergybenchError, Interrupted, PluginError
 from benchmark.evaluation import autoattack_accuracy, catastrophic_overfitting, robustness
 from benchmark.guard import PluginTimeout, deadline, penalty_problem, train_output_problem
 from benchmark.monitor import COMonitor
@@ -406,7 +406,7 @@ def execute(config: RunConfig, store: Store, *, reporter: Reporter | None = None
     except KeyboardInterrupt:
         store.set_status(run_id, "interrupted", error="interrupted by the user",
                          wall_time=elapsed + time.perf_counter() - start)
-        raise
+        raise Interrupted(f"energybench run --resume {run_id}") from None
     except Exception as exc:
         message = str(exc) if isinstance(exc, EnergybenchError) else f"{type(exc).__name__}: {exc}"
         store.set_status(run_id, "failed", error=message, wall_time=elapsed + time.perf_counter() - start)

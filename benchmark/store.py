@@ -166,9 +166,7 @@ class Store:
                 if attempt == 9:
                     raise
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
-        from benchmark.checkpoint import atomic_write
-
-        atomic_write(self.run_dir(run_id) / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
+        _write_text(self.run_dir(run_id) / "config.json", json.dumps(config, indent=2, sort_keys=True))
         return run_id
 
     def set_status(self, run_id: str, status: str, *, error: str | None = None, wall_time: float | None = None) -> None:
@@ -182,8 +180,9 @@ class Store:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", (run_id, epoch, line))
             db.execute("UPDATE runs SET epochs_done = MAX(epochs_done, ?) WHERE id = ?", (epoch + 1, run_id))
-        with open(self.run_dir(run_id) / "metrics.jsonl", "a") as f:
-            f.write(line + "\n")
+            lines = [row[0] for row in db.execute("SELECT metrics FROM epochs WHERE run_id = ? ORDER BY epoch",
+                                                  (run_id,))]
+        _write_text(self.run_dir(run_id) / "metrics.jsonl", "".join(f"{line}\n" for line in lines))
 
     def add_results(self, run_id: str, checkpoint: str, metrics: dict[str, float]) -> None:
         with self._tx() as db:
@@ -249,6 +248,16 @@ class Store:
                 for r in rows]
 
 
+def _write_text(path: Path, text: str) -> None:
+    from benchmark.checkpoint import atomic_write  # imports torch: only when a run is written
+
+    atomic_write(path, text.encode())
+
+
+class RunInUse(EnergybenchError):
+    """The run is held by another live process (``Store.claim``)."""
+
+
 class RunClaim:
     """An exclusive lock on a run's ``.lock`` file, holding the owner's pid (Unix; a no-op elsewhere)."""
 
@@ -263,7 +272,7 @@ class RunClaim:
             self._file.seek(0)
             holder = self._file.read().strip() or "?"
             self._file.close()
-            raise EnergybenchError(f"run {run_id} is in use by another process (pid {holder}); wait for it "
+            raise RunInUse(f"run {run_id} is in use by another process (pid {holder}); wait for it "
                                    "to finish or stop it first") from None
         self._file.truncate(0)
         self._file.write(str(os.getpid()))

@@ -171,6 +171,8 @@ def test_a_run_killed_at_a_random_moment_resumes_to_the_same_results(tmp_path, p
     assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130), (seed, err)
     assert "Traceback" not in err, (seed, err)
     assert record.status in ({"running"} if sig == signal.SIGKILL else {"interrupted", "running"}), seed
+    if record.status == "interrupted":
+        assert f"continue with `energybench run --resume {record.id}`" in err, err
     done = _resume(store, record.id, env)
     print(f"{sig.name} {delay:.2f}s into {phase} (seed {seed}): status {record.status}, resumed after epoch {done}")
     assert Store(store).get_run(record.id).status == "done"

@@ -32,7 +32,8 @@ def test_runs_epochs_and_results_round_trip(tmp_path):
     assert [r.id for r in again.runs(dataset="digits", eps=0.1)] == [run_id]
     assert again.runs(dataset="cifar10") == []
     assert (tmp_path / "runs" / run_id / "config.json").is_file()
-    assert len((tmp_path / "runs" / run_id / "metrics.jsonl").read_text().splitlines()) == 2
+    # metrics.jsonl mirrors the epochs table: the epoch recorded again replaced its line
+    assert (tmp_path / "runs" / run_id / "metrics.jsonl").read_text() == '{"epoch": 0, "val_pgd_acc": 0.6}\n'
 
 
 def test_unknown_run_suggests(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -252,3 +254,23 @@ def test_rerunning_a_suite_resumes_a_killed_cell_after_its_last_epoch(tmp_path):
     (outcome,) = LocalExecutor().run(pending(store, [cell]), store, suite="two")
     assert outcome.run_id == killed.id and outcome.status == "done"
     assert [e["epoch"] for e in store.epochs(killed.id)] == [0, 1]
+    lines = (store.run_dir(killed.id) / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]  # no epoch twice after the resume
+
+
+def test_a_cell_another_process_is_running_is_left_to_it(tmp_path, capsys):
+    catalogue = catalogue_with(tmp_path, '[suites.two]\ndescription = "x"\ntrack = "t"\ntrainers = ["fgsm"]\n'
+                                         'settings = { epochs = 2 }\n')
+    (cell,) = load_suite(catalogue, "two").cells(catalogue)
+    store = Store(tmp_path / "store")
+    with pytest.raises(KeyboardInterrupt):
+        LocalExecutor(reporter=_StopAfterFirstEpoch).run([cell], store, suite="two")
+    (held,) = store.runs(status=None)
+    store.set_status(held.id, "running")
+    claim = store.claim(held.id)  # as a live process running the cell holds it
+    try:
+        (outcome,) = LocalExecutor().run(pending(store, [cell]), store, suite="two")
+    finally:
+        claim.release()
+    assert outcome.status == "in use" and outcome.run_id == held.id and "in use by another process" in outcome.error
+    assert [(r.id, r.status) for r in store.runs(status=None)] == [(held.id, "running")]  # no failed run recorded
