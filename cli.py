@@ -333,6 +333,7 @@ def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points,
     from benchmark.config import load_catalogue
     from benchmark.leaderboard import collect, format_eps, render
     from benchmark.model_eval import eval_config, evaluate_external, resolve_model
+    from benchmark.sanity import evaluation_warnings
     from benchmark.store import Store
 
     store = Store(store_path)
@@ -345,6 +346,8 @@ def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points,
               f"{format_eps(config.eps)}" + (f", protocol of track {config.track}" if config.track else ""))
     with err.status("evaluating") as status:
         run_id = evaluate_external(external, config, store, on_stage=lambda text: status.update(text))
+    for warning in evaluation_warnings(store.results(run_id)["last"]):
+        err.print(f"[yellow]warning[/]: {warning}", highlight=False)
     rows = collect(store, dataset=config.dataset, eps=config.eps, norm=config.norm)
     title = f"Leaderboard: {config.dataset}, {config.norm} eps {format_eps(config.eps)}"
     out.print(render(rows, title, highlight=run_id))

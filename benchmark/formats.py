@@ -72,12 +72,14 @@ FIELDS: list[Column] = [
     Column("dE", _metric("last", "train_dE_mean")),
     Column("test_dE", _metric("last", "test_dE_mean")),
     Column("time", lambda r: r.run.wall_time),
+    Column("warnings", lambda r: None if r.warnings() is None else "; ".join(r.warnings())),
 ]
 #: Fields whose seed groups also get ``<name>_std`` (the metrics of ``FIELDS`` read from the results).
 _STD_FIELDS = {"clean": ("last", "test_clean_acc"), "pgd": ("last", "test_pgd_acc"), "aa": ("last", "aa_acc"),
                "clean_best": ("best", "test_clean_acc"), "pgd_best": ("best", "test_pgd_acc"),
                "aa_best": ("best", "aa_acc")}
-_TEXT_FIELDS = {"id", "trainer", "regularizer", "dataset", "model", "norm", "track", "suite", "source", "link"}
+_TEXT_FIELDS = {"id", "trainer", "regularizer", "dataset", "model", "norm", "track", "suite", "source", "link",
+                "warnings"}
 
 
 @dataclass
@@ -228,8 +230,8 @@ REFERENCE_COLUMNS: list[tuple[str, Callable[[Reference], str]]] = [
     ("source", lambda r: r.source + (" [secondary source]" if r.secondary else "")),
 ]
 _CAPTION = ("accuracy % on the test set, best/last checkpoint; AA: AutoAttack, the point-wise worst case over its "
-            "attacks; dE: final train E(x) - E(x*); seed groups: means, ± the standard deviation of the last "
-            "checkpoint")
+            "attacks; dE: final train E(x) - E(x*); checks: evaluation sanity warnings (their text is in the json "
+            "and csv formats); seed groups: means, ± the standard deviation of the last checkpoint")
 
 
 def rich_tables(board: Leaderboard) -> list[Table]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
+from benchmark.sanity import evaluation_warnings
 from benchmark.store import RunRecord, Store
 
 
@@ -27,6 +28,13 @@ class Row:
 
     def get(self, checkpoint: str, metric: str) -> float:
         return self.results.get(checkpoint, {}).get(metric, math.nan)
+
+    def warnings(self) -> list[str] | None:
+        """The evaluation's sanity warnings (``benchmark.sanity``) for either checkpoint, None if never checked."""
+        if not any("check_randomized" in metrics for metrics in self.results.values()):
+            return None
+        return [f"{tag}: {text}" for tag in ("best", "last")
+                for text in evaluation_warnings(self.results.get(tag, {}))]
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ COLUMNS: list[Column] = [
     Column("CO", lambda r: r.get("last", "co"), lambda v: "-" if math.isnan(v) else ("yes" if v else "no")),
     Column("dE", lambda r: r.get("last", "train_dE_mean"), _num),
     Column("time", lambda r: r.run.wall_time, lambda v: "-" if v is None else f"{v:.0f}s"),
+    Column("checks", lambda r: r.warnings(), lambda v: "-" if v is None else (f"{len(v)} warn" if v else "ok")),
 ]
 
 
@@ -91,7 +100,9 @@ def render(rows: list[Row], title: str, highlight: str | None = None, settings: 
     """
     columns = COLUMNS[:3] + (SETTING_COLUMNS if settings else []) + COLUMNS[3:]
     table = Table(title=title, header_style="bold", title_justify="left",
-                  caption="accuracy % on the test set, best/last checkpoint; dE: final train E(x) - E(x*)",
+                  caption="accuracy % on the test set, best/last checkpoint; dE: final train E(x) - E(x*); "
+                          "checks: evaluation sanity warnings (gradient masking, randomness; see `energybench "
+                          "leaderboard --format json`)",
                   caption_justify="left")
     for col in columns:
         table.add_column(col.header, justify=col.justify, no_wrap=col.header == "run")

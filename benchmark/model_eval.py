@@ -29,6 +29,7 @@ from benchmark.errors import EnergybenchError, unknown_name
 from benchmark.evaluation import as_float, autoattack_accuracy, eval_mode, robustness
 from benchmark.harness import select_device
 from benchmark.robustbench_compat import ZOO_PREFIX, load_zoo_model
+from benchmark.sanity import model_checks
 from benchmark.store import Store
 from benchmark.trained import load_trained
 
@@ -195,6 +196,7 @@ def evaluate_external(external: ExternalModel, config: RunConfig, store: Store, 
             metrics.update(autoattack_accuracy(model, data.test, n=p.aa_points, eps=config.eps, norm=config.norm,
                                                version=p.aa_version, seed=config.seed, batch_size=p.batch_size,
                                                device=device, on_message=lambda m: stage(f"AutoAttack: {m[:60]}")))
+        metrics.update(model_checks(model, data.test, device=device))
         for tag in ("last", "best"):
             store.add_results(run_id, tag, metrics)
     except KeyboardInterrupt:

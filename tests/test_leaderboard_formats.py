@@ -279,3 +279,25 @@ def test_a_malformed_reference_entry_is_named(capsys, home, tmp_path):
                         'dataset = "cifar10"\neps = "8/255"\nsource = "s"\nautoattack = "lots"\n')
     code, _, err = run_cli(capsys, "leaderboard", "--registry", registry, "--store", home)
     assert code == 2 and "references.robustness[0]: autoattack must be a percentage like 43.21, got 'lots'" in err
+
+
+def test_evaluation_sanity_warnings_are_flagged_on_the_leaderboard(capsys, tmp_path):
+    store = Store(tmp_path / "store")
+    masked = add_run(store, aa=0.2, pgd=0.6, clean=0.8, trainer="fgsm")
+    store.add_results(masked, "last", {"test_fgsm_acc": 0.4, "check_randomized": 0.0,
+                                       "check_probability_outputs": 0.0, "check_zero_grad_frac": 0.0})
+    sound = add_run(store, aa=0.3, pgd=0.35, clean=0.8, trainer="pgd")
+    store.add_results(sound, "last", {"test_fgsm_acc": 0.5, "check_randomized": 0.0,
+                                      "check_probability_outputs": 0.0, "check_zero_grad_frac": 0.0})
+    unchecked = add_run(store, aa=0.1, pgd=0.2, clean=0.8, trainer="rs-fgsm")  # stored before the checks existed
+    code, out, _ = run_cli(capsys, "leaderboard", "--store", tmp_path / "store", "--format", "json",
+                           "--no-references")
+    assert code == 0
+    warnings = {row["id"]: row["warnings"] for row in json.loads(out)["measured"]}
+    assert warnings[sound] == "" and warnings[unchecked] is None
+    assert warnings[masked].startswith("last: PGD leaves a higher accuracy (60.0%) than FGSM (40.0%)")
+    code, out, _ = run_cli(capsys, "leaderboard", "--store", tmp_path / "store", "--format", "markdown",
+                           "--no-references")
+    (table,) = markdown_tables(out)
+    checks = {row[table[0].index("run")]: row[table[0].index("checks")] for row in table[1:]}
+    assert checks == {masked: "1 warn", sound: "ok", unchecked: "-"}
