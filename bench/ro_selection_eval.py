@@ -1,12 +1,11 @@
 """Attack-free best-checkpoint selection (a dE criterion) against validation PGD, on robust-overfitting runs.
 
-    python bench/ro_selection_eval.py --store DIR --generate   # train ro-fmnist-style runs, one checkpoint per epoch
-    python bench/ro_selection_eval.py --store DIR              # compare the criteria of benchmark/selection.py
+    energybench suite ro-fmnist                        # the runs: keep_epochs keeps every epoch's weights
+    python bench/ro_selection_eval.py --store DIR      # compare the criteria of benchmark/selection.py
 
-The generated runs are the `fmnist-ro` track made CPU-sized (5,000 training points, 15 epochs,
-step LR decay at 50% and 75%); each epoch's weights are kept as ``epoch-K.pt`` in the run folder,
-so the test PGD accuracy of whichever epoch a criterion picks can be measured (PGD-20 on the
-first ``--test-points`` test points, computed once per epoch and cached in ``epoch_test.json``).
+Every run of ``--suite`` (default ro-fmnist) that kept its epochs (``keep_epochs = true`` in the suite's
+settings: ``epoch-K.pt`` in the run folder) is scored: the test PGD-20 accuracy of every epoch on the
+first ``--test-points`` test points (cached in ``epoch_test.json``), then the epoch each criterion picks.
 """
 
 from __future__ import annotations
@@ -14,49 +13,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shutil
 import statistics
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.config import load_catalogue, resolve_config
 from benchmark.datasets import load_dataset
 from benchmark.evaluation import robustness
-from benchmark.harness import execute, prepare
-from benchmark.progress import Reporter
 from benchmark.selection import CRITERIA, select_epoch
 from benchmark.store import Store
 from benchmark.trained import load_trained
-
-SUITE = "ro-selection"
-SETTINGS = {"n_train": 5000, "epochs": 15, "val_size": 2000,
-            "eval": {"val_points": 300, "val_pgd_steps": 10, "test_points": 300, "pgd_steps": 10, "aa_points": 0}}
-
-
-class KeepEpochs(Reporter):
-    """Copies the run's ``last.pt`` to ``epoch-K.pt`` after every epoch."""
-
-    def __init__(self, store: Store):
-        self.store, self.run_id = store, None
-
-    def start(self, run_id, config, done):
-        self.run_id = run_id
-
-    def epoch_done(self, epoch, metrics):
-        folder = self.store.run_dir(self.run_id)
-        shutil.copyfile(folder / "last.pt", folder / f"epoch-{epoch}.pt")
-
-
-def generate(store: Store, seeds: list[int]) -> None:
-    catalogue = load_catalogue()
-    done = {r.config_hash for r in store.runs(suite=SUITE)}
-    for seed in seeds:
-        config = prepare(resolve_config(catalogue, track="fmnist-ro", overrides=SETTINGS | {"seed": seed}), catalogue)
-        if config.config_hash() not in done:
-            run_id = execute(config, store, reporter=KeepEpochs(store), suite=SUITE)
-            print(f"{run_id}: seed {seed} done", flush=True)
 
 
 def epoch_test_accuracy(store: Store, run_id: str, test_points: int) -> list[float]:
@@ -84,35 +51,44 @@ def epoch_test_accuracy(store: Store, run_id: str, test_points: int) -> list[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", required=True)
-    parser.add_argument("--generate", action="store_true")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--suite", default="ro-fmnist")
     parser.add_argument("--test-points", type=int, default=1000)
     args = parser.parse_args()
     torch.set_num_threads(1)
     store = Store(args.store)
-    if args.generate:
-        generate(store, [int(s) for s in args.seeds.split(",")])
-    runs = store.runs(suite=SUITE)
-    table = Table(title="epoch chosen and its test PGD-20 accuracy, per criterion", header_style="bold")
-    for column in ("run", "seed", "test PGD by epoch", "best possible", *CRITERIA):
+    runs = [r for r in store.runs(suite=args.suite) if (store.run_dir(r.id) / "epoch-0.pt").is_file()]
+    table = Table(title=f"epoch chosen and its test PGD-20 accuracy, per criterion ({len(runs)} runs of "
+                        f"{args.suite!r})", header_style="bold")
+    for column in ("run", "setting", "seed", "test PGD by epoch", "best possible", *CRITERIA):
         table.add_column(column)
     chosen: dict[str, list[float]] = {c: [] for c in CRITERIA}
     matches: dict[str, int] = {c: 0 for c in CRITERIA}
-    for record in runs:
+    best = []
+    for record in sorted(runs, key=lambda r: (r.trainer, r.regularizer, r.config.get("regularizer_params", {}).get(
+            "terms", ""), r.seed)):
         history = store.epochs(record.id)
         accs = epoch_test_accuracy(store, record.id, args.test_points)
         picks = {c: select_epoch(history, c) for c in CRITERIA}
         for c, e in picks.items():
             chosen[c].append(accs[e])
             matches[c] += e == picks["val-pgd"]
-        table.add_row(record.id, str(record.seed), " ".join(f"{a:.2f}" for a in accs), f"{max(accs):.1%}",
+        best.append(max(accs))
+        params = record.config.get("regularizer_params", {})
+        setting = record.trainer + ("" if record.regularizer == "none" else
+                                    f"+{record.regularizer} {params.get('terms', '')} {params.get('lambda', '')}")
+        table.add_row(record.id, setting, str(record.seed), " ".join(f"{100 * a:.0f}" for a in accs),
+                      f"{max(accs):.1%}",
                       *(f"epoch {picks[c] + 1}: {accs[picks[c]]:.1%}" for c in CRITERIA))
-    console = Console(width=160)
+    console = Console(width=200)
     console.print(table)
+    if not runs:
+        console.print(f"no run of suite {args.suite!r} in {args.store} kept its epochs")
+        return
+    console.print(f"test PGD-20 of the best epoch in hindsight (oracle), mean over {len(runs)} runs: "
+                  f"{statistics.mean(best):.1%}")
     for c in CRITERIA:
-        if chosen[c]:
-            console.print(f"{c}: same epoch as val-pgd in {matches[c]}/{len(runs)} runs, mean test PGD of its choice "
-                          f"{statistics.mean(chosen[c]):.1%}")
+        console.print(f"{c}: same epoch as val-pgd in {matches[c]}/{len(runs)} runs, mean test PGD of its choice "
+                      f"{statistics.mean(chosen[c]):.1%}")
 
 
 if __name__ == "__main__":

@@ -147,6 +147,8 @@ class RunConfig(_Strict):
     data_root: str | None = None
     plugin_timeout: float | None = Field(None, gt=0, description="seconds one trainer step or regularizer "
                                          "penalty may take before its run fails (None = no limit; Unix only)")
+    keep_epochs: bool = Field(False, description="also keep every epoch's weights as epoch-K.pt in the run folder "
+                              "(for checkpoint-selection studies)")
 
     @field_validator("eps", mode="before")
     @classmethod
@@ -163,9 +165,11 @@ class RunConfig(_Strict):
 
     def config_hash(self) -> str:
         """Hash of the settings that determine results (not the track name, device, fast path, data path,
-        plugin timeout, or a monitor that only warns)."""
+        plugin timeout, or a monitor that only warns); ``keep_epochs`` counts only when on, since a run
+        without it lacks the per-epoch files."""
         passive = not self.monitor.enabled or self.monitor.action == "warn"
-        ignored = {"track", "device", "fast", "data_root", "plugin_timeout"} | ({"monitor"} if passive else set())
+        ignored = ({"track", "device", "fast", "data_root", "plugin_timeout"} | ({"monitor"} if passive else set())
+                   | (set() if self.keep_epochs else {"keep_epochs"}))
         data = self.model_dump(exclude=ignored)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -302,6 +302,8 @@ class Run:
                 metrics.update(self.monitor.epoch_metrics())
                 self.monitor.write_log(self.dir / "monitor.json")
             save_checkpoint(self.dir / "last.pt", self.model.state_dict())
+            if self.config.keep_epochs:
+                save_checkpoint(self.dir / f"epoch-{self.epoch}.pt", self.model.state_dict())
             if metrics["val_pgd_acc"] > self.best_pgd:
                 self.best_pgd, self.best_epoch = metrics["val_pgd_acc"], self.epoch
                 save_checkpoint(self.dir / "best.pt", self.model.state_dict())

@@ -57,6 +57,17 @@ def test_the_cost_counts_the_forward_passes_a_regularizer_makes(tmp_path):
     assert store.results(run_id)["last"]["passes_per_example"] == pytest.approx(4.0)
 
 
+def test_keep_epochs_keeps_every_epochs_weights(tmp_path):
+    store = Store(tmp_path)
+    config = tiny_config(keep_epochs=True, eval={"aa_points": 0, "val_points": 20, "test_points": 20})
+    assert config.config_hash() != config.model_copy(update={"keep_epochs": False}).config_hash()
+    run_id = execute(config, store)
+    folder = store.run_dir(run_id)
+    assert sorted(p.name for p in folder.glob("epoch-*.pt")) == ["epoch-0.pt", "epoch-1.pt"]
+    last = load_checkpoint(folder / "last.pt")
+    assert all(torch.equal(last[k], v) for k, v in load_checkpoint(folder / "epoch-1.pt").items())
+
+
 class _StopAfterFirstEpoch(Reporter):
     def epoch_done(self, epoch, metrics):
         raise KeyboardInterrupt
