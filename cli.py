@@ -503,11 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         err.print(f"energybench: error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
         return 2
-    except Interrupted as exc:
-        err.print(f"energybench: interrupted; continue with `{exc.resume_command}`", markup=False)
-        return 130
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        err.print("energybench: interrupted", markup=False)
+    except (KeyboardInterrupt, click.exceptions.Abort) as exc:
+        cause = exc if isinstance(exc, Interrupted) else exc.__cause__  # click wraps Ctrl-C in Abort
+        hint = f"; continue with `{cause.resume_command}`" if isinstance(cause, Interrupted) else ""
+        err.print(f"energybench: interrupted{hint}", markup=False, highlight=False, soft_wrap=True)
         return 130
     return 0
 

@@ -242,7 +242,8 @@ class _StopAfterFirstEpoch:
         raise KeyboardInterrupt
 
 
-def test_rerunning_a_suite_resumes_a_killed_cell_after_its_last_epoch(tmp_path):
+def killed_cell(tmp_path):
+    """A one-cell suite whose run was killed after its first epoch: (cell, store, run left 'running')."""
     catalogue = catalogue_with(tmp_path, '[suites.two]\ndescription = "x"\ntrack = "t"\ntrainers = ["fgsm"]\n'
                                          'settings = { epochs = 2 }\n')
     (cell,) = load_suite(catalogue, "two").cells(catalogue)
@@ -251,6 +252,11 @@ def test_rerunning_a_suite_resumes_a_killed_cell_after_its_last_epoch(tmp_path):
         LocalExecutor(reporter=_StopAfterFirstEpoch).run([cell], store, suite="two")
     (killed,) = store.runs(status=None)
     store.set_status(killed.id, "running")  # what a SIGKILL leaves behind
+    return cell, store, killed
+
+
+def test_rerunning_a_suite_resumes_a_killed_cell_after_its_last_epoch(tmp_path):
+    cell, store, killed = killed_cell(tmp_path)
     (outcome,) = LocalExecutor().run(pending(store, [cell]), store, suite="two")
     assert outcome.run_id == killed.id and outcome.status == "done"
     assert [e["epoch"] for e in store.epochs(killed.id)] == [0, 1]
@@ -258,15 +264,8 @@ def test_rerunning_a_suite_resumes_a_killed_cell_after_its_last_epoch(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]  # no epoch twice after the resume
 
 
-def test_a_cell_another_process_is_running_is_left_to_it(tmp_path, capsys):
-    catalogue = catalogue_with(tmp_path, '[suites.two]\ndescription = "x"\ntrack = "t"\ntrainers = ["fgsm"]\n'
-                                         'settings = { epochs = 2 }\n')
-    (cell,) = load_suite(catalogue, "two").cells(catalogue)
-    store = Store(tmp_path / "store")
-    with pytest.raises(KeyboardInterrupt):
-        LocalExecutor(reporter=_StopAfterFirstEpoch).run([cell], store, suite="two")
-    (held,) = store.runs(status=None)
-    store.set_status(held.id, "running")
+def test_a_cell_another_process_is_running_is_left_to_it(tmp_path):
+    cell, store, held = killed_cell(tmp_path)
     claim = store.claim(held.id)  # as a live process running the cell holds it
     try:
         (outcome,) = LocalExecutor().run(pending(store, [cell]), store, suite="two")
@@ -274,3 +273,14 @@ def test_a_cell_another_process_is_running_is_left_to_it(tmp_path, capsys):
         claim.release()
     assert outcome.status == "in use" and outcome.run_id == held.id and "in use by another process" in outcome.error
     assert [(r.id, r.status) for r in store.runs(status=None)] == [(held.id, "running")]  # no failed run recorded
+
+
+def test_ctrl_c_names_the_command_that_continues_the_suite(tmp_path, capsys, monkeypatch):
+    def interrupted(self, cells, store, *, suite, on_done):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LocalExecutor, "run", interrupted)
+    store = tmp_path / "store"
+    code, _, err = run_cli(capsys, "suite", "tiny", "--store", str(store))
+    assert code == 130 and "Traceback" not in err
+    assert f"energybench: interrupted; continue with `energybench suite tiny --store {store}`" in err
