@@ -9,7 +9,9 @@ from torch import nn
 from benchmark.model import Classifier
 
 
-class _PreActBlock(nn.Module):
+class PreActBlock(nn.Module):
+    """The pre-activation basic block (BN-ReLU-conv twice, identity or 1x1-conv shortcut); WideResNet's too."""
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -32,7 +34,7 @@ class PreActResNet18(Classifier):
         self.stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         blocks, cin = [], 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks += [_PreActBlock(cin, cout, stride), _PreActBlock(cout, cout, 1)]
+            blocks += [PreActBlock(cin, cout, stride), PreActBlock(cout, cout, 1)]
             cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(512)

@@ -7,19 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.model import Classifier
-
-
-class _WideBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        skip = self.shortcut(out) if self.shortcut is not None else x
-        return self.conv2(F.relu(self.bn2(self.conv1(out)))) + skip
+from plugins.models.preact_resnet import PreActBlock
 
 
 class WideResNet(Classifier):
@@ -33,7 +21,7 @@ class WideResNet(Classifier):
         layers, cin = [], widths[0]
         for cout, stride in zip(widths[1:], (1, 2, 2)):
             for i in range(n):
-                layers.append(_WideBlock(cin, cout, stride if i == 0 else 1))
+                layers.append(PreActBlock(cin, cout, stride if i == 0 else 1))
                 cin = cout
         self.blocks = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(cin)
