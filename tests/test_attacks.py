@@ -27,15 +27,6 @@ SLOW_EPS_RANGE = {"Linf": (0.2, 0.5), "L2": (2.0, 4.0), "L1": (8.0, 20.0)}
 TOL = 1e-5  # float rounding of (x + delta) - x
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(name: str, model: nn.Module, eps: float, norm: str = "Linf", **params):
     """The attack ``name`` through the registry, with pyautoattack's internal batches kept small."""
     if name in SLOW:

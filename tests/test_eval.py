@@ -31,15 +31,6 @@ def stored_run(out: str) -> str:
     return match.group(1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread while this module runs: the CPU is shared, and AutoAttack is chatty."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny digits run (1 epoch on 512 points), evaluated on 60 test points with AutoAttack on 8."""

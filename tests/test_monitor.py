@@ -105,7 +105,7 @@ def test_a_monitor_that_only_warns_does_not_change_the_config_hash():
 
 
 @pytest.mark.slow
-def test_default_monitor_fires_before_a_real_fashion_mnist_run_collapses(tmp_path, one_thread):
+def test_default_monitor_fires_before_a_real_fashion_mnist_run_collapses(tmp_path):
     """FGSM at eps 0.3 on 3,000 Fashion-MNIST images collapses in its third epoch; the alarm comes first."""
     catalogue = load_catalogue()
     config = prepare(resolve_config(catalogue, track="fmnist-co", overrides={
@@ -149,22 +149,13 @@ def toy_co(root, **overrides):
     return prepare(resolve_config(catalogue, track="digits-tiny", overrides=settings), catalogue)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions run faster on one thread than on two busy-waiting ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class _StopAfterSecondEpoch(Reporter):
     def epoch_done(self, epoch, metrics):
         if epoch == 1:
             raise KeyboardInterrupt
 
 
-def test_a_resumed_run_continues_the_monitor_where_it_stopped(tmp_path, toy_root, one_thread):
+def test_a_resumed_run_continues_the_monitor_where_it_stopped(tmp_path, toy_root):
     store = Store(tmp_path)
     config = toy_co(toy_root)
     run_id = execute(config, store)
@@ -179,7 +170,7 @@ def test_a_resumed_run_continues_the_monitor_where_it_stopped(tmp_path, toy_root
     assert [e["monitor_alarm_iter"] for e in store.epochs(interrupted)] == [e["monitor_alarm_iter"] for e in history]
 
 
-def test_stop_action_ends_training_at_the_alarm(tmp_path, toy_root, one_thread):
+def test_stop_action_ends_training_at_the_alarm(tmp_path, toy_root):
     store = Store(tmp_path)
     run_id = execute(toy_co(toy_root, epochs=4, monitor=TOY_CO["monitor"] | {"action": "stop"}), store)
     history = store.epochs(run_id)
@@ -188,7 +179,7 @@ def test_stop_action_ends_training_at_the_alarm(tmp_path, toy_root, one_thread):
     assert store.get_run(run_id).status == "done" and "test_pgd_acc" in store.results(run_id)["last"]
 
 
-def test_rollback_action_restarts_the_epoch_with_the_fallback_trainer(tmp_path, toy_root, one_thread):
+def test_rollback_action_restarts_the_epoch_with_the_fallback_trainer(tmp_path, toy_root):
     store = Store(tmp_path)
     monitor = TOY_CO["monitor"] | {"action": "rollback", "fallback_trainer": "n-fgsm"}
     run_id = execute(toy_co(toy_root, epochs=4, monitor=monitor), store)

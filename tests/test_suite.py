@@ -32,15 +32,6 @@ eval = { val_points = 40, val_pgd_steps = 3, test_points = 40, pgd_steps = 3, aa
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and a busy machine makes two threads much slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def catalogue_with(tmp_path, suites: str):
     path = tmp_path / "registry.toml"
     path.write_text(TRACK + suites)

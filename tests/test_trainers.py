@@ -25,15 +25,6 @@ PROJECTED = [name for name in TRAINERS if name not in ("standard", "n-fgsm")]
 REGULARIZERS = {"none": "pgd", "der": "fgsm", "gradalign": "fgsm"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @functools.cache
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     data = load_digits()
