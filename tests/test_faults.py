@@ -84,8 +84,10 @@ def _env(plugin_path: Path, **extra: str) -> dict[str, str]:
 
 def _start(args: list[str], store: Path | None, env: dict[str, str]) -> subprocess.Popen:
     store_args = ["--store", str(store)] if store is not None else []
+    # Ctrl-C as in a terminal, even when pytest itself runs as a background job (which ignores SIGINT)
     return subprocess.Popen([sys.executable, "-m", "cli", *args, *store_args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_first_epoch(proc: subprocess.Popen, store: Path) -> float:
