@@ -47,6 +47,7 @@ class Case:
 
     run_id: str
     label: str
+    regularizer: str
     seed: int
     co_epoch: int | None  # first epoch flagged CO by validation PGD/FGSM, None if never
     batches_per_epoch: int
@@ -77,7 +78,11 @@ def load_cases(store: Store, suite: str) -> list[Case]:
         if log is None or log.rollback_iters or not history or "monitor_iters" not in history[0]:
             continue
         co = [e["epoch"] for e in history if e["co"]]
-        cases.append(Case(record.id, f"{record.trainer} {record.eps:g}", record.seed, co[0] if co else None,
+        params = record.config.get("regularizer_params", {})
+        reg = "" if record.regularizer == "none" else f"+{record.regularizer}" + "".join(
+            f" {params[k]}" for k in ("terms", "lambda") if k in params and record.regularizer == "der")
+        cases.append(Case(record.id, f"{record.trainer}{reg} {record.eps:g}", record.regularizer, record.seed,
+                          co[0] if co else None,
                           int(history[0]["monitor_iters"]), int(history[-1]["monitor_iters"]), log))
     return cases
 
@@ -211,6 +216,9 @@ def main() -> None:
     for name, settings in (("default", default), ("tuned", tuned)):
         console.print(describe(f"{name}, tuning seeds", score(tuning, settings)))
         console.print(describe(f"{name}, held-out seeds", score(held_out, settings)))
+        for reg in sorted({c.regularizer for c in held_out}):
+            group = [c for c in held_out if c.regularizer == reg]
+            console.print(describe(f"  {name}, held-out seeds, regularizer {reg}", score(group, settings)))
     collapsing = [c for c in cases if c.co_epoch is not None]
     console.print(f"checkpoint selection (tuned rule), all runs: {selection(store, cases, tuned)}")
     console.print(f"checkpoint selection (tuned rule), collapsing runs: {selection(store, collapsing, tuned)}")

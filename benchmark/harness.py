@@ -284,6 +284,9 @@ class Run:
     def fit(self) -> None:
         """Train the remaining epochs; after each, store metrics and checkpoints (resumable)."""
         self.reporter.start(self.run_id, self.config, self.epoch)
+        if self.monitor is not None and self.regularizer.acts_on_energy:
+            self.reporter.alert(f"the CO monitor watches dE, which regularizer {self.config.regularizer!r} steers: "
+                                "its alarms are unreliable in this run (docs/energy.md)")
         while self.epoch < self.config.epochs:
             start = time.perf_counter()
             if self.config.monitor.action == "rollback" and self.monitor is not None and not self.monitor.rolled_back:

@@ -22,13 +22,16 @@ class Regularizer(ABC):
     the trainer's loss. ``requires_adversarial`` means it needs ``out.x_adv``/``out.logits_adv``,
     and the harness refuses to combine it with a trainer that makes none. ``uses_clean_logits``
     means it reads ``out.logits``: the harness guarantees they are present (reused from the trainer
-    when it has them, else computed once with their graph). Each forward call the penalty makes
-    on the model counts as one more forward+backward pass per example in the run's cost.
+    when it has them, else computed once with their graph). ``acts_on_energy`` means its penalty
+    steers dE itself, which makes the CO monitor (it watches dE) unreliable: the run says so.
+    Each forward call the penalty makes on the model counts as one more forward+backward pass
+    per example in the run's cost.
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
     requires_adversarial: ClassVar[bool] = True
     uses_clean_logits: ClassVar[bool] = False
+    acts_on_energy: ClassVar[bool] = False
     name: ClassVar[str] = ""
 
     def __init__(self, **params):

@@ -57,6 +57,23 @@ def test_the_cost_counts_the_forward_passes_a_regularizer_makes(tmp_path):
     assert store.results(run_id)["last"]["passes_per_example"] == pytest.approx(4.0)
 
 
+class _Alerts(Reporter):
+    def __init__(self):
+        self.alerts = []
+
+    def alert(self, text):
+        self.alerts.append(text)
+
+
+@pytest.mark.parametrize("regularizer", ["der", "gradalign"])
+def test_a_run_says_when_its_regularizer_blinds_the_co_monitor(tmp_path, regularizer):
+    reporter = _Alerts()
+    execute(tiny_config(regularizer=regularizer, epochs=1, eval={"aa_points": 0, "val_points": 20, "test_points": 20}),
+            Store(tmp_path), reporter=reporter)
+    blind = [a for a in reporter.alerts if "the CO monitor watches dE" in a]
+    assert len(blind) == (regularizer == "der"), reporter.alerts
+
+
 def test_keep_epochs_keeps_every_epochs_weights(tmp_path):
     store = Store(tmp_path)
     config = tiny_config(keep_epochs=True, eval={"aa_points": 0, "val_points": 20, "test_points": 20})

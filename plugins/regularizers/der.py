@@ -22,6 +22,7 @@ class DeltaEnergyRegularizer(Regularizer):
     """
 
     uses_clean_logits = True
+    acts_on_energy = True
 
     class Params(PluginParams):
         lam: float = Field(1.0, ge=0, alias="lambda", description="weight of the penalty")
