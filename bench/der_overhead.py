@@ -12,11 +12,8 @@ Target: ratio <= 1.10.
 
 from __future__ import annotations
 
-import copy
-
 import _timing
-import torch
-from harness_overhead import minimal_fgsm_epoch
+from harness_overhead import minimal_epoch_of
 
 
 def main() -> None:
@@ -28,18 +25,8 @@ def main() -> None:
                         device=args.device)
     _timing.report(f"DER overhead: training epoch of {args.n_train} images", result, "fgsm+der", "fgsm", 1.10, args)
 
-    def hand_written(der_weight: float):
-        model = copy.deepcopy(fgsm.model)
-        cfg = fgsm.config
-        optimizer = fgsm.fast.optimizer(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                        weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
-        generator = torch.Generator().manual_seed(0)
-        return lambda: minimal_fgsm_epoch(model, optimizer, scheduler, fgsm.train_x, fgsm.train_y, eps=cfg.eps,
-                                          batch_size=cfg.batch_size, generator=generator, der=der_weight)
-
-    reference = _timing.ab(hand_written(1.0), hand_written(0.0), repeats=args.repeats, warmup=args.warmup,
-                           device=args.device)
+    reference = _timing.ab(minimal_epoch_of(fgsm, der=1.0), minimal_epoch_of(fgsm), repeats=args.repeats,
+                           warmup=args.warmup, device=args.device)
     print(f"  the same pair written by hand: ratio {reference.ratio:.3f} (DER's own cost, in any implementation)")
 
 

@@ -11,10 +11,13 @@ LR schedule step. Target: ratio <= 1.05.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import _timing
 import torch
 import torch.nn.functional as F
+
+from benchmark.harness import Run
 
 
 def minimal_fgsm_epoch(model, optimizer, scheduler, x_all, y_all, *, eps: float, batch_size: int,
@@ -42,21 +45,23 @@ def minimal_fgsm_epoch(model, optimizer, scheduler, x_all, y_all, *, eps: float,
         scheduler.step()
 
 
-def main() -> None:
-    args = _timing.parse(_timing.parser(__doc__.splitlines()[0]))
-    run = _timing.make_run(args, _timing.random_data(args.dataset, args.n_train), trainer="fgsm")
+def minimal_epoch_of(run: Run, der: float = 0.0) -> Callable[[], None]:
+    """``minimal_fgsm_epoch`` on a copy of ``run``'s model, with its data, batch, eps and SGD settings."""
     model = copy.deepcopy(run.model)
     cfg = run.config
     optimizer = run.fast.optimizer(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
     generator = torch.Generator().manual_seed(0)
+    return lambda: minimal_fgsm_epoch(model, optimizer, scheduler, run.train_x, run.train_y, eps=cfg.eps,
+                                      batch_size=cfg.batch_size, generator=generator, der=der)
 
-    def minimal() -> None:
-        minimal_fgsm_epoch(model, optimizer, scheduler, run.train_x, run.train_y, eps=cfg.eps,
-                           batch_size=cfg.batch_size, generator=generator)
 
-    result = _timing.ab(run.train_epoch, minimal, repeats=args.repeats, warmup=args.warmup, device=args.device)
+def main() -> None:
+    args = _timing.parse(_timing.parser(__doc__.splitlines()[0]))
+    run = _timing.make_run(args, _timing.random_data(args.dataset, args.n_train), trainer="fgsm")
+    result = _timing.ab(run.train_epoch, minimal_epoch_of(run), repeats=args.repeats, warmup=args.warmup,
+                        device=args.device)
     _timing.report(f"Harness overhead: FGSM epoch of {args.n_train} images", result, "energybench", "minimal loop",
                    1.05, args)
 
