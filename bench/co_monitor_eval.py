@@ -30,6 +30,7 @@ from benchmark.harness import execute, prepare
 from benchmark.monitor import MonitorLog, read_log, replay
 from benchmark.selection import CRITERIA, select_epoch
 from benchmark.store import Store
+from benchmark.suite import cell_labels
 
 SUITE = "co-monitor"
 GRID = [("fgsm", 0.1), ("fgsm", 0.2), ("fgsm", 0.25), ("fgsm", 0.3), ("rs-fgsm", 0.25), ("rs-fgsm", 0.3),
@@ -71,18 +72,15 @@ def generate(store: Store, seeds: list[int]) -> None:
 
 
 def load_cases(store: Store, suite: str) -> list[Case]:
-    cases = []
+    cases, labels = [], cell_labels(load_catalogue(), suite)
     for record in store.runs(suite=suite):
         log = read_log(store.run_dir(record.id) / "monitor.json")
         history = store.epochs(record.id)
         if log is None or log.rollback_iters or not history or "monitor_iters" not in history[0]:
             continue
         co = [e["epoch"] for e in history if e["co"]]
-        params = record.config.get("regularizer_params", {})
-        reg = "" if record.regularizer == "none" else f"+{record.regularizer}" + "".join(
-            f" {params[k]}" for k in ("terms", "lambda") if k in params and record.regularizer == "der")
-        cases.append(Case(record.id, f"{record.trainer}{reg} {record.eps:g}", record.regularizer, record.seed,
-                          co[0] if co else None,
+        label = labels.get(record.config_hash, f"{record.trainer} + {record.regularizer}")
+        cases.append(Case(record.id, f"{label} {record.eps:g}", record.regularizer, record.seed, co[0] if co else None,
                           int(history[0]["monitor_iters"]), int(history[-1]["monitor_iters"]), log))
     return cases
 

@@ -19,10 +19,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmark.config import load_catalogue
 from benchmark.datasets import load_dataset
 from benchmark.evaluation import robustness
 from benchmark.selection import CRITERIA, select_epoch
 from benchmark.store import Store
+from benchmark.suite import cell_labels
 from benchmark.trained import load_trained
 
 
@@ -64,8 +66,8 @@ def main() -> None:
     chosen: dict[str, list[float]] = {c: [] for c in CRITERIA}
     matches: dict[str, int] = {c: 0 for c in CRITERIA}
     best = []
-    for record in sorted(runs, key=lambda r: (r.trainer, r.regularizer, r.config.get("regularizer_params", {}).get(
-            "terms", ""), r.seed)):
+    labels = cell_labels(load_catalogue(), args.suite)
+    for record in sorted(runs, key=lambda r: (labels.get(r.config_hash, r.trainer), r.seed)):
         history = store.epochs(record.id)
         accs = epoch_test_accuracy(store, record.id, args.test_points)
         picks = {c: select_epoch(history, c) for c in CRITERIA}
@@ -73,11 +75,8 @@ def main() -> None:
             chosen[c].append(accs[e])
             matches[c] += e == picks["val-pgd"]
         best.append(max(accs))
-        params = record.config.get("regularizer_params", {})
-        setting = record.trainer + ("" if record.regularizer == "none" else
-                                    f"+{record.regularizer} {params.get('terms', '')} {params.get('lambda', '')}")
-        table.add_row(record.id, setting, str(record.seed), " ".join(f"{100 * a:.0f}" for a in accs),
-                      f"{max(accs):.1%}",
+        label = labels.get(record.config_hash, f"{record.trainer} + {record.regularizer}")
+        table.add_row(record.id, label, str(record.seed), " ".join(f"{100 * a:.0f}" for a in accs), f"{max(accs):.1%}",
                       *(f"epoch {picks[c] + 1}: {accs[picks[c]]:.1%}" for c in CRITERIA))
     console = Console(width=200)
     console.print(table)

@@ -85,16 +85,14 @@ class LocalExecutor(Executor):
             try:
                 run_id = execute(None if resume else cell.config, store, reporter=self.reporter(), resume=resume,
                                  suite=suite)
+                outcome = _outcome(store, cell, run_id)
             except RunInUse as exc:  # another live process is running this cell: leave it to that process
                 outcome = CellOutcome(cell, "in use", resume, str(exc))
-                outcomes.append(outcome)
-                on_done(outcome)
-                continue
             except Exception as exc:  # stored as failed by execute, unless it failed before storing the run
                 failed = [r for r in store.runs(status="failed", config_hash=cell.config_hash)
                           if r.id == resume or r.created >= started]
                 run_id = failed[-1].id if failed else record_failure(store, cell.config, suite, _error_text(exc))
-            outcome = _outcome(store, cell, run_id)
+                outcome = _outcome(store, cell, run_id)
             outcomes.append(outcome)
             on_done(outcome)
         return outcomes

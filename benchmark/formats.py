@@ -48,6 +48,10 @@ def _metric(checkpoint: str, name: str) -> Callable[[Row], float]:
     return lambda r: r.get(checkpoint, name)
 
 
+def _joined(texts: list[str] | None) -> str | None:
+    return None if texts is None else "; ".join(texts)
+
+
 #: Machine-readable fields of a measured row (csv/json); accuracies are fractions of the test points.
 FIELDS: list[Column] = [
     Column("id", lambda r: r.run.id),
@@ -72,7 +76,7 @@ FIELDS: list[Column] = [
     Column("dE", _metric("last", "train_dE_mean")),
     Column("test_dE", _metric("last", "test_dE_mean")),
     Column("time", lambda r: r.run.wall_time),
-    Column("warnings", lambda r: None if r.warnings() is None else "; ".join(r.warnings())),
+    Column("warnings", lambda r: _joined(r.warnings())),
 ]
 #: Fields whose seed groups also get ``<name>_std`` (the metrics of ``FIELDS`` read from the results).
 _STD_FIELDS = {"clean": ("last", "test_clean_acc"), "pgd": ("last", "test_pgd_acc"), "aa": ("last", "aa_acc"),

@@ -128,8 +128,13 @@ class Cell:
     def config_hash(self) -> str:
         return self.config.config_hash()
 
+    @property
+    def label(self) -> str:
+        """Trainer and regularizer as the suite labels them, e.g. ``fgsm + der-j10``."""
+        return f"{self.trainer} + {self.regularizer}"
+
     def describe(self) -> str:
-        return f"{self.trainer} + {self.regularizer}, eps {format_eps(self.eps)}, seed {self.seed}"
+        return f"{self.label}, eps {format_eps(self.eps)}, seed {self.seed}"
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,13 @@ class Suite:
             seen[cell.config_hash] = cell
             cells.append(cell)
         return cells
+
+
+def cell_labels(catalogue: Catalogue, name: str) -> dict[str, str]:
+    """``Cell.label`` by config hash for suite ``name`` (empty if the catalogue has no such suite)."""
+    if name not in catalogue.suites:
+        return {}
+    return {cell.config_hash: cell.label for cell in load_suite(catalogue, name).cells(catalogue)}
 
 
 def load_suite(catalogue: Catalogue, name: str) -> Suite:
