@@ -68,6 +68,8 @@ def test_eval_of_a_run_repeats_its_test_evaluation_and_joins_the_leaderboard(cap
     for metric in ("test_fgsm_acc", "test_dE_mean", "test_energy_q50", "test_energy_adv_q95"):
         assert metric in evaluated["last"], metric
     assert {k for k in evaluated["last"] if k.startswith("aa_")} == {k for k in original if k.startswith("aa_")}
+    for check in ("check_randomized", "check_probability_outputs", "check_zero_grad_frac"):  # the same sanity checks
+        assert evaluated["last"][check] == original[check], check
     code, out, _ = run_cli(capsys, "leaderboard", "--format", "json", "--trainer", "external", "--store", home)
     assert code == 0
     assert [row["id"] for row in json.loads(out)["measured"]] == [new_id]
