@@ -273,7 +273,7 @@ class RunClaim:
             holder = self._file.read().strip() or "?"
             self._file.close()
             raise RunInUse(f"run {run_id} is in use by another process (pid {holder}); wait for it "
-                                   "to finish or stop it first") from None
+                           "to finish or stop it first") from None
         self._file.truncate(0)
         self._file.write(str(os.getpid()))
         self._file.flush()
