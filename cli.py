@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.errors import EnergybenchError, Interrupted
+from energybench.errors import EnergybenchError, Interrupted
 
 #: Tables keep a readable width when stdout is piped to a file (rich would assume 80 columns).
 out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 150)
@@ -20,7 +20,7 @@ err = Console(stderr=True)
 
 def parse_assignments(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
     """``KEY=VALUE`` pairs to a dict; values are read as TOML (5, 0.1, true, "x", [1, 2]) or kept as text."""
-    from benchmark.config import tomllib
+    from energybench.config import tomllib
 
     values: dict[str, Any] = {}
     for pair in pairs:
@@ -77,11 +77,11 @@ def cli() -> None:
 def run(track, trainer, regularizer, dataset, model, eps, norm, epochs, batch_size, lr, seed, n_train, aa_points,
         trainer_opt, reg_opt, config_file, data_root, device, fast, resume, store_path, registry_path) -> None:
     """Train a classifier with a trainer (+ regularizer), evaluate it, store it, show the leaderboard."""
-    from benchmark.config import load_catalogue, resolve_config
-    from benchmark.harness import execute, prepare
-    from benchmark.leaderboard import collect, format_eps, render
-    from benchmark.progress import RichReporter
-    from benchmark.store import Store
+    from energybench.config import load_catalogue, resolve_config
+    from energybench.harness import execute, prepare
+    from energybench.leaderboard import collect, format_eps, render
+    from energybench.progress import RichReporter
+    from energybench.store import Store
 
     catalogue = load_catalogue(registry_path)
     store = Store(store_path)
@@ -129,12 +129,12 @@ def run(track, trainer, regularizer, dataset, model, eps, norm, epochs, batch_si
 def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, sort, reverse, group_seeds, fmt, output,
                 no_references, store_path, registry_path) -> None:
     """Print the robustness leaderboard of stored runs, or with --generative the generative one."""
-    from benchmark.config import load_catalogue, parse_eps
-    from benchmark.formats import build_leaderboard, export, rich_tables
-    from benchmark.store import Store
+    from energybench.config import load_catalogue, parse_eps
+    from energybench.formats import build_leaderboard, export, rich_tables
+    from energybench.store import Store
 
     if generative:
-        from benchmark.generative_leaderboard import generative_tables
+        from energybench.generative_leaderboard import generative_tables
 
         if eps or track or trainer:
             raise EnergybenchError("--eps, --track and --trainer filter runs; with --generative use --dataset/--model")
@@ -152,7 +152,7 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
     if not board.rows:
         raise EnergybenchError("no completed runs match these filters; start one with `energybench run`")
     if output:
-        from benchmark.checkpoint import atomic_write
+        from energybench.checkpoint import atomic_write
 
         atomic_write(Path(output), export(board, fmt).encode())
         err.print(f"leaderboard ({fmt}) written to {output}")
@@ -192,11 +192,11 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
 def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, sampler_opt, seed, batch_size, out_dir,
            features, inception_weights, data_root, device, store_path, registry_path) -> None:
     """Generate class-conditional samples from a trained classifier: grids, samples, IS/FID, stored results."""
-    from benchmark.config import load_catalogue
-    from benchmark.generation import generate, sampler_names
-    from benchmark.generative_leaderboard import model_names, ranking_table, rankings
-    from benchmark.progress import RichReporter
-    from benchmark.store import Store
+    from energybench.config import load_catalogue
+    from energybench.generation import generate, sampler_names
+    from energybench.generative_leaderboard import model_names, ranking_table, rankings
+    from energybench.progress import RichReporter
+    from energybench.store import Store
 
     store = Store(store_path)
     records = generate(model_ref, store, load_catalogue(registry_path), samplers=sampler_names(sampler, compare), n=n,
@@ -213,7 +213,7 @@ def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, samp
 @click.option("--kind", type=click.Choice(["attack", "trainer", "regularizer", "sampler", "model"]))
 def plugins(kind) -> None:
     """List registered plugins by kind, with their source package and hyper-parameters."""
-    from benchmark.registry import KINDS, get_registry
+    from energybench.registry import KINDS, get_registry
 
     registry = get_registry()
     for name in [kind] if kind else list(KINDS):
@@ -234,8 +234,8 @@ def plugins(kind) -> None:
 @catalogue_option
 def tracks(registry_path) -> None:
     """List the benchmark tracks of the catalogue."""
-    from benchmark.config import RunConfig, load_catalogue
-    from benchmark.leaderboard import format_eps
+    from energybench.config import RunConfig, load_catalogue
+    from energybench.leaderboard import format_eps
 
     catalogue = load_catalogue(registry_path)
     table = Table(title=f"tracks ({catalogue.path})", title_justify="left", header_style="bold")
@@ -261,12 +261,12 @@ def tracks(registry_path) -> None:
 @catalogue_option
 def suite(name, dry_run, executor, ray_address, data_root, device, store_path, registry_path) -> None:
     """Run the cells of suite NAME not yet done in the store, then show the suite's leaderboard."""
-    from benchmark.config import load_catalogue
-    from benchmark.executors import LocalExecutor, RayExecutor
-    from benchmark.progress import RichReporter
-    from benchmark.store import Store
-    from benchmark.suite import load_suite, pending, render_plan
-    from benchmark.suite_leaderboard import group_cells, render_suite
+    from energybench.config import load_catalogue
+    from energybench.executors import LocalExecutor, RayExecutor
+    from energybench.progress import RichReporter
+    from energybench.store import Store
+    from energybench.suite import load_suite, pending, render_plan
+    from energybench.suite_leaderboard import group_cells, render_suite
 
     if ray_address and executor != "ray":
         raise EnergybenchError("--ray-address needs --executor ray")
@@ -330,11 +330,11 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
 def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points, checkpoint, model_dir, seed, data_root,
              device, store_path, registry_path) -> None:
     """Evaluate a model energybench did not train (clean, PGD, AutoAttack, energies) and add it to the store."""
-    from benchmark.config import load_catalogue
-    from benchmark.leaderboard import collect, format_eps, render
-    from benchmark.model_eval import eval_config, evaluate_external, resolve_model
-    from benchmark.sanity import evaluation_warnings
-    from benchmark.store import Store
+    from energybench.config import load_catalogue
+    from energybench.leaderboard import collect, format_eps, render
+    from energybench.model_eval import eval_config, evaluate_external, resolve_model
+    from energybench.sanity import evaluation_warnings
+    from energybench.store import Store
 
     store = Store(store_path)
     with err.status(f"loading {model_ref}"):
@@ -365,8 +365,8 @@ def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points,
 @store_option
 def export_run(run_id, output, checkpoint, name, authors, link, venue, store_path) -> None:
     """Write a run's result as a RobustBench model-info JSON file (their field names), ready to submit."""
-    from benchmark.references import export_model_info
-    from benchmark.store import Store
+    from energybench.references import export_model_info
+    from energybench.store import Store
 
     info = export_model_info(Store(store_path), run_id, output, checkpoint=checkpoint, name=name, authors=authors,
                              link=link, venue=venue)
@@ -381,9 +381,9 @@ def export_run(run_id, output, checkpoint, name, authors, link, venue, store_pat
 @store_option
 def import_reference(files, norm, store_path) -> None:
     """Add RobustBench-style model-info JSON files to the leaderboard as (unranked) reference rows."""
-    from benchmark.leaderboard import format_eps
-    from benchmark.references import import_model_info
-    from benchmark.store import Store
+    from energybench.leaderboard import format_eps
+    from energybench.references import import_model_info
+    from energybench.store import Store
 
     for ref in import_model_info(list(files), Store(store_path), norm=norm):
         clean = "-" if ref.clean is None else f"{100 * ref.clean:.2f}%"
@@ -399,9 +399,9 @@ def import_reference(files, norm, store_path) -> None:
 @catalogue_option
 def report(refs, output, title, store_path, registry_path) -> None:
     """Write one self-contained HTML page: leaderboard, dE traces, energies, samples, configs, environment."""
-    from benchmark.config import load_catalogue
-    from benchmark.report import write_report
-    from benchmark.store import Store
+    from energybench.config import load_catalogue
+    from energybench.report import write_report
+    from energybench.store import Store
 
     with err.status("writing the report"):
         path = write_report(Store(store_path), load_catalogue(registry_path), refs, output, title=title)
@@ -435,9 +435,15 @@ def histograms(model_ref, attacks, n, eps, norm, checkpoint, dataset, model_arch
     """E(x) and E(x,y) of clean test points and of their adversarial counterparts under each attack."""
     from pathlib import Path
 
-    from benchmark.config import parse_eps
-    from benchmark.energy_figures import HistogramRequest, energy_stats, histogram_figure, model_histograms, stats_table
-    from benchmark.store import Store
+    from energybench.config import parse_eps
+    from energybench.energy_figures import (
+        HistogramRequest,
+        energy_stats,
+        histogram_figure,
+        model_histograms,
+        stats_table,
+    )
+    from energybench.store import Store
 
     try:
         eps_value = parse_eps(eps) if eps is not None else None
@@ -461,8 +467,8 @@ def histograms(model_ref, attacks, n, eps, norm, checkpoint, dataset, model_arch
 @store_option
 def trace(run_ids, out_path, store_path) -> None:
     """Per-epoch train and validation dE beside PGD and FGSM validation accuracy, several runs overlaid."""
-    from benchmark.energy_figures import load_traces, trace_figure, trace_table
-    from benchmark.store import Store
+    from energybench.energy_figures import load_traces, trace_figure, trace_table
+    from energybench.store import Store
 
     traces = load_traces(Store(store_path), list(run_ids))
     trace_figure(traces).savefig(out_path, dpi=120)
@@ -475,8 +481,8 @@ def trace(run_ids, out_path, store_path) -> None:
 @store_option
 def select(run_ids, store_path) -> None:
     """The epoch each criterion picks (val-pgd needs an attack per epoch, dE none) and its validation PGD."""
-    from benchmark.selection import CRITERIA, select_epoch
-    from benchmark.store import Store
+    from energybench.selection import CRITERIA, select_epoch
+    from energybench.store import Store
 
     store = Store(store_path)
     table = Table(title="checkpoint selection: epoch (validation PGD accuracy)", title_justify="left",

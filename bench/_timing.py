@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.config import RunConfig, load_catalogue
-from benchmark.datasets import DATASETS, ImageData, Split
-from benchmark.harness import Run, prepare
-from benchmark.store import Store
+from energybench.config import RunConfig, load_catalogue
+from energybench.datasets import DATASETS, ImageData, Split
+from energybench.harness import Run, prepare
+from energybench.store import Store
 
 #: Defaults per device type: CPU-sized, and the paper's CIFAR-10 / PreActResNet-18 setting on CUDA.
 DEFAULTS = {"cpu": {"dataset": "fashion-mnist", "model": "small-cnn", "eps": 0.1, "n_train": 2048},

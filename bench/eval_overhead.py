@@ -20,11 +20,11 @@ import _timing
 import torch
 from pyautoattack import AutoAttack
 
-from benchmark.acceleration import Acceleration
-from benchmark.config import FastPath
-from benchmark.datasets import Split
-from benchmark.evaluation import as_float, autoattack_accuracy, eval_mode
-from benchmark.trained import build
+from energybench.acceleration import Acceleration
+from energybench.config import FastPath
+from energybench.datasets import Split
+from energybench.evaluation import as_float, autoattack_accuracy, eval_mode
+from energybench.trained import build
 
 
 def main() -> None:

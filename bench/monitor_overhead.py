@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from benchmark.config import load_catalogue, resolve_config
-from benchmark.harness import Run, prepare
-from benchmark.monitor import COMonitor
-from benchmark.store import Store
+from energybench.config import load_catalogue, resolve_config
+from energybench.harness import Run, prepare
+from energybench.monitor import COMonitor
+from energybench.store import Store
 
 
 def _sync(device: torch.device) -> None:

@@ -19,13 +19,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.config import load_catalogue
-from benchmark.datasets import load_dataset
-from benchmark.evaluation import robustness
-from benchmark.selection import CRITERIA, select_epoch
-from benchmark.store import Store
-from benchmark.suite import cell_labels
-from benchmark.trained import load_trained
+from energybench.config import load_catalogue
+from energybench.datasets import load_dataset
+from energybench.evaluation import robustness
+from energybench.selection import CRITERIA, select_epoch
+from energybench.store import Store
+from energybench.suite import cell_labels
+from energybench.trained import load_trained
 
 
 def epoch_test_accuracy(store: Store, run_id: str, test_points: int) -> list[float]:

@@ -2,10 +2,10 @@
 
 The registry API, in the spirit of timm's ``register_model``/``list_models``/``create_model``::
 
-    from benchmark import list_plugins, get_plugin, register_regularizer
+    from energybench import list_plugins, get_plugin, register_regularizer
 """
 
-from benchmark.registry import (
+from energybench.registry import (
     get_plugin,
     list_plugins,
     register_attack,

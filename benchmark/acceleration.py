@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.config import FastPath
-from benchmark.errors import EnergybenchError
+from energybench.config import FastPath
+from energybench.errors import EnergybenchError
 
 
 @dataclass

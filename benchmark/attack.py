@@ -8,9 +8,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from benchmark.errors import EnergybenchError, PluginError
-from benchmark.guard import attack_output_problem
-from benchmark.params import PluginParams, parse_params
+from energybench.errors import EnergybenchError, PluginError
+from energybench.guard import attack_output_problem
+from energybench.params import PluginParams, parse_params
 
 
 class Attack(ABC):

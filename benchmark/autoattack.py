@@ -12,8 +12,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from benchmark.attack import Attack
-from benchmark.params import PluginParams
+from energybench.attack import Attack
+from energybench.params import PluginParams
 
 _AFTER = re.compile(r"robust accuracy after ([A-Z\-]+): ([0-9.]+)%")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from benchmark.errors import EnergybenchError
+from energybench.errors import EnergybenchError
 
 
 def atomic_write(path: Path, data: bytes) -> None:

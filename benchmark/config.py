@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from benchmark.errors import EnergybenchError, unknown_name
+from energybench.errors import EnergybenchError, unknown_name
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.errors import EnergybenchError
+from energybench.errors import EnergybenchError
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,7 @@ def load_dataset(name: str, *, data_root: str | Path | None = None, val_size: in
     the same points. ``n_train`` keeps a subset of the remaining training points (CPU-sized tracks).
     """
     if name not in DATASETS:
-        from benchmark.errors import unknown_name
+        from energybench.errors import unknown_name
 
         raise unknown_name("dataset", name, list(DATASETS))
     info = DATASETS[name]

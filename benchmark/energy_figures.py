@@ -17,14 +17,14 @@ from matplotlib.figure import Figure
 from rich.table import Table
 from torch import nn
 
-from benchmark.datasets import Split, load_dataset
-from benchmark.energy import QUANTILES, joint_energy, marginal_energy
-from benchmark.errors import EnergybenchError
-from benchmark.evaluation import as_float, eval_mode
-from benchmark.harness import select_device
-from benchmark.model_eval import resolve_model
-from benchmark.registry import get_plugin
-from benchmark.store import Store
+from energybench.datasets import Split, load_dataset
+from energybench.energy import QUANTILES, joint_energy, marginal_energy
+from energybench.errors import EnergybenchError
+from energybench.evaluation import as_float, eval_mode
+from energybench.harness import select_device
+from energybench.model_eval import resolve_model
+from energybench.registry import get_plugin
+from energybench.store import Store
 
 ENERGIES = ("E(x)", "E(x,y)")
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -96,7 +96,7 @@ class HistogramRequest:
 
 def model_histograms(request: HistogramRequest, store: Store,
                      on_attack: Callable[[str], None] | None = None) -> tuple[AttackEnergies, str]:
-    """Load the model (``benchmark.model_eval.resolve_model``), attack its test points; return energies and a title."""
+    """Load the model (``energybench.model_eval.resolve_model``), attack its test points; return energies and a title."""
     for name in request.attacks:
         get_plugin("attack", name)  # unknown names fail before any loading
     external = resolve_model(request.ref, store, dataset=request.dataset, model=request.arch, norm=request.norm,

@@ -12,11 +12,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from benchmark.autoattack import run_autoattack
-from benchmark.config import EvalProtocol
-from benchmark.datasets import Split
-from benchmark.energy import EnergyTrace
-from benchmark.registry import get_plugin
+from energybench.autoattack import run_autoattack
+from energybench.config import EvalProtocol
+from energybench.datasets import Split
+from energybench.energy import EnergyTrace
+from energybench.registry import get_plugin
 
 
 @contextmanager

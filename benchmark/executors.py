@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmark.checkpoint import atomic_write
-from benchmark.config import RunConfig
-from benchmark.errors import EnergybenchError
-from benchmark.harness import execute
-from benchmark.progress import Reporter
-from benchmark.store import RunInUse, Store
-from benchmark.suite import Cell
+from energybench.checkpoint import atomic_write
+from energybench.config import RunConfig
+from energybench.errors import EnergybenchError
+from energybench.harness import execute
+from energybench.progress import Reporter
+from energybench.store import RunInUse, Store
+from energybench.suite import Cell
 
 
 @dataclass

@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmark.checkpoint import load_checkpoint, model_state, save_checkpoint
-from benchmark.config import RunConfig, load_catalogue
-from benchmark.datasets import DATASETS
-from benchmark.harness import execute, prepare
-from benchmark.progress import Reporter
-from benchmark.store import Store
-from benchmark.trained import build
+from energybench.checkpoint import load_checkpoint, model_state, save_checkpoint
+from energybench.config import RunConfig, load_catalogue
+from energybench.datasets import DATASETS
+from energybench.harness import execute, prepare
+from energybench.progress import Reporter
+from energybench.store import Store
+from energybench.trained import build
 
 #: torch-fidelity's Inception-v3 file, as torch.hub caches it after the first (online) use.
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"

@@ -1,7 +1,7 @@
 """Leaderboards to share: filtered, sorted, seed-grouped, as a table, markdown, csv, json or html.
 
-A ``Leaderboard`` holds ranked measured rows (``benchmark.leaderboard.Row``) and published
-reference rows (``benchmark.references.Reference``). The human formats (table, markdown, html)
+A ``Leaderboard`` holds ranked measured rows (``energybench.leaderboard.Row``) and published
+reference rows (``energybench.references.Reference``). The human formats (table, markdown, html)
 show the terminal leaderboard's columns (``leaderboard.COLUMNS``); csv and json carry the same
 numbers unrounded (accuracies as fractions) under the field names of ``FIELDS``. Reference rows
 always come apart, after the measured ones, with rank ``-`` (null in json): they are never ranked.
@@ -22,11 +22,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.config import Catalogue, parse_eps
-from benchmark.errors import EnergybenchError
-from benchmark.leaderboard import COLUMNS, SETTING_COLUMNS, Column, Row, collect, format_eps
-from benchmark.references import Reference, load_references
-from benchmark.store import RunRecord, Store
+from energybench.config import Catalogue, parse_eps
+from energybench.errors import EnergybenchError
+from energybench.leaderboard import COLUMNS, SETTING_COLUMNS, Column, Row, collect, format_eps
+from energybench.references import Reference, load_references
+from energybench.store import RunRecord, Store
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
 REFERENCE_STYLE = "italic magenta"

@@ -34,18 +34,18 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import make_grid
 
-from benchmark.config import Catalogue
-from benchmark.datasets import DatasetInfo, Split, load_dataset, offline
-from benchmark.errors import EnergybenchError
-from benchmark.feature_extractors import DomainExtractor, domain_extractor, inception_cache_path
-from benchmark.generative_metrics import domain_metrics, inception_metrics, to_uint8, within_class_diversity
-from benchmark.harness import _call_plugin, select_device
-from benchmark.params import parse_params
-from benchmark.progress import Reporter
-from benchmark.registry import get_registry
-from benchmark.sampler import SampleBatch, Sampler
-from benchmark.store import GenerativeRecord, Store, new_id
-from benchmark.trained import load_trained
+from energybench.config import Catalogue
+from energybench.datasets import DatasetInfo, Split, load_dataset, offline
+from energybench.errors import EnergybenchError
+from energybench.feature_extractors import DomainExtractor, domain_extractor, inception_cache_path
+from energybench.generative_metrics import domain_metrics, inception_metrics, to_uint8, within_class_diversity
+from energybench.harness import _call_plugin, select_device
+from energybench.params import parse_params
+from energybench.progress import Reporter
+from energybench.registry import get_registry
+from energybench.sampler import SampleBatch, Sampler
+from energybench.store import GenerativeRecord, Store, new_id
+from energybench.trained import load_trained
 
 FEATURES = ("auto", "domain", "inception", "both")
 

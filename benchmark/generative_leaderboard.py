@@ -15,11 +15,11 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from benchmark.config import Catalogue
-from benchmark.errors import EnergybenchError
-from benchmark.leaderboard import Column
-from benchmark.registry import get_registry
-from benchmark.store import GenerativeRecord, Store
+from energybench.config import Catalogue
+from energybench.errors import EnergybenchError
+from energybench.leaderboard import Column
+from energybench.registry import get_registry
+from energybench.store import GenerativeRecord, Store
 
 REFERENCE_STYLE = "italic magenta"
 

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from benchmark.errors import EnergybenchError
+from energybench.errors import EnergybenchError
 
 INCEPTION = "inception-v3-compat"
 # torch-fidelity's file is weights-inception-2015-12-05-6726825d.pth: torch.hub names carry a sha256 prefix.

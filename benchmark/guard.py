@@ -74,7 +74,7 @@ def _logits_problem(field: str, logits: Any, n: int, num_classes: int) -> str | 
 
 def train_output_problem(out: Any, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> str | None:
     """What breaks the ``TrainOutput`` contract (benchmark.trainer) in a step's output, or None."""
-    from benchmark.trainer import TrainOutput
+    from energybench.trainer import TrainOutput
 
     if not isinstance(out, TrainOutput):
         return f"step returned {_describe(out)}, not a TrainOutput"

@@ -19,22 +19,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.acceleration import Acceleration
-from benchmark.checkpoint import load_checkpoint, save_checkpoint
-from benchmark.config import Catalogue, RunConfig
-from benchmark.datasets import ImageData, load_dataset
-from benchmark.energy import EnergyTrace
-from benchmark.errors import EnergybenchError, Interrupted, PluginError
-from benchmark.evaluation import autoattack_accuracy, catastrophic_overfitting, robustness
-from benchmark.guard import PluginTimeout, deadline, penalty_problem, train_output_problem
-from benchmark.monitor import COMonitor
-from benchmark.params import parse_params
-from benchmark.progress import Reporter
-from benchmark.registry import get_registry
-from benchmark.regularizer import forward_calls
-from benchmark.sanity import evaluation_warnings, model_checks
-from benchmark.store import Store
-from benchmark.trained import build
+from energybench.acceleration import Acceleration
+from energybench.checkpoint import load_checkpoint, save_checkpoint
+from energybench.config import Catalogue, RunConfig
+from energybench.datasets import ImageData, load_dataset
+from energybench.energy import EnergyTrace
+from energybench.errors import EnergybenchError, Interrupted, PluginError
+from energybench.evaluation import autoattack_accuracy, catastrophic_overfitting, robustness
+from energybench.guard import PluginTimeout, deadline, penalty_problem, train_output_problem
+from energybench.monitor import COMonitor
+from energybench.params import parse_params
+from energybench.progress import Reporter
+from energybench.registry import get_registry
+from energybench.regularizer import forward_calls
+from energybench.sanity import evaluation_warnings, model_checks
+from energybench.store import Store
+from energybench.trained import build
 
 #: When a trainer does not compute clean logits itself, the training dE trace computes them on
 #: every ``TRACE_INTERVAL``-th batch only (one no-grad forward), to keep its cost negligible.

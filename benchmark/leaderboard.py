@@ -9,8 +9,8 @@ from typing import Any
 
 from rich.table import Table
 
-from benchmark.sanity import evaluation_warnings
-from benchmark.store import RunRecord, Store
+from energybench.sanity import evaluation_warnings
+from energybench.store import RunRecord, Store
 
 
 def format_eps(eps: float) -> str:
@@ -30,7 +30,7 @@ class Row:
         return self.results.get(checkpoint, {}).get(metric, math.nan)
 
     def warnings(self) -> list[str] | None:
-        """The evaluation's sanity warnings (``benchmark.sanity``) for either checkpoint, None if never checked."""
+        """The evaluation's sanity warnings (``energybench.sanity``) for either checkpoint, None if never checked."""
         if not any("check_randomized" in metrics for metrics in self.results.values()):
             return None
         return [f"{tag}: {text}" for tag in ("best", "last")

@@ -1,7 +1,7 @@
 """`energybench eval`: a track's evaluation protocol on a model that energybench did not train.
 
 A model is named by reference: ``robustbench:NAME`` (RobustBench's model zoo, through
-``benchmark.robustbench_compat``), a TorchScript file, a state-dict file plus a registered model
+``energybench.robustbench_compat``), a TorchScript file, a state-dict file plus a registered model
 name, an energybench checkpoint file, or a run id. It is evaluated like a run's final test
 evaluation (clean, FGSM and PGD accuracy, AutoAttack, energy statistics) and stored as a run of
 trainer ``external`` whose ``trainer_params`` record where the weights came from. Its ``best``
@@ -23,15 +23,15 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from benchmark.config import Catalogue, RunConfig, parse_eps, readable
-from benchmark.datasets import DATASETS, DatasetInfo, load_dataset
-from benchmark.errors import EnergybenchError, unknown_name
-from benchmark.evaluation import as_float, autoattack_accuracy, eval_mode, robustness
-from benchmark.harness import select_device
-from benchmark.robustbench_compat import ZOO_PREFIX, load_zoo_model
-from benchmark.sanity import model_checks
-from benchmark.store import Store
-from benchmark.trained import load_trained
+from energybench.config import Catalogue, RunConfig, parse_eps, readable
+from energybench.datasets import DATASETS, DatasetInfo, load_dataset
+from energybench.errors import EnergybenchError, unknown_name
+from energybench.evaluation import as_float, autoattack_accuracy, eval_mode, robustness
+from energybench.harness import select_device
+from energybench.robustbench_compat import ZOO_PREFIX, load_zoo_model
+from energybench.sanity import model_checks
+from energybench.store import Store
+from energybench.trained import load_trained
 
 #: The trainer name of runs that evaluate a model trained elsewhere.
 EXTERNAL = "external"

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from benchmark.checkpoint import atomic_write
-from benchmark.config import MonitorConfig
+from energybench.checkpoint import atomic_write
+from energybench.config import MonitorConfig
 
 
 @dataclass

@@ -20,7 +20,7 @@ def parse_params(params_cls: type[PluginParams], values: dict, owner: str) -> Pl
     """Validate ``values`` against ``params_cls``; on failure raise one readable line naming ``owner``."""
     from pydantic import ValidationError
 
-    from benchmark.errors import EnergybenchError
+    from energybench.errors import EnergybenchError
 
     try:
         return params_cls(**values)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.checkpoint import atomic_write
-from benchmark.config import Catalogue, parse_eps
-from benchmark.errors import EnergybenchError
-from benchmark.leaderboard import format_eps
-from benchmark.store import Store
+from energybench.checkpoint import atomic_write
+from energybench.config import Catalogue, parse_eps
+from energybench.errors import EnergybenchError
+from energybench.leaderboard import format_eps
+from energybench.store import Store
 
 #: The fields of a RobustBench model-info JSON (robustbench 1.1.1, ``robustbench.utils.ModelInfo``,
 #: corruption fields left out); accuracies and eps are strings there: "83.34", "8/255".

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
-from benchmark.errors import PluginError, unknown_name
+from energybench.errors import PluginError, unknown_name
 
 BUILTIN_DISTRIBUTION = "energybench"
 RUNTIME_SOURCE = "<runtime>"
@@ -42,10 +42,10 @@ class Kind:
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
-        Kind("attack", "energybench.attacks", "benchmark.attack:Attack"),
-        Kind("trainer", "energybench.trainers", "benchmark.trainer:Trainer"),
-        Kind("regularizer", "energybench.regularizers", "benchmark.regularizer:Regularizer"),
-        Kind("sampler", "energybench.samplers", "benchmark.sampler:Sampler"),
+        Kind("attack", "energybench.attacks", "energybench.attack:Attack"),
+        Kind("trainer", "energybench.trainers", "energybench.trainer:Trainer"),
+        Kind("regularizer", "energybench.regularizers", "energybench.regularizer:Regularizer"),
+        Kind("sampler", "energybench.samplers", "energybench.sampler:Sampler"),
         Kind("model", "energybench.models", "torch.nn:Module"),
     )
 }

@@ -10,8 +10,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from benchmark.params import PluginParams, parse_params
-from benchmark.trainer import TrainOutput
+from energybench.params import PluginParams, parse_params
+from energybench.trainer import TrainOutput
 
 
 class Regularizer(ABC):

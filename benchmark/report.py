@@ -1,7 +1,7 @@
 """`energybench report`: one self-contained HTML page about a suite or some runs, to share.
 
 The page holds the leaderboard of the runs (with matching published references), and for each
-run its dE traces with validation FGSM/PGD accuracy (``benchmark.energy_figures``), the
+run its dE traces with validation FGSM/PGD accuracy (``energybench.energy_figures``), the
 distributions of its test-set energies (from the stored quantiles; per-point histograms under
 attacks come from ``energybench energy histograms``), its generative results and sample grids
 when ``energybench sample`` made some, and its exact config; then the environment that wrote the
@@ -25,14 +25,14 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from benchmark.checkpoint import atomic_write
-from benchmark.config import Catalogue
-from benchmark.energy import QUANTILES
-from benchmark.energy_figures import load_traces, trace_figure
-from benchmark.errors import EnergybenchError
-from benchmark.formats import HTML_STYLE, Leaderboard, build_leaderboard, to_html_tables
-from benchmark.leaderboard import format_eps
-from benchmark.store import GenerativeRecord, RunRecord, Store
+from energybench.checkpoint import atomic_write
+from energybench.config import Catalogue
+from energybench.energy import QUANTILES
+from energybench.energy_figures import load_traces, trace_figure
+from energybench.errors import EnergybenchError
+from energybench.formats import HTML_STYLE, Leaderboard, build_leaderboard, to_html_tables
+from energybench.leaderboard import format_eps
+from energybench.store import GenerativeRecord, RunRecord, Store
 
 PACKAGES = ("energybench", "torch", "torchvision", "pyautoattack", "robustbench", "torch-fidelity", "numpy",
             "matplotlib", "rich", "pydantic")

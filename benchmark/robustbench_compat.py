@@ -21,8 +21,8 @@ from types import ModuleType
 
 from torch import nn
 
-from benchmark.datasets import offline
-from benchmark.errors import EnergybenchError, unknown_name
+from energybench.datasets import offline
+from energybench.errors import EnergybenchError, unknown_name
 
 #: Prefix that marks a RobustBench model-zoo name on the command line: ``robustbench:Wong2020Fast``.
 ZOO_PREFIX = "robustbench:"

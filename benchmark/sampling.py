@@ -12,9 +12,9 @@ import itertools
 import torch
 from torch import nn
 
-from benchmark.energy import joint_energy
-from benchmark.errors import EnergybenchError
-from benchmark.sampler import SampleBatch
+from energybench.energy import joint_energy
+from energybench.errors import EnergybenchError
+from energybench.sampler import SampleBatch
 
 
 def model_device(model: nn.Module) -> torch.device:

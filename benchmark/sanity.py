@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.datasets import Split
-from benchmark.evaluation import as_float, eval_mode
+from energybench.datasets import Split
+from energybench.evaluation import as_float, eval_mode
 
 #: Test points the model checks look at.
 CHECK_POINTS = 100

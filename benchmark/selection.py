@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmark.errors import EnergybenchError, unknown_name
+from energybench.errors import EnergybenchError, unknown_name
 
 CRITERIA = ("val-pgd", "dE", "last")
 

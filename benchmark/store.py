@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import EnergybenchError
+from energybench.errors import EnergybenchError
 
 try:
     import fcntl
@@ -192,7 +192,7 @@ class Store:
     def get_run(self, run_id: str) -> RunRecord:
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
-            from benchmark.errors import unknown_name
+            from energybench.errors import unknown_name
 
             recent = [r[0] for r in self._db.execute("SELECT id FROM runs ORDER BY created DESC LIMIT 50")]
             raise unknown_name("run", run_id, recent)
@@ -249,7 +249,7 @@ class Store:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from benchmark.checkpoint import atomic_write  # imports torch: only when a run is written
+    from energybench.checkpoint import atomic_write  # imports torch: only when a run is written
 
     atomic_write(path, text.encode())
 

@@ -18,11 +18,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from rich.table import Table
 
-from benchmark.config import Catalogue, RunConfig, parse_eps, readable, resolve_config
-from benchmark.errors import EnergybenchError, unknown_name
-from benchmark.harness import prepare
-from benchmark.leaderboard import format_eps
-from benchmark.store import RunRecord, Store
+from energybench.config import Catalogue, RunConfig, parse_eps, readable, resolve_config
+from energybench.errors import EnergybenchError, unknown_name
+from energybench.harness import prepare
+from energybench.leaderboard import format_eps
+from energybench.store import RunRecord, Store
 
 #: RunConfig fields a suite sweeps; its ``settings`` may not set them.
 SWEPT = ("trainer", "trainer_params", "regularizer", "regularizer_params", "eps", "seed")
@@ -230,10 +230,10 @@ def _step_passes(key: str) -> float:
     """
     import torch
 
-    from benchmark.datasets import DATASETS
-    from benchmark.registry import get_registry
-    from benchmark.regularizer import forward_calls
-    from benchmark.trained import build
+    from energybench.datasets import DATASETS
+    from energybench.registry import get_registry
+    from energybench.regularizer import forward_calls
+    from energybench.trained import build
 
     config = RunConfig(**json.loads(key))
     info, registry = DATASETS[config.dataset], get_registry()

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 from rich.table import Table
 
-from benchmark.formats import SeedGroup, group_seeds
-from benchmark.leaderboard import Column, Row, format_eps
-from benchmark.store import Store
-from benchmark.suite import Cell, latest_runs
+from energybench.formats import SeedGroup, group_seeds
+from energybench.leaderboard import Column, Row, format_eps
+from energybench.store import Store
+from energybench.suite import Cell, latest_runs
 
 
 @dataclass

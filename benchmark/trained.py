@@ -8,12 +8,12 @@ from pathlib import Path
 
 from torch import nn
 
-from benchmark.checkpoint import load_checkpoint, model_state
-from benchmark.config import RunConfig
-from benchmark.datasets import DATASETS, DatasetInfo
-from benchmark.errors import EnergybenchError, unknown_name
-from benchmark.registry import get_registry
-from benchmark.store import Store
+from energybench.checkpoint import load_checkpoint, model_state
+from energybench.config import RunConfig
+from energybench.datasets import DATASETS, DatasetInfo
+from energybench.errors import EnergybenchError, unknown_name
+from energybench.registry import get_registry
+from energybench.store import Store
 
 
 @dataclass

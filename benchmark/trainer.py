@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from benchmark.params import PluginParams, parse_params
+from energybench.params import PluginParams, parse_params
 
 
 @dataclass

@@ -9,14 +9,14 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmark.acceleration import Acceleration
-from benchmark.config import FastPath, load_catalogue, resolve_config
-from benchmark.errors import EnergybenchError
-from benchmark.harness import TRACE_INTERVAL, Run, crop_flip, crop_flip_draws, prepare
-from benchmark.progress import Reporter
-from benchmark.store import Store
-from cli import main
-from plugins.models.small_cnn import SmallCNN
+from energybench.acceleration import Acceleration
+from energybench.cli import main
+from energybench.config import FastPath, load_catalogue, resolve_config
+from energybench.errors import EnergybenchError
+from energybench.harness import TRACE_INTERVAL, Run, crop_flip, crop_flip_draws, prepare
+from energybench.plugins.models.small_cnn import SmallCNN
+from energybench.progress import Reporter
+from energybench.store import Store
 
 CPU = torch.device("cpu")
 

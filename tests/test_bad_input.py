@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from datafiles import class_images, write_idx
 
-from benchmark.checkpoint import load_checkpoint, save_checkpoint
-from benchmark.config import load_catalogue, resolve_config
-from benchmark.datasets import DATASETS
-from benchmark.errors import EnergybenchError
-from benchmark.harness import execute, prepare
-from benchmark.progress import Reporter
-from benchmark.store import Store
-from benchmark.trained import build
-from cli import main
+from energybench.checkpoint import load_checkpoint, save_checkpoint
+from energybench.cli import main
+from energybench.config import load_catalogue, resolve_config
+from energybench.datasets import DATASETS
+from energybench.errors import EnergybenchError
+from energybench.harness import execute, prepare
+from energybench.progress import Reporter
+from energybench.store import Store
+from energybench.trained import build
 
 
 class _StopAfterFirstEpoch(Reporter):
@@ -250,7 +250,7 @@ def test_eps_is_read_as_a_fraction_or_a_decimal(text, value):
 
 
 def test_the_error_line_through_the_installed_command_has_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "cli", "run", "--track", "digits-tiny", "--eps", "abc",
+    result = subprocess.run([sys.executable, "-m", "energybench.cli", "run", "--track", "digits-tiny", "--eps", "abc",
                              "--store", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == "energybench: error: invalid configuration: eps 'abc' is not a number or a fraction " \

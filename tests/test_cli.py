@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cli import main
+from energybench.cli import main
 
 
 def run_cli(capsys, *argv):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.config import Catalogue, load_catalogue, parse_eps, resolve_config
-from benchmark.errors import EnergybenchError
-from benchmark.harness import prepare
+from energybench.config import Catalogue, load_catalogue, parse_eps, resolve_config
+from energybench.errors import EnergybenchError
+from energybench.harness import prepare
 
 
 @pytest.mark.parametrize("text,value", [("8/255", 8 / 255), ("0.031", 0.031), (0.3, 0.3), ("1e-2", 0.01)])

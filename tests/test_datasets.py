@@ -7,8 +7,8 @@ import pytest
 import torch
 from datafiles import class_images, write_idx
 
-from benchmark.datasets import load_dataset, read_idx
-from benchmark.errors import EnergybenchError
+from energybench.datasets import load_dataset, read_idx
+from energybench.errors import EnergybenchError
 
 
 def test_fashion_mnist_from_idx_files(fmnist_dir):

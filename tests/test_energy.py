@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmark.energy import EnergyTrace, delta_energy, joint_energy, marginal_energy, summarize
-from benchmark.registry import get_plugin
-from benchmark.trainer import TrainOutput
+from energybench.energy import EnergyTrace, delta_energy, joint_energy, marginal_energy, summarize
+from energybench.registry import get_plugin
+from energybench.trainer import TrainOutput
 
 
 def test_energies_match_their_definitions_and_cross_entropy():
@@ -63,7 +63,7 @@ def test_der_gradient_flows_through_both_energies():
 
 def test_fgsm_with_der_reuses_the_clean_forward_pass():
     """FGSM+DER costs the same number of forward passes as FGSM alone (two per step)."""
-    from plugins.models.small_cnn import SmallCNN
+    from energybench.plugins.models.small_cnn import SmallCNN
 
     model = SmallCNN(10, 1, [0.5], [0.5])
     calls = []

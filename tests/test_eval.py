@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 
-from benchmark.config import load_catalogue, resolve_config
-from benchmark.datasets import load_dataset
-from benchmark.harness import execute, prepare
-from benchmark.store import Store
-from benchmark.trained import load_trained
-from cli import main
+from energybench.cli import main
+from energybench.config import load_catalogue, resolve_config
+from energybench.datasets import load_dataset
+from energybench.harness import execute, prepare
+from energybench.store import Store
+from energybench.trained import load_trained
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
@@ -132,7 +132,7 @@ eval = { test_points = 8, pgd_steps = 2, aa_points = 0, batch_size = 8, val_poin
 
 
 def test_robustbench_model_loads_offline_from_a_local_checkpoint_file(capsys, tmp_path, cifar10_root):
-    from benchmark.robustbench_compat import import_robustbench
+    from energybench.robustbench_compat import import_robustbench
 
     rb = import_robustbench()  # robustbench 1.1.1 imports `autoattack`: pyautoattack stands in for it
     import pyautoattack

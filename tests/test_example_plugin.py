@@ -25,7 +25,7 @@ def site(tmp_path_factory) -> Path:
 def energybench(site: Path, tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(site), ENERGYBENCH_OFFLINE="1", ENERGYBENCH_HOME=str(tmp_path),
                COLUMNS="200", OMP_NUM_THREADS="1")
-    code = "import sys; from cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from energybench.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -45,7 +45,7 @@ def test_a_run_with_the_third_party_regularizer(site, tmp_path):
 
 
 def test_the_third_party_attack_respects_its_ball(site, tmp_path):
-    code = ("import torch; from benchmark.registry import get_plugin;"
+    code = ("import torch; from energybench.registry import get_plugin;"
             "net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10));"
             "x = torch.rand(32, 1, 8, 8); y = torch.randint(0, 10, (32,));"
             "a = get_plugin('attack', 'uniform-noise')(net, eps=0.05, tries=3);"

@@ -19,16 +19,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark import registry as reg
-from benchmark.attack import Attack
-from benchmark.checkpoint import load_checkpoint
-from benchmark.config import load_catalogue, resolve_config
-from benchmark.errors import EnergybenchError, PluginError
-from benchmark.harness import execute, prepare
-from benchmark.regularizer import Regularizer
-from benchmark.store import Store
-from benchmark.trainer import TrainOutput
-from plugins.trainers.fgsm import FGSMTrainer
+from energybench import registry as reg
+from energybench.attack import Attack
+from energybench.checkpoint import load_checkpoint
+from energybench.config import load_catalogue, resolve_config
+from energybench.errors import EnergybenchError, PluginError
+from energybench.harness import execute, prepare
+from energybench.plugins.trainers.fgsm import FGSMTrainer
+from energybench.regularizer import Regularizer
+from energybench.store import Store
+from energybench.trainer import TrainOutput
 
 EPOCHS = 6
 
@@ -43,7 +43,7 @@ PLUGIN = '''
 import os
 from pathlib import Path
 
-from plugins.trainers.rs_fgsm import RSFGSMTrainer
+from energybench.plugins.trainers.rs_fgsm import RSFGSMTrainer
 
 if os.environ.get("FLAKY_IMPORT_MARKER"):
     Path(os.environ["FLAKY_IMPORT_MARKER"]).touch()  # proves this third-party code ran
@@ -85,7 +85,7 @@ def _env(plugin_path: Path, **extra: str) -> dict[str, str]:
 def _start(args: list[str], store: Path | None, env: dict[str, str]) -> subprocess.Popen:
     store_args = ["--store", str(store)] if store is not None else []
     # Ctrl-C as in a terminal, even when pytest itself runs as a background job (which ignores SIGINT)
-    return subprocess.Popen([sys.executable, "-m", "cli", *args, *store_args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "energybench.cli", *args, *store_args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
@@ -419,7 +419,7 @@ class _Killed(BaseException):
 @pytest.mark.parametrize("fatal_write", [0, 1, 2])
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_checkpoint_interrupted_at_any_step_of_its_write_still_verifies(tmp_path, monkeypatch, fatal_write, when):
-    import benchmark.checkpoint as ckpt
+    import energybench.checkpoint as ckpt
 
     path = tmp_path / "state.pt"
     ckpt.save_checkpoint(path, {"w": torch.zeros(3)})
@@ -446,7 +446,7 @@ def test_a_checkpoint_interrupted_at_any_step_of_its_write_still_verifies(tmp_pa
 
 WRITER = '''
 import sys, torch
-from benchmark.checkpoint import save_checkpoint
+from energybench.checkpoint import save_checkpoint
 states = [{"w": torch.full((1_000_000,), float(i))} for i in range(2)]
 save_checkpoint(sys.argv[1], states[0])
 print("ready", flush=True)

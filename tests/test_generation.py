@@ -12,16 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.config import load_catalogue, resolve_config
-from benchmark.datasets import DATASETS, load_dataset
-from benchmark.errors import EnergybenchError
-from benchmark.feature_extractors import domain_extractor, domain_name
-from benchmark.generation import feature_sets
-from benchmark.generative_leaderboard import rankings
-from benchmark.generative_metrics import domain_metrics
-from benchmark.harness import execute, prepare
-from benchmark.store import GenerativeRecord, Store
-from cli import main
+from energybench.cli import main
+from energybench.config import load_catalogue, resolve_config
+from energybench.datasets import DATASETS, load_dataset
+from energybench.errors import EnergybenchError
+from energybench.feature_extractors import domain_extractor, domain_name
+from energybench.generation import feature_sets
+from energybench.generative_leaderboard import rankings
+from energybench.generative_metrics import domain_metrics
+from energybench.harness import execute, prepare
+from energybench.store import GenerativeRecord, Store
 
 
 @pytest.fixture(scope="module")

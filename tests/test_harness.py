@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from benchmark import registry as reg
-from benchmark.checkpoint import load_checkpoint
-from benchmark.config import EvalProtocol, load_catalogue, resolve_config
-from benchmark.errors import EnergybenchError, PluginError
-from benchmark.evaluation import catastrophic_overfitting
-from benchmark.harness import crop_flip, crop_flip_draws, execute, prepare
-from benchmark.progress import Reporter
-from benchmark.store import Store
-from benchmark.trainer import Trainer, TrainOutput
+from energybench import registry as reg
+from energybench.checkpoint import load_checkpoint
+from energybench.config import EvalProtocol, load_catalogue, resolve_config
+from energybench.errors import EnergybenchError, PluginError
+from energybench.evaluation import catastrophic_overfitting
+from energybench.harness import crop_flip, crop_flip_draws, execute, prepare
+from energybench.progress import Reporter
+from energybench.store import Store
+from energybench.trainer import Trainer, TrainOutput
 
 
 def tiny_config(**overrides):

@@ -7,16 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark import harness
-from benchmark import registry as reg
-from benchmark.config import load_catalogue, resolve_config
-from benchmark.datasets import Split
-from benchmark.evaluation import autoattack_accuracy, robustness
-from benchmark.harness import Run, execute, prepare
-from benchmark.model import Classifier
-from benchmark.progress import Reporter
-from benchmark.sanity import evaluation_warnings, model_checks
-from benchmark.store import Store
+from energybench import harness
+from energybench import registry as reg
+from energybench.config import load_catalogue, resolve_config
+from energybench.datasets import Split
+from energybench.evaluation import autoattack_accuracy, robustness
+from energybench.harness import Run, execute, prepare
+from energybench.model import Classifier
+from energybench.progress import Reporter
+from energybench.sanity import evaluation_warnings, model_checks
+from energybench.store import Store
 
 CPU = torch.device("cpu")
 

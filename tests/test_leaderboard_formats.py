@@ -10,10 +10,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from benchmark.config import RunConfig
-from benchmark.references import MODEL_INFO_FIELDS
-from benchmark.store import Store
-from cli import main
+from energybench.cli import main
+from energybench.config import RunConfig
+from energybench.references import MODEL_INFO_FIELDS
+from energybench.store import Store
 
 EPS = 8 / 255
 

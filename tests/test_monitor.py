@@ -9,12 +9,12 @@ import pytest
 import torch
 from datafiles import class_images, write_idx
 
-from benchmark.config import MonitorConfig, RunConfig, load_catalogue, resolve_config
-from benchmark.errors import EnergybenchError
-from benchmark.harness import execute, prepare
-from benchmark.monitor import COMonitor, DriftRule, read_log, replay
-from benchmark.progress import Reporter
-from benchmark.store import Store
+from energybench.config import MonitorConfig, RunConfig, load_catalogue, resolve_config
+from energybench.errors import EnergybenchError
+from energybench.harness import execute, prepare
+from energybench.monitor import COMonitor, DriftRule, read_log, replay
+from energybench.progress import Reporter
+from energybench.store import Store
 
 SETTINGS = MonitorConfig(check_every=4, warmup=4, halflife=8, threshold=4, patience=2, min_std=0.05)
 

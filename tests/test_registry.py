@@ -8,9 +8,9 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from benchmark import registry as reg
-from benchmark.errors import EnergybenchError, PluginError
-from benchmark.trainer import Trainer
+from energybench import registry as reg
+from energybench.errors import EnergybenchError, PluginError
+from energybench.trainer import Trainer
 
 
 class _Dist:
@@ -47,7 +47,7 @@ def test_builtin_plugins_are_discovered_through_entry_points():
 
 
 def test_listing_names_imports_no_plugin_code():
-    code = ("import sys; from benchmark.registry import list_plugins; names = list_plugins('trainer');"
+    code = ("import sys; from energybench.registry import list_plugins; names = list_plugins('trainer');"
             "assert 'pgd' in names; print(sorted(m for m in sys.modules if m.startswith('plugins.')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
@@ -61,9 +61,9 @@ def test_unknown_name_suggests_the_closest(fake_entry_points):
 
 def test_broken_and_wrong_type_plugins_are_reported_and_skipped(fake_entry_points):
     r = fake_entry_points(
-        _ep("good", "plugins.trainers.fgsm:FGSMTrainer", "energybench.trainers", "energybench"),
+        _ep("good", "energybench.plugins.trainers.fgsm:FGSMTrainer", "energybench.trainers", "energybench"),
         _ep("broken", "no_such_module_xyz:Thing", "energybench.trainers", "thirdparty"),
-        _ep("notatrainer", "plugins.attacks.fgsm:FGSM", "energybench.trainers", "thirdparty"),
+        _ep("notatrainer", "energybench.plugins.attacks.fgsm:FGSM", "energybench.trainers", "thirdparty"),
     )
     loaded = [entry.name for entry, _ in r.load_all("trainer")]
     assert loaded == ["good"]
@@ -76,7 +76,7 @@ def test_broken_and_wrong_type_plugins_are_reported_and_skipped(fake_entry_point
 def test_a_clash_keeps_the_builtin_and_reports_the_other(fake_entry_points):
     r = fake_entry_points(
         _ep("fgsm", "other_pkg:Fgsm", "energybench.trainers", "aaa-thirdparty"),
-        _ep("fgsm", "plugins.trainers.fgsm:FGSMTrainer", "energybench.trainers", "energybench"),
+        _ep("fgsm", "energybench.plugins.trainers.fgsm:FGSMTrainer", "energybench.trainers", "energybench"),
     )
     assert r.entry("trainer", "fgsm").source == "energybench 1.0"
     assert any("clashes" in p and "aaa-thirdparty" in p for p in r.problems)
@@ -85,8 +85,8 @@ def test_a_clash_keeps_the_builtin_and_reports_the_other(fake_entry_points):
 def test_autoload_can_be_disabled(fake_entry_points, monkeypatch):
     monkeypatch.setenv("ENERGYBENCH_DISABLE_PLUGIN_AUTOLOAD", "1")
     r = fake_entry_points(
-        _ep("fgsm", "plugins.trainers.fgsm:FGSMTrainer", "energybench.trainers", "energybench"),
-        _ep("extra", "plugins.trainers.pgd:PGDTrainer", "energybench.trainers", "thirdparty"),
+        _ep("fgsm", "energybench.plugins.trainers.fgsm:FGSMTrainer", "energybench.trainers", "energybench"),
+        _ep("extra", "energybench.plugins.trainers.pgd:PGDTrainer", "energybench.trainers", "thirdparty"),
     )
     assert r.names("trainer") == ["fgsm"]
 

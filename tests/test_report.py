@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.config import RunConfig
-from benchmark.energy import QUANTILES
-from benchmark.store import GenerativeRecord, Store, new_id
-from cli import main
+from energybench.cli import main
+from energybench.config import RunConfig
+from energybench.energy import QUANTILES
+from energybench.store import GenerativeRecord, Store, new_id
 
 EPS = 8 / 255
 

@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from benchmark import registry as reg
-from benchmark.config import load_catalogue
-from benchmark.errors import EnergybenchError
-from benchmark.executors import LocalExecutor
-from benchmark.store import Store
-from benchmark.suite import AA_PASSES_PER_POINT, _passes_key, _step_passes, estimate_passes, load_suite, pending
-from benchmark.suite_leaderboard import group_cells, render_suite
-from benchmark.trainer import Trainer, TrainOutput
-from cli import main
+from energybench import registry as reg
+from energybench.cli import main
+from energybench.config import load_catalogue
+from energybench.errors import EnergybenchError
+from energybench.executors import LocalExecutor
+from energybench.store import Store
+from energybench.suite import AA_PASSES_PER_POINT, _passes_key, _step_passes, estimate_passes, load_suite, pending
+from energybench.suite_leaderboard import group_cells, render_suite
+from energybench.trainer import Trainer, TrainOutput
 
 TRACK = """
 [tracks.t]

@@ -7,9 +7,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from benchmark.attack import Attack
-from benchmark.autoattack import run_autoattack
-from benchmark.params import PluginParams
+from energybench.attack import Attack
+from energybench.autoattack import run_autoattack
+from energybench.params import PluginParams
 
 
 class AutoAttackPlugin(Attack):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from benchmark.attack import Attack
-from benchmark.params import PluginParams
-from benchmark.perturb import pgd
+from energybench.attack import Attack
+from energybench.params import PluginParams
+from energybench.perturb import pgd
 
 
 class CW(Attack):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.attack import Attack
-from benchmark.perturb import single_step
+from energybench.attack import Attack
+from energybench.perturb import single_step
 
 
 class FGSM(Attack):

@@ -7,9 +7,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from benchmark.attack import Attack
-from benchmark.params import PluginParams
-from benchmark.perturb import pgd
+from energybench.attack import Attack
+from energybench.params import PluginParams
+from energybench.perturb import pgd
 
 
 class PGD(Attack):

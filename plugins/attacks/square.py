@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmark.autoattack import AutoAttackComponent
+from energybench.autoattack import AutoAttackComponent
 
 
 class Square(AutoAttackComponent):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmark.model import Classifier
+from energybench.model import Classifier
 
 
 class SmallCNN(Classifier):

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.model import Classifier
-from plugins.models.preact_resnet import PreActBlock
+from energybench.model import Classifier
+from energybench.plugins.models.preact_resnet import PreActBlock
 
 
 class WideResNet(Classifier):

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from benchmark.energy import delta_energy
-from benchmark.params import PluginParams
-from benchmark.regularizer import Regularizer
+from energybench.energy import delta_energy
+from energybench.params import PluginParams
+from energybench.regularizer import Regularizer
 
 
 class DeltaEnergyRegularizer(Regularizer):

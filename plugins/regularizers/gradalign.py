@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from benchmark.errors import PluginError
-from benchmark.params import PluginParams
-from benchmark.perturb import input_gradient, random_start
-from benchmark.regularizer import Regularizer
+from energybench.errors import PluginError
+from energybench.params import PluginParams
+from energybench.perturb import input_gradient, random_start
+from energybench.regularizer import Regularizer
 
 
 class GradAlign(Regularizer):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmark.regularizer import Regularizer
+from energybench.regularizer import Regularizer
 
 
 class NoRegularizer(Regularizer):

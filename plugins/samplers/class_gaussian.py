@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from benchmark.params import PluginParams
-from benchmark.sampler import SampleBatch, Sampler
-from benchmark.sampling import class_gaussians, energy_descent, model_device, randn, require_fit
+from energybench.params import PluginParams
+from energybench.sampler import SampleBatch, Sampler
+from energybench.sampling import class_gaussians, energy_descent, model_device, randn, require_fit
 
 
 class ClassGaussianSampler(Sampler):

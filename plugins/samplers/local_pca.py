@@ -11,9 +11,9 @@ import math
 import torch
 from pydantic import Field
 
-from benchmark.params import PluginParams
-from benchmark.sampler import SampleBatch, Sampler
-from benchmark.sampling import class_mean_energy, energy_descent, model_device, pca, pca_draw, rand, require_fit
+from energybench.params import PluginParams
+from energybench.sampler import SampleBatch, Sampler
+from energybench.sampling import class_mean_energy, energy_descent, model_device, pca, pca_draw, rand, require_fit
 
 
 class LocalPCASampler(Sampler):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from benchmark.perturb import single_step
-from benchmark.trainer import Trainer, TrainOutput
+from energybench.perturb import single_step
+from energybench.trainer import Trainer, TrainOutput
 
 
 class FGSMTrainer(Trainer):

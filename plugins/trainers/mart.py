@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from benchmark.params import PluginParams
-from benchmark.perturb import kl_divergence, pgd
-from benchmark.trainer import Trainer, TrainOutput
+from energybench.params import PluginParams
+from energybench.perturb import kl_divergence, pgd
+from energybench.trainer import Trainer, TrainOutput
 
 
 class MARTTrainer(Trainer):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import Field
 
-from benchmark.params import PluginParams
-from benchmark.perturb import single_step
-from benchmark.trainer import Trainer, TrainOutput
+from energybench.params import PluginParams
+from energybench.perturb import single_step
+from energybench.trainer import Trainer, TrainOutput
 
 
 class RSFGSMTrainer(Trainer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from benchmark.trainer import Trainer, TrainOutput
+from energybench.trainer import Trainer, TrainOutput
 
 
 class StandardTrainer(Trainer):

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from benchmark.energy import marginal_energy
-from benchmark.perturb import kl_divergence
-from benchmark.trainer import TrainOutput
-from plugins.trainers.trades import TRADESTrainer
+from energybench.energy import marginal_energy
+from energybench.perturb import kl_divergence
+from energybench.plugins.trainers.trades import TRADESTrainer
+from energybench.trainer import TrainOutput
 
 
 class WEATTrainer(TRADESTrainer):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from benchmark.params import PluginParams
-from benchmark.regularizer import Regularizer
+from energybench.params import PluginParams
+from energybench.regularizer import Regularizer
 
 
 class LogitPairing(Regularizer):

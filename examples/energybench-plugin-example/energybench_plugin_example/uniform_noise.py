@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from benchmark.attack import Attack
-from benchmark.params import PluginParams
+from energybench.attack import Attack
+from energybench.params import PluginParams
 
 
 class UniformNoise(Attack):
