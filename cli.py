@@ -78,10 +78,10 @@ def run(track, trainer, regularizer, dataset, model, eps, norm, epochs, batch_si
         trainer_opt, reg_opt, config_file, data_root, device, fast, resume, store_path, registry_path) -> None:
     """Train a classifier with a trainer (+ regularizer), evaluate it, store it, show the leaderboard."""
     from energybench.config import load_catalogue, resolve_config
-    from energybench.harness import execute, prepare
-    from energybench.leaderboard import collect, format_eps, render
-    from energybench.progress import RichReporter
-    from energybench.store import Store
+    from energybench.reporting.leaderboard import collect, format_eps, render
+    from energybench.storage.store import Store
+    from energybench.training.progress import RichReporter
+    from energybench.training.run import execute, prepare
 
     catalogue = load_catalogue(registry_path)
     store = Store(store_path)
@@ -130,11 +130,11 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
                 no_references, store_path, registry_path) -> None:
     """Print the robustness leaderboard of stored runs, or with --generative the generative one."""
     from energybench.config import load_catalogue, parse_eps
-    from energybench.formats import build_leaderboard, export, rich_tables
-    from energybench.store import Store
+    from energybench.reporting.formats import build_leaderboard, export, rich_tables
+    from energybench.storage.store import Store
 
     if generative:
-        from energybench.generative_leaderboard import generative_tables
+        from energybench.reporting.generative_leaderboard import generative_tables
 
         if eps or track or trainer:
             raise EnergybenchError("--eps, --track and --trainer filter runs; with --generative use --dataset/--model")
@@ -152,7 +152,7 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
     if not board.rows:
         raise EnergybenchError("no completed runs match these filters; start one with `energybench run`")
     if output:
-        from energybench.checkpoint import atomic_write
+        from energybench.storage.checkpoint import atomic_write
 
         atomic_write(Path(output), export(board, fmt).encode())
         err.print(f"leaderboard ({fmt}) written to {output}")
@@ -193,10 +193,10 @@ def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, samp
            features, inception_weights, data_root, device, store_path, registry_path) -> None:
     """Generate class-conditional samples from a trained classifier: grids, samples, IS/FID, stored results."""
     from energybench.config import load_catalogue
-    from energybench.generation import generate, sampler_names
-    from energybench.generative_leaderboard import model_names, ranking_table, rankings
-    from energybench.progress import RichReporter
-    from energybench.store import Store
+    from energybench.generation.generate import generate, sampler_names
+    from energybench.reporting.generative_leaderboard import model_names, ranking_table, rankings
+    from energybench.storage.store import Store
+    from energybench.training.progress import RichReporter
 
     store = Store(store_path)
     records = generate(model_ref, store, load_catalogue(registry_path), samplers=sampler_names(sampler, compare), n=n,
@@ -213,7 +213,7 @@ def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, samp
 @click.option("--kind", type=click.Choice(["attack", "trainer", "regularizer", "sampler", "model"]))
 def plugins(kind) -> None:
     """List registered plugins by kind, with their source package and hyper-parameters."""
-    from energybench.registry import KINDS, get_registry
+    from energybench.contracts.registry import KINDS, get_registry
 
     registry = get_registry()
     for name in [kind] if kind else list(KINDS):
@@ -235,7 +235,7 @@ def plugins(kind) -> None:
 def tracks(registry_path) -> None:
     """List the benchmark tracks of the catalogue."""
     from energybench.config import RunConfig, load_catalogue
-    from energybench.leaderboard import format_eps
+    from energybench.reporting.leaderboard import format_eps
 
     catalogue = load_catalogue(registry_path)
     table = Table(title=f"tracks ({catalogue.path})", title_justify="left", header_style="bold")
@@ -262,11 +262,11 @@ def tracks(registry_path) -> None:
 def suite(name, dry_run, executor, ray_address, data_root, device, store_path, registry_path) -> None:
     """Run the cells of suite NAME not yet done in the store, then show the suite's leaderboard."""
     from energybench.config import load_catalogue
-    from energybench.executors import LocalExecutor, RayExecutor
-    from energybench.progress import RichReporter
-    from energybench.store import Store
-    from energybench.suite import load_suite, pending, render_plan
-    from energybench.suite_leaderboard import group_cells, render_suite
+    from energybench.reporting.suite_leaderboard import group_cells, render_suite
+    from energybench.storage.store import Store
+    from energybench.suites.executors import LocalExecutor, RayExecutor
+    from energybench.suites.spec import load_suite, pending, render_plan
+    from energybench.training.progress import RichReporter
 
     if ray_address and executor != "ray":
         raise EnergybenchError("--ray-address needs --executor ray")
@@ -331,10 +331,10 @@ def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points,
              device, store_path, registry_path) -> None:
     """Evaluate a model energybench did not train (clean, PGD, AutoAttack, energies) and add it to the store."""
     from energybench.config import load_catalogue
-    from energybench.leaderboard import collect, format_eps, render
-    from energybench.model_eval import eval_config, evaluate_external, resolve_model
-    from energybench.sanity import evaluation_warnings
-    from energybench.store import Store
+    from energybench.evaluation.external import eval_config, evaluate_external, resolve_model
+    from energybench.evaluation.sanity import evaluation_warnings
+    from energybench.reporting.leaderboard import collect, format_eps, render
+    from energybench.storage.store import Store
 
     store = Store(store_path)
     with err.status(f"loading {model_ref}"):
@@ -365,8 +365,8 @@ def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points,
 @store_option
 def export_run(run_id, output, checkpoint, name, authors, link, venue, store_path) -> None:
     """Write a run's result as a RobustBench model-info JSON file (their field names), ready to submit."""
-    from energybench.references import export_model_info
-    from energybench.store import Store
+    from energybench.storage.references import export_model_info
+    from energybench.storage.store import Store
 
     info = export_model_info(Store(store_path), run_id, output, checkpoint=checkpoint, name=name, authors=authors,
                              link=link, venue=venue)
@@ -381,9 +381,9 @@ def export_run(run_id, output, checkpoint, name, authors, link, venue, store_pat
 @store_option
 def import_reference(files, norm, store_path) -> None:
     """Add RobustBench-style model-info JSON files to the leaderboard as (unranked) reference rows."""
-    from energybench.leaderboard import format_eps
-    from energybench.references import import_model_info
-    from energybench.store import Store
+    from energybench.reporting.leaderboard import format_eps
+    from energybench.storage.references import import_model_info
+    from energybench.storage.store import Store
 
     for ref in import_model_info(list(files), Store(store_path), norm=norm):
         clean = "-" if ref.clean is None else f"{100 * ref.clean:.2f}%"
@@ -400,8 +400,8 @@ def import_reference(files, norm, store_path) -> None:
 def report(refs, output, title, store_path, registry_path) -> None:
     """Write one self-contained HTML page: leaderboard, dE traces, energies, samples, configs, environment."""
     from energybench.config import load_catalogue
-    from energybench.report import write_report
-    from energybench.store import Store
+    from energybench.reporting.report import write_report
+    from energybench.storage.store import Store
 
     with err.status("writing the report"):
         path = write_report(Store(store_path), load_catalogue(registry_path), refs, output, title=title)
@@ -436,14 +436,14 @@ def histograms(model_ref, attacks, n, eps, norm, checkpoint, dataset, model_arch
     from pathlib import Path
 
     from energybench.config import parse_eps
-    from energybench.energy_figures import (
+    from energybench.reporting.energy_figures import (
         HistogramRequest,
         energy_stats,
         histogram_figure,
         model_histograms,
         stats_table,
     )
-    from energybench.store import Store
+    from energybench.storage.store import Store
 
     try:
         eps_value = parse_eps(eps) if eps is not None else None
@@ -467,8 +467,8 @@ def histograms(model_ref, attacks, n, eps, norm, checkpoint, dataset, model_arch
 @store_option
 def trace(run_ids, out_path, store_path) -> None:
     """Per-epoch train and validation dE beside PGD and FGSM validation accuracy, several runs overlaid."""
-    from energybench.energy_figures import load_traces, trace_figure, trace_table
-    from energybench.store import Store
+    from energybench.reporting.energy_figures import load_traces, trace_figure, trace_table
+    from energybench.storage.store import Store
 
     traces = load_traces(Store(store_path), list(run_ids))
     trace_figure(traces).savefig(out_path, dpi=120)
@@ -481,8 +481,8 @@ def trace(run_ids, out_path, store_path) -> None:
 @store_option
 def select(run_ids, store_path) -> None:
     """The epoch each criterion picks (val-pgd needs an attack per epoch, dE none) and its validation PGD."""
-    from energybench.selection import CRITERIA, select_epoch
-    from energybench.store import Store
+    from energybench.evaluation.selection import CRITERIA, select_epoch
+    from energybench.storage.store import Store
 
     store = Store(store_path)
     table = Table(title="checkpoint selection: epoch (validation PGD accuracy)", title_justify="left",

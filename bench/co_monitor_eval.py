@@ -4,7 +4,7 @@
     python bench/co_monitor_eval.py --store DIR              # tune on some seeds, report on the others
 
 Every stored run with a ``monitor.json`` (the monitor in ``warn`` mode logs every traced batch's
-mean dE) is replayed through ``energybench.monitor.replay``, so any rule setting is scored without
+mean dE) is replayed through ``energybench.training.monitor.replay``, so any rule setting is scored without
 training again. For a run whose first CO epoch is ``c`` (0-based, ``bpe`` iterations per epoch),
 the collapse is observed at iteration ``(c + 1) * bpe``; an alarm at iteration ``a`` is
 - a detection when it falls in epoch ``c - 1`` or ``c`` (lead time ``(c + 1) * bpe - a`` iterations),
@@ -26,11 +26,11 @@ from rich.console import Console
 from rich.table import Table
 
 from energybench.config import MonitorConfig, load_catalogue, resolve_config
-from energybench.harness import execute, prepare
-from energybench.monitor import MonitorLog, read_log, replay
-from energybench.selection import CRITERIA, select_epoch
-from energybench.store import Store
-from energybench.suite import cell_labels
+from energybench.evaluation.selection import CRITERIA, select_epoch
+from energybench.storage.store import Store
+from energybench.suites.spec import cell_labels
+from energybench.training.monitor import MonitorLog, read_log, replay
+from energybench.training.run import execute, prepare
 
 SUITE = "co-monitor"
 GRID = [("fgsm", 0.1), ("fgsm", 0.2), ("fgsm", 0.25), ("fgsm", 0.3), ("rs-fgsm", 0.25), ("rs-fgsm", 0.3),

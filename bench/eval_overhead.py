@@ -20,11 +20,11 @@ import _timing
 import torch
 from pyautoattack import AutoAttack
 
-from energybench.acceleration import Acceleration
 from energybench.config import FastPath
-from energybench.datasets import Split
-from energybench.evaluation import as_float, autoattack_accuracy, eval_mode
-from energybench.trained import build
+from energybench.data.datasets import Split
+from energybench.evaluation.robustness import as_float, autoattack_accuracy, eval_mode
+from energybench.storage.trained import build
+from energybench.training.acceleration import Acceleration
 
 
 def main() -> None:

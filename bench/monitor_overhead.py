@@ -20,9 +20,9 @@ import time
 import torch
 
 from energybench.config import load_catalogue, resolve_config
-from energybench.harness import Run, prepare
-from energybench.monitor import COMonitor
-from energybench.store import Store
+from energybench.storage.store import Store
+from energybench.training.monitor import COMonitor
+from energybench.training.run import Run, prepare
 
 
 def _sync(device: torch.device) -> None:

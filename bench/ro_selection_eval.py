@@ -1,7 +1,7 @@
 """Attack-free best-checkpoint selection (a dE criterion) against validation PGD, on robust-overfitting runs.
 
     energybench suite ro-fmnist                        # the runs: keep_epochs keeps every epoch's weights
-    python bench/ro_selection_eval.py --store DIR      # compare the criteria of benchmark/selection.py
+    python bench/ro_selection_eval.py --store DIR      # compare the criteria of benchmark/evaluation/selection.py
 
 Every run of ``--suite`` (default ro-fmnist) that kept its epochs (``keep_epochs = true`` in the suite's
 settings: ``epoch-K.pt`` in the run folder) is scored: the test PGD-20 accuracy of every epoch on the
@@ -20,12 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 from energybench.config import load_catalogue
-from energybench.datasets import load_dataset
-from energybench.evaluation import robustness
-from energybench.selection import CRITERIA, select_epoch
-from energybench.store import Store
-from energybench.suite import cell_labels
-from energybench.trained import load_trained
+from energybench.data.datasets import load_dataset
+from energybench.evaluation.robustness import robustness
+from energybench.evaluation.selection import CRITERIA, select_epoch
+from energybench.storage.store import Store
+from energybench.storage.trained import load_trained
+from energybench.suites.spec import cell_labels
 
 
 def epoch_test_accuracy(store: Store, run_id: str, test_points: int) -> list[float]:

@@ -5,7 +5,7 @@ The registry API, in the spirit of timm's ``register_model``/``list_models``/``c
     from energybench import list_plugins, get_plugin, register_regularizer
 """
 
-from energybench.registry import (
+from energybench.contracts.registry import (
     get_plugin,
     list_plugins,
     register_attack,

@@ -82,7 +82,7 @@ class Schedule(_Strict):
 
 
 class MonitorConfig(_Strict):
-    """The catastrophic-overfitting early warning on the training dE (benchmark/monitor.py, docs/energy.md).
+    """The catastrophic-overfitting early warning on the training dE (benchmark/training/monitor.py, docs/energy.md).
 
     The defaults were tuned with bench/co_monitor_eval.py on Fashion-MNIST FGSM/RS-FGSM/N-FGSM runs.
     """
@@ -103,7 +103,7 @@ class MonitorConfig(_Strict):
 
 
 class FastPath(_Strict):
-    """Speed settings of the run's device (benchmark/acceleration.py, docs/performance.md).
+    """Speed settings of the run's device (benchmark/training/acceleration.py, docs/performance.md).
 
     With ``enabled="auto"`` they apply on CUDA and not on CPU; ``"on"``/``"off"`` force them.
     They change speed and floating-point rounding, not the experiment, so the config hash ignores them.

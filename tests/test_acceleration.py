@@ -1,4 +1,4 @@
-"""The fast path (benchmark/acceleration.py) on CPU, forward-pass reuse and no host sync in training."""
+"""The fast path (benchmark/training/acceleration.py) on CPU, forward-pass reuse and no host sync in training."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from energybench.acceleration import Acceleration
 from energybench.cli import main
 from energybench.config import FastPath, load_catalogue, resolve_config
 from energybench.errors import EnergybenchError
-from energybench.harness import TRACE_INTERVAL, Run, crop_flip, crop_flip_draws, prepare
 from energybench.plugins.models.small_cnn import SmallCNN
-from energybench.progress import Reporter
-from energybench.store import Store
+from energybench.storage.store import Store
+from energybench.training.acceleration import Acceleration
+from energybench.training.progress import Reporter
+from energybench.training.run import TRACE_INTERVAL, Run, crop_flip, crop_flip_draws, prepare
 
 CPU = torch.device("cpu")
 

@@ -13,7 +13,7 @@ from pyautoattack import AutoAttack
 from sklearn.datasets import load_digits
 from torch import nn
 
-from energybench.registry import get_plugin
+from energybench.contracts.registry import get_plugin
 
 ATTACKS = ["fgsm", "pgd", "rs-fgsm", "n-fgsm", "cw", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack"]
 # pyautoattack-backed plugins and the custom attack list each one runs

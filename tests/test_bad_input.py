@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from datafiles import class_images, write_idx
 
-from energybench.checkpoint import load_checkpoint, save_checkpoint
 from energybench.cli import main
 from energybench.config import load_catalogue, resolve_config
-from energybench.datasets import DATASETS
+from energybench.data.datasets import DATASETS
 from energybench.errors import EnergybenchError
-from energybench.harness import execute, prepare
-from energybench.progress import Reporter
-from energybench.store import Store
-from energybench.trained import build
+from energybench.storage.checkpoint import load_checkpoint, save_checkpoint
+from energybench.storage.store import Store
+from energybench.storage.trained import build
+from energybench.training.progress import Reporter
+from energybench.training.run import execute, prepare
 
 
 class _StopAfterFirstEpoch(Reporter):

@@ -8,7 +8,7 @@ import pytest
 
 from energybench.config import Catalogue, load_catalogue, parse_eps, resolve_config
 from energybench.errors import EnergybenchError
-from energybench.harness import prepare
+from energybench.training.run import prepare
 
 
 @pytest.mark.parametrize("text,value", [("8/255", 8 / 255), ("0.031", 0.031), (0.3, 0.3), ("1e-2", 0.01)])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from datafiles import class_images, write_idx
 
-from energybench.datasets import load_dataset, read_idx
+from energybench.data.datasets import load_dataset, read_idx
 from energybench.errors import EnergybenchError
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from energybench.energy import EnergyTrace, delta_energy, joint_energy, marginal_energy, summarize
-from energybench.registry import get_plugin
-from energybench.trainer import TrainOutput
+from energybench.contracts.registry import get_plugin
+from energybench.contracts.trainer import TrainOutput
+from energybench.ops.energy import EnergyTrace, delta_energy, joint_energy, marginal_energy, summarize
 
 
 def test_energies_match_their_definitions_and_cross_entropy():

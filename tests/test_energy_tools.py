@@ -8,8 +8,10 @@ import torch
 
 from energybench.cli import main
 from energybench.config import RunConfig, load_catalogue, resolve_config
-from energybench.energy import joint_energy, marginal_energy
-from energybench.energy_figures import (
+from energybench.errors import EnergybenchError
+from energybench.evaluation.selection import select_epoch
+from energybench.ops.energy import joint_energy, marginal_energy
+from energybench.reporting.energy_figures import (
     ENERGIES,
     AttackEnergies,
     HistogramRequest,
@@ -21,10 +23,8 @@ from energybench.energy_figures import (
     trace_figure,
     trace_table,
 )
-from energybench.errors import EnergybenchError
-from energybench.harness import execute, prepare
-from energybench.selection import select_epoch
-from energybench.store import Store
+from energybench.storage.store import Store
+from energybench.training.run import execute, prepare
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +113,9 @@ def test_histograms_hold_the_energies_of_clean_and_attacked_points(tiny_run):
     for energy in ENERGIES:
         assert all(v.shape == (40,) for v in data.values[energy].values())
     # the clean energies are those of the stored model on the first 40 test points
-    from energybench.datasets import load_dataset
-    from energybench.evaluation import as_float
-    from energybench.trained import load_trained
+    from energybench.data.datasets import load_dataset
+    from energybench.evaluation.robustness import as_float
+    from energybench.storage.trained import load_trained
 
     model = load_trained(run_id, store).model
     test = load_dataset("digits", val_size=1).test

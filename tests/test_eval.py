@@ -11,10 +11,10 @@ import torch
 
 from energybench.cli import main
 from energybench.config import load_catalogue, resolve_config
-from energybench.datasets import load_dataset
-from energybench.harness import execute, prepare
-from energybench.store import Store
-from energybench.trained import load_trained
+from energybench.data.datasets import load_dataset
+from energybench.storage.store import Store
+from energybench.storage.trained import load_trained
+from energybench.training.run import execute, prepare
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
@@ -132,7 +132,7 @@ eval = { test_points = 8, pgd_steps = 2, aa_points = 0, batch_size = 8, val_poin
 
 
 def test_robustbench_model_loads_offline_from_a_local_checkpoint_file(capsys, tmp_path, cifar10_root):
-    from energybench.robustbench_compat import import_robustbench
+    from energybench.evaluation.robustbench_compat import import_robustbench
 
     rb = import_robustbench()  # robustbench 1.1.1 imports `autoattack`: pyautoattack stands in for it
     import pyautoattack

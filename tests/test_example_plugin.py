@@ -45,7 +45,7 @@ def test_a_run_with_the_third_party_regularizer(site, tmp_path):
 
 
 def test_the_third_party_attack_respects_its_ball(site, tmp_path):
-    code = ("import torch; from energybench.registry import get_plugin;"
+    code = ("import torch; from energybench.contracts.registry import get_plugin;"
             "net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10));"
             "x = torch.rand(32, 1, 8, 8); y = torch.randint(0, 10, (32,));"
             "a = get_plugin('attack', 'uniform-noise')(net, eps=0.05, tries=3);"

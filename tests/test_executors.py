@@ -9,11 +9,11 @@ from pathlib import Path
 
 import ray
 
-from energybench.checkpoint import load_checkpoint
 from energybench.config import load_catalogue
-from energybench.executors import RayExecutor
-from energybench.store import Store
-from energybench.suite import load_suite, pending
+from energybench.storage.checkpoint import load_checkpoint
+from energybench.storage.store import Store
+from energybench.suites.executors import RayExecutor
+from energybench.suites.spec import load_suite, pending
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_ray_executor_runs_cells_as_tasks_into_the_store(tmp_path):
 WORKER = """
 import sys, time
 from pathlib import Path
-from energybench.store import Store
+from energybench.storage.store import Store
 
 home, worker, n = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 while not (home.parent / "go").exists():
@@ -90,7 +90,7 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
 
 
 def test_a_run_id_already_taken_is_drawn_again(tmp_path, monkeypatch):
-    from energybench import store as store_module
+    from energybench.storage import store as store_module
 
     drawn = iter(["260101-0000-aaaa", "260101-0000-aaaa", "260101-0000-bbbb"])
     monkeypatch.setattr(store_module, "new_id", lambda: next(drawn))

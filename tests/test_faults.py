@@ -19,16 +19,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from energybench import registry as reg
-from energybench.attack import Attack
-from energybench.checkpoint import load_checkpoint
+from energybench.contracts import registry as reg
 from energybench.config import load_catalogue, resolve_config
+from energybench.contracts.attack import Attack
+from energybench.contracts.regularizer import Regularizer
+from energybench.contracts.trainer import TrainOutput
 from energybench.errors import EnergybenchError, PluginError
-from energybench.harness import execute, prepare
 from energybench.plugins.trainers.fgsm import FGSMTrainer
-from energybench.regularizer import Regularizer
-from energybench.store import Store
-from energybench.trainer import TrainOutput
+from energybench.storage.checkpoint import load_checkpoint
+from energybench.storage.store import Store
+from energybench.training.run import execute, prepare
 
 EPOCHS = 6
 
@@ -419,7 +419,7 @@ class _Killed(BaseException):
 @pytest.mark.parametrize("fatal_write", [0, 1, 2])
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_checkpoint_interrupted_at_any_step_of_its_write_still_verifies(tmp_path, monkeypatch, fatal_write, when):
-    import energybench.checkpoint as ckpt
+    import energybench.storage.checkpoint as ckpt
 
     path = tmp_path / "state.pt"
     ckpt.save_checkpoint(path, {"w": torch.zeros(3)})
@@ -446,7 +446,7 @@ def test_a_checkpoint_interrupted_at_any_step_of_its_write_still_verifies(tmp_pa
 
 WRITER = '''
 import sys, torch
-from energybench.checkpoint import save_checkpoint
+from energybench.storage.checkpoint import save_checkpoint
 states = [{"w": torch.full((1_000_000,), float(i))} for i in range(2)]
 save_checkpoint(sys.argv[1], states[0])
 print("ready", flush=True)

@@ -14,14 +14,14 @@ from PIL import Image
 
 from energybench.cli import main
 from energybench.config import load_catalogue, resolve_config
-from energybench.datasets import DATASETS, load_dataset
+from energybench.data.datasets import DATASETS, load_dataset
 from energybench.errors import EnergybenchError
-from energybench.feature_extractors import domain_extractor, domain_name
-from energybench.generation import feature_sets
-from energybench.generative_leaderboard import rankings
-from energybench.generative_metrics import domain_metrics
-from energybench.harness import execute, prepare
-from energybench.store import GenerativeRecord, Store
+from energybench.generation.feature_extractors import domain_extractor, domain_name
+from energybench.generation.generate import feature_sets
+from energybench.generation.metrics import domain_metrics
+from energybench.reporting.generative_leaderboard import rankings
+from energybench.storage.store import GenerativeRecord, Store
+from energybench.training.run import execute, prepare
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from energybench import registry as reg
-from energybench.checkpoint import load_checkpoint
+from energybench.contracts import registry as reg
 from energybench.config import EvalProtocol, load_catalogue, resolve_config
+from energybench.contracts.trainer import Trainer, TrainOutput
 from energybench.errors import EnergybenchError, PluginError
-from energybench.evaluation import catastrophic_overfitting
-from energybench.harness import crop_flip, crop_flip_draws, execute, prepare
-from energybench.progress import Reporter
-from energybench.store import Store
-from energybench.trainer import Trainer, TrainOutput
+from energybench.evaluation.robustness import catastrophic_overfitting
+from energybench.storage.checkpoint import load_checkpoint
+from energybench.storage.store import Store
+from energybench.training.progress import Reporter
+from energybench.training.run import crop_flip, crop_flip_draws, execute, prepare
 
 
 def tiny_config(**overrides):

@@ -12,8 +12,8 @@ import pytest
 
 from energybench.cli import main
 from energybench.config import RunConfig
-from energybench.references import MODEL_INFO_FIELDS
-from energybench.store import Store
+from energybench.storage.references import MODEL_INFO_FIELDS
+from energybench.storage.store import Store
 
 EPS = 8 / 255
 

@@ -11,10 +11,10 @@ from datafiles import class_images, write_idx
 
 from energybench.config import MonitorConfig, RunConfig, load_catalogue, resolve_config
 from energybench.errors import EnergybenchError
-from energybench.harness import execute, prepare
-from energybench.monitor import COMonitor, DriftRule, read_log, replay
-from energybench.progress import Reporter
-from energybench.store import Store
+from energybench.storage.store import Store
+from energybench.training.monitor import COMonitor, DriftRule, read_log, replay
+from energybench.training.progress import Reporter
+from energybench.training.run import execute, prepare
 
 SETTINGS = MonitorConfig(check_every=4, warmup=4, halflife=8, threshold=4, patience=2, min_std=0.05)
 

@@ -8,9 +8,9 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from energybench import registry as reg
+from energybench.contracts import registry as reg
+from energybench.contracts.trainer import Trainer
 from energybench.errors import EnergybenchError, PluginError
-from energybench.trainer import Trainer
 
 
 class _Dist:
@@ -47,7 +47,7 @@ def test_builtin_plugins_are_discovered_through_entry_points():
 
 
 def test_listing_names_imports_no_plugin_code():
-    code = ("import sys; from energybench.registry import list_plugins; names = list_plugins('trainer');"
+    code = ("import sys; from energybench.contracts.registry import list_plugins; names = list_plugins('trainer');"
             "assert 'pgd' in names; print(sorted(m for m in sys.modules if m.startswith('plugins.')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -14,8 +14,8 @@ from PIL import Image
 
 from energybench.cli import main
 from energybench.config import RunConfig
-from energybench.energy import QUANTILES
-from energybench.store import GenerativeRecord, Store, new_id
+from energybench.ops.energy import QUANTILES
+from energybench.storage.store import GenerativeRecord, Store, new_id
 
 EPS = 8 / 255
 

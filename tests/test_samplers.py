@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from energybench.energy import joint_energy
+from energybench.contracts.registry import get_plugin
 from energybench.errors import EnergybenchError
-from energybench.registry import get_plugin
-from energybench.sampling import energy_descent
+from energybench.ops.energy import joint_energy
+from energybench.ops.sampling import energy_descent
 
 NAMES = ["sgld", "class-gaussian", "class-pca", "local-pca"]
 # local-pca with guidance=0 is plain energy descent; its guided default is tested on its own below.

@@ -9,9 +9,9 @@ import sqlite3
 import pytest
 import torch
 
-from energybench.checkpoint import load_checkpoint, model_state, save_checkpoint
 from energybench.errors import EnergybenchError
-from energybench.store import SCHEMA_VERSION, Store
+from energybench.storage.checkpoint import load_checkpoint, model_state, save_checkpoint
+from energybench.storage.store import SCHEMA_VERSION, Store
 
 CONFIG = {"trainer": "fgsm", "regularizer": "der", "dataset": "digits", "model": "small-cnn", "eps": 0.1,
           "norm": "Linf", "seed": 0, "track": "t"}

@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from energybench import registry as reg
+from energybench.contracts import registry as reg
 from energybench.cli import main
 from energybench.config import load_catalogue
+from energybench.contracts.trainer import Trainer, TrainOutput
 from energybench.errors import EnergybenchError
-from energybench.executors import LocalExecutor
-from energybench.store import Store
-from energybench.suite import AA_PASSES_PER_POINT, _passes_key, _step_passes, estimate_passes, load_suite, pending
-from energybench.suite_leaderboard import group_cells, render_suite
-from energybench.trainer import Trainer, TrainOutput
+from energybench.reporting.suite_leaderboard import group_cells, render_suite
+from energybench.storage.store import Store
+from energybench.suites.executors import LocalExecutor
+from energybench.suites.spec import AA_PASSES_PER_POINT, _passes_key, _step_passes, estimate_passes, load_suite, pending
 
 TRACK = """
 [tracks.t]

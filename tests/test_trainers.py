@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
+from energybench.contracts.registry import get_plugin
+from energybench.contracts.trainer import TrainOutput
 from energybench.errors import EnergybenchError
-from energybench.perturb import kl_divergence, kl_pgd, random_start
-from energybench.registry import get_plugin
-from energybench.trainer import TrainOutput
+from energybench.ops.perturb import kl_divergence, kl_pgd, random_start
 
 EPS = 0.1
 TOL = 1e-5  # float rounding of (x + delta) - x

@@ -7,9 +7,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from energybench.attack import Attack
-from energybench.autoattack import run_autoattack
-from energybench.params import PluginParams
+from energybench.contracts.attack import Attack
+from energybench.contracts.params import PluginParams
+from energybench.evaluation.autoattack import run_autoattack
 
 
 class AutoAttackPlugin(Attack):

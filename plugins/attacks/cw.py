@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from energybench.attack import Attack
-from energybench.params import PluginParams
-from energybench.perturb import pgd
+from energybench.contracts.attack import Attack
+from energybench.contracts.params import PluginParams
+from energybench.ops.perturb import pgd
 
 
 class CW(Attack):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from energybench.attack import Attack
-from energybench.perturb import single_step
+from energybench.contracts.attack import Attack
+from energybench.ops.perturb import single_step
 
 
 class FGSM(Attack):

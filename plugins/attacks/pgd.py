@@ -7,9 +7,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from energybench.attack import Attack
-from energybench.params import PluginParams
-from energybench.perturb import pgd
+from energybench.contracts.attack import Attack
+from energybench.contracts.params import PluginParams
+from energybench.ops.perturb import pgd
 
 
 class PGD(Attack):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from energybench.autoattack import AutoAttackComponent
+from energybench.evaluation.autoattack import AutoAttackComponent
 
 
 class Square(AutoAttackComponent):

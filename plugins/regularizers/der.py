@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from energybench.energy import delta_energy
-from energybench.params import PluginParams
-from energybench.regularizer import Regularizer
+from energybench.contracts.params import PluginParams
+from energybench.contracts.regularizer import Regularizer
+from energybench.ops.energy import delta_energy
 
 
 class DeltaEnergyRegularizer(Regularizer):

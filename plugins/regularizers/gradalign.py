@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from energybench.contracts.params import PluginParams
+from energybench.contracts.regularizer import Regularizer
 from energybench.errors import PluginError
-from energybench.params import PluginParams
-from energybench.perturb import input_gradient, random_start
-from energybench.regularizer import Regularizer
+from energybench.ops.perturb import input_gradient, random_start
 
 
 class GradAlign(Regularizer):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from energybench.regularizer import Regularizer
+from energybench.contracts.regularizer import Regularizer
 
 
 class NoRegularizer(Regularizer):

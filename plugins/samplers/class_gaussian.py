@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from energybench.params import PluginParams
-from energybench.sampler import SampleBatch, Sampler
-from energybench.sampling import class_gaussians, energy_descent, model_device, randn, require_fit
+from energybench.contracts.params import PluginParams
+from energybench.contracts.sampler import SampleBatch, Sampler
+from energybench.ops.sampling import class_gaussians, energy_descent, model_device, randn, require_fit
 
 
 class ClassGaussianSampler(Sampler):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from energybench.params import PluginParams
-from energybench.sampler import SampleBatch, Sampler
-from energybench.sampling import energy_descent, model_device, pca, pca_draw, require_fit
+from energybench.contracts.params import PluginParams
+from energybench.contracts.sampler import SampleBatch, Sampler
+from energybench.ops.sampling import energy_descent, model_device, pca, pca_draw, require_fit
 
 
 class ClassPCASampler(Sampler):

@@ -11,9 +11,9 @@ import math
 import torch
 from pydantic import Field
 
-from energybench.params import PluginParams
-from energybench.sampler import SampleBatch, Sampler
-from energybench.sampling import class_mean_energy, energy_descent, model_device, pca, pca_draw, rand, require_fit
+from energybench.contracts.params import PluginParams
+from energybench.contracts.sampler import SampleBatch, Sampler
+from energybench.ops.sampling import class_mean_energy, energy_descent, model_device, pca, pca_draw, rand, require_fit
 
 
 class LocalPCASampler(Sampler):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from energybench.params import PluginParams
-from energybench.sampler import SampleBatch, Sampler
-from energybench.sampling import energy_descent, model_device, rand, require_fit
+from energybench.contracts.params import PluginParams
+from energybench.contracts.sampler import SampleBatch, Sampler
+from energybench.ops.sampling import energy_descent, model_device, rand, require_fit
 
 
 class SGLDSampler(Sampler):

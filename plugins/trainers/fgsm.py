@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from energybench.perturb import single_step
-from energybench.trainer import Trainer, TrainOutput
+from energybench.contracts.trainer import Trainer, TrainOutput
+from energybench.ops.perturb import single_step
 
 
 class FGSMTrainer(Trainer):

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from energybench.params import PluginParams
-from energybench.perturb import kl_divergence, pgd
-from energybench.trainer import Trainer, TrainOutput
+from energybench.contracts.params import PluginParams
+from energybench.contracts.trainer import Trainer, TrainOutput
+from energybench.ops.perturb import kl_divergence, pgd
 
 
 class MARTTrainer(Trainer):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import Field
 
-from energybench.params import PluginParams
-from energybench.perturb import pgd
-from energybench.trainer import Trainer, TrainOutput
+from energybench.contracts.params import PluginParams
+from energybench.contracts.trainer import Trainer, TrainOutput
+from energybench.ops.perturb import pgd
 
 
 class PGDTrainer(Trainer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from energybench.trainer import Trainer, TrainOutput
+from energybench.contracts.trainer import Trainer, TrainOutput
 
 
 class StandardTrainer(Trainer):

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from energybench.energy import marginal_energy
-from energybench.perturb import kl_divergence
+from energybench.contracts.trainer import TrainOutput
+from energybench.ops.energy import marginal_energy
+from energybench.ops.perturb import kl_divergence
 from energybench.plugins.trainers.trades import TRADESTrainer
-from energybench.trainer import TrainOutput
 
 
 class WEATTrainer(TRADESTrainer):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from energybench.params import PluginParams
-from energybench.regularizer import Regularizer
+from energybench.contracts.params import PluginParams
+from energybench.contracts.regularizer import Regularizer
 
 
 class LogitPairing(Regularizer):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from energybench.attack import Attack
-from energybench.params import PluginParams
+from energybench.contracts.attack import Attack
+from energybench.contracts.params import PluginParams
 
 
 class UniformNoise(Attack):

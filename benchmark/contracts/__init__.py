@@ -1,0 +1,1 @@
+"""The contracts every plugin meets: base classes, hyper-parameters, the registry and output guards."""

@@ -1,0 +1,210 @@
+"""The plugin registry: entry-point discovery, lazy loading and in-process registration.
+
+Plugins of every kind are found through entry-point groups (``energybench.attacks``,
+``energybench.trainers``, ``energybench.regularizers``, ``energybench.samplers``,
+``energybench.models``). Built-in plugins register through the same groups in energybench's
+own pyproject.toml. Names are listed from package metadata without importing plugin code; a
+plugin is imported the first time it is used. A plugin that fails to import, is not a subclass
+of its kind's base class, or clashes with a name already taken is reported in ``problems`` (with
+the distribution it came from) and skipped, so the rest keeps working.
+
+Setting ``ENERGYBENCH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only energybench's built-in plugins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from energybench.errors import PluginError, unknown_name
+
+BUILTIN_DISTRIBUTION = "energybench"
+RUNTIME_SOURCE = "<runtime>"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of plugin: its entry-point group and the base class its plugins must subclass."""
+
+    name: str
+    group: str
+    base: str  # "module:attr", imported only when a plugin of this kind is loaded
+
+    def base_class(self) -> type:
+        module, attr = self.base.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("attack", "energybench.attacks", "energybench.contracts.attack:Attack"),
+        Kind("trainer", "energybench.trainers", "energybench.contracts.trainer:Trainer"),
+        Kind("regularizer", "energybench.regularizers", "energybench.contracts.regularizer:Regularizer"),
+        Kind("sampler", "energybench.samplers", "energybench.contracts.sampler:Sampler"),
+        Kind("model", "energybench.models", "torch.nn:Module"),
+    )
+}
+
+
+@dataclass
+class PluginEntry:
+    """One registered plugin: where it lives and which distribution provides it."""
+
+    kind: str
+    name: str
+    target: str  # "module:attr" for entry points, a repr for runtime registrations
+    source: str  # "distribution version" or "<runtime>"
+    obj: Any = field(default=None, repr=False)
+
+    @property
+    def builtin(self) -> bool:
+        return self.source.split(" ")[0] == BUILTIN_DISTRIBUTION
+
+
+class Registry:
+    """All plugins of all kinds, discovered once from installed entry points."""
+
+    def __init__(self, *, builtin_only: bool | None = None):
+        if builtin_only is None:
+            builtin_only = os.environ.get("ENERGYBENCH_DISABLE_PLUGIN_AUTOLOAD", "") not in ("", "0")
+        self.builtin_only = builtin_only
+        self.problems: list[str] = []
+        self._entries: dict[str, dict[str, PluginEntry]] = {kind: {} for kind in KINDS}
+        for kind in KINDS.values():
+            self._discover(kind)
+
+    def _discover(self, kind: Kind) -> None:
+        found: dict[tuple[str, str], PluginEntry] = {}
+        for ep in entry_points(group=kind.group):
+            dist = getattr(ep, "dist", None)
+            source = f"{dist.name} {dist.version}" if dist is not None else "unknown"
+            if self.builtin_only and not source.startswith(BUILTIN_DISTRIBUTION + " "):
+                continue
+            found.setdefault((ep.name, ep.value), PluginEntry(kind.name, ep.name, ep.value, source))
+        # Built-ins first, then by distribution name: the first holder of a name keeps it.
+        for entry in sorted(found.values(), key=lambda e: (not e.builtin, e.source, e.target)):
+            self._add(entry)
+
+    def _add(self, entry: PluginEntry) -> None:
+        taken = self._entries[entry.kind].get(entry.name)
+        if taken is not None:
+            self.problems.append(
+                f"{entry.kind} {entry.name!r} from {entry.source} ({entry.target}) clashes with the one "
+                f"from {taken.source} ({taken.target}); skipped"
+            )
+            return
+        self._entries[entry.kind][entry.name] = entry
+
+    def names(self, kind: str) -> list[str]:
+        """Registered names of ``kind``, sorted, without importing any plugin."""
+        return sorted(self._entries[kind])
+
+    def entry(self, kind: str, name: str) -> PluginEntry:
+        """The entry for ``name``; an unknown name raises with a did-you-mean suggestion."""
+        try:
+            return self._entries[kind][name]
+        except KeyError:
+            raise unknown_name(kind, name, self.names(kind)) from None
+
+    def load(self, kind: str, name: str) -> Any:
+        """Import (once) and validate the plugin ``name`` of ``kind``, returning its class."""
+        entry = self.entry(kind, name)
+        if entry.obj is None:
+            entry.obj = self._import(entry)
+        return entry.obj
+
+    def _import(self, entry: PluginEntry) -> Any:
+        module, _, attr = entry.target.partition(":")
+        try:
+            obj = importlib.import_module(module)
+            for part in attr.split(".") if attr else []:
+                obj = getattr(obj, part)
+        except Exception as exc:  # a broken third-party plugin must not take the CLI down
+            raise PluginError(f"{entry.kind} {entry.name!r} from {entry.source} failed to import "
+                              f"({entry.target}): {type(exc).__name__}: {exc}") from None
+        self._check(entry, obj)
+        return obj
+
+    @staticmethod
+    def _check(entry: PluginEntry, obj: Any) -> None:
+        base = KINDS[entry.kind].base_class()
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise PluginError(f"{entry.kind} {entry.name!r} from {entry.source} ({entry.target}) "
+                              f"is not a subclass of {base.__module__}.{base.__qualname__}")
+        if "name" in vars(base) and not getattr(obj, "name", ""):
+            obj.name = entry.name  # so messages from the plugin's base class carry its registered name
+
+    def load_all(self, kind: str) -> list[tuple[PluginEntry, Any]]:
+        """Import every plugin of ``kind``; the ones that fail are moved to ``problems``."""
+        loaded = []
+        for name in self.names(kind):
+            try:
+                loaded.append((self.entry(kind, name), self.load(kind, name)))
+            except PluginError as exc:
+                self.problems.append(f"{exc}; skipped")
+                del self._entries[kind][name]
+        return loaded
+
+    def register(self, kind: str, name: str, obj: Any, *, source: str = RUNTIME_SOURCE) -> Any:
+        """Register ``obj`` under ``name`` in this process (no entry point needed)."""
+        if kind not in KINDS:
+            raise unknown_name("plugin kind", kind, list(KINDS))
+        entry = PluginEntry(kind, name, f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', obj)}",
+                            source)
+        if name in self._entries[kind]:
+            raise PluginError(f"{kind} {name!r} is already registered by {self._entries[kind][name].source}")
+        self._check(entry, obj)
+        entry.obj = obj
+        self._entries[kind][name] = entry
+        return obj
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, discovered on first use."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry()
+    return _REGISTRY
+
+
+def reset_registry() -> None:
+    """Forget the discovered plugins, so the next ``get_registry()`` discovers them again."""
+    global _REGISTRY
+    _REGISTRY = None
+
+
+def _registrar(kind: str) -> Callable[[str], Callable[[Any], Any]]:
+    def register(name: str) -> Callable[[Any], Any]:
+        def decorate(obj: Any) -> Any:
+            return get_registry().register(kind, name, obj)
+
+        return decorate
+
+    register.__name__ = f"register_{kind}"
+    register.__doc__ = f"Decorator registering a {kind} class under ``name`` in this process."
+    return register
+
+
+register_attack = _registrar("attack")
+register_trainer = _registrar("trainer")
+register_regularizer = _registrar("regularizer")
+register_sampler = _registrar("sampler")
+register_model = _registrar("model")
+
+
+def list_plugins(kind: str) -> list[str]:
+    """Names of the registered plugins of ``kind`` (no plugin code is imported)."""
+    return get_registry().names(kind)
+
+
+def get_plugin(kind: str, name: str) -> Any:
+    """The plugin class registered as ``name`` of ``kind``."""
+    return get_registry().load(kind, name)

@@ -1,0 +1,53 @@
+"""The `Regularizer` base class: a penalty added to any trainer's loss."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from energybench.contracts.params import PluginParams, parse_params
+from energybench.contracts.trainer import TrainOutput
+
+
+class Regularizer(ABC):
+    """Base class of every regularizer plugin (entry-point group ``energybench.regularizers``).
+
+    Contract: ``penalty(model, x, y, out)`` receives the model, the clean batch and the trainer's
+    ``TrainOutput`` and returns a scalar tensor (its own weight included) that the harness adds to
+    the trainer's loss. ``requires_adversarial`` means it needs ``out.x_adv``/``out.logits_adv``,
+    and the harness refuses to combine it with a trainer that makes none. ``uses_clean_logits``
+    means it reads ``out.logits``: the harness guarantees they are present (reused from the trainer
+    when it has them, else computed once with their graph). ``acts_on_energy`` means its penalty
+    steers dE itself, which makes the CO monitor (it watches dE) unreliable: the run says so.
+    Each forward call the penalty makes on the model counts as one more forward+backward pass
+    per example in the run's cost.
+    """
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    requires_adversarial: ClassVar[bool] = True
+    uses_clean_logits: ClassVar[bool] = False
+    acts_on_energy: ClassVar[bool] = False
+    name: ClassVar[str] = ""
+
+    def __init__(self, **params):
+        self.params = parse_params(self.Params, params, f"regularizer {self.name or type(self).__name__!r}")
+
+    @abstractmethod
+    def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: TrainOutput) -> torch.Tensor:
+        """Return the weighted penalty for this batch (a scalar with graph)."""
+
+
+@contextmanager
+def forward_calls(model: nn.Module) -> Iterator[list[int]]:
+    """Count the forward calls made on ``model`` inside the block (the length of the yielded list)."""
+    calls: list[int] = []
+    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        yield calls
+    finally:
+        hook.remove()

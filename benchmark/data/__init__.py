@@ -1,0 +1,1 @@
+"""Datasets as in-memory tensors, read from their standard file layouts."""

@@ -1,0 +1,104 @@
+"""AutoAttack through pyautoattack, with its per-attack log turned into progress and numbers."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from energybench.contracts.attack import Attack
+from energybench.contracts.params import PluginParams
+
+_AFTER = re.compile(r"robust accuracy after ([A-Z\-]+): ([0-9.]+)%")
+
+
+@dataclass
+class AutoAttackResult:
+    """Point-wise worst case over AutoAttack's attacks, as RobustBench reports it.
+
+    ``robust[i]`` is True when no attack fooled the model on point i; ``per_attack`` maps each
+    attack that ran to the robust accuracy after it (cumulative, so the last value equals
+    ``accuracy`` unless AutoAttack stopped early because no robust point was left).
+    """
+
+    x_adv: torch.Tensor
+    robust: torch.Tensor
+    per_attack: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.robust.float().mean())
+
+
+class _ProgressLog(logging.Handler):
+    """Receives pyautoattack's debug log and reports attack names and accuracies."""
+
+    def __init__(self, on_message: Callable[[str], None] | None):
+        super().__init__(logging.DEBUG)
+        self.on_message = on_message
+        self.per_attack: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        match = _AFTER.search(message)
+        if match:
+            self.per_attack[match.group(1).lower()] = float(match.group(2)) / 100
+        if self.on_message is not None:
+            self.on_message(message)
+
+
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
+                   version: str = "standard", attacks: Sequence[str] | None = None, seed: int = 0,
+                   batch_size: int = 250, on_message: Callable[[str], None] | None = None) -> AutoAttackResult:
+    """Run pyautoattack's ``AutoAttack(...).run_standard_evaluation`` on ``(x, y)`` unchanged.
+
+    ``version`` is standard, plus or rand; pass ``attacks`` (apgd-ce, apgd-t, fab-t, square,
+    apgd-dlr, fab) to run a custom list. The model must already be in the mode to attack (eval).
+    """
+    from pyautoattack import AutoAttack
+
+    device = next((p.device for p in model.parameters()), x.device)
+    adversary = AutoAttack(model, attacks=list(attacks) if attacks else None, device=device, eps=eps, norm=norm,
+                           seed=seed, version="custom" if attacks else version)
+    with torch.no_grad():
+        num_classes = model(x[:1].to(device)).shape[1]
+    # AutoAttack targets the 9 runner-up classes; with fewer classes there are only K - 1 targets.
+    adversary.apgd_targeted.n_target_classes = min(adversary.apgd_targeted.n_target_classes, num_classes - 1)
+    adversary.fab.n_target_classes = min(adversary.fab.n_target_classes, num_classes - 1)
+    logger = logging.getLogger("auto-attack")
+    handler, old_level = _ProgressLog(on_message), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate, old_propagate = False, logger.propagate
+    devices = [device] if device.type == "cuda" else []
+    try:  # pyautoattack reseeds the global RNG: keep that from leaking into the caller's randomness
+        with torch.random.fork_rng(devices=devices):
+            x_adv, y_adv = adversary.run_standard_evaluation(x.to(device), y.to(device), batch_size=batch_size)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        logger.propagate = old_propagate
+    robust = (y_adv.to(y.device) == y)
+    return AutoAttackResult(x_adv=x_adv.detach(), robust=robust, per_attack=handler.per_attack)
+
+
+class AutoAttackComponent(Attack):
+    """Base of the plugins that run one of AutoAttack's attacks through pyautoattack, exactly as
+    ``AutoAttack(version="custom", attacks=[component])`` runs it; points already misclassified are
+    returned unchanged and ``seed`` None means 0. Subclasses set ``component``."""
+
+    component: ClassVar[str]
+    norms = ("Linf", "L2", "L1")
+
+    class Params(PluginParams):
+        batch_size: int = Field(250, ge=1, description="batch size inside AutoAttack")
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return run_autoattack(self.model, x, y, eps=self.eps, norm=self.norm, attacks=[self.component],
+                              seed=self.seed or 0, batch_size=self.params.batch_size).x_adv

@@ -1,0 +1,211 @@
+"""`energybench eval`: a track's evaluation protocol on a model that energybench did not train.
+
+A model is named by reference: ``robustbench:NAME`` (RobustBench's model zoo, through
+``energybench.evaluation.robustbench_compat``), a TorchScript file, a state-dict file plus a registered model
+name, an energybench checkpoint file, or a run id. It is evaluated like a run's final test
+evaluation (clean, FGSM and PGD accuracy, AutoAttack, energy statistics) and stored as a run of
+trainer ``external`` whose ``trainer_params`` record where the weights came from. Its ``best``
+and ``last`` results are the same numbers, so it takes part in every leaderboard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from energybench.config import Catalogue, RunConfig, parse_eps, readable
+from energybench.data.datasets import DATASETS, DatasetInfo, load_dataset
+from energybench.errors import EnergybenchError, unknown_name
+from energybench.evaluation.robustbench_compat import ZOO_PREFIX, load_zoo_model
+from energybench.evaluation.robustness import as_float, autoattack_accuracy, eval_mode, robustness
+from energybench.evaluation.sanity import model_checks
+from energybench.storage.store import Store
+from energybench.storage.trained import load_trained
+from energybench.training.run import select_device
+
+#: The trainer name of runs that evaluate a model trained elsewhere.
+EXTERNAL = "external"
+
+
+@dataclass
+class ExternalModel:
+    """A model to evaluate: the module (eval mode), its dataset, its label and where it came from."""
+
+    model: nn.Module
+    info: DatasetInfo
+    label: str  # the leaderboard's model column: an architecture, robustbench:NAME or torchscript:FILE
+    source: dict[str, Any]  # stored as the run's trainer_params
+    track: str | None = None  # the track of the energybench run it came from
+    seed: int = 0  # that run's seed: its evaluation is repeated exactly
+
+
+def _dataset_info(dataset: str | None, ref: str) -> DatasetInfo:
+    if not dataset:
+        raise EnergybenchError(f"{ref}: give --dataset (one of {', '.join(DATASETS)})")
+    if dataset not in DATASETS:
+        raise unknown_name("dataset", dataset, list(DATASETS))
+    return DATASETS[dataset]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def is_torchscript(path: Path) -> bool:
+    """True for a ``torch.jit.save`` archive (a zip holding compiled ``code/``), not a ``torch.save`` file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def resolve_model(ref: str, store: Store, *, dataset: str | None = None, model: str | None = None,
+                  norm: str | None = None, checkpoint: str = "best",
+                  model_dir: str | Path | None = None) -> ExternalModel:
+    """Load ``ref``: ``robustbench:NAME``, a TorchScript file, a checkpoint file or a run id of ``store``.
+
+    RobustBench weights are read from ``model_dir`` (default ``STORE/robustbench-models``) in
+    RobustBench's layout ``<dataset>/<threat model>/<NAME>.pt``; a bare state-dict file needs
+    ``dataset`` and ``model`` (a registered architecture).
+    """
+    if ref.startswith(ZOO_PREFIX):
+        name = ref[len(ZOO_PREFIX):]
+        info = _dataset_info(dataset or "cifar10", ref)
+        threat_model = norm or "Linf"
+        net = load_zoo_model(name, dataset=info.name, threat_model=threat_model,
+                             model_dir=model_dir or store.home / "robustbench-models")
+        return ExternalModel(net, info, ref, {"kind": "robustbench", "name": name, "threat_model": threat_model})
+    path = Path(ref)
+    if path.is_file() and is_torchscript(path):
+        info = _dataset_info(dataset, ref)
+        try:
+            with warnings.catch_warnings():  # torch deprecates TorchScript in favour of torch.export
+                warnings.simplefilter("ignore", FutureWarning)
+                net = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            raise EnergybenchError(f"cannot load TorchScript file {ref}: {type(exc).__name__}: "
+                                   f"{str(exc)[:160]}") from None
+        source = {"kind": "torchscript", "path": str(path.resolve()), "sha256": _sha256(path)}
+        return ExternalModel(net.eval(), info, f"torchscript:{path.name}", source)
+    if not path.is_file() and path.suffix not in (".pt", ".pth", ".ckpt"):
+        record = store.get_run(ref)
+        if record.trainer == EXTERNAL:  # re-evaluate what an earlier `eval` evaluated
+            return _from_source(record.config["trainer_params"], store, record.dataset, record.model,
+                                model_dir=model_dir)
+    trained = load_trained(ref, store, checkpoint=checkpoint, dataset=dataset, model=model)
+    config = trained.config
+    label = model or config.model
+    if path.is_file():
+        source = {"kind": "checkpoint", "path": str(path.resolve()), "sha256": _sha256(path), "model": label}
+    else:
+        source = {"kind": "run", "run": ref, "checkpoint": checkpoint, "trainer": config.trainer,
+                  "regularizer": config.regularizer}
+    return ExternalModel(trained.model, trained.info, label, source, track=config.track if config else None,
+                         seed=config.seed if config else 0)
+
+
+def _from_source(source: dict[str, Any], store: Store, dataset: str, label: str, *,
+                 model_dir: str | Path | None) -> ExternalModel:
+    kind = source.get("kind")
+    if kind == "robustbench":
+        return resolve_model(ZOO_PREFIX + source["name"], store, dataset=dataset, norm=source["threat_model"],
+                             model_dir=model_dir)
+    if kind == "run":
+        return resolve_model(source["run"], store, checkpoint=source["checkpoint"])
+    return resolve_model(source["path"], store, dataset=dataset, model=source.get("model"))
+
+
+def _default_track(catalogue: Catalogue, dataset: str) -> str | None:
+    """The first track of the catalogue on ``dataset``, whose protocol evaluates its models."""
+    return next((name for name, t in catalogue.tracks.items() if t.settings.get("dataset") == dataset), None)
+
+
+def eval_config(catalogue: Catalogue, external: ExternalModel, *, track: str | None = None,
+                eps: str | float | None = None, norm: str | None = None, aa_points: int | None = None,
+                test_points: int | None = None, seed: int | None = None, device: str = "auto",
+                data_root: str | None = None) -> RunConfig:
+    """The stored config of an evaluation: the track's eps, norm and protocol, then explicit options."""
+    track = track or external.track or _default_track(catalogue, external.info.name)
+    settings = catalogue.track(track).settings if track else {}
+    if track and settings.get("dataset") != external.info.name:
+        raise EnergybenchError(f"track {track!r} is on {settings.get('dataset')!r} but the model is evaluated on "
+                               f"{external.info.name!r}; pick a track on that dataset or none")
+    protocol = dict(settings.get("eval", {}))
+    protocol.update({k: v for k, v in {"aa_points": aa_points, "test_points": test_points}.items() if v is not None})
+    if eps is None and "eps" not in settings:
+        raise EnergybenchError(f"no track on {external.info.name!r} gives an eps: pass --eps (e.g. 8/255)")
+    if eps is None and norm is not None and norm != settings.get("norm", "Linf"):
+        raise EnergybenchError(f"track {track!r} gives an eps for {settings.get('norm', 'Linf')}, not {norm}: "
+                               "pass --eps for this threat model")
+    try:
+        eps_value = parse_eps(eps if eps is not None else settings["eps"])
+        fields = {"track": track, "dataset": external.info.name, "model": external.label, "trainer": EXTERNAL,
+                  "trainer_params": external.source, "regularizer": "none", "eps": eps_value,
+                  "norm": norm or settings.get("norm", "Linf"), "eval": protocol,
+                  "seed": external.seed if seed is None else seed, "device": device, "data_root": data_root}
+        return RunConfig(**fields)
+    except ValueError as exc:
+        message = readable(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise EnergybenchError(f"invalid evaluation settings: {message}") from None
+
+
+def _check_outputs(model: nn.Module, x: torch.Tensor, info: DatasetInfo, label: str) -> None:
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        raise EnergybenchError(f"model {label} fails on {info.name} images of shape {tuple(x.shape[1:])}: "
+                               f"{type(exc).__name__}: {str(exc)[:160]}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), info.num_classes):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise EnergybenchError(f"model {label} returns {shape} for {len(x)} {info.name} images; expected logits "
+                               f"of shape ({len(x)}, {info.num_classes})")
+
+
+def evaluate_external(external: ExternalModel, config: RunConfig, store: Store, *,
+                      on_stage: Callable[[str], None] | None = None) -> str:
+    """Evaluate ``external`` with ``config``'s protocol on the test set; store it as a run; return its id."""
+    stage = on_stage or (lambda text: None)
+    run_id = store.create_run(config.model_dump(), config.config_hash())
+    start = time.perf_counter()
+    try:
+        device = select_device(config.device)
+        model = external.model.to(device)
+        data = load_dataset(config.dataset, data_root=config.data_root, val_size=1)  # only its test split is used
+        p = config.eval
+        with eval_mode(model):
+            _check_outputs(model, as_float(data.test.x[:2], device), external.info, external.label)
+        torch.manual_seed(config.seed)
+        stage(f"clean, FGSM and PGD-{p.pgd_steps} on {p.test_points or len(data.test)} test points")
+        metrics = robustness(model, data.test, n=p.test_points, eps=config.eps, norm=config.norm,
+                             pgd_steps=p.pgd_steps, pgd_restarts=p.pgd_restarts, with_fgsm=True,
+                             batch_size=p.batch_size, device=device, prefix="test_")
+        if p.aa_points:
+            stage(f"AutoAttack ({p.aa_version}) on {min(p.aa_points, len(data.test))} test points")
+            metrics.update(autoattack_accuracy(model, data.test, n=p.aa_points, eps=config.eps, norm=config.norm,
+                                               version=p.aa_version, seed=config.seed, batch_size=p.batch_size,
+                                               device=device, on_message=lambda m: stage(f"AutoAttack: {m[:60]}")))
+        metrics.update(model_checks(model, data.test, device=device))
+        for tag in ("last", "best"):
+            store.add_results(run_id, tag, metrics)
+    except KeyboardInterrupt:
+        store.set_status(run_id, "interrupted", error="interrupted by the user",
+                         wall_time=time.perf_counter() - start)
+        raise
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, EnergybenchError) else f"{type(exc).__name__}: {exc}"
+        store.set_status(run_id, "failed", error=message, wall_time=time.perf_counter() - start)
+        raise
+    store.set_status(run_id, "done", wall_time=time.perf_counter() - start)
+    return run_id

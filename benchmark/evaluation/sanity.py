@@ -1,0 +1,95 @@
+"""Sanity checks of a robustness evaluation, in the spirit of AutoAttack's own flags.
+
+A robustness number can be inflated without any attack being wrong: the model may mask its
+gradients, output probabilities instead of logits, or be randomised. The final evaluation of
+every run measures the signs of that on a few test points (``model_checks``) and stores them
+with its results; ``evaluation_warnings`` turns stored results into warnings, so they can be
+printed again for any stored run. The checks and their thresholds follow AutoAttack's
+``checks.py`` (Croce & Hein, 2020):
+
+- ``check_randomized``: two forward passes on the same inputs differ (eval mode): attacks that
+  assume a deterministic model overestimate robustness (use EOT, or AutoAttack's ``rand``).
+- ``check_probability_outputs``: the outputs lie in [0, 1] and sum to 1: cross-entropy on
+  probabilities saturates, which weakens gradient attacks.
+- ``check_zero_grad_frac``: fraction of points whose input gradient of the loss is exactly zero.
+- PGD weaker than FGSM: the multi-step attack leaves a higher accuracy than the single-step one
+  it contains (test_pgd_acc above test_fgsm_acc): its steps are misled by the loss surface.
+- Square beats white-box: the black-box Square attack lowers AutoAttack's accuracy after the
+  white-box attacks have run (aa_square_acc below the accuracy before it).
+
+A weaker attack (FGSM) leaving a higher accuracy than PGD is normal, and is not flagged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from energybench.data.datasets import Split
+from energybench.evaluation.robustness import as_float, eval_mode
+
+#: Test points the model checks look at.
+CHECK_POINTS = 100
+#: Accuracy margin (absolute) by which PGD must do worse than FGSM before it is flagged: PGD is not
+#: stronger on every single point, and a few hundred test points leave a point or two of noise.
+ACC_MARGIN = 0.05
+#: AutoAttack's margin for Square's extra success over the white-box attacks.
+SQUARE_MARGIN = 0.002
+#: Largest difference of two normalised outputs on the same input for a deterministic model.
+RANDOM_TOLERANCE = 1e-4
+#: Slack when deciding whether outputs are probabilities.
+PROBABILITY_TOLERANCE = 1e-5
+#: AutoAttack's attacks in the order they run; Square is the black-box one.
+WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t", "apgd-dlr", "fab")
+
+
+def model_checks(model: nn.Module, split: Split, *, device: torch.device, n: int = CHECK_POINTS) -> dict[str, float]:
+    """Randomness, probability outputs and zero input gradients of ``model`` on the first ``n`` points.
+
+    Runs in eval mode (BatchNorm statistics untouched) and restores the model's modes.
+    """
+    n = min(n, len(split))
+    x, y = as_float(split.x[:n], device), split.y[:n].to(device)
+    with eval_mode(model):
+        with torch.no_grad():
+            first, second = model(x).float(), model(x).float()
+        x = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x).float(), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+
+    def normalised(out: torch.Tensor) -> torch.Tensor:
+        return out / (out.norm(dim=1, keepdim=True) + 1e-10)
+
+    spread = (normalised(first) - normalised(second)).norm(dim=1).max()
+    probabilities = ((first.min() > -PROBABILITY_TOLERANCE) & (first.max() < 1 + PROBABILITY_TOLERANCE)
+                     & ((first.sum(1) - 1).abs() < PROBABILITY_TOLERANCE).all())
+    zero = (grad.flatten(1).abs().sum(1) == 0).float().mean()
+    randomized, probs, zero_frac = torch.stack([(spread > RANDOM_TOLERANCE).float(), probabilities.float(),
+                                                zero]).tolist()
+    return {"check_randomized": randomized, "check_probability_outputs": probs, "check_zero_grad_frac": zero_frac}
+
+
+def evaluation_warnings(metrics: dict[str, float]) -> list[str]:
+    """Warnings about one checkpoint's stored test metrics (empty when the evaluation looks sound)."""
+    out = []
+    if metrics.get("check_randomized"):
+        out.append("the model is randomised (two forward passes on the same input differ): deterministic "
+                   "attacks overestimate its robustness; evaluate with EOT or AutoAttack's rand version")
+    if metrics.get("check_probability_outputs"):
+        out.append("the model outputs probabilities, not logits: cross-entropy attacks saturate and "
+                   "overestimate robustness")
+    if metrics.get("check_zero_grad_frac"):
+        out.append(f"{metrics['check_zero_grad_frac']:.0%} of checked points have an exactly zero input "
+                   "gradient: gradient masking makes gradient attacks unreliable")
+    fgsm, pgd = metrics.get("test_fgsm_acc"), metrics.get("test_pgd_acc")
+    if fgsm is not None and pgd is not None and pgd > fgsm + ACC_MARGIN:
+        out.append(f"PGD leaves a higher accuracy ({pgd:.1%}) than FGSM ({fgsm:.1%}): the stronger attack "
+                   "is weaker, a sign of gradient masking")
+    square = metrics.get("aa_square_acc")
+    before = [metrics[f"aa_{name}_acc"] for name in WHITE_BOX if f"aa_{name}_acc" in metrics]
+    if square is not None and before and square < min(before) - SQUARE_MARGIN:
+        out.append(f"the black-box Square attack lowered accuracy from {min(before):.1%} to {square:.1%} "
+                   "after the white-box attacks: a sign of gradient masking")
+    return out

@@ -1,0 +1,1 @@
+"""Generation: sampling a classifier's energy with sampler plugins, and IS/FID of the samples."""

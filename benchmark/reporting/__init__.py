@@ -1,0 +1,1 @@
+"""Reporting: leaderboards in every format, energy figures and the HTML report."""

@@ -1,0 +1,217 @@
+"""`energybench report`: one self-contained HTML page about a suite or some runs, to share.
+
+The page holds the leaderboard of the runs (with matching published references), and for each
+run its dE traces with validation FGSM/PGD accuracy (``energybench.reporting.energy_figures``), the
+distributions of its test-set energies (from the stored quantiles; per-point histograms under
+attacks come from ``energybench energy histograms``), its generative results and sample grids
+when ``energybench sample`` made some, and its exact config; then the environment that wrote the
+page. Figures are PNGs embedded as base64 data URIs, so the file can be mailed or attached as it
+is; nothing is fetched when it is opened.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from energybench.config import Catalogue
+from energybench.errors import EnergybenchError
+from energybench.ops.energy import QUANTILES
+from energybench.reporting.energy_figures import load_traces, trace_figure
+from energybench.reporting.formats import HTML_STYLE, Leaderboard, build_leaderboard, to_html_tables
+from energybench.reporting.leaderboard import format_eps
+from energybench.storage.checkpoint import atomic_write
+from energybench.storage.store import GenerativeRecord, RunRecord, Store
+
+PACKAGES = ("energybench", "torch", "torchvision", "pyautoattack", "robustbench", "torch-fidelity", "numpy",
+            "matplotlib", "rich", "pydantic")
+
+_STYLE = HTML_STYLE + """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+section.run { border-top: 2px solid #ddd; margin-top: 2em; }
+figure { display: inline-block; margin: 0.5em 1em 0.5em 0; vertical-align: top; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; max-width: 560px; }
+pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
+table.env td, table.env th { text-align: left; }
+"""
+
+# Records each image's decoded size on the page (data-natural-width/-height), so a test can check
+# in a real browser that the embedded PNGs decode.
+_SCRIPT = """
+window.addEventListener('load', function () {
+  var images = document.querySelectorAll('img');
+  var decoded = 0;
+  images.forEach(function (img) {
+    img.setAttribute('data-natural-width', img.naturalWidth);
+    img.setAttribute('data-natural-height', img.naturalHeight);
+    if (img.naturalWidth > 0) { decoded += 1; }
+  });
+  document.body.setAttribute('data-images-decoded', decoded + '/' + images.length);
+});
+"""
+
+
+# ----- selection --------------------------------------------------------------------------------
+
+def select_runs(store: Store, catalogue: Catalogue, refs: Sequence[str]) -> list[RunRecord]:
+    """The runs named by ``refs``: suite names (every run stored for that suite) and run ids, in order."""
+    if not refs:
+        raise EnergybenchError("name a suite or at least one run id (see `energybench leaderboard`)")
+    chosen: dict[str, RunRecord] = {}
+    for ref in refs:
+        suite_runs = store.runs(status=None, suite=ref)
+        if suite_runs:
+            chosen.update((r.id, r) for r in suite_runs)
+        elif ref in catalogue.suites:
+            raise EnergybenchError(f"suite {ref!r} has no stored runs yet; start it with `energybench suite {ref}`")
+        else:
+            chosen[ref] = store.get_run(ref)
+    return list(chosen.values())
+
+
+# ----- figures ----------------------------------------------------------------------------------
+
+def png_data_uri(fig: Figure) -> str:
+    """``fig`` as an embeddable ``data:image/png;base64,...`` URI."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def energy_figure(results: dict[str, float], title: str) -> Figure | None:
+    """Test-set distributions of E(x), E(x*) and dE from the stored quantiles (box: 25-75 %, whiskers: 5-95 %)."""
+    series = [(key, label) for key, label in (("test_energy", "E(x) clean"), ("test_energy_adv", "E(x*) PGD"),
+                                               ("test_dE", "dE"), ("test_dE_joint", "dE joint"))
+              if all(f"{key}_q{round(q * 100):02d}" in results for q in QUANTILES)]
+    if not series:
+        return None
+    stats = []
+    for key, label in series:
+        q = [results[f"{key}_q{round(p * 100):02d}"] for p in QUANTILES]
+        stats.append({"label": label, "whislo": q[0], "q1": q[1], "med": q[2], "q3": q[3], "whishi": q[4],
+                      "mean": results.get(f"{key}_mean", q[2]), "fliers": []})
+    fig = Figure(figsize=(6.4, 0.7 + 0.55 * len(stats)))
+    ax = fig.add_subplot()
+    ax.bxp(stats, orientation="horizontal", showmeans=True, patch_artist=True,
+           boxprops={"facecolor": "#dde8f5"}, meanprops={"marker": "D", "markersize": 4})
+    ax.axvline(0, color="grey", linewidth=0.5)
+    ax.set_xlabel("energy (logit units)")
+    ax.set_title(title, fontsize="medium")
+    return fig
+
+
+# ----- page -------------------------------------------------------------------------------------
+
+def environment() -> dict[str, str]:
+    """Versions of the packages that produce the numbers, Python, platform and compute device."""
+    import torch
+
+    env = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            env[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            env[name] = "not installed"
+    if torch.cuda.is_available():
+        env["device"] = f"CUDA: {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+    else:
+        env["device"] = f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    env["torch threads"] = str(torch.get_num_threads())
+    return env
+
+
+def _figure_html(fig: Figure | None, caption: str) -> str:
+    if fig is None:
+        return ""
+    return (f'<figure><img src="{png_data_uri(fig)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _file_figure(path: Path, caption: str) -> str:
+    uri = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img src="{uri}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _generative_html(records: list[GenerativeRecord]) -> str:
+    if not records:
+        return ""
+    keys = sorted({k for r in records for k in r.metrics})
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["sampler", "n", *keys, "steps", "time"])
+    rows, grids = [], []
+    for r in records:
+        cells = [r.sampler, str(r.n)] + [f"{r.metrics[k]:.3f}" if k in r.metrics else "-" for k in keys]
+        cells += [f"{r.steps_mean:.1f}", f"{r.wall_time:.1f}s"]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        grid = Path(r.out_dir) / f"{r.sampler}.png" if r.out_dir else None
+        if grid is not None and grid.is_file():
+            grids.append(_file_figure(grid, f"{r.sampler} samples ({r.id}), one row per class"))
+    return ("<h4>Generative results</h4>"
+            f'<table class="leaderboard generative"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
+            f"</table>{''.join(grids)}")
+
+
+def _run_html(store: Store, run: RunRecord, generative: list[GenerativeRecord]) -> str:
+    esc = html.escape
+    title = (f"{run.trainer} + {run.regularizer} on {run.dataset} ({run.model}), {run.norm} eps "
+             f"{format_eps(run.eps)}, seed {run.seed}")
+    facts = f"status {run.status}, {run.epochs_done} epochs"
+    if run.wall_time is not None:
+        facts += f", {run.wall_time:.0f}s"
+    if run.error:
+        facts += f", error: {run.error}"
+    results = store.results(run.id).get("last", {})
+    parts = [f'<section class="run" id="run-{esc(run.id)}"><h3>Run {esc(run.id)}</h3>',
+             f"<p>{esc(title)}; {esc(facts)}</p>",
+             _figure_html(trace_figure(load_traces(store, [run.id])) if store.epochs(run.id) else None,
+                          "Mean dE = E(x) - E(x*) per epoch (train: the trainer's adversarial examples; val: PGD) "
+                          "with validation PGD and FGSM accuracy; a red x marks an epoch with the "
+                          "catastrophic-overfitting signature."),
+             _figure_html(energy_figure(results, f"run {run.id}: test-set energies (last checkpoint)"),
+                          "Test-set distributions of the clean energy E(x), the PGD energy E(x*) and dE "
+                          "(box 25-75 %, whiskers 5-95 %, line median, diamond mean)."),
+             _generative_html([g for g in generative if g.model_ref == run.id]),
+             "<details><summary>exact configuration</summary>"
+             f"<pre>{esc(json.dumps(run.config, indent=2, sort_keys=True), quote=False)}</pre></details>",
+             "</section>"]
+    return "\n".join(p for p in parts if p)
+
+
+def build_report(store: Store, catalogue: Catalogue, refs: Sequence[str], *, title: str | None = None) -> str:
+    """The HTML page for the suites and/or run ids ``refs``."""
+    runs = select_runs(store, catalogue, refs)
+    title = title or f"energybench report: {', '.join(refs)}"
+    board: Leaderboard = build_leaderboard(store, catalogue, run_ids={r.id for r in runs}, title="Leaderboard")
+    generative = store.generative()
+    env = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in environment().items())
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f"<p>{len(runs)} run(s); written {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by energybench.</p>",
+            to_html_tables(board),
+            "<h2>Runs</h2>",
+            *(_run_html(store, run, generative) for run in runs),
+            "<h2>Environment</h2><p>Of the machine that wrote this report; each run's device is in its "
+            "configuration.</p>",
+            f'<table class="leaderboard env"><tbody>{env}</tbody></table>']
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head>\n<body>\n" + "\n".join(body)
+            + "\n</body></html>\n")
+
+
+def write_report(store: Store, catalogue: Catalogue, refs: Sequence[str], path: str | Path, *,
+                 title: str | None = None) -> Path:
+    """Write ``build_report(...)`` to ``path`` atomically; return the path."""
+    path = Path(path)
+    atomic_write(path, build_report(store, catalogue, refs, title=title).encode())
+    return path

@@ -1,0 +1,104 @@
+"""A suite's leaderboard: one row per cell of the matrix, its seeds aggregated (mean ± std)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from rich.table import Table
+
+from energybench.reporting.formats import SeedGroup, group_seeds
+from energybench.reporting.leaderboard import Column, Row, format_eps
+from energybench.storage.store import Store
+from energybench.suites.spec import Cell, latest_runs
+
+
+@dataclass
+class CellGroup:
+    """The seeds of one (trainer, regularizer, eps) cell: their completed runs and how many failed."""
+
+    trainer: str
+    regularizer: str
+    eps: float
+    planned: int = 0
+    failed: int = 0
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> SeedGroup | None:
+        """Means and standard deviations over the completed seeds (None before any completes)."""
+        return group_seeds(self.rows)[0] if self.rows else None
+
+    def mean(self, checkpoint: str, metric: str) -> float:
+        return self.seeds.get(checkpoint, metric) if self.rows else math.nan
+
+
+def group_cells(store: Store, cells: list[Cell]) -> list[CellGroup]:
+    """The suite's cells grouped over seeds, in matrix order, with the latest completed run of each."""
+    latest = latest_runs(store, cells)
+    groups: dict[tuple[str, str, float], CellGroup] = {}
+    for cell in cells:
+        group = groups.setdefault(cell.group, CellGroup(*cell.group))
+        group.planned += 1
+        record = latest[cell.config_hash]
+        if record is not None and record.status == "done":
+            group.rows.append(Row(record, store.results(record.id)))
+        elif record is not None and record.status == "failed":
+            group.failed += 1
+    return list(groups.values())
+
+
+def mean_std(group: CellGroup, checkpoint: str, metric: str, scale: float = 100.0, digits: int = 1) -> str:
+    """``mean±std`` over the group's seeds of ``metric`` times ``scale`` (just the mean for one seed)."""
+    mean = group.mean(checkpoint, metric)
+    if math.isnan(mean):
+        return "-"
+    text = f"{scale * mean:.{digits}f}"
+    return f"{text}±{scale * group.seeds.sd(checkpoint, metric):.{digits}f}" if len(group.rows) > 1 else text
+
+
+def _pair(header: str, metric: str) -> Column:
+    return Column(f"{header} best/last", lambda g: f"{mean_std(g, 'best', metric)} / {mean_std(g, 'last', metric)}")
+
+
+def _seeds(group: CellGroup) -> str:
+    text = f"{len(group.rows)}/{group.planned}"
+    return f"{text} ({group.failed} failed)" if group.failed else text
+
+
+def _number(value: float, pattern: str) -> str:
+    return "-" if math.isnan(value) else pattern.format(value)
+
+
+COLUMNS: list[Column] = [
+    Column("trainer", lambda g: g.trainer, justify="left"),
+    Column("reg", lambda g: g.regularizer, justify="left"),
+    Column("eps", lambda g: format_eps(g.eps)),
+    Column("seeds", _seeds),
+    _pair("clean", "test_clean_acc"),
+    _pair("PGD", "test_pgd_acc"),
+    _pair("AA", "aa_acc"),
+    Column("CO", lambda g: "-" if not g.rows else f"{round(g.mean('last', 'co') * len(g.rows))}/{len(g.rows)}"),
+    Column("PGD gap", lambda g: g.mean("best", "test_pgd_acc") - g.mean("last", "test_pgd_acc"),
+           lambda v: _number(100 * v, "{:+.1f}")),
+    Column("dE", lambda g: mean_std(g, "last", "train_dE_mean", scale=1.0, digits=2)),
+    Column("time", lambda g: [r.run.wall_time for r in g.rows if r.run.wall_time is not None],
+           lambda v: f"{statistics.fmean(v):.0f}s" if v else "-"),
+    Column("passes", lambda g: g.mean("last", "passes_per_example"), lambda v: _number(v, "{:.1f}")),
+]
+
+
+def render_suite(groups: list[CellGroup], title: str) -> Table:
+    """A rich table of ``groups``, one section per eps."""
+    table = Table(title=title, header_style="bold", title_justify="left", caption_justify="left",
+                  caption="test accuracy % (mean±std over seeds), best/last checkpoint by validation PGD; "
+                          "CO: seeds with catastrophic overfitting; PGD gap: best - last (robust overfitting); "
+                          "dE: final train E(x) - E(x*); time: wall time per run; passes: forward+backward "
+                          "passes per example per epoch")
+    for col in COLUMNS:
+        table.add_column(col.header, justify=col.justify)
+    for i, group in enumerate(groups):
+        last_of_eps = i + 1 == len(groups) or groups[i + 1].eps != group.eps
+        table.add_row(*(col.fmt(col.value(group)) for col in COLUMNS), end_section=last_of_eps)
+    return table

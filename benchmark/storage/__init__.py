@@ -1,0 +1,1 @@
+"""Storage: the SQLite run store, checkpoint files, trained models and published reference rows."""

@@ -1,0 +1,74 @@
+"""Trained models by reference: a run id from the store, or a checkpoint file plus its architecture."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from energybench.config import RunConfig
+from energybench.contracts.registry import get_registry
+from energybench.data.datasets import DATASETS, DatasetInfo
+from energybench.errors import EnergybenchError, unknown_name
+from energybench.storage.checkpoint import load_checkpoint, model_state
+from energybench.storage.store import Store
+
+
+@dataclass
+class TrainedModel:
+    """A model with its weights loaded (eval mode), the dataset it was trained for and its origin."""
+
+    model: nn.Module
+    info: DatasetInfo
+    source: str  # "run RUN_ID (best)" or the checkpoint path
+    config: RunConfig | None = None  # the run's config when the model came from the store
+
+
+def build(model_name: str, info: DatasetInfo) -> nn.Module:
+    """An untrained ``model_name`` (a registered model plugin) sized for ``info``."""
+    cls = get_registry().load("model", model_name)
+    return cls(num_classes=info.num_classes, in_channels=info.in_channels, mean=info.mean, std=info.std)
+
+
+def load_trained(ref: str, store: Store, *, checkpoint: str = "best", dataset: str | None = None,
+                 model: str | None = None) -> TrainedModel:
+    """Load ``ref``: a run id of ``store`` (its ``best`` or ``last`` checkpoint) or a checkpoint path.
+
+    A checkpoint file inside a run folder finds its architecture in the ``config.json`` beside it;
+    any other file needs ``dataset`` and ``model`` (a registered model name).
+    """
+    if checkpoint not in ("best", "last"):
+        raise EnergybenchError(f"checkpoint {checkpoint!r} must be 'best' or 'last'")
+    path = Path(ref)
+    config = None
+    if path.suffix in (".pt", ".pth", ".ckpt") or path.is_file():
+        if not path.is_file():
+            raise EnergybenchError(f"checkpoint file {ref} does not exist")
+        beside = path.parent / "config.json"
+        if beside.is_file() and not (dataset and model):
+            config = RunConfig(**json.loads(beside.read_text()))
+        source, weights = str(path), path
+    else:
+        record = store.get_run(ref)
+        config = RunConfig(**record.config)
+        weights = store.run_dir(ref) / f"{checkpoint}.pt"
+        source = f"run {ref} ({checkpoint})"
+    dataset = dataset or (config.dataset if config else None)
+    model = model or (config.model if config else None)
+    if not dataset or not model:
+        raise EnergybenchError(f"{ref}: give --dataset and --model (a registered architecture) for a checkpoint "
+                               "that is not in an energybench run folder")
+    if dataset not in DATASETS:
+        raise unknown_name("dataset", dataset, list(DATASETS))
+    info = DATASETS[dataset]
+    net = build(model, info)
+    state = model_state(load_checkpoint(weights))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise EnergybenchError(f"checkpoint {weights} does not fit model {model!r} for {dataset!r} "
+                               f"({info.num_classes} classes, {info.in_channels} channels): {first}") from None
+    return TrainedModel(model=net.eval(), info=info, source=source, config=config)

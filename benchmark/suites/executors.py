@@ -1,0 +1,222 @@
+"""Executors: where a suite's cells run.
+
+``local`` (the default, nothing to install) runs them one after another in this process, straight
+into the store. ``ray`` runs each as a Ray task with the CPUs/GPUs the suite asks per cell, on a
+local Ray instance it starts or on an existing cluster (``--ray-address``). A Ray task runs its
+cell into a scratch store and returns the whole run (metrics, results, checkpoints); the driver
+writes it into the suite's store, so workers need no shared filesystem and the store has a single
+writer. Either way a failing cell is recorded as failed with its error and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from energybench.config import RunConfig
+from energybench.errors import EnergybenchError
+from energybench.storage.checkpoint import atomic_write
+from energybench.storage.store import RunInUse, Store
+from energybench.suites.spec import Cell
+from energybench.training.progress import Reporter
+from energybench.training.run import execute
+
+
+@dataclass
+class CellOutcome:
+    """How a cell's run ended: ``done``, ``failed`` (with the error) or ``in use`` (another process is
+    running it), and where it is stored."""
+
+    cell: Cell
+    status: str
+    run_id: str
+    error: str | None = None
+    wall_time: float | None = None
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, EnergybenchError) else f"{type(exc).__name__}: {exc}"
+
+
+def _outcome(store: Store, cell: Cell, run_id: str) -> CellOutcome:
+    record = store.get_run(run_id)
+    return CellOutcome(cell, record.status, run_id, record.error, record.wall_time)
+
+
+def record_failure(store: Store, config: RunConfig, suite: str, error: str) -> str:
+    """Store a failed run of ``config`` that failed before it was stored (bad input) or whose worker died."""
+    run_id = store.create_run(config.model_dump(), config.config_hash(), suite=suite)
+    store.set_status(run_id, "failed", error=error)
+    return run_id
+
+
+class Executor(ABC):
+    """Runs a suite's pending cells, records each in the store and reports each as it ends."""
+
+    @abstractmethod
+    def run(self, cells: list[Cell], store: Store, *, suite: str,
+            on_done: Callable[[CellOutcome], None] = lambda outcome: None) -> list[CellOutcome]:
+        """Run ``cells``; a failing cell is recorded and reported, never raised."""
+
+
+class LocalExecutor(Executor):
+    """One cell after another in this process.
+
+    A cell whose latest run was interrupted, killed (left 'running' by a dead process) or failed after
+    completing some epochs is resumed after its last completed epoch rather than started again.
+    """
+
+    def __init__(self, reporter: Callable[[], Reporter] = Reporter):
+        self.reporter = reporter
+
+    def run(self, cells, store, *, suite, on_done=lambda outcome: None):
+        outcomes = []
+        for cell in cells:
+            unfinished = [r for r in store.runs(status=None, config_hash=cell.config_hash)
+                          if r.status in ("interrupted", "running", "failed")
+                          and (store.run_dir(r.id) / "state.pt").is_file()]
+            resume = unfinished[-1].id if unfinished else None
+            started = time.time()
+            try:
+                run_id = execute(None if resume else cell.config, store, reporter=self.reporter(), resume=resume,
+                                 suite=suite)
+                outcome = _outcome(store, cell, run_id)
+            except RunInUse as exc:  # another live process is running this cell: leave it to that process
+                outcome = CellOutcome(cell, "in use", resume, str(exc))
+            except Exception as exc:  # stored as failed by execute, unless it failed before storing the run
+                failed = [r for r in store.runs(status="failed", config_hash=cell.config_hash)
+                          if r.id == resume or r.created >= started]
+                run_id = failed[-1].id if failed else record_failure(store, cell.config, suite, _error_text(exc))
+                outcome = _outcome(store, cell, run_id)
+            outcomes.append(outcome)
+            on_done(outcome)
+        return outcomes
+
+
+# ----- Ray ------------------------------------------------------------------------------------
+
+@dataclass
+class RunExport:
+    """A whole stored run, as plain data that can travel from a worker to the driver."""
+
+    config: dict[str, Any]
+    config_hash: str
+    status: str
+    error: str | None
+    wall_time: float | None
+    epochs: list[dict[str, Any]]
+    results: dict[str, dict[str, float]]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, store: Store, run_id: str) -> RunExport:
+        record = store.get_run(run_id)
+        folder = store.run_dir(run_id)
+        rewritten = {"config.json", "metrics.jsonl"}  # by the importing store; dot files are run locks
+        files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+                 if p.is_file() and p.name not in rewritten and not p.name.startswith(".")}
+        return cls(record.config, record.config_hash, record.status, record.error, record.wall_time,
+                   store.epochs(run_id), store.results(run_id), files)
+
+    def save_to(self, store: Store, suite: str) -> str:
+        """Insert this run into ``store`` under a new id (status set last, so a partial copy is not 'done')."""
+        run_id = store.create_run(self.config, self.config_hash, suite=suite)
+        for metrics in self.epochs:
+            metrics = dict(metrics)
+            store.add_epoch(run_id, metrics.pop("epoch"), metrics)
+        for checkpoint, metrics in self.results.items():
+            store.add_results(run_id, checkpoint, metrics)
+        for name, data in self.files.items():
+            atomic_write(store.run_dir(run_id) / name, data)
+        store.set_status(run_id, self.status, error=self.error, wall_time=self.wall_time)
+        return run_id
+
+
+def run_in_scratch_store(settings: dict[str, Any], suite: str, threads: int) -> RunExport:
+    """A Ray task's body: run the config ``settings`` into a temporary store and return the run, failed or not."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="energybench-cell-") as home:
+        store = Store(home)
+        config = RunConfig(**settings)
+        try:
+            execute(config, store, suite=suite)
+        except Exception as exc:  # stored as failed by execute, unless it failed before storing the run
+            if not store.runs(status=None):
+                record_failure(store, config, suite, _error_text(exc))
+        (record,) = store.runs(status=None)
+        export = RunExport.of(store, record.id)
+        store.close()
+        return export
+
+
+def _forwarded_environment() -> dict[str, str]:
+    """ENERGYBENCH_* settings (offline mode, data folder) that workers should see, not the store."""
+    return {k: v for k, v in os.environ.items() if k.startswith("ENERGYBENCH_") and k != "ENERGYBENCH_HOME"}
+
+
+class RayExecutor(Executor):
+    """Cells as Ray tasks with per-cell ``num_cpus``/``num_gpus``; results written into the driver's store.
+
+    ``address`` joins an existing cluster (workers need energybench and the data installed);
+    without it a local Ray instance is started (with ``num_cpus`` CPUs, default all) and shut
+    down at the end. If Ray is already initialised in this process, that instance is used.
+    """
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None):
+        self.address, self.num_cpus = address, num_cpus
+
+    def _connect(self, ray) -> bool:
+        if ray.is_initialized():
+            return False
+        options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                   "runtime_env": {"env_vars": _forwarded_environment()}}
+        if self.address is None:
+            options.update(address="local", num_cpus=self.num_cpus)
+        else:
+            options["address"] = self.address
+        try:
+            ray.init(**options)
+        except ConnectionError as exc:
+            raise EnergybenchError(f"cannot connect to the Ray cluster at {self.address!r}: {exc}") from None
+        return True
+
+    def run(self, cells, store, *, suite, on_done=lambda outcome: None):
+        try:
+            import ray
+        except ImportError:
+            raise EnergybenchError("the ray executor needs Ray: pip install 'energybench[ray]'") from None
+        started = self._connect(ray)
+        task = ray.remote(max_retries=0)(run_in_scratch_store)
+        waiting = {}
+        for cell in cells:
+            threads = max(1, int(cell.resources.num_cpus))
+            ref = task.options(num_cpus=cell.resources.num_cpus, num_gpus=cell.resources.num_gpus,
+                               name=f"energybench {cell.describe()}").remote(cell.config.model_dump(), suite, threads)
+            waiting[ref] = cell
+        outcomes = []
+        try:
+            while waiting:
+                (ref,), _ = ray.wait(list(waiting), num_returns=1)
+                cell = waiting.pop(ref)
+                try:
+                    outcome = _outcome(store, cell, ray.get(ref).save_to(store, suite))
+                except ray.exceptions.RayError as exc:
+                    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+                    outcome = _outcome(store, cell, record_failure(store, cell.config, suite,
+                                                                   f"Ray task failed: {lines[-1]}"))
+                outcomes.append(outcome)
+                on_done(outcome)
+        finally:
+            for ref in waiting:
+                ray.cancel(ref, force=True)
+            if started:
+                ray.shutdown()
+        return outcomes
+
