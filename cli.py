@@ -77,8 +77,8 @@ def cli() -> None:
 def run(track, trainer, regularizer, dataset, model, eps, norm, epochs, batch_size, lr, seed, n_train, aa_points,
         trainer_opt, reg_opt, config_file, data_root, device, fast, resume, store_path, registry_path) -> None:
     """Train a classifier with a trainer (+ regularizer), evaluate it, store it, show the leaderboard."""
-    from energybench.config import load_catalogue, resolve_config
-    from energybench.reporting.leaderboard import collect, format_eps, render
+    from energybench.config import format_eps, load_catalogue, resolve_config
+    from energybench.reporting.leaderboard import collect, render
     from energybench.storage.store import Store
     from energybench.training.progress import RichReporter
     from energybench.training.run import execute, prepare
@@ -234,8 +234,7 @@ def plugins(kind) -> None:
 @catalogue_option
 def tracks(registry_path) -> None:
     """List the benchmark tracks of the catalogue."""
-    from energybench.config import RunConfig, load_catalogue
-    from energybench.reporting.leaderboard import format_eps
+    from energybench.config import RunConfig, format_eps, load_catalogue
 
     catalogue = load_catalogue(registry_path)
     table = Table(title=f"tracks ({catalogue.path})", title_justify="left", header_style="bold")
@@ -262,48 +261,63 @@ def tracks(registry_path) -> None:
 def suite(name, dry_run, executor, ray_address, data_root, device, store_path, registry_path) -> None:
     """Run the cells of suite NAME not yet done in the store, then show the suite's leaderboard."""
     from energybench.config import load_catalogue
-    from energybench.reporting.suite_leaderboard import group_cells, render_suite
+    from energybench.reporting.suite_leaderboard import group_cells, render_suite, render_tuning
     from energybench.storage.store import Store
     from energybench.suites.executors import LocalExecutor, RayExecutor
-    from energybench.suites.spec import load_suite, pending, render_plan
+    from energybench.suites.plan import render_plan
+    from energybench.suites.runner import run_suite
+    from energybench.suites.spec import load_suite, unique
+    from energybench.suites.tuning import choose, chosen_values
     from energybench.training.progress import RichReporter
 
     if ray_address and executor != "ray":
         raise EnergybenchError("--ray-address needs --executor ray")
     catalogue = load_catalogue(registry_path)
     spec = load_suite(catalogue, name)
-    cells = spec.cells(catalogue, data_root=data_root, device=device)
     store = Store(store_path)
     if dry_run:
-        table, summary = render_plan(spec, cells, store)
+        tuning = spec.tuning_cells(catalogue, data_root=data_root, device=device)
+        chosen = chosen_values(choose(store, spec, catalogue, cells=tuning))
+        stages = [("tuning", unique(tuning))] if tuning else []
+        stages.append(("evaluation", spec.cells(catalogue, chosen=chosen, data_root=data_root, device=device)))
+        table, summary = render_plan(spec, stages, store)
         out.print(table)
         out.print(summary)
         return
-    todo = pending(store, cells)
-    err.print(f"[bold]energybench suite {name}[/]: {len(cells)} cells, {len(cells) - len(todo)} already done, "
-              f"{len(todo)} to run ({executor} executor)")
     runner = RayExecutor(ray_address) if executor == "ray" else LocalExecutor(lambda: RichReporter(err))
-    finished = []
+    finished, stage_size = [], [0]
+
+    def announce(stage: str, cells: int, todo: int) -> None:
+        finished.clear()
+        stage_size[0] = todo
+        err.print(f"[bold]energybench suite {name}[/], {stage} stage: {cells} cells, {cells - todo} already done, "
+                  f"{todo} to run ({executor} executor)", soft_wrap=True)
 
     def report_cell(outcome) -> None:
         finished.append(outcome)
         result = (f"done in {outcome.wall_time:.0f}s, run {outcome.run_id}" if outcome.status == "done"
                   else f"[red]{outcome.status}[/]: {outcome.error}")
-        err.print(f"[{len(finished)}/{len(todo)}] {outcome.cell.describe()}: {result}", highlight=False)
+        err.print(f"[{len(finished)}/{stage_size[0]}] {outcome.cell.describe()}: {result}", highlight=False)
 
     try:
-        runner.run(todo, store, suite=name, on_done=report_cell)
+        result = run_suite(spec, catalogue, store, runner, data_root=data_root, device=device, on_stage=announce,
+                           on_done=report_cell)
     except KeyboardInterrupt:
         raise Interrupted(f"energybench suite {name}" + (f" --store {store_path}" if store_path else "")) from None
-    first = cells[0].config
-    out.print(render_suite(group_cells(store, cells), f"Suite {name}: {first.dataset}, {first.model}, {first.norm}"))
+    if result.selections:
+        out.print(render_tuning(result.selections, spec.spec.tuning))
+    first = result.cells[0].config
+    out.print(render_suite(group_cells(store, result.cells), f"Suite {name}: {first.dataset}, {first.model}, "
+                                                             f"{first.norm}"))
     problems = []
-    failed = sum(o.status == "failed" for o in finished)
+    failed = sum(o.status == "failed" for o in result.outcomes)
     if failed:
-        problems.append(f"{failed} of {len(todo)} cells failed (errors above, kept in the store)")
-    in_use = sum(o.status == "in use" for o in finished)
+        problems.append(f"{failed} cells failed (errors above, kept in the store)")
+    in_use = sum(o.status == "in use" for o in result.outcomes)
     if in_use:
         problems.append(f"{in_use} cells are being run by another process")
+    if result.untuned:
+        problems.append(f"{len(result.untuned)} evaluation cells wait for tuning cells that did not complete")
     if problems:
         raise EnergybenchError(f"{'; '.join(problems)}; run `energybench suite {name}` again to retry only "
                                "the unfinished cells")
@@ -330,10 +344,10 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
 def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points, checkpoint, model_dir, seed, data_root,
              device, store_path, registry_path) -> None:
     """Evaluate a model energybench did not train (clean, PGD, AutoAttack, energies) and add it to the store."""
-    from energybench.config import load_catalogue
+    from energybench.config import format_eps, load_catalogue
     from energybench.evaluation.external import eval_config, evaluate_external, resolve_model
     from energybench.evaluation.sanity import evaluation_warnings
-    from energybench.reporting.leaderboard import collect, format_eps, render
+    from energybench.reporting.leaderboard import collect, render
     from energybench.storage.store import Store
 
     store = Store(store_path)
@@ -381,7 +395,7 @@ def export_run(run_id, output, checkpoint, name, authors, link, venue, store_pat
 @store_option
 def import_reference(files, norm, store_path) -> None:
     """Add RobustBench-style model-info JSON files to the leaderboard as (unranked) reference rows."""
-    from energybench.reporting.leaderboard import format_eps
+    from energybench.config import format_eps
     from energybench.storage.references import import_model_info
     from energybench.storage.store import Store
 

@@ -22,7 +22,8 @@ from pyautoattack import AutoAttack
 
 from energybench.config import FastPath
 from energybench.data.datasets import Split
-from energybench.evaluation.robustness import as_float, autoattack_accuracy, eval_mode
+from energybench.evaluation.robustness import as_float, autoattack_accuracy
+from energybench.ops.modes import eval_mode
 from energybench.storage.trained import build
 from energybench.training.acceleration import Acceleration
 

@@ -44,7 +44,7 @@ def epoch_test_accuracy(store: Store, run_id: str, test_points: int) -> list[flo
             break
         model = load_trained(str(path), store).model
         metrics = robustness(model, test, n=test_points, eps=record.eps, norm=record.norm, pgd_steps=20,
-                             device=torch.device("cpu"))
+                             device=torch.device("cpu")).metrics
         accs.append(metrics["pgd_acc"])
     cache.write_text(json.dumps({"test_points": test_points, "pgd_acc": accs}))
     return accs

@@ -42,6 +42,12 @@ def parse_eps(value: Any) -> float:
         raise ValueError(f"eps {text!r} is not a number or a fraction like 8/255") from None
 
 
+def format_eps(eps: float) -> str:
+    """``8/255`` when eps is a whole number of 1/255 steps, else the number itself."""
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{eps:g}"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -59,6 +65,10 @@ class EvalProtocol(_Strict):
     batch_size: int = Field(500, ge=1, description="batch size for evaluation")
     co_gap: float = Field(0.3, ge=0, le=1, description="CO: FGSM minus PGD validation accuracy at least this")
     co_ratio: float = Field(0.5, gt=0, le=1, description="CO: PGD accuracy below this fraction of FGSM accuracy")
+    co_drop: float = Field(0.5, gt=0, le=1, description="CO: or PGD accuracy below this fraction of its best "
+                           "earlier value (catches a collapse when FGSM accuracy itself is low)")
+    test: bool = Field(True, description="evaluate the best and last checkpoints on the test set after training "
+                       "(suite tuning runs skip it: they are ranked on validation metrics only)")
 
 
 class Schedule(_Strict):
@@ -149,6 +159,10 @@ class RunConfig(_Strict):
                                          "penalty may take before its run fails (None = no limit; Unix only)")
     keep_epochs: bool = Field(False, description="also keep every epoch's weights as epoch-K.pt in the run folder "
                               "(for checkpoint-selection studies)")
+    early_stop: int | None = Field(None, ge=1, description="stop training once this many epochs passed without a "
+                                   "better validation PGD accuracy (early stopping; None = train every epoch)")
+    callbacks: list[str] = Field(default_factory=list, description="extra training-loop callbacks by name, e.g. "
+                                 "tensorboard (they observe training, so they do not change the config hash)")
 
     @field_validator("eps", mode="before")
     @classmethod
@@ -165,13 +179,33 @@ class RunConfig(_Strict):
 
     def config_hash(self) -> str:
         """Hash of the settings that determine results (not the track name, device, fast path, data path,
-        plugin timeout, or a monitor that only warns); ``keep_epochs`` counts only when on, since a run
-        without it lacks the per-epoch files."""
+        plugin timeout, callbacks, or a monitor that only warns).
+
+        Settings added after runs were first stored count only when they differ from their default
+        (``UNHASHED_DEFAULTS``), so the hash of every earlier run stays what it was.
+        """
         passive = not self.monitor.enabled or self.monitor.action == "warn"
-        ignored = ({"track", "device", "fast", "data_root", "plugin_timeout"} | ({"monitor"} if passive else set())
-                   | (set() if self.keep_epochs else {"keep_epochs"}))
+        ignored: dict[str, Any] = {k: True for k in ("track", "device", "fast", "data_root", "plugin_timeout",
+                                                     "callbacks")}
+        if passive:
+            ignored["monitor"] = True
+        for path, default in UNHASHED_DEFAULTS.items():
+            *parents, leaf = path.split(".")
+            owner = self
+            for parent in parents:
+                owner = getattr(owner, parent)
+            if getattr(owner, leaf) == default:
+                target = ignored
+                for parent in parents:
+                    target = target.setdefault(parent, {})
+                target[leaf] = True
         data = self.model_dump(exclude=ignored)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: Settings that enter the config hash only when they differ from these defaults (added after runs were stored).
+UNHASHED_DEFAULTS: dict[str, Any] = {"keep_epochs": False, "early_stop": None, "eval.co_drop": 0.5,
+                                     "eval.test": True}
 
 
 class Track(_Strict):

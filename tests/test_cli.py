@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from energybench.cli import main
+from energybench.storage.store import Store
 
 
 def run_cli(capsys, *argv):
@@ -15,14 +16,26 @@ def run_cli(capsys, *argv):
 
 def test_run_prints_the_leaderboard_and_leaderboard_reprints_it(capsys, tmp_path):
     store = str(tmp_path / "store")
-    code, out, err = run_cli(capsys, "run", "--track", "digits-tiny", "--reg", "der", "-R", "terms=joint",
-                             "--aa-points", "20", "--store", store)
+    code, out, err = run_cli(capsys, "run", "--track", "digits-tiny", "--reg", "der", "-R", "beta=2.5", "-R",
+                             "gamma=0.1", "--aa-points", "20", "--store", store)
     assert code == 0, err
-    assert "Leaderboard: digits, small-cnn, Linf eps 0.1" in out
-    assert "fgsm" in out and "der" in out and "energybench run --track cifar10-co" in out
+    (record,) = Store(store).runs()
+    assert (record.trainer, record.regularizer, record.track) == ("fgsm", "der", "digits-tiny")
+    assert record.config["regularizer_params"] == {"form": "hinge", "beta": 2.5, "gamma": 0.1, "aae": "auto"}
+    assert record.config["eval"]["aa_points"] == 20 and record.config["epochs"] == 2
+    results = Store(store).results(record.id)
+    assert set(results) == {"best", "last"} and results["last"]["aa_points"] == 20
+    for metric in ("test_clean_acc", "test_pgd_acc", "aa_acc"):
+        assert 0 <= results["last"][metric] <= 1
+    assert "Leaderboard: digits, small-cnn, Linf eps 0.1" in out and record.id in out
+    row = next(line for line in out.splitlines() if record.id in line)
+    clean = results["best"]["test_clean_acc"], results["last"]["test_clean_acc"]
+    assert "│ fgsm" in row and "│ der " in row and f"{100 * clean[0]:.1f}/{100 * clean[1]:.1f}" in row
+    assert "energybench run --track cifar10-co" in out
     assert "epoch 2:" in err and "PGD" in err
     code, out, _ = run_cli(capsys, "leaderboard", "--dataset", "digits", "--eps", "0.1", "--store", store)
-    assert code == 0 and "der" in out
+    again = next(line for line in out.splitlines() if record.id in line)
+    assert code == 0 and "│ der " in again and f"{100 * clean[0]:.1f}/{100 * clean[1]:.1f}" in again
     code, _, err = run_cli(capsys, "leaderboard", "--dataset", "cifar10", "--store", store)
     assert code == 2 and "no completed runs match" in err
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from energybench.contracts import registry as reg
 from energybench.config import load_catalogue, resolve_config
+from energybench.contracts import registry as reg
 from energybench.contracts.attack import Attack
 from energybench.contracts.regularizer import Regularizer
 from energybench.contracts.trainer import TrainOutput

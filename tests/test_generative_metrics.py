@@ -19,9 +19,9 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch_fidelity import feature_extractor_inceptionv3 as tf_inception
 
-from energybench.generation import metrics as gm
 from energybench.contracts.registry import get_plugin
 from energybench.errors import EnergybenchError
+from energybench.generation import metrics as gm
 
 KEYS = {"inception_score_mean": "IS", "inception_score_std": "IS_std", "frechet_inception_distance": "FID",
         "precision": "precision", "recall": "recall", "f_score": "F1"}

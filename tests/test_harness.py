@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from energybench.contracts import registry as reg
 from energybench.config import EvalProtocol, load_catalogue, resolve_config
+from energybench.contracts import registry as reg
 from energybench.contracts.trainer import Trainer, TrainOutput
 from energybench.errors import EnergybenchError, PluginError
 from energybench.evaluation.robustness import catastrophic_overfitting
@@ -154,11 +154,39 @@ def test_batch_size_larger_than_the_dataset_is_refused(tmp_path):
         execute(tiny_config(batch_size=5000), Store(tmp_path))
 
 
-def test_catastrophic_overfitting_rule():
-    protocol = EvalProtocol()
-    assert catastrophic_overfitting({"val_fgsm_acc": 0.70, "val_pgd_acc": 0.07}, protocol)
-    assert not catastrophic_overfitting({"val_fgsm_acc": 0.75, "val_pgd_acc": 0.65}, protocol)  # healthy AT
-    assert not catastrophic_overfitting({"val_fgsm_acc": 0.05, "val_pgd_acc": 0.00}, protocol)  # standard training
+def _co(*epochs: tuple[float, float], **protocol) -> list[bool]:
+    """CO flags of epochs given as (FGSM, PGD) validation accuracy."""
+    history = [{"val_fgsm_acc": fgsm, "val_pgd_acc": pgd} for fgsm, pgd in epochs]
+    return catastrophic_overfitting(history, EvalProtocol(**protocol))
+
+
+def test_catastrophic_overfitting_gap_clause_and_its_boundaries():
+    assert _co((0.70, 0.07)) == [True]
+    assert _co((0.75, 0.65)) == [False]  # healthy adversarial training
+    assert _co((0.05, 0.00)) == [False]  # standard training: FGSM does not beat PGD by the gap
+    # boundaries, with binary fractions so that the differences are exact
+    assert _co((0.5, 0.25), co_gap=0.25, co_ratio=0.625) == [True]  # gap exactly co_gap counts
+    assert _co((0.5, 0.25), co_gap=0.2501, co_ratio=0.625) == [False]
+    assert _co((0.875, 0.4375)) == [False]  # gap 0.44 but PGD exactly half of FGSM: the ratio clause fails
+    assert _co((0.875, 0.4374)) == [True]
+
+
+def test_catastrophic_overfitting_drop_clause_catches_a_collapse_at_low_fgsm_accuracy():
+    # large eps: FGSM accuracy itself is low, so the 0.3 gap can never be reached, but PGD collapsed
+    assert _co((0.30, 0.12), (0.25, 0.02)) == [False, True]
+    assert _co((0.25, 0.02)) == [False]  # no earlier epoch: nothing to drop from
+    assert _co((0.25, 0.125), (0.25, 0.0625)) == [False, False]  # exactly half the best earlier PGD: not below
+    assert _co((0.25, 0.125), (0.25, 0.0624)) == [False, True]
+    assert _co((0.30, 0.12), (0.03, 0.02)) == [False, False]  # FGSM fell as far (divergence, not CO)
+    assert _co((0.30, 0.12), (0.30, 0.06), (0.25, 0.05)) == [False, False, True]  # best earlier, not previous
+
+
+def test_catastrophic_overfitting_thresholds_are_settings():
+    assert _co((0.50, 0.24), co_gap=0.2) == [True]
+    assert _co((0.50, 0.24), co_gap=0.2, co_ratio=0.4) == [False]
+    assert _co((0.50, 0.24)) == [False]
+    assert _co((0.30, 0.12), (0.25, 0.05), co_drop=0.3) == [False, False]
+    assert _co((0.30, 0.12), (0.25, 0.03), co_drop=0.3) == [False, True]
 
 
 def test_crop_flip_keeps_shape_and_content():

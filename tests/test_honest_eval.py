@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from energybench.training import run as harness
-from energybench.contracts import registry as reg
 from energybench.config import load_catalogue, resolve_config
+from energybench.contracts import registry as reg
 from energybench.contracts.model import Classifier
 from energybench.data.datasets import Split
 from energybench.evaluation.robustness import autoattack_accuracy, robustness
 from energybench.evaluation.sanity import evaluation_warnings, model_checks
 from energybench.storage.store import Store
+from energybench.training import run as harness
 from energybench.training.progress import Reporter
 from energybench.training.run import Run, execute, prepare
 

@@ -7,15 +7,16 @@ import json
 import pytest
 import torch
 
-from energybench.contracts import registry as reg
 from energybench.cli import main
 from energybench.config import load_catalogue
+from energybench.contracts import registry as reg
 from energybench.contracts.trainer import Trainer, TrainOutput
 from energybench.errors import EnergybenchError
 from energybench.reporting.suite_leaderboard import group_cells, render_suite
 from energybench.storage.store import Store
 from energybench.suites.executors import LocalExecutor
-from energybench.suites.spec import AA_PASSES_PER_POINT, _passes_key, _step_passes, estimate_passes, load_suite, pending
+from energybench.suites.plan import AA_PASSES_PER_POINT, _passes_key, _step_passes, estimate_passes
+from energybench.suites.spec import load_suite, pending
 
 TRACK = """
 [tracks.t]
@@ -47,19 +48,29 @@ def run_cli(capsys, *argv):
 def test_shipped_suites_expand_into_prepared_cells():
     catalogue = load_catalogue()
     sizes = {name: len(load_suite(catalogue, name).cells(catalogue)) for name in catalogue.suites}
-    assert sizes == {"tiny": 4, "co-fmnist": 108, "ro-fmnist": 12, "co-cifar10": 180, "ro-cifar10": 6}
-    cells = load_suite(catalogue, "co-fmnist").cells(catalogue, data_root="/data", device="cpu")
-    joint = [c for c in cells if c.regularizer == "der-j10"][0]
-    assert joint.config.regularizer == "der" and joint.config.regularizer_params["terms"] == "joint"
-    assert joint.config.regularizer_params["lambda"] == 10.0 and joint.config.data_root == "/data"
-    assert {c.eps for c in cells} == {0.1, 0.2, 0.3} and {c.seed for c in cells} == {0, 1, 2}
-    assert cells[0].config.n_train == 8000 and cells[0].config.eval.aa_points == 40  # suite settings over the track
+    assert sizes == {"tiny": 4, "co-fmnist": 90, "ro-fmnist": 8, "co-cifar10": 81, "ro-cifar10": 4}
+    suite = load_suite(catalogue, "co-fmnist")
+    cells = suite.cells(catalogue, data_root="/data", device="cpu")
+    ablation = [c for c in cells if c.regularizer == "der-all"]
+    assert {c.trainer for c in ablation} == {"fgsm"}  # the AAE ablation runs with FGSM only
+    assert ablation[0].config.regularizer == "der" and ablation[0].config.regularizer_params["aae"] == "never"
+    assert ablation[0].pending and ablation[0].config.data_root == "/data"  # nothing tuned yet
+    assert {c.eps for c in cells} == {0.2, 0.25, 0.3} and {c.seed for c in cells} == {0, 1, 2}
+    assert cells[0].config.n_train == 8000 and cells[0].config.eval.aa_points == 100  # suite settings over the track
     assert cells[0].config.eval.pgd_steps == 20  # the track's, not overridden
+    assert not any(c.pending for c in cells if c.regularizer == "none" and c.trainer != "n-fgsm")
+    tuning = suite.tuning_cells(catalogue)
+    assert {c.seed for c in tuning} == {100} and not any(c.config.eval.test for c in tuning)
+    der = [c for c in tuning if c.trainer == "rs-fgsm" and c.regularizer == "der" and c.eps == 0.3]
+    assert [c.config.regularizer_params["beta"] for c in der] == [3.0, 10.0, 30.0]
+    nfgsm = [c for c in tuning if c.trainer == "n-fgsm" and c.eps == 0.3]
+    assert [c.tuned for c in nfgsm] == [{"k": 1.0}, {"k": 2.0}, {"k": 3.0}, {}]  # the last: the guard's reference
+    assert nfgsm[1].config_hash == nfgsm[3].config_hash  # the reference is the default candidate: run once
     ro = load_suite(catalogue, "ro-fmnist").cells(catalogue)
     trades = [c for c in ro if c.trainer == "trades"][0]
     assert trades.config.trainer_params["steps"] == 5 and trades.config.schedule.kind == "step"
     cifar = load_suite(catalogue, "co-cifar10").cells(catalogue)
-    assert cifar[0].eps == pytest.approx(2 / 255) and cifar[0].resources.num_gpus == 1
+    assert cifar[0].eps == pytest.approx(8 / 255) and cifar[0].resources.num_gpus == 1
 
 
 @pytest.mark.parametrize("body, message", [
@@ -68,7 +79,13 @@ def test_shipped_suites_expand_into_prepared_cells():
     ('trainers = ["fgsm"]\nsettings = { eps = 0.2 }', "settings may not set eps"),
     ('trainers = ["fgsm", { plugin = "fgsm", label = "fgsm" }]', "repeated trainer labels: fgsm"),
     ('trainers = ["fgsm"]\neps = ["a lot"]', "eps 'a lot' is not a number"),
-    ('trainers = ["fgsm"]\nregularizers = [{ plugin = "der", params = { lambda = -1 } }]', "lambda=-1"),
+    ('trainers = ["fgsm"]\nregularizers = [{ plugin = "der", params = { beta = -1 } }]', "beta=-1"),
+    ('trainers = ["fgsm"]\nregularizers = [{ plugin = "der", tune = { beta = [1, 2] } }]', "needs a [tuning] table"),
+    ('trainers = [{ plugin = "n-fgsm", tune = { k = [1, 2] } }]\nregularizers = [{ plugin = "der", tune = '
+     '{ beta = [1, 2, 3] } }]\ntuning = {}', "the same number of candidates (the same budget); got n-fgsm 2, der 3"),
+    ('trainers = ["fgsm"]\nregularizers = [{ plugin = "der", tune = { beta = [1] } }]\ntuning = { seeds = [0] }',
+     "tuning seeds must differ from the evaluation seeds"),
+    ('trainers = ["fgsm"]\nexclude = [{ trainer = "fgsm", regularizer = "der" }]', "exclude names fgsm + der"),
     ('trainers = ["standard"]\nregularizers = ["der"]', "needs adversarial examples"),
     ('trainers = ["fgsm"]\nregularizers = ["none", { plugin = "none", label = "nothing" }]', "same settings as cell"),
 ])
@@ -96,14 +113,17 @@ def test_training_passes_are_measured_per_trainer_and_regularizer():
     def passes(trainer, regularizer):
         return _step_passes(_passes_key(cells[(trainer, regularizer)]))
 
-    assert passes("fgsm", "none") == 2 and passes("fgsm", "der-m1") == 2  # DER reuses FGSM's clean logits
-    assert passes("rs-fgsm", "der-j10") == 3  # RS-FGSM keeps no clean logits: one more forward
+    assert passes("fgsm", "none") == 2 and passes("fgsm", "der") == 2  # DER reuses FGSM's clean logits
+    assert passes("rs-fgsm", "der") == 3  # RS-FGSM keeps no clean logits: one more forward
+    assert passes("rs-fgsm", "aaer") == 2  # AAER reuses the attack's own passes
     assert passes("fgsm", "gradalign") == 4  # GradAlign's two forward passes of its own
     config = cells[("fgsm", "none")]
     no_aa = config.model_copy(update={"eval": config.eval.model_copy(update={"aa_points": 0})})
-    assert estimate_passes(config) - estimate_passes(no_aa) == 2 * 40 * AA_PASSES_PER_POINT  # best and last
-    training, validation = (8000 // 128) * 128 * 3 * 2, 3 * 300 * (10 + 2)
-    assert estimate_passes(no_aa) == training + validation + 2 * 500 * (20 + 1)
+    assert estimate_passes(config) - estimate_passes(no_aa) == 2 * 100 * AA_PASSES_PER_POINT  # best and last
+    training, validation = (8000 // 128) * 128 * 3 * 2, 3 * 500 * (10 + 2)
+    assert estimate_passes(no_aa) == training + validation + 2 * 1000 * (20 + 1)
+    tuning = config.model_copy(update={"eval": config.eval.model_copy(update={"test": False})})
+    assert estimate_passes(tuning) == training + validation  # a tuning run never evaluates on the test set
 
 
 class _Flaky(Trainer):
@@ -170,11 +190,12 @@ def test_the_dry_run_lists_cells_status_and_estimated_cost(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "suite", "tiny", "--dry-run", "--store", str(tmp_path / "store"))
     assert code == 0
     assert f"done ({done})" in out and "failed: to run again" in out and out.count("│ to run ") == 2
-    assert "4 cells: 1 done, 3 to run" in out and "speed learned from completed runs in the store" in out
+    assert "evaluation: 4 cells, 1 done, 3 to run" in out and "speed learned from completed runs in the store" in out
     assert len(store.runs(status=None)) == 2  # nothing ran
 
     code, out, _ = run_cli(capsys, "suite", "co-fmnist", "--dry-run", "--store", str(tmp_path / "empty"))
-    assert code == 0 and "108 cells: 0 done, 108 to run" in out and "n-fgsm" in out and "gradalign" in out
+    assert code == 0 and "evaluation: 90 cells, 0 done, 90 to run" in out and "n-fgsm" in out and "gradalign" in out
+    assert "tuning: 78 cells, 0 done, 78 to run" in out and "after tuning" in out and "beta=30" in out
     assert "measured on" in out and "about ?" not in out
 
 
@@ -275,3 +296,90 @@ def test_ctrl_c_names_the_command_that_continues_the_suite(tmp_path, capsys, mon
     code, _, err = run_cli(capsys, "suite", "tiny", "--store", str(store))
     assert code == 130 and "Traceback" not in err
     assert f"energybench: interrupted; continue with `energybench suite tiny --store {store}`" in err
+
+
+TUNED = '''[suites.s]
+description = "x"
+track = "t"
+trainers = ["fgsm"]
+regularizers = ["none", { plugin = "der", tune = { beta = [1.0, 3.0, 10.0] } }]
+tuning = { seeds = [7] }
+'''
+
+
+def _validation_run(store, cell, pgd, clean, best_pgd=None):
+    """A finished tuning run: two epochs of validation metrics (the first may have the best PGD)."""
+    run_id = store.create_run(cell.config.model_dump(), cell.config_hash, suite="s")
+    store.add_epoch(run_id, 0, {"val_pgd_acc": best_pgd if best_pgd is not None else pgd / 2, "val_clean_acc": clean})
+    store.add_epoch(run_id, 1, {"val_pgd_acc": pgd, "val_clean_acc": clean})
+    store.set_status(run_id, "done")
+    return run_id
+
+
+def test_tuning_picks_the_best_validation_pgd_among_candidates_that_pass_the_guard(tmp_path):
+    from energybench.suites.tuning import choose, chosen_values
+
+    catalogue = catalogue_with(tmp_path, TUNED)
+    suite = load_suite(catalogue, "s")
+    tuning = suite.tuning_cells(catalogue)
+    assert [(c.regularizer, c.tuned, c.seed) for c in tuning] == [
+        ("der", {"beta": 1.0}, 7), ("der", {"beta": 3.0}, 7), ("der", {"beta": 10.0}, 7), ("none", {}, 7)]
+    store = Store(tmp_path / "store")
+    assert choose(store, suite, catalogue) == {}  # nothing ran yet: nothing chosen, the der cells wait
+    assert all(c.pending for c in suite.cells(catalogue) if c.regularizer == "der")
+    scores = {1.0: (0.20, 0.78, 0.60), 3.0: (0.30, 0.70, None), 10.0: (0.50, 0.30, None)}  # last PGD, clean, best
+    runs = {}
+    for cell in tuning[:3]:
+        pgd, clean, best = scores[cell.tuned["beta"]]
+        runs[cell.tuned["beta"]] = _validation_run(store, cell, pgd, clean, best)
+    _validation_run(store, tuning[3], 0.05, 0.80)
+    # a test result favouring beta 1 must change nothing: tuning reads validation metrics only
+    store.add_results(runs[1.0], "last", {"test_pgd_acc": 0.99, "test_clean_acc": 0.99})
+    (selection,) = choose(store, suite, catalogue).values()
+    assert selection.values == {"beta": 3.0}  # beta 10 has the best PGD but fails the guard (0.30 < 0.8 * 0.80)
+    assert [c.eligible for c in selection.candidates] == [True, True, False] and selection.guarded
+    assert selection.reference_clean == pytest.approx(0.80)
+    cells = suite.cells(catalogue, chosen=chosen_values(choose(store, suite, catalogue)))
+    der = [c for c in cells if c.regularizer == "der"]
+    assert der and all(not c.pending and c.config.regularizer_params["beta"] == 3.0 for c in der)
+    assert der[0].label == "fgsm + der (beta=3)"
+
+    best_epoch = catalogue_with(tmp_path, TUNED.replace("seeds = [7] }", 'seeds = [7], checkpoint = "best" }'))
+    (selection,) = choose(store, load_suite(best_epoch, "s"), best_epoch).values()
+    assert selection.values == {"beta": 1.0}  # ranked by each run's best epoch (0.60) instead of its last
+
+
+def test_when_no_candidate_passes_the_guard_the_most_accurate_is_taken_and_said(tmp_path):
+    from energybench.suites.tuning import choose
+
+    catalogue = catalogue_with(tmp_path, TUNED)
+    suite = load_suite(catalogue, "s")
+    tuning = suite.tuning_cells(catalogue)
+    store = Store(tmp_path / "store")
+    for cell, (pgd, clean) in zip(tuning, [(0.4, 0.2), (0.5, 0.3), (0.6, 0.1), (0.1, 0.9)]):
+        _validation_run(store, cell, pgd, clean)
+    (selection,) = choose(store, suite, catalogue).values()
+    assert selection.values == {"beta": 3.0} and not selection.guarded
+    assert "no candidate passed the clean-accuracy guard" in selection.describe()
+
+
+def test_a_tuned_suite_runs_both_stages_end_to_end_without_touching_the_test_split(tmp_path, capsys, monkeypatch):
+    from energybench.training.run import Run
+
+    registry = tmp_path / "registry.toml"
+    catalogue_with(tmp_path, TUNED.replace("beta = [1.0, 3.0, 10.0]", "beta = [0.5, 2.0]"))
+    evaluated = []
+    original = Run.evaluate
+    monkeypatch.setattr(Run, "evaluate", lambda self: evaluated.append(self.config.seed) or original(self))
+    store = str(tmp_path / "store")
+    code, out, err = run_cli(capsys, "suite", "s", "--registry", str(registry), "--store", store)
+    assert code == 0, err
+    assert "tuning stage: 3 cells, 0 already done, 3 to run" in err and "evaluation stage: 2 cells" in err
+    assert evaluated == [0, 0]  # the test split is read by the two evaluation runs only, never while tuning
+    assert "Tuning stage" in out and "beta=0.5" in out and "beta=2" in out
+    tuned = [r for r in Store(store).runs() if r.seed == 7]
+    assert len(tuned) == 3 and all(Store(store).results(r.id) == {} for r in tuned)
+    code, out, _ = run_cli(capsys, "leaderboard", "--dataset", "digits", "--store", store)
+    assert code == 0 and out.count("│ fgsm") == 2  # the tuning runs are not on the leaderboard
+    code, _, err = run_cli(capsys, "suite", "s", "--registry", str(registry), "--store", store)
+    assert code == 0 and "3 already done, 0 to run" in err and "2 already done, 0 to run" in err

@@ -85,7 +85,7 @@ def train_output_problem(out: Any, x: torch.Tensor, y: torch.Tensor, num_classes
         return "TrainOutput.loss has no graph to back-propagate (requires_grad is False)"
     if out.x_adv is not None and (not isinstance(out.x_adv, torch.Tensor) or out.x_adv.shape != x.shape):
         return f"TrainOutput.x_adv must have the batch's shape {tuple(x.shape)}, got {_describe(out.x_adv)}"
-    for field in ("logits_adv", "logits"):
+    for field in ("logits_adv", "logits", "logits_start"):
         problem = _logits_problem(field, getattr(out, field), len(y), num_classes)
         if problem:
             return problem

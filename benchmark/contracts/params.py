@@ -31,6 +31,8 @@ def parse_params(params_cls: type[PluginParams], values: dict, owner: str) -> Pl
             if err["type"] == "extra_forbidden":
                 accepted = ", ".join(params_cls.model_fields) or "none"
                 problems.append(f"unknown hyper-parameter {where!r} (accepted: {accepted})")
+            elif err["type"] == "value_error" and not err["loc"]:  # a check across fields: its message says it all
+                problems.append(err["msg"].removeprefix("Value error, "))
             else:
                 problems.append(f"{where}={err.get('input')!r}: {err['msg']}")
         raise EnergybenchError(f"invalid hyper-parameters for {owner}: " + "; ".join(problems)) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -24,18 +24,32 @@ class Regularizer(ABC):
     means it reads ``out.logits``: the harness guarantees they are present (reused from the trainer
     when it has them, else computed once with their graph). ``acts_on_energy`` means its penalty
     steers dE itself, which makes the CO monitor (it watches dE) unreliable: the run says so.
-    Each forward call the penalty makes on the model counts as one more forward+backward pass
-    per example in the run's cost.
+    ``requires_attack_start`` means it reads ``out.logits_start`` (abnormal adversarial examples),
+    which only single-step trainers (``Trainer.single_step``) report; the harness refuses other
+    trainers. Each forward call the penalty makes on the model counts as one more forward+backward
+    pass per example in the run's cost.
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
     requires_adversarial: ClassVar[bool] = True
     uses_clean_logits: ClassVar[bool] = False
+    requires_attack_start: ClassVar[bool] = False
     acts_on_energy: ClassVar[bool] = False
     name: ClassVar[str] = ""
 
     def __init__(self, **params):
         self.params = parse_params(self.Params, params, f"regularizer {self.name or type(self).__name__!r}")
+
+    @property
+    def needs_attack_start(self) -> bool:
+        """Whether these hyper-parameters need ``out.logits_start`` (default: ``requires_attack_start``)."""
+        return self.requires_attack_start
+
+    @classmethod
+    def variant(cls, params: dict[str, Any]) -> str | None:
+        """A short description of a run's hyper-parameters for leaderboards when they make it a different
+        method than the plugin's name says (an ablation), else None."""
+        return None
 
     @abstractmethod
     def penalty(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, out: TrainOutput) -> torch.Tensor:

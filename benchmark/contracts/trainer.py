@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from energybench.contracts.params import PluginParams, parse_params
@@ -20,6 +21,9 @@ class TrainOutput:
     (with graph) are the adversarial inputs trained on and their logits, or None for a trainer
     that makes none. ``logits`` are the clean logits f(x) when the trainer computed them anyway
     (with their graph), else None: the harness then computes them only if something needs them.
+    ``logits_start`` (detached) are the logits at the attack's starting point (x itself for zero-init
+    FGSM, x plus the random start for RS-FGSM and N-FGSM), which a single-step trainer's attack pass
+    computed anyway: they tell which examples are abnormal (``abnormal``) at no extra forward pass.
     ``passes`` counts forward+backward passes per example spent by the step (for cost reports).
     """
 
@@ -27,7 +31,16 @@ class TrainOutput:
     x_adv: torch.Tensor | None = None
     logits_adv: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    logits_start: torch.Tensor | None = None
     passes: float = 1.0
+
+    def abnormal(self, y: torch.Tensor) -> torch.Tensor:
+        """Abnormal adversarial examples (AAER, Lin et al. 2023): the samples whose loss went DOWN after the
+        attack's step, CE at x* below CE at the attack's starting point. A boolean mask, without gradient."""
+        if self.logits_start is None or self.logits_adv is None:
+            raise ValueError("abnormal examples need logits_start and logits_adv (single-step trainers report both)")
+        return (F.cross_entropy(self.logits_adv.detach(), y, reduction="none")
+                < F.cross_entropy(self.logits_start.detach(), y, reduction="none"))
 
 
 class Trainer(ABC):
@@ -38,11 +51,14 @@ class Trainer(ABC):
     loss or touch the optimizer: the harness adds regularizer penalties, back-propagates and steps.
     When ``keep_clean_logits`` is true and the step computes f(x) on the clean batch anyway, it
     returns those logits with their graph so a regularizer can reuse them instead of paying for
-    another forward pass. ``adversarial`` says whether the step produces ``x_adv``.
+    another forward pass. ``adversarial`` says whether the step produces ``x_adv``. A trainer whose
+    attack takes one gradient step declares ``single_step`` and returns ``TrainOutput.logits_start``
+    (regularizers that act on abnormal adversarial examples need it).
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
     adversarial: ClassVar[bool] = True
+    single_step: ClassVar[bool] = False
     name: ClassVar[str] = ""
 
     def __init__(self, *, eps: float, norm: str = "Linf", **params):

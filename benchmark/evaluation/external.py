@@ -26,9 +26,10 @@ from torch import nn
 from energybench.config import Catalogue, RunConfig, parse_eps, readable
 from energybench.data.datasets import DATASETS, DatasetInfo, load_dataset
 from energybench.errors import EnergybenchError, unknown_name
+from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.robustbench_compat import ZOO_PREFIX, load_zoo_model
-from energybench.evaluation.robustness import as_float, autoattack_accuracy, eval_mode, robustness
-from energybench.evaluation.sanity import model_checks
+from energybench.evaluation.robustness import as_float
+from energybench.ops.modes import eval_mode
 from energybench.storage.store import Store
 from energybench.storage.trained import load_trained
 from energybench.training.run import select_device
@@ -183,22 +184,13 @@ def evaluate_external(external: ExternalModel, config: RunConfig, store: Store, 
         device = select_device(config.device)
         model = external.model.to(device)
         data = load_dataset(config.dataset, data_root=config.data_root, val_size=1)  # only its test split is used
-        p = config.eval
         with eval_mode(model):
             _check_outputs(model, as_float(data.test.x[:2], device), external.info, external.label)
         torch.manual_seed(config.seed)
-        stage(f"clean, FGSM and PGD-{p.pgd_steps} on {p.test_points or len(data.test)} test points")
-        metrics = robustness(model, data.test, n=p.test_points, eps=config.eps, norm=config.norm,
-                             pgd_steps=p.pgd_steps, pgd_restarts=p.pgd_restarts, with_fgsm=True,
-                             batch_size=p.batch_size, device=device, prefix="test_")
-        if p.aa_points:
-            stage(f"AutoAttack ({p.aa_version}) on {min(p.aa_points, len(data.test))} test points")
-            metrics.update(autoattack_accuracy(model, data.test, n=p.aa_points, eps=config.eps, norm=config.norm,
-                                               version=p.aa_version, seed=config.seed, batch_size=p.batch_size,
-                                               device=device, on_message=lambda m: stage(f"AutoAttack: {m[:60]}")))
-        metrics.update(model_checks(model, data.test, device=device))
+        measured = test_evaluation(model, data.test, config, device, stage)
         for tag in ("last", "best"):
-            store.add_results(run_id, tag, metrics)
+            store.add_results(run_id, tag, measured.metrics)
+            store.add_points(run_id, tag, measured.correct)
     except KeyboardInterrupt:
         store.set_status(run_id, "interrupted", error="interrupted by the user",
                          wall_time=time.perf_counter() - start)

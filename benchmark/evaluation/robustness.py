@@ -6,8 +6,8 @@ caller's mode afterwards. PGD uses step size 2.5 * eps / steps (Madry et al.'s r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -17,18 +17,7 @@ from energybench.contracts.registry import get_plugin
 from energybench.data.datasets import Split
 from energybench.evaluation.autoattack import run_autoattack
 from energybench.ops.energy import EnergyTrace
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block, then restore every submodule's previous mode."""
-    modes = [m.training for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in zip(model.modules(), modes):
-            module.training = training
+from energybench.ops.modes import eval_mode
 
 
 def as_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -50,15 +39,28 @@ def pgd_attack(model: nn.Module, eps: float, norm: str, steps: int, restarts: in
                                         restarts=restarts)
 
 
+@dataclass
+class Measurement:
+    """Accuracies and energy statistics (``metrics``) and, per accuracy, which of the evaluated points were
+    classified correctly (``correct``: CPU bool vectors over the first n points of the split, keyed like
+    the accuracy without ``_acc``, e.g. ``test_pgd``): the per-point data that paired tests need."""
+
+    metrics: dict[str, float]
+    correct: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def update(self, other: Measurement) -> None:
+        self.metrics.update(other.metrics)
+        self.correct.update(other.correct)
+
+
 def robustness(model: nn.Module, split: Split, *, n: int | None, eps: float, norm: str, pgd_steps: int,
                pgd_restarts: int = 1, with_fgsm: bool = False, batch_size: int = 500,
-               device: torch.device, prefix: str = "") -> dict[str, float]:
+               device: torch.device, prefix: str = "") -> Measurement:
     """Clean, (FGSM,) and PGD accuracy on the first ``n`` points, and dE statistics against PGD."""
     fgsm = get_plugin("attack", "fgsm")(model, eps=eps, norm=norm) if with_fgsm else None
     pgd = pgd_attack(model, eps, norm, pgd_steps, pgd_restarts)
-    counts = {name: torch.zeros((), dtype=torch.long, device=device)  # read once, at the end
-              for name in ("clean", "pgd") + (("fgsm",) if fgsm else ())}
-    total, trace = 0, EnergyTrace()
+    correct: dict[str, list[torch.Tensor]] = {name: [] for name in ("clean", "pgd") + (("fgsm",) if fgsm else ())}
+    trace = EnergyTrace()
     with eval_mode(model):
         for x, y in _batches(split, n, batch_size, device):
             with torch.no_grad():
@@ -67,37 +69,45 @@ def robustness(model: nn.Module, split: Split, *, n: int | None, eps: float, nor
             x_fgsm = fgsm(x, y) if fgsm is not None else None
             with torch.no_grad():
                 logits_pgd = model(x_pgd)
-                counts["clean"] += (logits.argmax(1) == y).sum()
-                counts["pgd"] += (logits_pgd.argmax(1) == y).sum()
+                correct["clean"].append(logits.argmax(1) == y)  # kept on the device, read once at the end
+                correct["pgd"].append(logits_pgd.argmax(1) == y)
                 if x_fgsm is not None:
-                    counts["fgsm"] += (model(x_fgsm).argmax(1) == y).sum()
+                    correct["fgsm"].append(model(x_fgsm).argmax(1) == y)
             trace.add(logits, logits_pgd, y)
-            total += len(y)
-    metrics = {f"{prefix}{k}_acc": float(v) / total for k, v in counts.items()}
+    vectors = {f"{prefix}{k}": torch.cat(v).cpu() for k, v in correct.items()}
+    metrics = {f"{name}_acc": float(v.float().mean()) for name, v in vectors.items()}
     metrics.update(trace.summary(prefix=prefix))
-    return metrics
+    return Measurement(metrics, vectors)
 
 
 def autoattack_accuracy(model: nn.Module, split: Split, *, n: int, eps: float, norm: str, version: str,
                         seed: int, batch_size: int, device: torch.device,
-                        on_message: Callable[[str], None] | None = None) -> dict[str, float]:
+                        on_message: Callable[[str], None] | None = None) -> Measurement:
     """AutoAttack robust accuracy on the first ``n`` points (point-wise worst case) and per attack."""
     n = min(n, len(split))
     x, y = as_float(split.x[:n], device), split.y[:n].to(device)
     with eval_mode(model):
         result = run_autoattack(model, x, y, eps=eps, norm=norm, version=version, seed=seed,
                                 batch_size=batch_size, on_message=on_message)
-    out = {"aa_acc": result.accuracy, "aa_points": float(n)}
-    out.update({f"aa_{name}_acc": acc for name, acc in result.per_attack.items()})
-    return out
+    metrics = {"aa_acc": result.accuracy, "aa_points": float(n)}
+    metrics.update({f"aa_{name}_acc": acc for name, acc in result.per_attack.items()})
+    return Measurement(metrics, {"aa": result.robust.cpu()})
 
 
-def catastrophic_overfitting(metrics: dict[str, float], protocol: EvalProtocol) -> bool:
-    """The CO signature on one epoch's validation metrics.
+def catastrophic_overfitting(history: list[dict[str, float]], protocol: EvalProtocol) -> list[bool]:
+    """The CO flag of every epoch of ``history`` (per-epoch validation metrics, oldest first).
 
-    Flagged when FGSM accuracy exceeds PGD accuracy by at least ``co_gap`` AND PGD accuracy is
-    below ``co_ratio`` times FGSM accuracy: the model resists the single-step attack it trained
-    on but not the multi-step one, i.e. its loss surface has become locally non-linear.
+    An epoch is flagged when its PGD accuracy is below ``co_ratio`` times its FGSM accuracy (the model
+    resists the single-step attack it trained on far better than the multi-step one: its loss surface
+    has become locally non-linear) AND either FGSM exceeds PGD by at least ``co_gap``, or PGD fell
+    below ``co_drop`` times its best value in an earlier epoch. The second clause catches a collapse
+    when FGSM accuracy itself is low (large eps, harder data), which the absolute gap misses.
     """
-    fgsm, pgd = metrics["val_fgsm_acc"], metrics["val_pgd_acc"]
-    return fgsm - pgd >= protocol.co_gap and pgd < protocol.co_ratio * fgsm
+    flags, best = [], None
+    for metrics in history:
+        fgsm, pgd = metrics["val_fgsm_acc"], metrics["val_pgd_acc"]
+        gap = fgsm - pgd >= protocol.co_gap
+        drop = best is not None and pgd < protocol.co_drop * best
+        flags.append(pgd < protocol.co_ratio * fgsm and (gap or drop))
+        best = pgd if best is None else max(best, pgd)
+    return flags

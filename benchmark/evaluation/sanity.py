@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from energybench.data.datasets import Split
-from energybench.evaluation.robustness import as_float, eval_mode
+from energybench.evaluation.robustness import as_float
+from energybench.ops.modes import eval_mode
 
 #: Test points the model checks look at.
 CHECK_POINTS = 100

@@ -70,22 +70,23 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Los
 def single_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step: float,
                 init_radius: float = 0.0, project_to_ball: bool = True, norm: Norm = "Linf",
                 keep_clean_logits: bool = False, generator: torch.Generator | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One signed-gradient step from ``x + init`` with ``init`` uniform in the ``init_radius`` ball.
 
     FGSM: init_radius 0, step eps. RS-FGSM: init_radius eps, step 1.25 eps. N-FGSM: init_radius
-    2 eps, step eps, ``project_to_ball=False``. Returns ``(x_adv, clean_logits)``: the clean logits
-    f(x) are available (with graph if ``keep_clean_logits``) only when there is no random init,
-    because only then is the gradient taken at x itself; otherwise the second item is None.
+    2 eps, step eps, ``project_to_ball=False``. Returns ``(x_adv, logits_start)``: the logits at the
+    starting point ``x + init``, from the forward pass that gave the gradient. Without random init the
+    start is x itself, and with ``keep_clean_logits`` these clean logits keep their graph to the
+    parameters (for reuse in a training loss); otherwise they are detached.
     """
     delta = random_start(x, init_radius, norm, generator) if init_radius > 0 else torch.zeros_like(x)
     delta = (x + delta).clamp(0, 1) - x
-    grad, logits = input_gradient(model, x + delta, y, keep_graph=keep_clean_logits and init_radius == 0)
+    grad, logits_start = input_gradient(model, x + delta, y, keep_graph=keep_clean_logits and init_radius == 0)
     delta = delta + step * ascent_direction(grad, norm)
     if project_to_ball:
         delta = project(delta, eps, norm)
     x_adv = (x + delta).clamp(0, 1).detach()
-    return x_adv, (logits if init_radius == 0 else None)
+    return x_adv, logits_start
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float, steps: int,

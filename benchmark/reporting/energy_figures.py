@@ -21,8 +21,9 @@ from energybench.contracts.registry import get_plugin
 from energybench.data.datasets import Split, load_dataset
 from energybench.errors import EnergybenchError
 from energybench.evaluation.external import resolve_model
-from energybench.evaluation.robustness import as_float, eval_mode
+from energybench.evaluation.robustness import as_float
 from energybench.ops.energy import QUANTILES, joint_energy, marginal_energy
+from energybench.ops.modes import eval_mode
 from energybench.storage.store import Store
 from energybench.training.run import select_device
 

@@ -22,9 +22,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from energybench.config import Catalogue, parse_eps
+from energybench.config import Catalogue, format_eps, parse_eps
 from energybench.errors import EnergybenchError
-from energybench.reporting.leaderboard import COLUMNS, SETTING_COLUMNS, Column, Row, collect, format_eps
+from energybench.reporting.leaderboard import COLUMNS, SETTING_COLUMNS, Column, Row, collect
 from energybench.storage.references import Reference, load_references
 from energybench.storage.store import RunRecord, Store
 

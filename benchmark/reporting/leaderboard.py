@@ -9,14 +9,11 @@ from typing import Any
 
 from rich.table import Table
 
+from energybench.config import format_eps
+from energybench.contracts.registry import get_plugin
+from energybench.errors import EnergybenchError
 from energybench.evaluation.sanity import evaluation_warnings
 from energybench.storage.store import RunRecord, Store
-
-
-def format_eps(eps: float) -> str:
-    """``8/255`` when eps is a whole number of 1/255 steps, else the number itself."""
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{eps:g}"
 
 
 @dataclass
@@ -36,6 +33,16 @@ class Row:
             return None
         return [f"{tag}: {text}" for tag in ("best", "last")
                 for text in evaluation_warnings(self.results.get(tag, {}))]
+
+
+def regularizer_label(run: RunRecord) -> str:
+    """The run's regularizer name, with its variant when its hyper-parameters make it an ablation
+    (``Regularizer.variant``), e.g. ``der [squared marginal dE, lambda 1]``."""
+    try:
+        variant = get_plugin("regularizer", run.regularizer).variant(run.config.get("regularizer_params", {}))
+    except EnergybenchError:  # a plugin no longer installed: its name is all we know
+        variant = None
+    return f"{run.regularizer} [{variant}]" if variant else run.regularizer
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ SETTING_COLUMNS: list[Column] = [
 COLUMNS: list[Column] = [
     Column("run", lambda r: r.run.id, justify="left"),
     Column("trainer", lambda r: r.run.trainer, justify="left"),
-    Column("reg", lambda r: r.run.regularizer, justify="left"),
+    Column("reg", lambda r: regularizer_label(r.run), justify="left"),
     _pair("test_clean_acc"),
     _pair("test_pgd_acc"),
     _pair("aa_acc"),
@@ -83,8 +90,9 @@ COLUMNS: list[Column] = [
 
 
 def collect(store: Store, **filters: Any) -> list[Row]:
-    """Completed runs matching ``filters`` (dataset, eps, track, ...), most robust first."""
-    rows = [Row(run, store.results(run.id)) for run in store.runs(**filters)]
+    """Completed runs evaluated on the test set matching ``filters`` (dataset, eps, track, ...), most robust
+    first; suite tuning runs (validation only) are left out."""
+    rows = [Row(run, results) for run in store.runs(**filters) if (results := store.results(run.id))]
 
     def key(row: Row) -> tuple[float, float]:
         aa, pgd = row.get("last", "aa_acc"), row.get("last", "test_pgd_acc")

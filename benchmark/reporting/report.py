@@ -25,12 +25,11 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from energybench.config import Catalogue
+from energybench.config import Catalogue, format_eps
 from energybench.errors import EnergybenchError
 from energybench.ops.energy import QUANTILES
 from energybench.reporting.energy_figures import load_traces, trace_figure
 from energybench.reporting.formats import HTML_STYLE, Leaderboard, build_leaderboard, to_html_tables
-from energybench.reporting.leaderboard import format_eps
 from energybench.storage.checkpoint import atomic_write
 from energybench.storage.store import GenerativeRecord, RunRecord, Store
 

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 
 from rich.table import Table
 
+from energybench.config import format_eps
 from energybench.reporting.formats import SeedGroup, group_seeds
-from energybench.reporting.leaderboard import Column, Row, format_eps
+from energybench.reporting.leaderboard import Column, Row
 from energybench.storage.store import Store
-from energybench.suites.spec import Cell, latest_runs
+from energybench.suites.spec import Cell, Tuning, format_values, latest_runs
+from energybench.suites.tuning import Selection
 
 
 @dataclass
@@ -21,6 +23,7 @@ class CellGroup:
     trainer: str
     regularizer: str
     eps: float
+    tuned: str = ""
     planned: int = 0
     failed: int = 0
     rows: list[Row] = field(default_factory=list)
@@ -39,7 +42,7 @@ def group_cells(store: Store, cells: list[Cell]) -> list[CellGroup]:
     latest = latest_runs(store, cells)
     groups: dict[tuple[str, str, float], CellGroup] = {}
     for cell in cells:
-        group = groups.setdefault(cell.group, CellGroup(*cell.group))
+        group = groups.setdefault(cell.group, CellGroup(*cell.group, tuned=format_values(cell.tuned)))
         group.planned += 1
         record = latest[cell.config_hash]
         if record is not None and record.status == "done":
@@ -74,6 +77,7 @@ def _number(value: float, pattern: str) -> str:
 COLUMNS: list[Column] = [
     Column("trainer", lambda g: g.trainer, justify="left"),
     Column("reg", lambda g: g.regularizer, justify="left"),
+    Column("tuned", lambda g: g.tuned or "-", justify="left"),
     Column("eps", lambda g: format_eps(g.eps)),
     Column("seeds", _seeds),
     _pair("clean", "test_clean_acc"),
@@ -101,4 +105,23 @@ def render_suite(groups: list[CellGroup], title: str) -> Table:
     for i, group in enumerate(groups):
         last_of_eps = i + 1 == len(groups) or groups[i + 1].eps != group.eps
         table.add_row(*(col.fmt(col.value(group)) for col in COLUMNS), end_section=last_of_eps)
+    return table
+
+
+def render_tuning(selections: dict[tuple[str, str, float], Selection], tuning: Tuning) -> Table:
+    """Every candidate of the tuning stage with its validation scores; the chosen one marked."""
+    table = Table(title="Tuning stage: validation accuracy % of each candidate (mean over tuning seeds "
+                        f"{', '.join(map(str, tuning.seeds))}; {tuning.checkpoint} epoch)", header_style="bold",
+                  title_justify="left", caption_justify="left",
+                  caption=f"eligible: validation clean accuracy at least {tuning.min_clean:.0%} of the same trainer "
+                          "without regularizer (ref clean); the chosen candidate has the best validation PGD "
+                          "among the eligible ones")
+    for header in ("trainer", "reg", "eps", "candidate", "val PGD", "val clean", "ref clean", "eligible", "chosen"):
+        table.add_column(header, justify="left" if header in ("trainer", "reg", "candidate") else "right")
+    for (trainer, regularizer, eps), selection in selections.items():
+        for i, c in enumerate(selection.candidates):
+            table.add_row(trainer, regularizer, format_eps(eps), format_values(c.values), f"{100 * c.pgd:.1f}",
+                          f"{100 * c.clean:.1f}", f"{100 * selection.reference_clean:.1f}",
+                          "yes" if c.eligible else "no", "<-" if c.values == selection.values else "",
+                          end_section=i == len(selection.candidates) - 1)
     return table

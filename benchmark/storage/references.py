@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from energybench.config import Catalogue, parse_eps
+from energybench.config import Catalogue, format_eps, parse_eps
 from energybench.errors import EnergybenchError
-from energybench.reporting.leaderboard import format_eps
 from energybench.storage.checkpoint import atomic_write
 from energybench.storage.store import Store
 

@@ -3,7 +3,8 @@
 Layout under the store home (``--store``, ``$ENERGYBENCH_HOME`` or ``~/.local/share/energybench``):
 ``store.sqlite`` and ``runs/<run_id>/`` holding ``config.json``, ``metrics.jsonl``, ``best.pt``,
 ``last.pt`` and ``state.pt`` (everything needed to resume). A ``generative`` table holds the results
-of sampling stored models (``energybench sample``). The database uses WAL mode and a busy
+of sampling stored models (``energybench sample``); a ``points`` table holds, per final accuracy,
+which test points were classified correctly (for paired tests). The database uses WAL mode and a busy
 timeout, so several processes may write to it at once.
 """
 
@@ -19,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from energybench.errors import EnergybenchError
 
@@ -43,6 +46,9 @@ CREATE TABLE IF NOT EXISTS epochs (
 CREATE TABLE IF NOT EXISTS results (
     run_id TEXT NOT NULL REFERENCES runs(id), checkpoint TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
     PRIMARY KEY (run_id, checkpoint, metric));
+CREATE TABLE IF NOT EXISTS points (
+    run_id TEXT NOT NULL REFERENCES runs(id), checkpoint TEXT NOT NULL, metric TEXT NOT NULL, n INTEGER NOT NULL,
+    correct BLOB NOT NULL, PRIMARY KEY (run_id, checkpoint, metric));
 CREATE TABLE IF NOT EXISTS generative (
     id TEXT PRIMARY KEY, created REAL NOT NULL, model_ref TEXT NOT NULL, checkpoint TEXT, dataset TEXT NOT NULL,
     model TEXT NOT NULL, sampler TEXT NOT NULL, params TEXT NOT NULL, seed INTEGER NOT NULL, n INTEGER NOT NULL,
@@ -188,6 +194,25 @@ class Store:
         with self._tx() as db:
             db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
                            [(run_id, checkpoint, k, v) for k, v in metrics.items()])
+
+    def add_points(self, run_id: str, checkpoint: str, correct: dict[str, Any]) -> None:
+        """Record which evaluated points each accuracy counted as correct (bool vectors over the first n
+        points of the split, e.g. ``test_pgd``, ``aa``), packed 8 points a byte."""
+        rows = []
+        for metric, vector in correct.items():
+            bits = np.asarray(vector, dtype=bool).ravel()
+            rows.append((run_id, checkpoint, metric, len(bits), np.packbits(bits).tobytes()))
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?)", rows)
+
+    def points(self, run_id: str) -> dict[str, dict[str, np.ndarray]]:
+        """Per-point correctness by checkpoint and metric (empty for runs stored before it was recorded)."""
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for checkpoint, metric, n, blob in self._db.execute(
+                "SELECT checkpoint, metric, n, correct FROM points WHERE run_id = ?", (run_id,)):
+            bits = np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=n).astype(bool)
+            out.setdefault(checkpoint, {})[metric] = bits
+        return out
 
     def get_run(self, run_id: str) -> RunRecord:
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()

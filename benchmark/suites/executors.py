@@ -111,6 +111,7 @@ class RunExport:
     wall_time: float | None
     epochs: list[dict[str, Any]]
     results: dict[str, dict[str, float]]
+    points: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
@@ -121,7 +122,7 @@ class RunExport:
         files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())
                  if p.is_file() and p.name not in rewritten and not p.name.startswith(".")}
         return cls(record.config, record.config_hash, record.status, record.error, record.wall_time,
-                   store.epochs(run_id), store.results(run_id), files)
+                   store.epochs(run_id), store.results(run_id), store.points(run_id), files)
 
     def save_to(self, store: Store, suite: str) -> str:
         """Insert this run into ``store`` under a new id (status set last, so a partial copy is not 'done')."""
@@ -131,6 +132,8 @@ class RunExport:
             store.add_epoch(run_id, metrics.pop("epoch"), metrics)
         for checkpoint, metrics in self.results.items():
             store.add_results(run_id, checkpoint, metrics)
+        for checkpoint, correct in self.points.items():
+            store.add_points(run_id, checkpoint, correct)
         for name, data in self.files.items():
             atomic_write(store.run_dir(run_id) / name, data)
         store.set_status(run_id, self.status, error=self.error, wall_time=self.wall_time)

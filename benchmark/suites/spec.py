@@ -4,37 +4,28 @@ A ``[suites.NAME]`` table names a base track, overrides some of its settings and
 to sweep. It expands into cells, each a fully resolved ``RunConfig``. Running a suite skips the
 cells whose config hash already has a completed run in the store, so re-running it retries only
 the failed or missing cells; a cell that fails is recorded as failed and the others go on.
+
+A trainer or regularizer may declare candidate values of its key hyper-parameters (``tune``). The
+suite then runs in two stages: tuning cells (every candidate on the tuning seeds, validation only)
+pick one value per (trainer, regularizer, eps) (``energybench.suites.tuning``), then the evaluation
+cells run the chosen value on the suite's seeds.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
-import json
-import statistics
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from rich.table import Table
 
-from energybench.config import Catalogue, RunConfig, parse_eps, readable, resolve_config
+from energybench.config import Catalogue, RunConfig, format_eps, parse_eps, readable, resolve_config
 from energybench.errors import EnergybenchError, unknown_name
-from energybench.reporting.leaderboard import format_eps
 from energybench.storage.store import RunRecord, Store
 from energybench.training.run import prepare
 
 #: RunConfig fields a suite sweeps; its ``settings`` may not set them.
 SWEPT = ("trainer", "trainer_params", "regularizer", "regularizer_params", "eps", "seed")
-
-#: Train and test set sizes of the built-in datasets, used only to estimate costs.
-DATASET_POINTS = {"fashion-mnist": (60000, 10000), "mnist": (60000, 10000), "digits": (1437, 360),
-                  "cifar10": (50000, 10000), "cifar100": (50000, 10000), "svhn": (73257, 26032)}
-
-#: Rough cost of AutoAttack per attacked point, in forward+backward pass equivalents: APGD-CE runs on
-#: every point, APGD-T, FAB-T and Square only on those still robust (measured on CPU with the small CNN:
-#: ~150 per point of a collapsed model, ~5000 per robust point). An estimate, not a measurement.
-AA_PASSES_PER_POINT = 2000
 
 
 class _Strict(BaseModel):
@@ -42,7 +33,8 @@ class _Strict(BaseModel):
 
 
 class Choice(_Strict):
-    """One trainer or regularizer of a suite: a plugin, its hyper-parameters and the label shown.
+    """One trainer or regularizer of a suite: a plugin, its hyper-parameters, the label shown, and the
+    candidate values of hyper-parameters to tune (the grid is their product).
 
     In registry.toml a plain string ``"fgsm"`` stands for ``{ plugin = "fgsm" }``.
     """
@@ -50,15 +42,49 @@ class Choice(_Strict):
     plugin: str
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
+    tune: dict[str, list[Any]] = Field(default_factory=dict, description="hyper-parameter -> candidate values")
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value: Any) -> Any:
         return {"plugin": value} if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _grid(self) -> Choice:
+        empty = [k for k, values in self.tune.items() if not values]
+        if empty:
+            raise ValueError(f"{self.name}: tune.{empty[0]} lists no candidate values")
+        both = sorted(set(self.tune) & set(self.params))
+        if both:
+            raise ValueError(f"{self.name}: {', '.join(both)} is both fixed in params and tuned")
+        return self
+
     @property
     def name(self) -> str:
         return self.label or self.plugin
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """Every combination of the tuned values (one empty combination when nothing is tuned)."""
+        keys = list(self.tune)
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.tune[k] for k in keys))]
+
+
+class Pair(_Strict):
+    """A (trainer, regularizer) combination by their suite labels."""
+
+    trainer: str
+    regularizer: str
+
+
+class Tuning(_Strict):
+    """How a suite picks the tuned values: on which seeds, by which epoch's validation PGD, under which guard."""
+
+    seeds: list[int] = Field(default_factory=lambda: [100], min_length=1,
+                             description="seeds of the tuning runs (distinct from the evaluation seeds)")
+    checkpoint: Literal["best", "last"] = Field(
+        "last", description="rank candidates by the validation PGD accuracy of the last epoch, or of the best one")
+    min_clean: float = Field(0.8, ge=0, le=1, description="guard: a candidate's validation clean accuracy must "
+                             "reach this fraction of the same trainer's run without regularizer")
 
 
 class Resources(_Strict):
@@ -83,8 +109,10 @@ class SuiteSpec(_Strict):
     settings: dict[str, Any] = Field(default_factory=dict, description="RunConfig fields overriding the track")
     trainers: list[Choice] = Field(min_length=1)
     regularizers: list[Choice] = Field(default_factory=lambda: [Choice(plugin="none")], min_length=1)
+    exclude: list[Pair] = Field(default_factory=list, description="trainer + regularizer pairs not to run")
     eps: list[float] | None = Field(None, min_length=1, description="budgets to sweep (default: the track's)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    tuning: Tuning | None = None
     resources: Resources = Field(default_factory=Resources)
     calibration: Calibration | None = None
 
@@ -105,12 +133,53 @@ class SuiteSpec(_Strict):
             repeated = sorted({str(v) for v in values if values.count(v) > 1})
             if repeated:
                 raise ValueError(f"repeated {what}: {', '.join(repeated)}")
+        trainers, regularizers = {c.name for c in self.trainers}, {c.name for c in self.regularizers}
+        for pair in self.exclude:
+            if pair.trainer not in trainers or pair.regularizer not in regularizers:
+                raise ValueError(f"exclude names {pair.trainer} + {pair.regularizer}, which is not a trainer and "
+                                 "regularizer label of this suite")
         return self
+
+    @model_validator(mode="after")
+    def _same_budget(self) -> SuiteSpec:
+        grids = {c.name: len(c.candidates()) for c in self.trainers + self.regularizers if c.tune}
+        if grids and self.tuning is None:
+            raise ValueError("a trainer or regularizer declares tune, so the suite needs a [tuning] table")
+        if len(set(grids.values())) > 1:
+            sizes = ", ".join(f"{name} {n}" for name, n in grids.items())
+            raise ValueError(f"every tuned method gets the same number of candidates (the same budget); got {sizes}")
+        if self.tuning is not None and set(self.tuning.seeds) & set(self.seeds):
+            raise ValueError("tuning seeds must differ from the evaluation seeds (no selection on the seeds "
+                             "that are reported)")
+        return self
+
+    def pairs(self) -> list[tuple[Choice, Choice]]:
+        """The (trainer, regularizer) combinations to run, in matrix order."""
+        excluded = {(p.trainer, p.regularizer) for p in self.exclude}
+        return [(t, r) for t, r in itertools.product(self.trainers, self.regularizers)
+                if (t.name, r.name) not in excluded]
+
+
+def tuned_choice(trainer: Choice, regularizer: Choice) -> Choice | None:
+    """Which choice of a pair is tuned: the regularizer's grid if it has one, else the trainer's, else None.
+
+    A cell tunes one method's key hyper-parameters: a regularizer's when it declares a grid, and the
+    trainer's only when it runs without a tuned regularizer (e.g. N-FGSM's noise with ``none``).
+    """
+    if regularizer.tune:
+        return regularizer
+    return trainer if trainer.tune else None
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of a suite: its place in the matrix and its resolved, prepared config."""
+    """One run of a suite: its place in the matrix and its resolved, prepared config.
+
+    ``tuned`` holds the tuned hyper-parameter values the cell runs with (the candidate of a tuning
+    cell, the chosen value of an evaluation cell); ``stage`` is ``evaluation`` or ``tuning``, and
+    ``pending`` marks an evaluation cell whose value the tuning stage has not chosen yet (its config
+    then holds the first candidate, good enough for cost estimates).
+    """
 
     trainer: str
     regularizer: str
@@ -118,6 +187,9 @@ class Cell:
     seed: int
     config: RunConfig
     resources: Resources
+    tuned: dict[str, Any] = field(default_factory=dict)
+    stage: str = "evaluation"
+    pending: bool = False
 
     @property
     def group(self) -> tuple[str, str, float]:
@@ -130,11 +202,17 @@ class Cell:
 
     @property
     def label(self) -> str:
-        """Trainer and regularizer as the suite labels them, e.g. ``fgsm + der-j10``."""
-        return f"{self.trainer} + {self.regularizer}"
+        """Trainer and regularizer as the suite labels them, e.g. ``fgsm + der``, with tuned values if any."""
+        return f"{self.trainer} + {self.regularizer}" + (f" ({format_values(self.tuned)})" if self.tuned else "")
 
     def describe(self) -> str:
-        return f"{self.label}, eps {format_eps(self.eps)}, seed {self.seed}"
+        stage = "tuning: " if self.stage == "tuning" else ""
+        return f"{stage}{self.label}, eps {format_eps(self.eps)}, seed {self.seed}"
+
+
+def format_values(values: dict[str, Any]) -> str:
+    """``beta=3, gamma=0.5``."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
 @dataclass(frozen=True)
@@ -144,38 +222,95 @@ class Suite:
     name: str
     spec: SuiteSpec
 
-    def cells(self, catalogue: Catalogue, *, data_root: str | None = None, device: str | None = None) -> list[Cell]:
-        """Every cell, eps outermost then trainer, regularizer and seed; configs checked against the registry.
-
-        ``data_root`` and ``device`` do not change a cell's config hash.
-        """
+    def _cell(self, catalogue: Catalogue, trainer: Choice, regularizer: Choice, eps: float, seed: int, *,
+              tuned: dict[str, Any], stage: str = "evaluation", pending: bool = False,
+              data_root: str | None, device: str | None) -> Cell:
         spec = self.spec
-        track = catalogue.track(spec.track)
-        eps_values = spec.eps or [RunConfig(**track.settings).eps]
+        target = tuned_choice(trainer, regularizer)
+        trainer_params = trainer.params | (tuned if target is trainer else {})
+        reg_params = regularizer.params | (tuned if target is regularizer else {})
+        settings = spec.settings
+        if stage == "tuning":  # ranked on validation metrics only: the test split is never read
+            settings = settings | {"eval": settings.get("eval", {}) | {"test": False}}
+        overrides = settings | {
+            "trainer": trainer.plugin, "trainer_params": trainer_params, "regularizer": regularizer.plugin,
+            "regularizer_params": reg_params, "eps": eps, "seed": seed, "data_root": data_root, "device": device}
+        where = f"suite {self.name!r}, cell {trainer.name} + {regularizer.name} at eps {format_eps(eps)}"
+        try:
+            config = prepare(resolve_config(catalogue, track=spec.track, overrides=overrides), catalogue)
+        except EnergybenchError as exc:
+            raise EnergybenchError(f"{where}: {exc}") from None
+        return Cell(trainer.name, regularizer.name, eps, seed, config, spec.resources, tuned, stage, pending)
+
+    def _eps_values(self, catalogue: Catalogue) -> list[float]:
+        return self.spec.eps or [RunConfig(**catalogue.track(self.spec.track).settings).eps]
+
+    def tuning_cells(self, catalogue: Catalogue, *, data_root: str | None = None,
+                     device: str | None = None) -> list[Cell]:
+        """The tuning stage: every candidate of every tuned pair on the tuning seeds, then, as the guard's
+        reference, each tuned pair's trainer without regularizer (``none``, nothing tuned) on the same
+        seeds. A reference may have the settings of a candidate (then ``unique`` runs it once)."""
+        spec = self.spec
+        if spec.tuning is None:
+            return []
+        candidates, references = [], {}
+        none = Choice(plugin="none")
+        for eps, (trainer, regularizer) in itertools.product(self._eps_values(catalogue), spec.pairs()):
+            target = tuned_choice(trainer, regularizer)
+            if target is None:
+                continue
+            plain = Choice(plugin=trainer.plugin, params=trainer.params, label=trainer.name)
+            for seed in spec.tuning.seeds:
+                for values in target.candidates():
+                    candidates.append(self._cell(catalogue, trainer, regularizer, eps, seed, tuned=values,
+                                                 stage="tuning", data_root=data_root, device=device))
+                reference = self._cell(catalogue, plain, none, eps, seed, tuned={}, stage="tuning",
+                                       data_root=data_root, device=device)
+                references.setdefault(reference.config_hash, reference)
+        return candidates + list(references.values())
+
+    def cells(self, catalogue: Catalogue, *, chosen: dict[tuple[str, str, float], dict[str, Any]] | None = None,
+              data_root: str | None = None, device: str | None = None) -> list[Cell]:
+        """The evaluation cells, eps outermost then trainer, regularizer and seed; configs checked against
+        the registry. A tuned pair runs its value in ``chosen`` (from ``tuning.choose``); before the tuning
+        stage has chosen, its cells are ``pending``. ``data_root`` and ``device`` do not change a config hash.
+        """
+        spec, chosen = self.spec, chosen or {}
         cells, seen = [], {}
-        for eps, trainer, reg, seed in itertools.product(eps_values, spec.trainers, spec.regularizers, spec.seeds):
-            overrides = spec.settings | {
-                "trainer": trainer.plugin, "trainer_params": trainer.params, "regularizer": reg.plugin,
-                "regularizer_params": reg.params, "eps": eps, "seed": seed, "data_root": data_root, "device": device}
-            where = f"suite {self.name!r}, cell {trainer.name} + {reg.name} at eps {format_eps(eps)}"
-            try:
-                config = prepare(resolve_config(catalogue, track=spec.track, overrides=overrides), catalogue)
-            except EnergybenchError as exc:
-                raise EnergybenchError(f"{where}: {exc}") from None
-            cell = Cell(trainer.name, reg.name, eps, seed, config, spec.resources)
+        for eps, (trainer, regularizer), seed in itertools.product(self._eps_values(catalogue), spec.pairs(),
+                                                                   spec.seeds):
+            target = tuned_choice(trainer, regularizer)
+            key = (trainer.name, regularizer.name, eps)
+            pending = target is not None and key not in chosen
+            tuned = {} if target is None else chosen.get(key) or target.candidates()[0]
+            cell = self._cell(catalogue, trainer, regularizer, eps, seed, tuned=tuned, pending=pending,
+                              data_root=data_root, device=device)
             if cell.config_hash in seen:
-                raise EnergybenchError(f"{where}, seed {seed}: same settings as cell "
+                raise EnergybenchError(f"suite {self.name!r}, cell {cell.describe()}: same settings as cell "
                                        f"{seen[cell.config_hash].describe()}; drop one of them")
             seen[cell.config_hash] = cell
             cells.append(cell)
         return cells
 
 
-def cell_labels(catalogue: Catalogue, name: str) -> dict[str, str]:
-    """``Cell.label`` by config hash for suite ``name`` (empty if the catalogue has no such suite)."""
+def unique(cells: list[Cell]) -> list[Cell]:
+    """``cells`` without repeated settings (the first cell of each config hash), to run each once."""
+    seen: dict[str, Cell] = {}
+    for cell in cells:
+        seen.setdefault(cell.config_hash, cell)
+    return list(seen.values())
+
+
+def cell_labels(catalogue: Catalogue, name: str, store: Store | None = None) -> dict[str, str]:
+    """``Cell.label`` by config hash for suite ``name`` (empty if the catalogue has no such suite); with a
+    store, the evaluation cells carry the values its tuning stage chose."""
     if name not in catalogue.suites:
         return {}
-    return {cell.config_hash: cell.label for cell in load_suite(catalogue, name).cells(catalogue)}
+    from energybench.suites.tuning import choose, chosen_values
+
+    suite = load_suite(catalogue, name)
+    chosen = chosen_values(choose(store, suite, catalogue)) if store is not None else None
+    return {cell.config_hash: cell.label for cell in suite.cells(catalogue, chosen=chosen)}
 
 
 def load_suite(catalogue: Catalogue, name: str) -> Suite:
@@ -211,146 +346,3 @@ def pending(store: Store, cells: list[Cell]) -> list[Cell]:
     """The cells without a completed run in ``store`` (missing, failed, interrupted or never finished)."""
     latest = latest_runs(store, cells)
     return [c for c in cells if latest[c.config_hash] is None or latest[c.config_hash].status != "done"]
-
-
-# ----- cost estimates -------------------------------------------------------------------------
-
-def _passes_key(config: RunConfig) -> str:
-    fields = ("dataset", "model", "trainer", "trainer_params", "regularizer", "regularizer_params", "norm")
-    return json.dumps(config.model_dump(include=set(fields)), sort_keys=True)
-
-
-@functools.cache
-def _step_passes(key: str) -> float:
-    """Forward+backward passes per example of one training step, measured on a 2-example random batch.
-
-    The trainer reports its own passes; the harness adds one clean forward when the regularizer needs
-    clean logits the trainer did not keep; each forward call the regularizer makes counts as one more
-    (that forward and the backward through it).
-    """
-    import torch
-
-    from energybench.contracts.registry import get_registry
-    from energybench.contracts.regularizer import forward_calls
-    from energybench.data.datasets import DATASETS
-    from energybench.storage.trained import build
-
-    config = RunConfig(**json.loads(key))
-    info, registry = DATASETS[config.dataset], get_registry()
-    model = build(config.model, info).train()
-    trainer = registry.load("trainer", config.trainer)(eps=config.eps, norm=config.norm, **config.trainer_params)
-    regularizer = registry.load("regularizer", config.regularizer)(**config.regularizer_params)
-    regularizer.eps, regularizer.norm = config.eps, config.norm
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand(2, info.in_channels, info.image_size, info.image_size, generator=generator)
-    y = torch.tensor([0, 1])
-    out = trainer.step(model, x, y, keep_clean_logits=regularizer.uses_clean_logits)
-    passes = out.passes
-    if regularizer.uses_clean_logits and out.logits is None:
-        out.logits, passes = model(x), passes + 1
-    with forward_calls(model) as calls:
-        regularizer.penalty(model, x, y, out)
-    return passes + len(calls)
-
-
-def estimate_passes(config: RunConfig) -> float:
-    """Estimated forward+backward example passes of one run: training, per-epoch validation, final tests.
-
-    Training is exact up to the regularizer's own cost (see ``_step_passes``); AutoAttack is a rough
-    ``AA_PASSES_PER_POINT`` per point and checkpoint.
-    """
-    train_size, test_size = DATASET_POINTS.get(config.dataset, (50000, 10000))
-    train_points = min(config.n_train or train_size, train_size - config.val_size)
-    trained = max(1, train_points // config.batch_size) * config.batch_size
-    p = config.eval
-    train = trained * config.epochs * _step_passes(_passes_key(config))
-    validation = config.epochs * min(p.val_points, config.val_size) * (p.val_pgd_steps + 2)
-    test = min(p.test_points or test_size, test_size) * (p.pgd_steps * p.pgd_restarts + 1)
-    autoattack = min(p.aa_points, test_size) * AA_PASSES_PER_POINT
-    return train + validation + 2 * (test + autoattack)  # best and last checkpoints
-
-
-@dataclass
-class CostModel:
-    """Seconds per example pass, learned from completed runs in the store or taken from the suite."""
-
-    seconds_per_pass: dict[tuple[str, str], float]
-    fallback: Calibration | None
-
-    @classmethod
-    def learn(cls, store: Store, cells: list[Cell], fallback: Calibration | None) -> CostModel:
-        """Median seconds per estimated pass of the store's completed runs on each (dataset, model) of ``cells``."""
-        speeds: dict[tuple[str, str], float] = {}
-        for dataset, model in {(c.config.dataset, c.config.model) for c in cells}:
-            samples = []
-            for run in store.runs(dataset=dataset, model=model):
-                try:
-                    passes = estimate_passes(RunConfig(**run.config))
-                except EnergybenchError:  # a run of a plugin no longer installed cannot be re-estimated
-                    continue
-                if run.wall_time:
-                    samples.append(run.wall_time / passes)
-            if samples:
-                speeds[(dataset, model)] = statistics.median(samples)
-        return cls(speeds, fallback)
-
-    def seconds(self, config: RunConfig, passes: float) -> float | None:
-        speed = self.seconds_per_pass.get((config.dataset, config.model))
-        if speed is None and self.fallback is not None:
-            speed = self.fallback.seconds_per_mpass / 1e6
-        return None if speed is None else passes * speed
-
-    def source(self, cells: list[Cell]) -> str:
-        learned = sorted({f"{c.config.dataset}/{c.config.model}" for c in cells
-                          if (c.config.dataset, c.config.model) in self.seconds_per_pass})
-        if learned:
-            return f"speed learned from completed runs in the store ({', '.join(learned)})"
-        if self.fallback is not None:
-            return (f"speed {self.fallback.seconds_per_mpass:g} s per million passes, measured on "
-                    f"{self.fallback.machine}; completed runs in the store refine it")
-        return "no speed known yet: times appear once a run of this dataset and model completes in the store"
-
-
-# ----- the dry run ----------------------------------------------------------------------------
-
-def duration(seconds: float | None) -> str:
-    """``42s``, ``17m`` or ``2.3h``; ``?`` when unknown."""
-    if seconds is None:
-        return "?"
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    return f"{seconds / 60:.0f}m" if seconds < 5400 else f"{seconds / 3600:.1f}h"
-
-
-def count(n: float) -> str:
-    """``830k``, ``12.5M`` or ``2.9G``."""
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:.0f}"
-
-
-def render_plan(suite: Suite, cells: list[Cell], store: Store) -> tuple[Table, str]:
-    """The dry run: every cell with its status in ``store`` and estimated cost, plus a one-line total."""
-    latest = latest_runs(store, cells)
-    costs = CostModel.learn(store, cells, suite.spec.calibration)
-    table = Table(title=f"Suite {suite.name}: {suite.spec.description}", title_justify="left", header_style="bold")
-    for header in ("#", "trainer", "reg", "eps", "seed", "status", "passes", "est. time"):
-        table.add_column(header, justify="left" if header in ("trainer", "reg", "status") else "right")
-    todo_passes, todo_seconds, todo, unknown = 0.0, 0.0, 0, False
-    for i, cell in enumerate(cells, 1):
-        record = latest[cell.config_hash]
-        passes = estimate_passes(cell.config)
-        seconds = costs.seconds(cell.config, passes)
-        if record is None or record.status != "done":
-            todo, todo_passes = todo + 1, todo_passes + passes
-            unknown |= seconds is None
-            todo_seconds += seconds or 0.0
-        status = "to run" if record is None else (
-            f"done ({record.id})" if record.status == "done" else f"{record.status}: to run again")
-        table.add_row(str(i), cell.trainer, cell.regularizer, format_eps(cell.eps), str(cell.seed), status,
-                      count(passes), duration(seconds))
-    total = "?" if unknown else duration(todo_seconds)
-    summary = (f"{len(cells)} cells: {len(cells) - todo} done, {todo} to run; estimated {count(todo_passes)} "
-               f"example passes, about {total} one cell after another ({costs.source(cells)})")
-    return table, summary

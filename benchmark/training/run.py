@@ -26,9 +26,11 @@ from energybench.contracts.registry import get_registry
 from energybench.contracts.regularizer import forward_calls
 from energybench.data.datasets import ImageData, load_dataset
 from energybench.errors import EnergybenchError, Interrupted, PluginError
-from energybench.evaluation.robustness import autoattack_accuracy, catastrophic_overfitting, robustness
-from energybench.evaluation.sanity import evaluation_warnings, model_checks
+from energybench.evaluation.protocol import test_evaluation
+from energybench.evaluation.robustness import catastrophic_overfitting, robustness
+from energybench.evaluation.sanity import evaluation_warnings
 from energybench.ops.energy import EnergyTrace
+from energybench.ops.modes import frozen_batchnorm_stats
 from energybench.storage.checkpoint import load_checkpoint, save_checkpoint
 from energybench.storage.store import Store
 from energybench.storage.trained import build
@@ -59,6 +61,11 @@ def prepare(config: RunConfig, catalogue: Catalogue) -> RunConfig:
                                   | config.trainer_params, f"trainer {config.trainer!r}")
     reg_params = parse_params(reg_cls.Params, catalogue.defaults_for("regularizer", config.regularizer)
                               | config.regularizer_params, f"regularizer {config.regularizer!r}")
+    if reg_cls(**reg_params.model_dump(by_alias=True)).needs_attack_start and not trainer_cls.single_step:
+        single = [n for n in registry.names("trainer") if getattr(registry.load("trainer", n), "single_step", False)]
+        raise EnergybenchError(f"regularizer {config.regularizer!r} needs the loss at the attack's starting point, "
+                               f"which only single-step trainers report; trainer {config.trainer!r} is not one "
+                               f"(use one of: {', '.join(single)})")
     return config.model_copy(update={"trainer_params": trainer_params.model_dump(by_alias=True),
                                      "regularizer_params": reg_params.model_dump(by_alias=True)})
 
@@ -100,16 +107,8 @@ def crop_flip(x: torch.Tensor, draws: torch.Tensor, pad: int = 4) -> torch.Tenso
 
 def _trace_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Clean logits for the dE trace: no gradient, BatchNorm running statistics left untouched."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        with torch.no_grad():
-            return model(x)
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
+    with frozen_batchnorm_stats(model), torch.no_grad():
+        return model(x)
 
 
 def _call_plugin(kind: str, name: str, fn, *args, timeout: float | None = None,
@@ -243,7 +242,8 @@ class Run:
                                keep_clean_logits=self.regularizer.uses_clean_logits)
             step_passes = out.passes
             if self.regularizer.uses_clean_logits and out.logits is None:
-                out.logits = model(x)
+                with frozen_batchnorm_stats(model):  # the regularizer's extra pass must not add BN updates
+                    out.logits = model(x)
                 step_passes += 1
             if out.logits_adv is not None:
                 clean = out.logits if out.logits is not None else (
@@ -279,7 +279,7 @@ class Run:
         p = self.config.eval
         return robustness(self.model, self.data.val, n=p.val_points, eps=self.config.eps, norm=self.config.norm,
                           pgd_steps=p.val_pgd_steps, with_fgsm=True, batch_size=p.batch_size, device=self.device,
-                          prefix="val_")
+                          prefix="val_").metrics
 
     def fit(self) -> None:
         """Train the remaining epochs; after each, store metrics and checkpoints (resumable)."""
@@ -287,7 +287,7 @@ class Run:
         if self.monitor is not None and self.regularizer.acts_on_energy:
             self.reporter.alert(f"the CO monitor watches dE, which regularizer {self.config.regularizer!r} steers: "
                                 "its alarms are unreliable in this run (docs/energy.md)")
-        while self.epoch < self.config.epochs:
+        while self.epoch < self.config.epochs and not self._stopped_early():
             start = time.perf_counter()
             if self.config.monitor.action == "rollback" and self.monitor is not None and not self.monitor.rolled_back:
                 healthy = copy.deepcopy(self._state())
@@ -299,7 +299,8 @@ class Run:
                 raise EnergybenchError(f"training loss became {metrics['train_loss']} in epoch {self.epoch + 1}; "
                                        f"run stopped, last good checkpoint kept (epoch {self.epoch})")
             metrics.update(self.validate())
-            metrics["co"] = catastrophic_overfitting(metrics, self.config.eval)
+            history = [*self.store.epochs(self.run_id), metrics]
+            metrics["co"] = catastrophic_overfitting(history, self.config.eval)[-1]
             metrics["epoch_time"] = time.perf_counter() - start
             if self.monitor is not None:
                 metrics.update(self.monitor.epoch_metrics())
@@ -316,6 +317,16 @@ class Run:
             self.reporter.epoch_done(self.epoch - 1, metrics)
             if self._halt == "stop":
                 break
+
+    def _stopped_early(self) -> bool:
+        """Early stopping: ``early_stop`` epochs have passed without a better validation PGD accuracy
+        (derived from the saved state, so a resumed run stops where it would have)."""
+        patience = self.config.early_stop
+        if patience is None or self.epoch - 1 - self.best_epoch < patience:
+            return False
+        self.reporter.alert(f"early stopping after epoch {self.epoch}: no better validation PGD accuracy than "
+                            f"epoch {self.best_epoch + 1}'s in {patience} epochs")
+        return True
 
     def _on_alarm(self, iteration: int) -> bool:
         """Report the monitor's CO alarm and apply its action; True when this epoch must end now."""
@@ -346,7 +357,7 @@ class Run:
 
     def evaluate(self) -> dict[str, dict[str, float]]:
         """Test-set evaluation of the best and last checkpoints (once if they are the same epoch)."""
-        cfg, p = self.config, self.config.eval
+        cfg = self.config
         history = self.store.epochs(self.run_id)
         co_epochs = [m["epoch"] for m in history if m.get("co")]
         summary = {"best_epoch": float(self.best_epoch), "co": float(bool(co_epochs)),
@@ -354,27 +365,21 @@ class Run:
                    "train_dE_mean": history[-1].get("train_dE_mean", float("nan")),
                    "val_dE_mean": history[-1]["val_dE_mean"], "passes_per_example": self.passes / self.epoch}
         results: dict[str, dict[str, float]] = {}
+        points: dict[str, dict[str, torch.Tensor]] = {}
         for tag in ("last", "best"):
-            if tag == "best" and self.best_epoch == cfg.epochs - 1:
-                results["best"] = dict(results["last"])
+            if tag == "best" and self.best_epoch == self.epoch - 1:
+                results["best"], points["best"] = dict(results["last"]), points["last"]
                 continue
             self.model.load_state_dict(load_checkpoint(self.dir / f"{tag}.pt", map_location=self.device))
-            self.reporter.stage(f"PGD-{p.pgd_steps} on the test set ({tag})")
-            metrics = robustness(self.model, self.data.test, n=p.test_points, eps=cfg.eps, norm=cfg.norm,
-                                 pgd_steps=p.pgd_steps, pgd_restarts=p.pgd_restarts, with_fgsm=True,
-                                 batch_size=p.batch_size, device=self.device, prefix="test_")
-            if p.aa_points:
-                self.reporter.stage(f"AutoAttack on {p.aa_points} test points ({tag})")
-                metrics.update(autoattack_accuracy(
-                    self.model, self.data.test, n=p.aa_points, eps=cfg.eps, norm=cfg.norm, version=p.aa_version,
-                    seed=cfg.seed, batch_size=p.batch_size, device=self.device,
-                    on_message=lambda m, tag=tag: self.reporter.stage(f"AutoAttack ({tag}): {m[:60]}")))
-            metrics.update(model_checks(self.model, self.data.test, device=self.device))
-            results[tag] = metrics | summary
+            measured = test_evaluation(self.model, self.data.test, cfg, self.device,
+                                       stage=lambda text, tag=tag: self.reporter.stage(f"{text} ({tag})"))
+            results[tag] = measured.metrics | summary
+            points[tag] = measured.correct
             for warning in evaluation_warnings(results[tag]):
                 self.reporter.alert(f"{tag} checkpoint: {warning}")
         for tag, metrics in results.items():
             self.store.add_results(self.run_id, tag, metrics)
+            self.store.add_points(self.run_id, tag, points[tag])
         return results
 
 
@@ -406,8 +411,9 @@ def execute(config: RunConfig, store: Store, *, reporter: Reporter | None = None
     try:
         store.set_status(run_id, "running")
         run.fit()
-        with run.fast.final_evaluation():
-            run.evaluate()
+        if config.eval.test:
+            with run.fast.final_evaluation():
+                run.evaluate()
     except KeyboardInterrupt:
         store.set_status(run_id, "interrupted", error="interrupted by the user",
                          wall_time=elapsed + time.perf_counter() - start)

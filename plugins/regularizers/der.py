@@ -1,48 +1,105 @@
-"""`der`: the Delta Energy Regularizer (Mirza et al., 2025), see NOTES.md section 2."""
+"""`der`: the Delta Energy Regularizer (Mirza et al., 2025), in its published form and energybench's ablations."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_serializer, model_validator
 
-from energybench.contracts.params import PluginParams
-from energybench.contracts.regularizer import Regularizer
+from energybench import PluginParams, Regularizer
 from energybench.ops.energy import delta_energy
+
+#: Hyper-parameters of the published form, and of the ablation forms (squared, absolute, huber).
+PAPER_FIELDS = {"beta", "gamma", "aae"}
+ABLATION_FIELDS = {"lam", "terms", "huber_delta"}
 
 
 class DeltaEnergyRegularizer(Regularizer):
-    """Adds ``lam * mean_i R(dE_i)`` with dE = E(x) - E(x*) (marginal), E(x,y) - E(x*,y) (joint) or both.
+    """The Delta Energy Regularizer: penalises the gap between the energies of x and of its attack x*.
 
-    Gradients flow through both energies; x* itself is detached. The clean logits are reused from
-    the trainer when it has them (FGSM does), so DER costs no extra forward pass there.
-    The paper's exact form is not public: R and the terms are options (see docs).
+    Published form (``form="hinge"``, the default), per sample, averaged over the whole batch::
+
+        beta * max(||(dE(x), dE(x, y))||_2 - gamma, 0)      dE(x) = E(x) - E(x*),  dE(x, y) = E(x, y) - E(x*, y)
+
+    From the first author's write-up of Mirza et al. (2025) (NOTES.md section 2). In single-step
+    training the paper applies it only to abnormal adversarial examples (AAE: samples whose loss went
+    down after the attack's step, as in AAER). ``aae="auto"`` does that for single-step trainers
+    (their ``TrainOutput.logits_start`` gives the loss at the attack's start at no extra forward pass)
+    and applies it to every sample for multi-step ones; ``"always"`` and ``"never"`` force the choice.
+    Our choices where the source is silent: x* is detached (an input), gradients flow through both
+    E(x) and E(x*); the norm is per sample; the mean is over the whole batch (samples outside the
+    mask count as 0, so the penalty scales with the share of AAEs).
+
+    Ablation forms (energybench's earlier guesses, NOT the paper's): ``lambda * mean_i R(dE_i)`` with
+    R squared, absolute or huber, on the marginal, joint or both delta energies, every sample.
     """
 
     uses_clean_logits = True
     acts_on_energy = True
 
     class Params(PluginParams):
-        lam: float = Field(1.0, ge=0, alias="lambda", description="weight of the penalty")
-        form: Literal["squared", "absolute", "huber"] = Field("squared", description="penalty R applied to dE")
-        terms: Literal["marginal", "joint", "both"] = Field("marginal", description="which delta energy")
-        huber_delta: float = Field(1.0, gt=0, description="transition point of the huber form")
+        form: Literal["hinge", "squared", "absolute", "huber"] = Field(
+            "hinge", description="hinge: the published form; squared/absolute/huber: ablations")
+        beta: float = Field(1.0, ge=0, description="hinge: weight of the penalty")
+        gamma: float = Field(0.5, ge=0, description="hinge: margin below which the dE norm is free")
+        aae: Literal["auto", "always", "never"] = Field(
+            "auto", description="hinge: only on abnormal adversarial examples (auto: with single-step trainers)")
+        lam: float = Field(1.0, ge=0, alias="lambda", description="ablations: weight of the penalty")
+        terms: Literal["marginal", "joint", "both"] = Field("marginal", description="ablations: which delta energy")
+        huber_delta: float = Field(1.0, gt=0, description="huber ablation: transition point")
 
-    def _penalty(self, d: torch.Tensor) -> torch.Tensor:
+        @model_validator(mode="after")
+        def _fields_of_form(self):
+            foreign = ABLATION_FIELDS if self.form == "hinge" else PAPER_FIELDS
+            wrong = sorted(type(self).model_fields[f].alias or f for f in self.model_fields_set & foreign)
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to "
+                                 f"form={self.form!r} (the published form, hinge, takes beta, gamma and aae; "
+                                 "the ablations squared, absolute and huber take lambda, terms and huber_delta)")
+            return self
+
+        @model_serializer(mode="wrap")
+        def _only_fields_of_form(self, handler) -> dict[str, Any]:
+            # a run's stored settings hold only what its form uses, so the settings (and config hash)
+            # of an ablation run are exactly those energybench stored before the published form existed
+            data = handler(self)
+            foreign = ABLATION_FIELDS if self.form == "hinge" else PAPER_FIELDS
+            drop = {type(self).model_fields[f].alias or f for f in foreign} | foreign
+            return {k: v for k, v in data.items() if k not in drop}
+
+    @property
+    def needs_attack_start(self) -> bool:
+        return self.params.form == "hinge" and self.params.aae == "always"
+
+    @classmethod
+    def variant(cls, params: dict[str, Any]) -> str | None:
+        """``None`` for the published form; the ablation's form, terms and weight otherwise (leaderboard label)."""
+        form = params.get("form", "squared")  # runs stored before the published form existed were ablations
+        if form == "hinge":
+            return None
+        return f"{form} {params.get('terms', 'marginal')} dE, lambda {params.get('lambda', 1.0):g}"
+
+    def penalty(self, model, x, y, out):
+        p = self.params
+        if p.form == "hinge":
+            d = torch.stack([delta_energy(out.logits, out.logits_adv), delta_energy(out.logits, out.logits_adv, y)], 1)
+            per_sample = F.relu(torch.linalg.vector_norm(d, dim=1) - p.gamma)
+            if p.aae == "always" or (p.aae == "auto" and out.logits_start is not None):
+                per_sample = per_sample * out.abnormal(y)
+            return p.beta * per_sample.mean()
+        total = out.loss.new_zeros(())
+        if p.terms in ("marginal", "both"):
+            total = total + self._ablation(delta_energy(out.logits, out.logits_adv))
+        if p.terms in ("joint", "both"):
+            total = total + self._ablation(delta_energy(out.logits, out.logits_adv, y))
+        return p.lam * total
+
+    def _ablation(self, d: torch.Tensor) -> torch.Tensor:
         p = self.params
         if p.form == "squared":
             return d.pow(2).mean()
         if p.form == "absolute":
             return d.abs().mean()
         return F.huber_loss(d, torch.zeros_like(d), delta=p.huber_delta)
-
-    def penalty(self, model, x, y, out):
-        p = self.params
-        total = out.loss.new_zeros(())
-        if p.terms in ("marginal", "both"):
-            total = total + self._penalty(delta_energy(out.logits, out.logits_adv))
-        if p.terms in ("joint", "both"):
-            total = total + self._penalty(delta_energy(out.logits, out.logits_adv, y))
-        return p.lam * total

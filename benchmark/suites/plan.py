@@ -1,0 +1,172 @@
+"""What a suite will cost before it runs: passes per run, seconds per pass, and the dry-run table."""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+from dataclasses import dataclass
+
+from rich.table import Table
+
+from energybench.config import RunConfig, format_eps
+from energybench.errors import EnergybenchError
+from energybench.storage.store import Store
+from energybench.suites.spec import Calibration, Cell, Suite, format_values, latest_runs
+
+#: Train and test set sizes of the built-in datasets, used only to estimate costs.
+DATASET_POINTS = {"fashion-mnist": (60000, 10000), "mnist": (60000, 10000), "digits": (1437, 360),
+                  "cifar10": (50000, 10000), "cifar100": (50000, 10000), "svhn": (73257, 26032)}
+
+#: Rough cost of AutoAttack per attacked point, in forward+backward pass equivalents: APGD-CE runs on
+#: every point, APGD-T, FAB-T and Square only on those still robust (measured on CPU with the small CNN:
+#: ~150 per point of a collapsed model, ~5000 per robust point). An estimate, not a measurement.
+AA_PASSES_PER_POINT = 2000
+
+
+def _passes_key(config: RunConfig) -> str:
+    fields = ("dataset", "model", "trainer", "trainer_params", "regularizer", "regularizer_params", "norm")
+    return json.dumps(config.model_dump(include=set(fields)), sort_keys=True)
+
+
+@functools.cache
+def _step_passes(key: str) -> float:
+    """Forward+backward passes per example of one training step, measured on a 2-example random batch.
+
+    The trainer reports its own passes; the harness adds one clean forward when the regularizer needs
+    clean logits the trainer did not keep; each forward call the regularizer makes counts as one more
+    (that forward and the backward through it).
+    """
+    import torch
+
+    from energybench.contracts.registry import get_registry
+    from energybench.contracts.regularizer import forward_calls
+    from energybench.data.datasets import DATASETS
+    from energybench.storage.trained import build
+
+    config = RunConfig(**json.loads(key))
+    info, registry = DATASETS[config.dataset], get_registry()
+    model = build(config.model, info).train()
+    trainer = registry.load("trainer", config.trainer)(eps=config.eps, norm=config.norm, **config.trainer_params)
+    regularizer = registry.load("regularizer", config.regularizer)(**config.regularizer_params)
+    regularizer.eps, regularizer.norm = config.eps, config.norm
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, info.in_channels, info.image_size, info.image_size, generator=generator)
+    y = torch.tensor([0, 1])
+    out = trainer.step(model, x, y, keep_clean_logits=regularizer.uses_clean_logits)
+    passes = out.passes
+    if regularizer.uses_clean_logits and out.logits is None:
+        out.logits, passes = model(x), passes + 1
+    with forward_calls(model) as calls:
+        regularizer.penalty(model, x, y, out)
+    return passes + len(calls)
+
+
+def estimate_passes(config: RunConfig) -> float:
+    """Estimated forward+backward example passes of one run: training, per-epoch validation, final tests.
+
+    Training is exact up to the regularizer's own cost (see ``_step_passes``); AutoAttack is a rough
+    ``AA_PASSES_PER_POINT`` per point and checkpoint; a tuning run (``eval.test`` off) has no test part.
+    """
+    train_size, test_size = DATASET_POINTS.get(config.dataset, (50000, 10000))
+    train_points = min(config.n_train or train_size, train_size - config.val_size)
+    trained = max(1, train_points // config.batch_size) * config.batch_size
+    p = config.eval
+    train = trained * config.epochs * _step_passes(_passes_key(config))
+    validation = config.epochs * min(p.val_points, config.val_size) * (p.val_pgd_steps + 2)
+    test = min(p.test_points or test_size, test_size) * (p.pgd_steps * p.pgd_restarts + 1)
+    autoattack = min(p.aa_points, test_size) * AA_PASSES_PER_POINT
+    return train + validation + (2 * (test + autoattack) if p.test else 0)  # best and last checkpoints
+
+
+@dataclass
+class CostModel:
+    """Seconds per example pass, learned from completed runs in the store or taken from the suite."""
+
+    seconds_per_pass: dict[tuple[str, str], float]
+    fallback: Calibration | None
+
+    @classmethod
+    def learn(cls, store: Store, cells: list[Cell], fallback: Calibration | None) -> CostModel:
+        """Median seconds per estimated pass of the store's completed runs on each (dataset, model) of ``cells``."""
+        speeds: dict[tuple[str, str], float] = {}
+        for dataset, model in {(c.config.dataset, c.config.model) for c in cells}:
+            samples = []
+            for run in store.runs(dataset=dataset, model=model):
+                try:
+                    passes = estimate_passes(RunConfig(**run.config))
+                except EnergybenchError:  # a run of a plugin no longer installed cannot be re-estimated
+                    continue
+                if run.wall_time:
+                    samples.append(run.wall_time / passes)
+            if samples:
+                speeds[(dataset, model)] = statistics.median(samples)
+        return cls(speeds, fallback)
+
+    def seconds(self, config: RunConfig, passes: float) -> float | None:
+        speed = self.seconds_per_pass.get((config.dataset, config.model))
+        if speed is None and self.fallback is not None:
+            speed = self.fallback.seconds_per_mpass / 1e6
+        return None if speed is None else passes * speed
+
+    def source(self, cells: list[Cell]) -> str:
+        learned = sorted({f"{c.config.dataset}/{c.config.model}" for c in cells
+                          if (c.config.dataset, c.config.model) in self.seconds_per_pass})
+        if learned:
+            return f"speed learned from completed runs in the store ({', '.join(learned)})"
+        if self.fallback is not None:
+            return (f"speed {self.fallback.seconds_per_mpass:g} s per million passes, measured on "
+                    f"{self.fallback.machine}; completed runs in the store refine it")
+        return "no speed known yet: times appear once a run of this dataset and model completes in the store"
+
+
+# ----- the dry run ----------------------------------------------------------------------------
+
+def duration(seconds: float | None) -> str:
+    """``42s``, ``17m`` or ``2.3h``; ``?`` when unknown."""
+    if seconds is None:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 5400 else f"{seconds / 3600:.1f}h"
+
+
+def count(n: float) -> str:
+    """``830k``, ``12.5M`` or ``2.9G``."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def render_plan(suite: Suite, stages: list[tuple[str, list[Cell]]], store: Store) -> tuple[Table, str]:
+    """The dry run: every cell of every stage (tuning, then evaluation) with its status in ``store`` and
+    estimated cost, plus a one-line total per stage."""
+    every = [cell for _, cells in stages for cell in cells]
+    latest = latest_runs(store, every)
+    costs = CostModel.learn(store, every, suite.spec.calibration)
+    table = Table(title=f"Suite {suite.name}: {suite.spec.description}", title_justify="left", header_style="bold")
+    for header in ("#", "stage", "trainer", "reg", "tuned", "eps", "seed", "status", "passes", "est. time"):
+        table.add_column(header, justify="right" if header in ("#", "eps", "seed", "passes", "est. time") else "left")
+    totals, i = [], 0
+    for stage, cells in stages:
+        todo_passes, todo_seconds, todo, unknown = 0.0, 0.0, 0, False
+        for cell in cells:
+            i += 1
+            record = latest[cell.config_hash]
+            passes = estimate_passes(cell.config)
+            seconds = costs.seconds(cell.config, passes)
+            if record is None or record.status != "done":
+                todo, todo_passes = todo + 1, todo_passes + passes
+                unknown |= seconds is None
+                todo_seconds += seconds or 0.0
+            status = "to run" if record is None else (
+                f"done ({record.id})" if record.status == "done" else f"{record.status}: to run again")
+            tuned = "after tuning" if cell.pending else (format_values(cell.tuned) or "-")
+            table.add_row(str(i), stage, cell.trainer, cell.regularizer, tuned, format_eps(cell.eps), str(cell.seed),
+                          status, count(passes), duration(seconds), end_section=cell is cells[-1])
+        total = "?" if unknown else duration(todo_seconds)
+        totals.append(f"{stage}: {len(cells)} cells, {len(cells) - todo} done, {todo} to run, estimated "
+                      f"{count(todo_passes)} example passes, about {total}")
+    summary = "; ".join(totals) + f" (one cell after another; {costs.source(every)})"
+    return table, summary

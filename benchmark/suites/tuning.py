@@ -1,0 +1,105 @@
+"""The tuning stage of a suite: one value per (trainer, regularizer, eps) chosen on validation metrics only.
+
+Every candidate ran on the tuning seeds (``Suite.tuning_cells``); the candidates are ranked by the
+validation PGD accuracy of the epoch ``tuning.checkpoint`` names (``last``, or ``best``), averaged
+over the tuning seeds. The guard against degenerate winners (NOTES.md section 2: a regularizer
+strong enough to make the classifier constant beats a collapsed model on PGD): a candidate is
+eligible only if its validation clean accuracy (same epoch, averaged over seeds) reaches
+``tuning.min_clean`` times that of the same trainer without regularizer; when no candidate is
+eligible, the one with the highest clean accuracy is chosen and the selection says so. Only
+``Store.epochs`` (validation metrics) is read: tuning runs never evaluate on the test split.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from energybench.config import Catalogue
+from energybench.errors import EnergybenchError
+from energybench.storage.store import Store
+from energybench.suites.spec import Cell, Suite, format_values, latest_runs
+
+
+@dataclass
+class Candidate:
+    """One candidate's validation scores, averaged over the tuning seeds."""
+
+    values: dict[str, Any]
+    pgd: float
+    clean: float
+    eligible: bool
+
+
+@dataclass
+class Selection:
+    """The value chosen for one (trainer, regularizer, eps), with every candidate's scores."""
+
+    key: tuple[str, str, float]
+    values: dict[str, Any]
+    candidates: list[Candidate] = field(default_factory=list)
+    reference_clean: float = float("nan")
+    guarded: bool = True  # False when no candidate passed the guard
+
+    def describe(self) -> str:
+        note = "" if self.guarded else " (no candidate passed the clean-accuracy guard: most accurate taken)"
+        return format_values(self.values) + note
+
+
+def _validation_scores(store: Store, cell: Cell, epoch_of: str) -> tuple[float, float]:
+    """(validation PGD, validation clean) accuracy of a completed tuning run at its last or best epoch."""
+    record = latest_runs(store, [cell])[cell.config_hash]
+    if record is None or record.status != "done":
+        raise EnergybenchError(f"tuning cell {cell.describe()} has not completed")
+    history = store.epochs(record.id)
+    if epoch_of == "best":
+        epoch = max(range(len(history)), key=lambda e: (history[e]["val_pgd_acc"], -e))
+    else:
+        epoch = len(history) - 1
+    return history[epoch]["val_pgd_acc"], history[epoch]["val_clean_acc"]
+
+
+def choose(store: Store, suite: Suite, catalogue: Catalogue, *, cells: list[Cell] | None = None
+           ) -> dict[tuple[str, str, float], Selection]:
+    """The selection of every tuned (trainer, regularizer, eps) whose tuning runs have all completed."""
+    tuning = suite.spec.tuning
+    if tuning is None:
+        return {}
+    cells = cells if cells is not None else suite.tuning_cells(catalogue)
+    done = {c.config_hash for c in cells if (r := latest_runs(store, [c])[c.config_hash]) and r.status == "done"}
+    by_group: dict[tuple[str, str, float], list[Cell]] = {}
+    references: dict[tuple[str, float], list[Cell]] = {}
+    for cell in cells:  # references: the trainer alone, nothing tuned (Suite.tuning_cells)
+        if cell.tuned:
+            by_group.setdefault(cell.group, []).append(cell)
+        else:
+            references.setdefault((cell.trainer, cell.eps), []).append(cell)
+    selections = {}
+    for key, group in by_group.items():
+        trainer, _, eps = key
+        reference = references.get((trainer, eps), [])
+        if not all(c.config_hash in done for c in group + reference):
+            continue
+        ref_clean = statistics.fmean(_validation_scores(store, c, tuning.checkpoint)[1] for c in reference)
+        per_values: dict[str, list[tuple[float, float]]] = {}
+        order: dict[str, dict[str, Any]] = {}
+        for cell in group:
+            tag = format_values(cell.tuned)
+            order.setdefault(tag, cell.tuned)
+            per_values.setdefault(tag, []).append(_validation_scores(store, cell, tuning.checkpoint))
+        candidates = []
+        for tag, scores in per_values.items():
+            pgd = statistics.fmean(s[0] for s in scores)
+            clean = statistics.fmean(s[1] for s in scores)
+            candidates.append(Candidate(order[tag], pgd, clean, clean >= tuning.min_clean * ref_clean))
+        eligible = [c for c in candidates if c.eligible]
+        # ties go to the earlier candidate in the grid, so the choice never depends on dict order
+        best = (max(eligible, key=lambda c: c.pgd) if eligible else max(candidates, key=lambda c: c.clean))
+        selections[key] = Selection(key, best.values, candidates, ref_clean, guarded=bool(eligible))
+    return selections
+
+
+def chosen_values(selections: dict[tuple[str, str, float], Selection]) -> dict[tuple[str, str, float], dict]:
+    """The chosen hyper-parameter values by (trainer, regularizer, eps), for ``Suite.cells``."""
+    return {key: s.values for key, s in selections.items()}

@@ -1,0 +1,171 @@
+"""DER in the paper's form, its abnormal-example mask, AAER, and what the harness does around them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from energybench import TrainOutput, get_plugin
+from energybench.contracts.regularizer import forward_calls
+from energybench.errors import EnergybenchError
+
+LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.2], [1.5, 1.5, 0.0], [-0.3, 0.8, 2.2]])
+LOGITS_ADV = torch.tensor([[1.0, 1.5, -0.5], [0.3, 0.4, 0.9], [1.4, 1.6, 0.1], [0.5, 0.1, 1.0]])
+LOGITS_START = torch.tensor([[2.2, 0.4, -1.0], [0.1, 0.2, 1.5], [1.5, 1.5, 0.0], [0.6, 0.0, 1.2]])
+Y = torch.tensor([0, 1, 0, 2])
+
+
+def der(**params):
+    return get_plugin("regularizer", "der")(**params)
+
+
+def by_hand(beta: float, gamma: float, mask: list[bool] | None) -> float:
+    """The published form written out sample by sample with plain floats."""
+    total = 0.0
+    for i in range(len(Y)):
+        e, e_adv = -torch.logsumexp(LOGITS[i], 0).item(), -torch.logsumexp(LOGITS_ADV[i], 0).item()
+        ej, ej_adv = -LOGITS[i, Y[i]].item(), -LOGITS_ADV[i, Y[i]].item()
+        norm = ((e - e_adv) ** 2 + (ej - ej_adv) ** 2) ** 0.5
+        if mask is None or mask[i]:
+            total += max(norm - gamma, 0.0)
+    return beta * total / len(Y)
+
+
+def abnormal_by_hand() -> list[bool]:
+    return [F.cross_entropy(LOGITS_ADV[i:i + 1], Y[i:i + 1]).item()
+            < F.cross_entropy(LOGITS_START[i:i + 1], Y[i:i + 1]).item() for i in range(len(Y))]
+
+
+def test_the_published_form_on_hand_computed_logits():
+    out = TrainOutput(loss=torch.zeros(()), logits=LOGITS, logits_adv=LOGITS_ADV, logits_start=LOGITS_START)
+    mask = abnormal_by_hand()
+    assert 0 < sum(mask) < len(Y)  # the example has both kinds of samples
+    assert out.abnormal(Y).tolist() == mask
+    for beta, gamma in ((1.0, 0.0), (2.5, 0.3), (0.5, 10.0)):
+        value = der(beta=beta, gamma=gamma).penalty(None, None, Y, out).item()
+        assert value == pytest.approx(by_hand(beta, gamma, mask), rel=1e-6)  # auto: single-step output, masked
+        value = der(beta=beta, gamma=gamma, aae="never").penalty(None, None, Y, out).item()
+        assert value == pytest.approx(by_hand(beta, gamma, None), rel=1e-6)
+    assert der(beta=1.0, gamma=10.0).penalty(None, None, Y, out).item() == 0.0  # every norm below the margin
+    multi_step = TrainOutput(loss=torch.zeros(()), logits=LOGITS, logits_adv=LOGITS_ADV)  # no logits_start
+    assert der(beta=2.0, gamma=0.3).penalty(None, None, Y, multi_step).item() == pytest.approx(by_hand(2.0, 0.3, None))
+
+
+def test_ablation_forms_keep_their_settings_and_refuse_the_papers():
+    reg = get_plugin("regularizer", "der")
+    assert der().params.model_dump(by_alias=True) == {"form": "hinge", "beta": 1.0, "gamma": 0.5, "aae": "auto"}
+    # the settings energybench stored for its earlier default, key for key (so its config hash is unchanged)
+    assert der(form="squared").params.model_dump(by_alias=True) == {"lambda": 1.0, "form": "squared",
+                                                                    "terms": "marginal", "huber_delta": 1.0}
+    with pytest.raises(EnergybenchError, match="lambda does not apply to form='hinge'"):
+        der(**{"lambda": 3.0})
+    with pytest.raises(EnergybenchError, match="beta, gamma do not apply to form='squared'"):
+        der(form="squared", beta=1.0, gamma=0.1)
+    assert reg.variant({"form": "squared", "terms": "joint", "lambda": 10.0}) == "squared joint dE, lambda 10"
+    assert reg.variant({"lambda": 1.0, "terms": "marginal"}) == "squared marginal dE, lambda 1"  # before 'form'
+    assert reg.variant(der().params.model_dump(by_alias=True)) is None
+    out = TrainOutput(loss=torch.zeros(()), logits=LOGITS, logits_adv=LOGITS_ADV, logits_start=LOGITS_START)
+    squared = (-torch.logsumexp(LOGITS, 1) + torch.logsumexp(LOGITS_ADV, 1)).pow(2).mean()
+    value = der(form="squared", **{"lambda": 3.0}).penalty(None, None, Y, out).item()
+    assert value == pytest.approx(3 * squared.item())
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def test_gradients_flow_through_both_energies_and_never_through_x_adv():
+    model = _net()
+    x = torch.rand(8, 1, 3, 4)
+    y = torch.randint(0, 3, (8,))
+    x_adv = (x + 0.1 * torch.randn_like(x)).requires_grad_(True)  # would collect a gradient if one reached it
+    params = list(model.parameters())
+    reg = der(beta=1.0, gamma=0.0, aae="never")
+
+    def grads(detach_clean: bool, detach_adv: bool) -> list[torch.Tensor]:
+        logits, logits_adv = model(x), model(x_adv.detach())
+        out = TrainOutput(loss=torch.zeros(()), logits=logits.detach() if detach_clean else logits,
+                          logits_adv=logits_adv.detach() if detach_adv else logits_adv)
+        return torch.autograd.grad(reg.penalty(model, x, y, out), params, allow_unused=True)
+
+    both = grads(False, False)
+    clean_only, adv_only = grads(False, True), grads(True, False)
+    assert all(g.abs().sum() > 0 for g in clean_only) and all(g.abs().sum() > 0 for g in adv_only)
+    for total, a, b in zip(both, clean_only, adv_only):  # the two paths add up to the whole gradient
+        assert torch.allclose(total, a + b, atol=1e-6)
+    assert x_adv.grad is None
+
+
+@pytest.mark.parametrize("trainer", ["fgsm", "rs-fgsm", "n-fgsm"])
+def test_abnormal_flags_equal_a_direct_computation_of_both_losses(trainer):
+    model = _net()
+    x, y = torch.rand(64, 1, 3, 4), torch.randint(0, 3, (64,))
+    inputs = []
+    hook = model.register_forward_pre_hook(lambda module, args: inputs.append(args[0].detach().clone()))
+    torch.manual_seed(1)
+    out = get_plugin("trainer", trainer)(eps=0.3).step(model, x, y, keep_clean_logits=False)
+    hook.remove()
+    start = inputs[0]  # the attack's first forward pass is at its starting point
+    if trainer == "fgsm":
+        assert torch.equal(start, x)
+    with torch.no_grad():
+        before = F.cross_entropy(model(start), y, reduction="none")
+        after = F.cross_entropy(model(out.x_adv), y, reduction="none")
+    assert torch.equal(out.abnormal(y), after < before)
+    assert not out.logits_start.requires_grad
+
+
+def test_single_step_only_regularizers_refuse_multi_step_trainers():
+    from energybench.config import load_catalogue, resolve_config
+    from energybench.training.run import prepare
+
+    catalogue = load_catalogue()
+    for reg, params in (("der", {"aae": "always"}), ("aaer", {})):
+        config = resolve_config(catalogue, track="digits-tiny", overrides={
+            "trainer": "pgd", "regularizer": reg, "regularizer_params": params})
+        with pytest.raises(EnergybenchError, match=r"only single-step trainers report; trainer 'pgd' is not one "
+                                                   r"\(use one of: fgsm, n-fgsm, rs-fgsm\)"):
+            prepare(config, catalogue)
+    config = resolve_config(catalogue, track="digits-tiny", overrides={"trainer": "pgd", "regularizer": "der"})
+    assert prepare(config, catalogue).regularizer_params["aae"] == "auto"  # auto: every sample with pgd
+
+
+def test_aaer_on_hand_computed_logits():
+    out = TrainOutput(loss=torch.zeros(()), logits_adv=LOGITS_ADV.clone().requires_grad_(True),
+                      logits_start=LOGITS_START)
+    mask = abnormal_by_hand()
+    m, n = sum(mask), len(Y)
+    ce_start = [F.cross_entropy(LOGITS_START[i:i + 1], Y[i:i + 1]).item() for i in range(n)]
+    ce_adv = [F.cross_entropy(LOGITS_ADV[i:i + 1], Y[i:i + 1]).item() for i in range(n)]
+    variation = [(LOGITS_ADV[i] - LOGITS_START[i]).pow(2).sum().item() for i in range(n)]
+    r_ce = sum(ce_start[i] - ce_adv[i] for i in range(n) if mask[i]) / m
+    r_a = sum(variation[i] for i in range(n) if mask[i]) / m
+    r_n = sum(variation[i] for i in range(n) if not mask[i]) / (n - m)
+    expected = 1.0 * (m / n) * (2.5 * r_ce + 1.5 * max(r_a - r_n, 0.0))
+    assert get_plugin("regularizer", "aaer")().penalty(None, None, Y, out).item() == pytest.approx(expected, rel=1e-6)
+    # normal samples that did not move: R_N = 0 < R_A, and the gradient reaches z1 of the abnormal samples only
+    moved = torch.tensor(mask)
+    logits_adv = torch.where(moved[:, None], LOGITS_ADV, LOGITS_START).requires_grad_(True)
+    out = TrainOutput(loss=torch.zeros(()), logits_adv=logits_adv, logits_start=LOGITS_START)
+    assert out.abnormal(Y).tolist() == mask
+    get_plugin("regularizer", "aaer")().penalty(None, None, Y, out).backward()
+    assert logits_adv.grad[moved].abs().sum() > 0 and logits_adv.grad[~moved].abs().sum() == 0
+    everyone = TrainOutput(loss=torch.zeros(()), logits_adv=LOGITS_START + 1.0, logits_start=LOGITS_START)
+    assert get_plugin("regularizer", "aaer")().penalty(None, None, Y, everyone).item() == 0.0  # m = 0
+
+
+def test_fgsm_with_der_costs_no_extra_forward_pass():
+    model = _net()
+    x, y = torch.rand(16, 1, 3, 4), torch.randint(0, 3, (16,))
+    trainer = get_plugin("trainer", "fgsm")(eps=0.1)
+    counts = {}
+    for name in ("none", "der"):
+        reg = get_plugin("regularizer", name)()
+        with forward_calls(model) as calls:
+            out = trainer.step(model, x, y, keep_clean_logits=reg.uses_clean_logits)
+            (out.loss + reg.penalty(model, x, y, out)).backward()
+        counts[name] = len(calls)
+    assert counts == {"none": 2, "der": 2}
