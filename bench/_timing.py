@@ -19,7 +19,8 @@ import torch
 from energybench.config import RunConfig, load_catalogue
 from energybench.data.datasets import DATASETS, ImageData, Split
 from energybench.storage.store import Store
-from energybench.training.run import Run, prepare
+from energybench.training.loop import Run
+from energybench.training.run import prepare
 
 #: Defaults per device type: CPU-sized, and the paper's CIFAR-10 / PreActResNet-18 setting on CUDA.
 DEFAULTS = {"cpu": {"dataset": "fashion-mnist", "model": "small-cnn", "eps": 0.1, "n_train": 2048},

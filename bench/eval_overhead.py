@@ -21,10 +21,10 @@ import torch
 from pyautoattack import AutoAttack
 
 from energybench.config import FastPath
+from energybench.contracts.registry import create_model
 from energybench.data.datasets import Split
 from energybench.evaluation.robustness import as_float, autoattack_accuracy
 from energybench.ops.modes import eval_mode
-from energybench.storage.trained import build
 from energybench.training.acceleration import Acceleration
 
 
@@ -36,7 +36,7 @@ def main() -> None:
     args = _timing.parse(p)
     data = _timing.random_data(args.dataset, args.points, n_test=args.points)
     fast = Acceleration.resolve(FastPath(enabled=args.fast), args.device)
-    model = fast.prepare_model(build(args.model, data.info).to(args.device).eval())
+    model = fast.prepare_model(create_model(args.model, dataset=args.dataset).to(args.device).eval())
     x = as_float(data.test.x, args.device)
     with torch.no_grad():
         y = model(x).argmax(1)

@@ -17,7 +17,7 @@ import _timing
 import torch
 import torch.nn.functional as F
 
-from energybench.training.run import Run
+from energybench.training.loop import Run
 
 
 def minimal_fgsm_epoch(model, optimizer, scheduler, x_all, y_all, *, eps: float, batch_size: int,

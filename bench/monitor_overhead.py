@@ -21,8 +21,10 @@ import torch
 
 from energybench.config import load_catalogue, resolve_config
 from energybench.storage.store import Store
+from energybench.training.callbacks.co_monitor import COMonitorCallback
+from energybench.training.loop import Run
 from energybench.training.monitor import COMonitor
-from energybench.training.run import Run, prepare
+from energybench.training.run import prepare
 
 
 def _sync(device: torch.device) -> None:
@@ -49,11 +51,13 @@ def main() -> None:
         clock = time.perf_counter if run.device.type == "cuda" else time.process_time
         steps = run.batches_per_epoch
         times: dict[str, list[float]] = {"off": [], "on": []}
-        run.monitor = None
+        unmonitored = [(name, callback) for name, callback in run.callbacks if name != "CO monitor"]
+        run.callbacks = unmonitored
         run.train_epoch()  # warm-up
         for repeat in range(args.repeats):
             for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
-                run.monitor = COMonitor(config.monitor, run.device) if mode == "on" else None
+                run.callbacks = unmonitored + ([("CO monitor", COMonitorCallback(config.monitor, run.device))]
+                                               if mode == "on" else [])
                 _sync(run.device)
                 start = clock()
                 run.train_epoch()

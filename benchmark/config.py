@@ -15,11 +15,14 @@ import re
 import sys
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from energybench.errors import EnergybenchError, unknown_name
+
+if TYPE_CHECKING:
+    import torch
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -206,6 +209,21 @@ class RunConfig(_Strict):
 #: Settings that enter the config hash only when they differ from these defaults (added after runs were stored).
 UNHASHED_DEFAULTS: dict[str, Any] = {"keep_epochs": False, "early_stop": None, "eval.co_drop": 0.5,
                                      "eval.test": True}
+
+
+def select_device(name: str) -> torch.device:
+    """The torch device of a ``device`` setting: auto (CUDA when available, else CPU), cpu, cuda or cuda:N."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EnergybenchError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EnergybenchError(f"device {name!r} requested but CUDA is not available here (use auto or cpu)")
+    return device
 
 
 class Track(_Strict):

@@ -11,12 +11,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from energybench.cli import main
 from energybench.config import FastPath, load_catalogue, resolve_config
+from energybench.data.augment import crop_flip, crop_flip_draws
 from energybench.errors import EnergybenchError
 from energybench.plugins.models.small_cnn import SmallCNN
 from energybench.storage.store import Store
 from energybench.training.acceleration import Acceleration
+from energybench.training.callbacks.energy_trace import TRACE_INTERVAL
+from energybench.training.loop import Run
 from energybench.training.progress import Reporter
-from energybench.training.run import TRACE_INTERVAL, Run, crop_flip, crop_flip_draws, prepare
+from energybench.training.run import prepare
 
 CPU = torch.device("cpu")
 

@@ -19,11 +19,10 @@ from datafiles import class_images, write_idx
 
 from energybench.cli import main
 from energybench.config import load_catalogue, resolve_config
-from energybench.data.datasets import DATASETS
+from energybench.contracts.registry import create_model
 from energybench.errors import EnergybenchError
 from energybench.storage.checkpoint import load_checkpoint, save_checkpoint
 from energybench.storage.store import Store
-from energybench.storage.trained import build
 from energybench.training.progress import Reporter
 from energybench.training.run import execute, prepare
 
@@ -102,12 +101,12 @@ def _schema(version: int):
 def _state_of_another_model(tmp: Path, store: Path, ids: dict[str, str]) -> None:
     path = store / "runs" / ids["interrupted"] / "state.pt"
     state = load_checkpoint(path)
-    state["model"] = build("small-cnn", DATASETS["cifar100"]).state_dict()
+    state["model"] = create_model("small-cnn", dataset="cifar100").state_dict()
     save_checkpoint(path, state)
 
 
 def _weights_for_100_classes(tmp: Path, store: Path, ids: dict[str, str]) -> None:
-    save_checkpoint(tmp / "c100.pt", build("small-cnn", DATASETS["cifar100"]).state_dict())
+    save_checkpoint(tmp / "c100.pt", create_model("small-cnn", dataset="cifar100").state_dict())
 
 
 def _corrupt_best(tmp: Path, store: Path, ids: dict[str, str]) -> None:

@@ -10,12 +10,13 @@ import torch
 from energybench.config import EvalProtocol, load_catalogue, resolve_config
 from energybench.contracts import registry as reg
 from energybench.contracts.trainer import Trainer, TrainOutput
+from energybench.data.augment import crop_flip, crop_flip_draws
 from energybench.errors import EnergybenchError, PluginError
 from energybench.evaluation.robustness import catastrophic_overfitting
 from energybench.storage.checkpoint import load_checkpoint
 from energybench.storage.store import Store
 from energybench.training.progress import Reporter
-from energybench.training.run import crop_flip, crop_flip_draws, execute, prepare
+from energybench.training.run import execute, prepare
 
 
 def tiny_config(**overrides):
@@ -43,7 +44,7 @@ def test_a_run_trains_evaluates_and_stores_everything(tmp_path):
     assert 0 <= last["aa_acc"] <= last["test_pgd_acc"] + 0.2 and last["test_clean_acc"] > 0.5
     assert last["passes_per_example"] == pytest.approx(2.0)  # FGSM+DER: DER reused the clean forward pass
     folder = store.run_dir(run_id)
-    assert json.loads((folder / "config.json").read_text())["regularizer_params"]["lambda"] == 1.0
+    assert json.loads((folder / "config.json").read_text())["regularizer_params"]["form"] == "hinge"
     for name in ("best.pt", "last.pt", "state.pt"):
         assert load_checkpoint(folder / name)
     assert len((folder / "metrics.jsonl").read_text().splitlines()) == 2

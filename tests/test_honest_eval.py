@@ -14,9 +14,11 @@ from energybench.data.datasets import Split
 from energybench.evaluation.robustness import autoattack_accuracy, robustness
 from energybench.evaluation.sanity import evaluation_warnings, model_checks
 from energybench.storage.store import Store
-from energybench.training import run as harness
+from energybench.training import loop as harness
+from energybench.training import run as lifecycle
+from energybench.training.loop import Run
 from energybench.training.progress import Reporter
-from energybench.training.run import Run, execute, prepare
+from energybench.training.run import execute, prepare
 
 CPU = torch.device("cpu")
 
@@ -115,17 +117,19 @@ def test_the_test_split_is_read_only_by_the_final_evaluation_and_evaluations_use
         return data
 
     monkeypatch.setattr(harness, "load_dataset", watched_load)
-    for method in ("fit", "validate", "evaluate"):
-        original = getattr(Run, method)
 
-        def phased(self, *args, _original=original, _phase=method, **kwargs):
-            outer, BNNet.phase = BNNet.phase, _phase
+    def phase(original, name):
+        def phased(*args, **kwargs):
+            outer, BNNet.phase = BNNet.phase, name
             try:
-                return _original(self, *args, **kwargs)
+                return original(*args, **kwargs)
             finally:
                 BNNet.phase = outer
+        return phased
 
-        monkeypatch.setattr(Run, method, phased)
+    for method in ("fit", "validate"):
+        monkeypatch.setattr(Run, method, phase(getattr(Run, method), method))
+    monkeypatch.setattr(lifecycle, "evaluate_checkpoints", phase(lifecycle.evaluate_checkpoints, "evaluate"))
     monkeypatch.setattr(BNNet, "phase", "init")
     BNNet.log.clear()
     catalogue = load_catalogue()

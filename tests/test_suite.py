@@ -364,13 +364,14 @@ def test_when_no_candidate_passes_the_guard_the_most_accurate_is_taken_and_said(
 
 
 def test_a_tuned_suite_runs_both_stages_end_to_end_without_touching_the_test_split(tmp_path, capsys, monkeypatch):
-    from energybench.training.run import Run
+    from energybench.training import run as lifecycle
 
     registry = tmp_path / "registry.toml"
     catalogue_with(tmp_path, TUNED.replace("beta = [1.0, 3.0, 10.0]", "beta = [0.5, 2.0]"))
     evaluated = []
-    original = Run.evaluate
-    monkeypatch.setattr(Run, "evaluate", lambda self: evaluated.append(self.config.seed) or original(self))
+    original = lifecycle.evaluate_checkpoints
+    monkeypatch.setattr(lifecycle, "evaluate_checkpoints",
+                        lambda run: evaluated.append(run.config.seed) or original(run))
     store = str(tmp_path / "store")
     code, out, err = run_cli(capsys, "suite", "s", "--registry", str(registry), "--store", store)
     assert code == 0, err

@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
+
+from energybench.errors import EnergybenchError, PluginError
 
 #: Slack for floating-point rounding when checking the [0, 1] box and the eps-ball.
 TOLERANCE = 1e-5
@@ -56,6 +58,25 @@ def deadline(seconds: float | None) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def call_plugin(kind: str, name: str, fn: Callable[..., Any], *args: Any, timeout: float | None = None,
+                check: Callable[[Any], str | None] | None = None, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` of plugin ``name`` of ``kind``: its exceptions, a call running past ``timeout``
+    seconds and a result that ``check`` finds wrong all become a PluginError naming the plugin."""
+    try:
+        with deadline(timeout):
+            result = fn(*args, **kwargs)
+    except PluginTimeout:
+        raise PluginError(f"{kind} {name!r} did not return within plugin_timeout={timeout:g} s") from None
+    except EnergybenchError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{kind} {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    problem = check(result) if check is not None else None
+    if problem:
+        raise PluginError(f"{kind} {name!r} broke its contract: {problem}")
+    return result
 
 
 def _describe(value: Any) -> str:

@@ -2,7 +2,7 @@
 
 Plugins of every kind are found through entry-point groups (``energybench.attacks``,
 ``energybench.trainers``, ``energybench.regularizers``, ``energybench.samplers``,
-``energybench.models``). Built-in plugins register through the same groups in energybench's
+``energybench.models``, ``energybench.callbacks``). Built-in plugins register through the same groups in energybench's
 own pyproject.toml. Names are listed from package metadata without importing plugin code; a
 plugin is imported the first time it is used. A plugin that fails to import, is not a subclass
 of its kind's base class, or clashes with a name already taken is reported in ``problems`` (with
@@ -13,14 +13,24 @@ Setting ``ENERGYBENCH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only energybench's built
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from energybench.errors import PluginError, unknown_name
+from energybench.errors import EnergybenchError, PluginError, unknown_name
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from energybench.contracts.attack import Attack
+    from energybench.contracts.callback import Callback
+    from energybench.contracts.regularizer import Regularizer
+    from energybench.contracts.sampler import Sampler
+    from energybench.contracts.trainer import Trainer
 
 BUILTIN_DISTRIBUTION = "energybench"
 RUNTIME_SOURCE = "<runtime>"
@@ -47,6 +57,7 @@ KINDS: dict[str, Kind] = {
         Kind("regularizer", "energybench.regularizers", "energybench.contracts.regularizer:Regularizer"),
         Kind("sampler", "energybench.samplers", "energybench.contracts.sampler:Sampler"),
         Kind("model", "energybench.models", "torch.nn:Module"),
+        Kind("callback", "energybench.callbacks", "energybench.contracts.callback:Callback"),
     )
 }
 
@@ -198,13 +209,69 @@ register_trainer = _registrar("trainer")
 register_regularizer = _registrar("regularizer")
 register_sampler = _registrar("sampler")
 register_model = _registrar("model")
+register_callback = _registrar("callback")
 
 
-def list_plugins(kind: str) -> list[str]:
-    """Names of the registered plugins of ``kind`` (no plugin code is imported)."""
-    return get_registry().names(kind)
+def list_plugins(kind: str, pattern: str | None = None) -> list[str]:
+    """Names of the registered plugins of ``kind``, optionally those matching a shell ``pattern`` such as
+    ``"*fgsm"`` (no plugin code is imported)."""
+    if kind not in KINDS:
+        raise unknown_name("plugin kind", kind, list(KINDS))
+    names = get_registry().names(kind)
+    return fnmatch.filter(names, pattern) if pattern else names
 
 
 def get_plugin(kind: str, name: str) -> Any:
     """The plugin class registered as ``name`` of ``kind``."""
     return get_registry().load(kind, name)
+
+
+# ----- building plugins by name: one way for every kind (timm's create_model) ----------------------
+
+def create_attack(name: str, model: nn.Module, *, eps: float, norm: str = "Linf", seed: int | None = None,
+                  **params: Any) -> Attack:
+    """The attack ``name`` on ``model`` in the ``norm`` ball of radius ``eps`` with hyper-parameters ``params``."""
+    return get_plugin("attack", name)(model, eps=eps, norm=norm, seed=seed, **params)
+
+
+def create_trainer(name: str, *, eps: float, norm: str = "Linf", **params: Any) -> Trainer:
+    """The trainer ``name`` for budget ``eps`` of ``norm`` with hyper-parameters ``params``."""
+    return get_plugin("trainer", name)(eps=eps, norm=norm, **params)
+
+
+def create_regularizer(name: str, *, trainer_eps: float | None = None, trainer_norm: str = "Linf",
+                       **params: Any) -> Regularizer:
+    """The regularizer ``name`` with hyper-parameters ``params``; it learns the trainer's budget (``eps`` and
+    ``norm`` attributes) for regularizers that follow it (GradAlign's noise radius)."""
+    regularizer = get_plugin("regularizer", name)(**params)
+    regularizer.eps, regularizer.norm = trainer_eps, trainer_norm
+    return regularizer
+
+
+def create_sampler(name: str, **params: Any) -> Sampler:
+    """The sampler ``name`` with hyper-parameters ``params``."""
+    return get_plugin("sampler", name)(**params)
+
+
+def create_model(name: str, *, dataset: str | None = None, num_classes: int | None = None,
+                 in_channels: int | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> nn.Module:
+    """An untrained model ``name`` sized for ``dataset`` (its classes, channels and normalisation), or for
+    the given ``num_classes``/``in_channels``/``mean``/``std``."""
+    if dataset is not None:
+        from energybench.data.datasets import dataset_info
+
+        info = dataset_info(dataset)
+        num_classes, in_channels = num_classes or info.num_classes, in_channels or info.in_channels
+        mean, std = mean or info.mean, std or info.std
+    if num_classes is None or in_channels is None:
+        raise EnergybenchError(f"model {name!r} needs a dataset or num_classes and in_channels")
+    mean = mean if mean is not None else (0.5,) * in_channels
+    std = std if std is not None else (0.5,) * in_channels
+    return get_plugin("model", name)(num_classes=num_classes, in_channels=in_channels, mean=tuple(mean),
+                                     std=tuple(std))
+
+
+def create_callback(name: str, **params: Any) -> Callback:
+    """The training-loop callback ``name`` with hyper-parameters ``params``."""
+    return get_plugin("callback", name)(**params)

@@ -235,6 +235,15 @@ _SUBDIRS = {"fashion-mnist": ("fashion-mnist", "FashionMNIST/raw"), "mnist": ("m
 _SYSTEM = {"fashion-mnist": ("/usr/share/datasets/fashion-mnist",)}
 
 
+def dataset_info(name: str) -> DatasetInfo:
+    """The ``DatasetInfo`` of dataset ``name``; an unknown name raises with a did-you-mean suggestion."""
+    if name not in DATASETS:
+        from energybench.errors import unknown_name
+
+        raise unknown_name("dataset", name, list(DATASETS))
+    return DATASETS[name]
+
+
 def load_dataset(name: str, *, data_root: str | Path | None = None, val_size: int = 5000, split_seed: int = 0,
                  n_train: int | None = None) -> ImageData:
     """Load ``name`` and carve ``val_size`` validation points from its training set.
@@ -242,11 +251,7 @@ def load_dataset(name: str, *, data_root: str | Path | None = None, val_size: in
     The validation split depends only on ``split_seed``, so every run of a dataset is selected on
     the same points. ``n_train`` keeps a subset of the remaining training points (CPU-sized tracks).
     """
-    if name not in DATASETS:
-        from energybench.errors import unknown_name
-
-        raise unknown_name("dataset", name, list(DATASETS))
-    info = DATASETS[name]
+    info = dataset_info(name)
     dirs = _search_dirs(Path(data_root) if data_root else None, _SUBDIRS.get(name, ()), _SYSTEM.get(name, ()))
     try:
         arrays = info.loader(dirs, not offline() and bool(dirs))

@@ -23,7 +23,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from energybench.config import Catalogue, RunConfig, parse_eps, readable
+from energybench.config import Catalogue, RunConfig, parse_eps, readable, select_device
 from energybench.data.datasets import DATASETS, DatasetInfo, load_dataset
 from energybench.errors import EnergybenchError, unknown_name
 from energybench.evaluation.protocol import test_evaluation
@@ -32,7 +32,6 @@ from energybench.evaluation.robustness import as_float
 from energybench.ops.modes import eval_mode
 from energybench.storage.store import Store
 from energybench.storage.trained import load_trained
-from energybench.training.run import select_device
 
 #: The trainer name of runs that evaluate a model trained elsewhere.
 EXTERNAL = "external"

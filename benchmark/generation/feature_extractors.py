@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from energybench.config import RunConfig, load_catalogue
-from energybench.data.datasets import DATASETS
+from energybench.contracts.registry import create_model
 from energybench.storage.checkpoint import load_checkpoint, model_state, save_checkpoint
 from energybench.storage.store import Store
-from energybench.storage.trained import build
 from energybench.training.progress import Reporter
 from energybench.training.run import execute, prepare
 
@@ -72,6 +71,6 @@ def domain_extractor(dataset: str, home: Path, *, data_root: str | None = None, 
                                "test_clean_acc": last["test_clean_acc"], "run_id": run_id})
         store.close()
     saved = load_checkpoint(path)
-    model = build(EXTRACTOR_SETTINGS["model"], DATASETS[dataset])
+    model = create_model(EXTRACTOR_SETTINGS["model"], dataset=dataset)
     model.load_state_dict(model_state(saved))
     return DomainExtractor(domain_name(dataset), model.eval(), path, float(saved["test_clean_acc"]))

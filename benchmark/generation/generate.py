@@ -34,7 +34,8 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import make_grid
 
-from energybench.config import Catalogue
+from energybench.config import Catalogue, select_device
+from energybench.contracts.guard import call_plugin
 from energybench.contracts.params import parse_params
 from energybench.contracts.registry import get_registry
 from energybench.contracts.sampler import SampleBatch, Sampler
@@ -45,7 +46,6 @@ from energybench.generation.metrics import domain_metrics, inception_metrics, to
 from energybench.storage.store import GenerativeRecord, Store, new_id
 from energybench.storage.trained import load_trained
 from energybench.training.progress import Reporter
-from energybench.training.run import _call_plugin, select_device
 
 FEATURES = ("auto", "domain", "inception", "both")
 
@@ -95,7 +95,7 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 def draw(sampler: Sampler, model: nn.Module, labels: torch.Tensor, seed: int, batch_size: int) -> SampleBatch:
     """One sample per label, in batches, from a CPU generator seeded with ``seed``; returned on the CPU."""
     generator = torch.Generator().manual_seed(seed)
-    parts = [_call_plugin("sampler", sampler.name, sampler.sample, model, chunk, generator)
+    parts = [call_plugin("sampler", sampler.name, sampler.sample, model, chunk, generator)
              for chunk in labels.split(batch_size)]
     return SampleBatch(*(torch.cat([getattr(p, f).detach().cpu() for p in parts])
                          for f in ("x", "y", "steps", "energy")))
@@ -211,7 +211,7 @@ def generate(ref: str, store: Store, catalogue: Catalogue, *, samplers: list[str
     records = []
     for name in samplers:
         sampler = get_registry().load("sampler", name)(**settings[name])
-        _call_plugin("sampler", name, sampler.fit, net, x_fit, real.y)
+        call_plugin("sampler", name, sampler.fit, net, x_fit, real.y)
         start = time.perf_counter()
         batch = draw(sampler, net, labels, seed, batch_size)
         wall_time = time.perf_counter() - start

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from rich.table import Table
 from torch import nn
 
+from energybench.config import select_device
 from energybench.contracts.registry import get_plugin
 from energybench.data.datasets import Split, load_dataset
 from energybench.errors import EnergybenchError
@@ -25,7 +26,6 @@ from energybench.evaluation.robustness import as_float
 from energybench.ops.energy import QUANTILES, joint_energy, marginal_energy
 from energybench.ops.modes import eval_mode
 from energybench.storage.store import Store
-from energybench.training.run import select_device
 
 ENERGIES = ("E(x)", "E(x,y)")
 SPARKS = "▁▂▃▄▅▆▇█"

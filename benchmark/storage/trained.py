@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from energybench.config import RunConfig
-from energybench.contracts.registry import get_registry
+from energybench.contracts.registry import create_model
 from energybench.data.datasets import DATASETS, DatasetInfo
 from energybench.errors import EnergybenchError, unknown_name
 from energybench.storage.checkpoint import load_checkpoint, model_state
@@ -24,12 +24,6 @@ class TrainedModel:
     info: DatasetInfo
     source: str  # "run RUN_ID (best)" or the checkpoint path
     config: RunConfig | None = None  # the run's config when the model came from the store
-
-
-def build(model_name: str, info: DatasetInfo) -> nn.Module:
-    """An untrained ``model_name`` (a registered model plugin) sized for ``info``."""
-    cls = get_registry().load("model", model_name)
-    return cls(num_classes=info.num_classes, in_channels=info.in_channels, mean=info.mean, std=info.std)
 
 
 def load_trained(ref: str, store: Store, *, checkpoint: str = "best", dataset: str | None = None,
@@ -63,7 +57,7 @@ def load_trained(ref: str, store: Store, *, checkpoint: str = "best", dataset: s
     if dataset not in DATASETS:
         raise unknown_name("dataset", dataset, list(DATASETS))
     info = DATASETS[dataset]
-    net = build(model, info)
+    net = create_model(model, dataset=dataset)
     state = model_state(load_checkpoint(weights))
     try:
         net.load_state_dict(state)

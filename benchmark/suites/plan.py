@@ -31,35 +31,23 @@ def _passes_key(config: RunConfig) -> str:
 
 @functools.cache
 def _step_passes(key: str) -> float:
-    """Forward+backward passes per example of one training step, measured on a 2-example random batch.
-
-    The trainer reports its own passes; the harness adds one clean forward when the regularizer needs
-    clean logits the trainer did not keep; each forward call the regularizer makes counts as one more
-    (that forward and the backward through it).
-    """
+    """Forward+backward passes per example of one training step (``TrainingStep``, as a run counts them),
+    measured on a 2-example random batch."""
     import torch
 
-    from energybench.contracts.registry import get_registry
-    from energybench.contracts.regularizer import forward_calls
-    from energybench.data.datasets import DATASETS
-    from energybench.storage.trained import build
+    from energybench.contracts.registry import create_model, create_regularizer, create_trainer
+    from energybench.data.datasets import dataset_info
+    from energybench.training.step import TrainingStep
 
     config = RunConfig(**json.loads(key))
-    info, registry = DATASETS[config.dataset], get_registry()
-    model = build(config.model, info).train()
-    trainer = registry.load("trainer", config.trainer)(eps=config.eps, norm=config.norm, **config.trainer_params)
-    regularizer = registry.load("regularizer", config.regularizer)(**config.regularizer_params)
-    regularizer.eps, regularizer.norm = config.eps, config.norm
+    info = dataset_info(config.dataset)
+    model = create_model(config.model, dataset=config.dataset).train()
+    trainer = create_trainer(config.trainer, eps=config.eps, norm=config.norm, **config.trainer_params)
+    regularizer = create_regularizer(config.regularizer, trainer_eps=config.eps, trainer_norm=config.norm,
+                                     **config.regularizer_params)
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(2, info.in_channels, info.image_size, info.image_size, generator=generator)
-    y = torch.tensor([0, 1])
-    out = trainer.step(model, x, y, keep_clean_logits=regularizer.uses_clean_logits)
-    passes = out.passes
-    if regularizer.uses_clean_logits and out.logits is None:
-        out.logits, passes = model(x), passes + 1
-    with forward_calls(model) as calls:
-        regularizer.penalty(model, x, y, out)
-    return passes + len(calls)
+    return TrainingStep(trainer, regularizer, num_classes=info.num_classes)(model, x, torch.tensor([0, 1])).passes
 
 
 def estimate_passes(config: RunConfig) -> float:

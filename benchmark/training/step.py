@@ -1,0 +1,61 @@
+"""One training step of a trainer plus a regularizer, and what it costs in forward+backward passes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from energybench.contracts.guard import call_plugin, penalty_problem, train_output_problem
+from energybench.contracts.regularizer import Regularizer, forward_calls
+from energybench.contracts.trainer import Trainer, TrainOutput
+from energybench.ops.modes import frozen_batchnorm_stats
+
+
+@dataclass
+class StepResult:
+    """A step's total loss (with graph), the trainer's output and the passes per example it cost."""
+
+    loss: torch.Tensor
+    out: TrainOutput
+    passes: float
+
+
+class TrainingStep:
+    """The loss of one batch: the trainer's step, the clean logits the regularizer needs, its penalty.
+
+    When the regularizer reads clean logits (``uses_clean_logits``) that the trainer did not keep, one
+    more forward pass computes them, with BatchNorm running statistics frozen so the regularizer adds
+    no BatchNorm update that the unregularized run lacks. Every plugin call goes through
+    ``call_plugin`` (failures, ``timeout`` and broken contracts name the plugin). Passes per example:
+    the trainer's ``TrainOutput.passes``, one for the extra clean pass, one per forward call the
+    penalty makes (counted on the first step: the cost is the same every step).
+    """
+
+    def __init__(self, trainer: Trainer, regularizer: Regularizer, *, num_classes: int,
+                 timeout: float | None = None):
+        self.trainer, self.regularizer = trainer, regularizer
+        self.num_classes, self.timeout = num_classes, timeout
+        self.penalty_passes: int | None = None
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        trainer, regularizer = self.trainer, self.regularizer
+        out = call_plugin("trainer", trainer.name or type(trainer).__name__, trainer.step, model, x, y,
+                          timeout=self.timeout, keep_clean_logits=regularizer.uses_clean_logits,
+                          check=partial(train_output_problem, x=x, y=y, num_classes=self.num_classes))
+        passes = out.passes
+        if regularizer.uses_clean_logits and out.logits is None:
+            with frozen_batchnorm_stats(model):
+                out.logits = model(x)
+            passes += 1
+        penalty = partial(call_plugin, "regularizer", regularizer.name or type(regularizer).__name__,
+                          regularizer.penalty, model, x, y, out, timeout=self.timeout, check=penalty_problem)
+        if self.penalty_passes is None:
+            with forward_calls(model) as calls:
+                value = penalty()
+            self.penalty_passes = len(calls)
+        else:
+            value = penalty()
+        return StepResult(out.loss + value, out, passes + self.penalty_passes)
