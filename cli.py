@@ -71,33 +71,35 @@ def cli() -> None:
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--fast", type=click.Choice(["auto", "on", "off"]),
               help="Fast path (bf16 autocast, channels_last, cuDNN autotuning, fused SGD); auto: on with CUDA.")
+@click.option("--log", "loggers", multiple=True, metavar="NAME",
+              help="Training-loop callback to add, e.g. tensorboard (event files in the run folder); repeatable.")
 @click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run after its last completed epoch.")
 @store_option
 @catalogue_option
 def run(track, trainer, regularizer, dataset, model, eps, norm, epochs, batch_size, lr, seed, n_train, aa_points,
-        trainer_opt, reg_opt, config_file, data_root, device, fast, resume, store_path, registry_path) -> None:
+        trainer_opt, reg_opt, config_file, data_root, device, fast, loggers, resume, store_path, registry_path) -> None:
     """Train a classifier with a trainer (+ regularizer), evaluate it, store it, show the leaderboard."""
-    from energybench.config import format_eps, load_catalogue, resolve_config
+    from energybench import api
+    from energybench.config import format_eps
+    from energybench.contracts.registry import get_registry
     from energybench.reporting.leaderboard import collect, render
     from energybench.storage.store import Store
     from energybench.training.progress import RichReporter
-    from energybench.training.run import execute, prepare
 
-    catalogue = load_catalogue(registry_path)
+    for name in loggers:
+        get_registry().entry("callback", name)  # an unknown logger is one clear line, before anything runs
     store = Store(store_path)
     if resume:
-        config = None
+        run_id = api.resume(resume, store=store, reporter=RichReporter(err)).id
     else:
-        overrides = {"trainer": trainer, "regularizer": regularizer, "dataset": dataset, "model": model,
-                     "eps": eps, "norm": norm, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-                     "n_train": n_train, "data_root": data_root, "device": device,
-                     "fast": {"enabled": fast} if fast else None,
-                     "trainer_params": parse_assignments(trainer_opt, "--trainer-opt") or None,
-                     "regularizer_params": parse_assignments(reg_opt, "--reg-opt") or None,
-                     "eval": {"aa_points": aa_points} if aa_points is not None else None}
-        config = prepare(resolve_config(catalogue, track=track, config_file=config_file, overrides=overrides),
-                         catalogue)
-    run_id = execute(config, store, reporter=RichReporter(err), resume=resume)
+        settings = {"dataset": dataset, "model": model, "eps": eps, "norm": norm, "epochs": epochs,
+                    "batch_size": batch_size, "lr": lr, "seed": seed, "n_train": n_train, "data_root": data_root,
+                    "device": device, "fast": {"enabled": fast} if fast else None,
+                    "eval": {"aa_points": aa_points} if aa_points is not None else None}
+        run_id = api.train(trainer, regularizer, track=track, config=config_file, callbacks=loggers,
+                           trainer_params=parse_assignments(trainer_opt, "--trainer-opt") or None,
+                           regularizer_params=parse_assignments(reg_opt, "--reg-opt") or None, store=store,
+                           reporter=RichReporter(err), registry=registry_path, **settings).id
     record = store.get_run(run_id)
     rows = collect(store, dataset=record.dataset, model=record.model, eps=record.eps, norm=record.norm)
     title = f"Leaderboard: {record.dataset}, {record.model}, {record.norm} eps {format_eps(record.eps)}"
@@ -122,7 +124,8 @@ def run(track, trainer, regularizer, dataset, model, eps, norm, epochs, batch_si
 @click.option("--group-seeds", is_flag=True, help="One row per configuration: mean and std over seeds.")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json", "html"]), default="table",
               show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@click.option("-o", "--out", "--output", "output", type=click.Path(dir_okay=False),
+              help="Write to this file instead of stdout.")
 @click.option("--no-references", is_flag=True, help="Leave out the published reference rows.")
 @store_option
 @catalogue_option
@@ -164,12 +167,11 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
 
 
 @cli.command()
-@click.option("--model", "model_ref", required=True, metavar="RUN_ID|CHECKPOINT",
-              help="A run id of the store, or a checkpoint file.")
+@click.argument("model_ref", metavar="RUN_ID|CHECKPOINT")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which checkpoint of a run.")
 @click.option("--dataset", help="Dataset of a checkpoint file outside a run folder.")
-@click.option("--model-arch", help="Architecture (model plugin) of a checkpoint file outside a run folder.")
+@click.option("--model", "model_arch", help="Architecture (model plugin) of a checkpoint file outside a run folder.")
 @click.option("--sampler", help="Sampler plugin, e.g. local-pca (see `energybench plugins --kind sampler`).")
 @click.option("--compare", metavar="A,B,...", help="Several samplers on the same model and seeds, "
               "e.g. sgld,class-gaussian,class-pca,local-pca (added to --sampler).")
@@ -178,7 +180,7 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
               help="Sampler hyper-parameter: plain KEY sets it for every sampler that has it.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=250, show_default=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
               help="Folder for grids, samples and metrics (default: STORE/generative/<id>).")
 @click.option("--features", type=click.Choice(["auto", "domain", "inception", "both"]), default="auto",
               show_default=True, help="Feature space of IS/FID: auto = Inception for colour images when its weights "
@@ -192,25 +194,25 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
 def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, sampler_opt, seed, batch_size, out_dir,
            features, inception_weights, data_root, device, store_path, registry_path) -> None:
     """Generate class-conditional samples from a trained classifier: grids, samples, IS/FID, stored results."""
-    from energybench.config import load_catalogue
-    from energybench.generation.generate import generate, sampler_names
+    from energybench import api
+    from energybench.generation.generate import sampler_names
     from energybench.reporting.generative_leaderboard import model_names, ranking_table, rankings
     from energybench.storage.store import Store
     from energybench.training.progress import RichReporter
 
     store = Store(store_path)
-    records = generate(model_ref, store, load_catalogue(registry_path), samplers=sampler_names(sampler, compare), n=n,
-                       assignments=parse_assignments(sampler_opt, "--sampler-opt"), seed=seed, checkpoint=checkpoint,
-                       dataset=dataset, model=model_arch, data_root=data_root, out_dir=out_dir, features=features,
-                       inception_weights=inception_weights, batch_size=batch_size, device=device,
-                       reporter=RichReporter(err), log=err.print)
+    records = api.sample(model_ref, sampler=sampler_names(sampler, compare), n=n, seed=seed, checkpoint=checkpoint,
+                         params=parse_assignments(sampler_opt, "--sampler-opt"), dataset=dataset, arch=model_arch,
+                         data_root=data_root, out_dir=out_dir, features=features, inception_weights=inception_weights,
+                         batch_size=batch_size, device=device, store=store, registry=registry_path,
+                         reporter=RichReporter(err), log=err.print)
     for (ds, label), group in rankings(records).items():
         out.print(ranking_table(ds, label, group, model_names(store, group)))
     out.print(f"grids, samples (.npz) and metrics (.json) in {records[0].out_dir}")
 
 
 @cli.command()
-@click.option("--kind", type=click.Choice(["attack", "trainer", "regularizer", "sampler", "model"]))
+@click.option("--kind", type=click.Choice(["attack", "trainer", "regularizer", "sampler", "model", "callback"]))
 def plugins(kind) -> None:
     """List registered plugins by kind, with their source package and hyper-parameters."""
     from energybench.contracts.registry import KINDS, get_registry
@@ -344,22 +346,21 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
 def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points, checkpoint, model_dir, seed, data_root,
              device, store_path, registry_path) -> None:
     """Evaluate a model energybench did not train (clean, PGD, AutoAttack, energies) and add it to the store."""
-    from energybench.config import format_eps, load_catalogue
-    from energybench.evaluation.external import eval_config, evaluate_external, resolve_model
+    from energybench import api
+    from energybench.config import format_eps
     from energybench.evaluation.sanity import evaluation_warnings
     from energybench.reporting.leaderboard import collect, render
     from energybench.storage.store import Store
 
     store = Store(store_path)
-    with err.status(f"loading {model_ref}"):
-        external = resolve_model(model_ref, store, dataset=dataset, model=arch, norm=norm, checkpoint=checkpoint,
-                                 model_dir=model_dir)
-    config = eval_config(load_catalogue(registry_path), external, track=track, eps=eps, norm=norm,
-                         aa_points=aa_points, test_points=test_points, seed=seed, device=device, data_root=data_root)
-    err.print(f"[bold]energybench eval[/]: {external.label} on {config.dataset}, {config.norm} eps "
+    with err.status(f"evaluating {model_ref}") as status:
+        stored = api.evaluate(model_ref, dataset=dataset, eps=eps, norm=norm, n=test_points, aa_points=aa_points,
+                              track=track, seed=seed, device=device, checkpoint=checkpoint, arch=arch,
+                              model_dir=model_dir, data_root=data_root, store=store, registry=registry_path,
+                              on_stage=lambda text: status.update(text))
+    config, run_id = stored.config, stored.id
+    err.print(f"[bold]energybench eval[/]: {config.model} on {config.dataset}, {config.norm} eps "
               f"{format_eps(config.eps)}" + (f", protocol of track {config.track}" if config.track else ""))
-    with err.status("evaluating") as status:
-        run_id = evaluate_external(external, config, store, on_stage=lambda text: status.update(text))
     for warning in evaluation_warnings(store.results(run_id)["last"]):
         err.print(f"[yellow]warning[/]: {warning}", highlight=False)
     rows = collect(store, dataset=config.dataset, eps=config.eps, norm=config.norm)
@@ -370,7 +371,8 @@ def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points,
 
 @cli.command("export")
 @click.argument("run_id")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The JSON file to write.")
+@click.option("-o", "--out", "--output", "output", required=True, type=click.Path(dir_okay=False),
+              help="The JSON file to write.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="last", show_default=True)
 @click.option("--name", help="Title of the paper or method (RobustBench's `name`).")
 @click.option("--authors", default="", help="Comma-separated authors.")
@@ -407,7 +409,8 @@ def import_reference(files, norm, store_path) -> None:
 
 @cli.command()
 @click.argument("refs", nargs=-1, required=True, metavar="SUITE|RUN_ID...")
-@click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "--output", "output", default="report.html", show_default=True,
+              type=click.Path(dir_okay=False))
 @click.option("--title", help="Page title (default: the suites and runs named).")
 @store_option
 @catalogue_option
@@ -428,8 +431,7 @@ def energy() -> None:
 
 
 @energy.command()
-@click.option("--model", "model_ref", required=True, metavar="RUN_ID|CHECKPOINT|robustbench:NAME",
-              help="A run id of the store, a checkpoint file or a RobustBench model name.")
+@click.argument("model_ref", metavar="RUN_ID|CHECKPOINT|robustbench:NAME")
 @click.option("--attacks", default="pgd,apgd-t,cw,square,fgsm", show_default=True, metavar="A,B,...",
               help="Attack plugins (default hyper-parameters), see `energybench plugins --kind attack`.")
 @click.option("-n", "n", type=int, default=500, show_default=True, help="Test points (the first n).")
@@ -437,9 +439,9 @@ def energy() -> None:
 @click.option("--norm", type=click.Choice(["Linf", "L2"]), help="Threat model (default: the run's, else Linf).")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--dataset", help="Dataset of a checkpoint file outside a run folder.")
-@click.option("--model-arch", help="Architecture (model plugin) of a checkpoint file outside a run folder.")
+@click.option("--model", "model_arch", help="Architecture (model plugin) of a checkpoint file outside a run folder.")
 @click.option("--model-dir", type=click.Path(file_okay=False), help="RobustBench model_dir (see `energybench eval`).")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False),
               help="PNG file (default: energy-histograms-REF.png).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -477,7 +479,8 @@ def histograms(model_ref, attacks, n, eps, norm, checkpoint, dataset, model_arch
 
 @energy.command()
 @click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID...")
-@click.option("--out", "out_path", default="energy-trace.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_path", default="energy-trace.png", show_default=True,
+              type=click.Path(dir_okay=False))
 @store_option
 def trace(run_ids, out_path, store_path) -> None:
     """Per-epoch train and validation dE beside PGD and FGSM validation accuracy, several runs overlaid."""

@@ -155,7 +155,7 @@ def test_histogram_figure_and_summary_match_the_data():
 def test_energy_histograms_command(tiny_run, tmp_path, capsys):
     home, run_id = tiny_run
     out = tmp_path / "hist.png"
-    code = main(["energy", "histograms", "--model", run_id, "--attacks", "fgsm,pgd", "-n", "30", "--out", str(out),
+    code = main(["energy", "histograms", run_id, "--attacks", "fgsm,pgd", "-n", "30", "--out", str(out),
                  "--store", str(home), "--device", "cpu"])
     assert code == 0 and out.read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
@@ -168,7 +168,7 @@ def test_energy_histograms_command(tiny_run, tmp_path, capsys):
 ])
 def test_energy_histograms_bad_input_is_one_line(tiny_run, capsys, args, message):
     home, run_id = tiny_run
-    assert main(["energy", "histograms", "--model", run_id, "--store", str(home), *args]) == 2
+    assert main(["energy", "histograms", run_id, "--store", str(home), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
 
@@ -181,7 +181,7 @@ def test_a_checkpoint_outside_the_store_needs_eps(tiny_run, capsys):
 
 
 def test_robustbench_names_fail_offline_with_one_line(tmp_path, capsys):
-    code = main(["energy", "histograms", "--model", "robustbench:Wong2020Fast", "--eps", "8/255",
+    code = main(["energy", "histograms", "robustbench:Wong2020Fast", "--eps", "8/255",
                  "--store", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Wong2020Fast" in err

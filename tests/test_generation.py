@@ -55,7 +55,7 @@ def run_cli(capsys, *argv):
 def test_sample_writes_grid_samples_and_labelled_metrics_and_stores_a_row(capsys, home, tmp_path):
     store_dir, run_id = home
     out_dir = tmp_path / "out"
-    code, out, err = run_cli(capsys, "sample", "--model", run_id, "--sampler", "local-pca", "-n", "30", "-S", "steps=5",
+    code, out, err = run_cli(capsys, "sample", run_id, "--sampler", "local-pca", "-n", "30", "-S", "steps=5",
                              "--store", str(store_dir), "--out", str(out_dir))
     assert code == 0, err
     assert "ranked by FID[digits-cnn]" in out and "local-pca" in out and str(out_dir) in out.replace("\n", "")
@@ -93,7 +93,7 @@ def test_sample_writes_grid_samples_and_labelled_metrics_and_stores_a_row(capsys
 
 def test_compare_runs_every_sampler_on_the_same_labels_and_seed(capsys, home, tmp_path):
     store_dir, run_id = home
-    common = ["--model", run_id, "-n", "20", "--seed", "3", "--store", str(store_dir)]
+    common = [run_id, "-n", "20", "--seed", "3", "--store", str(store_dir)]
     code, out, err = run_cli(capsys, "sample", *common, "--compare", "class-pca, sgld,local-pca", "-S", "steps=3",
                              "-S", "sgld.steps=2", "--out", str(tmp_path / "all"))
     assert code == 0, err
@@ -196,7 +196,7 @@ def test_an_existing_store_gains_the_generative_table(tmp_path):
 def test_bad_sample_input_is_one_line_exit_2(capsys, home, monkeypatch, tmp_path, argv, message):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     store_dir, run_id = home
-    code, out, err = run_cli(capsys, "sample", "--model", run_id, *argv, "--store", str(store_dir))
+    code, out, err = run_cli(capsys, "sample", run_id, *argv, "--store", str(store_dir))
     assert code == 2, err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert Store(store_dir).generative() == []
@@ -204,7 +204,7 @@ def test_bad_sample_input_is_one_line_exit_2(capsys, home, monkeypatch, tmp_path
 
 def test_unknown_run_and_bad_leaderboard_filters_are_one_line_errors(capsys, home):
     store_dir, run_id = home
-    code, _, err = run_cli(capsys, "sample", "--model", run_id[:-1] + "x", "--sampler", "sgld",
+    code, _, err = run_cli(capsys, "sample", run_id[:-1] + "x", "--sampler", "sgld",
                            "--store", str(store_dir))
     assert code == 2 and f"unknown run '{run_id[:-1]}x'; did you mean '{run_id}'?" in err and err.count("\n") == 1
     code, _, err = run_cli(capsys, "leaderboard", "--generative", "--eps", "0.1", "--store", str(store_dir))

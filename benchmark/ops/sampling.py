@@ -8,6 +8,7 @@ gradients are taken w.r.t. the input only.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -94,6 +95,16 @@ def require_fit(sampler, attr: str) -> None:
     """Raise a clear error when ``sample`` is called on a sampler whose ``fit`` has not run."""
     if not hasattr(sampler, attr):
         raise EnergybenchError(f"sampler {sampler.name or type(sampler).__name__!r}: call fit() before sample()")
+
+
+def class_starts(y: torch.Tensor, dim: int, draw: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """Flattened start images, shape (len(y), dim): ``draw(c, k)`` gives the k starts of class c. Classes
+    are drawn in ascending order, so a sampler's draws from its generator follow a fixed order."""
+    x = torch.empty(len(y), dim, device=y.device)
+    for c in y.unique().tolist():
+        idx = (y == c).nonzero().squeeze(1)
+        x[idx] = draw(c, len(idx))
+    return x
 
 
 def energy_descent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, *,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from energybench.contracts.attack import Attack
+from energybench import Attack
 from energybench.ops.perturb import single_step
 
 

@@ -7,8 +7,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from energybench.contracts.attack import Attack
-from energybench.contracts.params import PluginParams
+from energybench import Attack, PluginParams
 from energybench.ops.perturb import pgd
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from energybench.contracts.model import Classifier
+from energybench import Classifier
 
 
 class SmallCNN(Classifier):

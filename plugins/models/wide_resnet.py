@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energybench.contracts.model import Classifier
+from energybench import Classifier
 from energybench.plugins.models.preact_resnet import PreActBlock
 
 

@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from energybench.contracts.params import PluginParams
-from energybench.contracts.regularizer import Regularizer
-from energybench.errors import PluginError
+from energybench import PluginError, PluginParams, Regularizer
 from energybench.ops.perturb import input_gradient, random_start
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from energybench.contracts.regularizer import Regularizer
+from energybench import Regularizer
 
 
 class NoRegularizer(Regularizer):

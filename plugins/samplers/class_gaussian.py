@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from pydantic import Field
 
-from energybench.contracts.params import PluginParams
-from energybench.contracts.sampler import SampleBatch, Sampler
-from energybench.ops.sampling import class_gaussians, energy_descent, model_device, randn, require_fit
+from energybench import PluginParams, SampleBatch, Sampler
+from energybench.ops.sampling import class_gaussians, class_starts, energy_descent, model_device, randn, require_fit
 
 
 class ClassGaussianSampler(Sampler):
@@ -30,9 +28,7 @@ class ClassGaussianSampler(Sampler):
         p = self.params
         device = model_device(model)
         y = y.to(device)
-        x = torch.empty(len(y), self.means.shape[1], device=device)
-        for c in y.unique().tolist():  # ascending: the draws follow a fixed order
-            idx = (y == c).nonzero().squeeze(1)
-            x[idx] = self.means[c] + randn((len(idx), x.shape[1]), generator, device) @ self.chols[c].T
+        dim = self.means.shape[1]
+        x = class_starts(y, dim, lambda c, k: self.means[c] + randn((k, dim), generator, device) @ self.chols[c].T)
         return energy_descent(model, x.view(len(y), *self.shape), y, generator, steps=p.steps,
                               step_size=p.step_size, noise_std=p.noise_std)

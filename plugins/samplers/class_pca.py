@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from energybench.contracts.params import PluginParams
-from energybench.contracts.sampler import SampleBatch, Sampler
-from energybench.ops.sampling import energy_descent, model_device, pca, pca_draw, require_fit
+from energybench import PluginParams, SampleBatch, Sampler
+from energybench.ops.sampling import class_starts, energy_descent, model_device, pca, pca_draw, require_fit
 
 
 class ClassPCASampler(Sampler):
@@ -36,10 +35,11 @@ class ClassPCASampler(Sampler):
         p = self.params
         device = model_device(model)
         y = y.to(device)
-        x = torch.empty(len(y), self.pcas[0][0].numel(), device=device)
-        for c in y.unique().tolist():  # ascending: the draws follow a fixed order
-            idx = (y == c).nonzero().squeeze(1)
+
+        def draw(c: int, k: int) -> torch.Tensor:
             mean, s, basis = self.pcas[c]
-            x[idx] = pca_draw(mean, (s * p.sigma).expand(len(idx), -1), basis, generator)
+            return pca_draw(mean, (s * p.sigma).expand(k, -1), basis, generator)
+
+        x = class_starts(y, self.pcas[0][0].numel(), draw)
         return energy_descent(model, x.view(len(y), *self.shape), y, generator, steps=p.steps,
                               step_size=p.step_size, noise_std=p.noise_std, momentum=p.momentum)

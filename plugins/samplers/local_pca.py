@@ -11,9 +11,17 @@ import math
 import torch
 from pydantic import Field
 
-from energybench.contracts.params import PluginParams
-from energybench.contracts.sampler import SampleBatch, Sampler
-from energybench.ops.sampling import class_mean_energy, energy_descent, model_device, pca, pca_draw, rand, require_fit
+from energybench import PluginParams, SampleBatch, Sampler
+from energybench.ops.sampling import (
+    class_mean_energy,
+    class_starts,
+    energy_descent,
+    model_device,
+    pca,
+    pca_draw,
+    rand,
+    require_fit,
+)
 
 
 class LocalPCASampler(Sampler):
@@ -57,15 +65,16 @@ class LocalPCASampler(Sampler):
         p = self.params
         device = model_device(model)
         y = y.to(device)
-        x = torch.empty(len(y), self.data.shape[1], device=device)
-        for c in y.unique().tolist():  # ascending: the draws follow a fixed order
-            idx = (y == c).nonzero().squeeze(1)
+
+        def draw(c: int, n: int) -> torch.Tensor:
             data = self.data[self.offsets[c]:self.offsets[c + 1]]
             k = min(p.k, len(data))
-            seeds = (rand(len(idx), generator, device) * len(data)).long().clamp_max(len(data) - 1)
+            seeds = (rand(n, generator, device) * len(data)).long().clamp_max(len(data) - 1)
             near = torch.cdist(data[seeds], data).topk(k, largest=False).indices
             mean, s, basis = pca(data[near], p.variance)
-            x[idx] = pca_draw(mean, s * (p.scale / math.sqrt(k - 1)), basis, generator)
+            return pca_draw(mean, s * (p.scale / math.sqrt(k - 1)), basis, generator)
+
+        x = class_starts(y, self.data.shape[1], draw)
         return energy_descent(model, x.view(len(y), *self.shape), y, generator, steps=p.steps,
                               step_size=p.step_size, noise_std=p.noise_std, momentum=p.momentum,
                               target=self.mu[y], guidance=p.guidance, tol=p.tol)

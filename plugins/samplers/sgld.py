@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from energybench.contracts.params import PluginParams
-from energybench.contracts.sampler import SampleBatch, Sampler
+from energybench import PluginParams, SampleBatch, Sampler
 from energybench.ops.sampling import energy_descent, model_device, rand, require_fit
 
 

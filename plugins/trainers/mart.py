@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from energybench.contracts.params import PluginParams
-from energybench.contracts.trainer import Trainer, TrainOutput
+from energybench import PluginParams, Trainer, TrainOutput
 from energybench.ops.perturb import kl_divergence, pgd
 
 

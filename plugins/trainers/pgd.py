@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import Field
 
-from energybench.contracts.params import PluginParams
-from energybench.contracts.trainer import Trainer, TrainOutput
+from energybench import PluginParams, Trainer, TrainOutput
 from energybench.ops.perturb import pgd
 
 

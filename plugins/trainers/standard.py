@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from energybench.contracts.trainer import Trainer, TrainOutput
+from energybench import Trainer, TrainOutput
 
 
 class StandardTrainer(Trainer):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from energybench.contracts.trainer import TrainOutput
+from energybench import TrainOutput
 from energybench.ops.energy import marginal_energy
 from energybench.ops.perturb import kl_divergence
 from energybench.plugins.trainers.trades import TRADESTrainer

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from energybench.contracts.params import PluginParams
-from energybench.contracts.regularizer import Regularizer
+from energybench import PluginParams, Regularizer
 
 
 class LogitPairing(Regularizer):

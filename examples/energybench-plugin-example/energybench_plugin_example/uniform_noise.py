@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from energybench.contracts.attack import Attack
-from energybench.contracts.params import PluginParams
+from energybench import Attack, PluginParams
 
 
 class UniformNoise(Attack):

@@ -1,0 +1,109 @@
+"""The package people import: the walkthrough of docs/python-api.md, callbacks, TensorBoard, the wheel."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import energybench
+from energybench.cli import main
+from energybench.contracts import registry as reg
+from energybench.errors import PluginError
+from energybench.storage.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def energybench_version() -> str:
+    from importlib.metadata import version
+
+    return version("energybench")
+
+
+def test_the_python_api_walkthrough_runs_as_written(monkeypatch, tmp_path):
+    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())  # the walkthrough registers a callback
+    text = (REPO / "docs" / "python-api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 6
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/python-api.md", "exec"), namespace)  # noqa: S102 - the documentation's code
+    rows = namespace["rows"]
+    assert [row["rank"] for row in rows] == sorted(row["rank"] for row in rows)
+    assert Store(tmp_path / "home").get_run(namespace["run"].id).status == "done"
+
+
+def test_the_tensorboard_logger_writes_every_epochs_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = energybench.train("fgsm", track="digits-tiny", callbacks=["tensorboard"], eval={"aa_points": 0},
+                            store=tmp_path)
+    events = EventAccumulator(str(run.dir / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    for tag in ("val/pgd_acc", "val/clean_acc", "train/loss", "train/dE_mean", "run/lr"):
+        assert tag in scalars, tag
+    logged = [(e.step, e.value) for e in events.Scalars("val/pgd_acc")]
+    assert logged == [(i + 1, pytest.approx(e["val_pgd_acc"])) for i, e in enumerate(run.epochs)]
+
+
+def test_an_unknown_logger_is_one_line(capsys, tmp_path):
+    code = main(["run", "--track", "digits-tiny", "--log", "tensorbord", "--store", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown callback 'tensorbord'; did you mean 'tensorboard'?" in err
+    assert err.count("\n") == 1 and not Store(tmp_path).runs(status=None)
+
+
+class _Explodes(energybench.Callback):
+    """Raises at the end of the second epoch, once."""
+
+    armed = True
+
+    def on_validation_end(self, run, metrics):
+        if run.epoch == 1 and type(self).armed:
+            type(self).armed = False
+            raise RuntimeError("logger lost its connection")
+
+
+def test_a_failing_callback_fails_its_run_naming_it_and_resume_finishes_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+    energybench.register_callback("explodes")(_Explodes)
+    monkeypatch.setattr(_Explodes, "armed", True)
+    with pytest.raises(PluginError, match="callback 'explodes' failed: RuntimeError: logger lost its connection"):
+        energybench.train("fgsm", track="digits-tiny", callbacks=["explodes"], eval={"aa_points": 0},
+                          store=tmp_path)
+    (failed,) = Store(tmp_path).runs(status=None)
+    assert failed.status == "failed" and "callback 'explodes'" in failed.error
+    assert [e["epoch"] for e in Store(tmp_path).epochs(failed.id)] == [0]  # the first epoch was kept
+    finished = energybench.resume(failed.id, store=tmp_path)
+    assert finished.status == "done" and [e["epoch"] for e in finished.epochs] == [0, 1]
+
+
+def test_the_wheel_installs_energybench_alone(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-q", "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("energybench-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert top == {"energybench", f"energybench-{energybench_version()}.dist-info"}
+    for expected in ("energybench/__init__.py", "energybench/cli.py", "energybench/registry.toml",
+                     "energybench/plugins/regularizers/der.py", "energybench/training/loop.py"):
+        assert expected in names, expected
+    assert not any("__pycache__" in name for name in names)
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "energybench = energybench.cli:main" in entry_points
+    assert "der = energybench.plugins.regularizers.der:DeltaEnergyRegularizer" in entry_points
+
+
+def test_the_installed_package_is_importable_as_energybench_only(tmp_path):
+    probe = ("import importlib.util, energybench, energybench.plugins, energybench.cli; "
+             "print(energybench.__file__); "
+             "print([importlib.util.find_spec(n) is None for n in ('benchmark', 'plugins', 'cli')])")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
+    where, missing = result.stdout.splitlines()
+    assert Path(where).parent.name in ("benchmark", "energybench") and missing == "[True, True, True]"
