@@ -207,3 +207,18 @@ def test_autoattack_plugin_matches_pyautoattack():
     x_adv = make("autoattack", model, 0.3)(x, y)
     assert torch.equal(x_adv, x_ref)
     assert torch.equal(model(x_adv).argmax(1) == y, y_ref == y)
+
+
+@pytest.mark.parametrize("norm, inside, outside", [
+    ("Linf", torch.full((1, 16), 0.1), torch.full((1, 16), 0.12)),
+    ("L2", torch.full((1, 16), 0.1), torch.full((1, 16), 0.2)),  # L2 norms 0.4 and 0.8
+    ("L1", torch.full((1, 16), 0.05), torch.full((1, 16), 0.1)),  # L1 norms 0.8 and 1.6; L2 only 0.2 and 0.4
+])
+def test_the_output_guard_measures_each_norm_by_its_own_ball(norm, inside, outside):
+    from energybench.contracts.guard import attack_output_problem
+
+    eps = {"Linf": 0.1, "L2": 0.5, "L1": 1.0}[norm]
+    x = torch.full((1, 1, 4, 4), 0.5)
+    assert attack_output_problem(x, x + inside.view_as(x), eps, norm) is None
+    problem = attack_output_problem(x, x + outside.view_as(x), eps, norm)
+    assert problem is not None and f"in {norm}, outside the eps-ball (eps={eps:g})" in problem

@@ -55,7 +55,7 @@ def test_the_published_form_on_hand_computed_logits():
 
 def test_ablation_forms_keep_their_settings_and_refuse_the_papers():
     reg = get_plugin("regularizer", "der")
-    assert der().params.model_dump(by_alias=True) == {"form": "hinge", "beta": 1.0, "gamma": 0.5, "aae": "auto"}
+    assert der().params.model_dump(by_alias=True) == {"form": "hinge", "beta": 30.0, "gamma": 0.0, "aae": "auto"}
     # the settings energybench stored for its earlier default, key for key (so its config hash is unchanged)
     assert der(form="squared").params.model_dump(by_alias=True) == {"lambda": 1.0, "form": "squared",
                                                                     "terms": "marginal", "huber_delta": 1.0}

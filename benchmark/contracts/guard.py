@@ -129,7 +129,7 @@ def attack_output_problem(x: torch.Tensor, x_adv: Any, eps: float, norm: str) ->
     if x.numel() == 0:
         return None
     delta = (x_adv.detach() - x.detach()).flatten(1).float()
-    size = delta.abs().amax(1) if norm == "Linf" else delta.norm(dim=1)
+    size = {"Linf": delta.abs().amax(1), "L1": delta.abs().sum(1)}.get(norm, delta.norm(dim=1))
     low, high, largest = torch.stack([x_adv.detach().min().float(), x_adv.detach().max().float(),
                                       size.max()]).tolist()
     if not all(math.isfinite(v) for v in (low, high, largest)):

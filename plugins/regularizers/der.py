@@ -32,6 +32,9 @@ class DeltaEnergyRegularizer(Regularizer):
     E(x) and E(x*); the norm is per sample; the mean is over the whole batch (samples outside the
     mask count as 0, so the penalty scales with the share of AAEs).
 
+    Defaults: beta 30, gamma 0, the values the co-fmnist suite's tuning chose for FGSM at eps 0.3 (the
+    default track's setting; docs/suites.md).
+
     Ablation forms (energybench's earlier guesses, NOT the paper's): ``lambda * mean_i R(dE_i)`` with
     R squared, absolute or huber, on the marginal, joint or both delta energies, every sample.
     """
@@ -42,8 +45,8 @@ class DeltaEnergyRegularizer(Regularizer):
     class Params(PluginParams):
         form: Literal["hinge", "squared", "absolute", "huber"] = Field(
             "hinge", description="hinge: the published form; squared/absolute/huber: ablations")
-        beta: float = Field(1.0, ge=0, description="hinge: weight of the penalty")
-        gamma: float = Field(0.5, ge=0, description="hinge: margin below which the dE norm is free")
+        beta: float = Field(30.0, ge=0, description="hinge: weight of the penalty")
+        gamma: float = Field(0.0, ge=0, description="hinge: margin below which the dE norm is free")
         aae: Literal["auto", "always", "never"] = Field(
             "auto", description="hinge: only on abnormal adversarial examples (auto: with single-step trainers)")
         lam: float = Field(1.0, ge=0, alias="lambda", description="ablations: weight of the penalty")
