@@ -21,11 +21,13 @@ from energybench.training.loop import Run
 
 
 def minimal_fgsm_epoch(model, optimizer, scheduler, x_all, y_all, *, eps: float, batch_size: int,
-                       generator: torch.Generator, der: float = 0.0) -> None:
+                       generator: torch.Generator, der: float = 0.0, gamma: float = 0.0) -> None:
     """FGSM adversarial training (zero init, step eps) over one epoch, written out by hand.
 
-    With ``der`` > 0 the loss adds ``der`` times the mean squared marginal delta energy, through
-    both energies (DER's default form), reusing the clean logits of the attack's forward pass.
+    With ``der`` > 0 the loss adds DER in the paper's form with weight ``der``: per sample
+    max(||(dE, dE_joint)||_2 - gamma, 0) on the abnormal adversarial examples (loss at x* below the
+    loss at x), averaged over the batch, through both energies, reusing the clean logits of the
+    attack's forward pass.
     """
     model.train()
     order = torch.randperm(len(y_all), generator=generator).to(x_all.device)
@@ -38,14 +40,18 @@ def minimal_fgsm_epoch(model, optimizer, scheduler, x_all, y_all, *, eps: float,
         logits_adv = model(x_adv)
         loss = F.cross_entropy(logits_adv, y)
         if der > 0:
-            loss = loss + der * (torch.logsumexp(logits_adv, 1) - torch.logsumexp(logits, 1)).pow(2).mean()
+            delta = torch.stack([torch.logsumexp(logits_adv, 1) - torch.logsumexp(logits, 1),
+                                 (logits_adv - logits).gather(1, y[:, None]).squeeze(1)], 1)
+            abnormal = (F.cross_entropy(logits_adv.detach(), y, reduction="none")
+                        < F.cross_entropy(logits.detach(), y, reduction="none"))
+            loss = loss + der * (F.relu(delta.norm(dim=1) - gamma) * abnormal).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
 
 
-def minimal_epoch_of(run: Run, der: float = 0.0) -> Callable[[], None]:
+def minimal_epoch_of(run: Run, der: float = 0.0, gamma: float = 0.0) -> Callable[[], None]:
     """``minimal_fgsm_epoch`` on a copy of ``run``'s model, with its data, batch, eps and SGD settings."""
     model = copy.deepcopy(run.model)
     cfg = run.config
@@ -54,7 +60,8 @@ def minimal_epoch_of(run: Run, der: float = 0.0) -> Callable[[], None]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
     generator = torch.Generator().manual_seed(0)
     return lambda: minimal_fgsm_epoch(model, optimizer, scheduler, run.train_x, run.train_y, eps=cfg.eps,
-                                      batch_size=cfg.batch_size, generator=generator, der=der)
+                                      batch_size=cfg.batch_size, generator=generator, der=der,
+                                      gamma=gamma)
 
 
 def main() -> None:

@@ -169,3 +169,23 @@ def test_fgsm_with_der_costs_no_extra_forward_pass():
             (out.loss + reg.penalty(model, x, y, out)).backward()
         counts[name] = len(calls)
     assert counts == {"none": 2, "der": 2}
+
+
+def test_runs_of_the_earlier_default_keep_their_hash_and_are_labelled_as_what_they_were(tmp_path):
+    from energybench.config import load_catalogue, resolve_config
+    from energybench.reporting.leaderboard import regularizer_label
+    from energybench.storage.store import Store
+    from energybench.training.run import prepare
+
+    catalogue = load_catalogue()
+    old = prepare(resolve_config(catalogue, track="fmnist-co", overrides={
+        "regularizer": "der", "regularizer_params": {"form": "squared"}}), catalogue)
+    # the hash energybench computed for `run --reg der` before the published form became the default
+    assert old.config_hash() == "264fe53a681f02d0"
+    assert prepare(resolve_config(catalogue, track="digits-tiny"), catalogue).config_hash() == "ef4b644f29b1ea02"
+    store = Store(tmp_path)
+    run_id = store.create_run(old.model_dump(), old.config_hash())
+    assert regularizer_label(store.get_run(run_id)) == "der [squared marginal dE, lambda 1]"
+    new = prepare(resolve_config(catalogue, track="fmnist-co", overrides={"regularizer": "der"}), catalogue)
+    assert new.config_hash() != old.config_hash()
+    assert regularizer_label(store.get_run(store.create_run(new.model_dump(), new.config_hash()))) == "der"
