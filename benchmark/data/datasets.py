@@ -4,6 +4,15 @@ Every dataset becomes ``(x, y)`` tensors: ``x`` uint8 of shape (N, C, H, W), ``y
 are looked up in ``--data-root``, then ``$ENERGYBENCH_DATA``, then system folders (Debian's
 ``dataset-fashion-mnist`` package), and downloaded through torchvision only when downloads are
 allowed (``ENERGYBENCH_OFFLINE`` unset) and the files are missing.
+
+torchvision's dataset classes do the downloads. The files are read here, for reasons torchvision's
+readers cannot meet: IDX files (MNIST, Fashion-MNIST) are read gzipped where they lie (Debian's
+``dataset-fashion-mnist`` ships them as .gz; torchvision reads only the files it extracted into its
+own folder layout), with one clear line for a bad header or a truncated file; CIFAR batches are
+unpickled by an unpickler that accepts only numpy arrays and plain containers, since torchvision's
+``pickle.load`` would run any code a tampered batch file carries; SVHN's .mat files are read with
+scipy (as torchvision does), because torchvision refuses any file whose MD5 differs from the
+official release's (a re-saved or subset file, as the tests write).
 """
 
 from __future__ import annotations
