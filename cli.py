@@ -368,6 +368,25 @@ def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points,
     out.print(f"stored as run {run_id}; share it with `energybench export {run_id} -o {run_id}.json`")
 
 
+@cli.command()
+@click.argument("ref_a", metavar="REF_A")
+@click.argument("ref_b", metavar="REF_B")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="last", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@store_option
+def compare(ref_a, ref_b, checkpoint, fmt, store_path) -> None:
+    """Per accuracy: A - B, its 95% interval and the p-value of a paired test (REF: RUN_ID or group:RUN_ID)."""
+    from energybench.reporting.compare import compare as compare_refs
+    from energybench.reporting.compare import comparison_json, comparison_table
+    from energybench.storage.store import Store
+
+    result = compare_refs(Store(store_path), ref_a, ref_b, checkpoint=checkpoint)
+    if fmt == "json":
+        click.echo(comparison_json(result), nl=False)
+    else:
+        out.print(comparison_table(result))
+
+
 @cli.command("export")
 @click.argument("run_id")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The JSON file to write.")
