@@ -204,8 +204,8 @@ def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, samp
                        dataset=dataset, model=model_arch, data_root=data_root, out_dir=out_dir, features=features,
                        inception_weights=inception_weights, batch_size=batch_size, device=device,
                        reporter=RichReporter(err), log=err.print)
-    for (ds, label), group in rankings(records).items():
-        out.print(ranking_table(ds, label, group, model_names(store, group)))
+    for space, group in rankings(records).items():
+        out.print(ranking_table(space, group, model_names(store, group)))
     out.print(f"grids, samples (.npz) and metrics (.json) in {records[0].out_dir}")
 
 

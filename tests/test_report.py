@@ -84,7 +84,8 @@ def test_report_renders_tables_and_images_in_a_real_browser(capsys, tmp_path):
     assert code == 0, err
     text = page.read_text()
     assert not re.search(r'(src|href)="(https?:)?//', text)  # self-contained: nothing to fetch
-    for expected in ('"trainer": "fgsm"', '"seed": 1', metadata.version("torch"), "pyautoattack", "FID[cifar10-cnn]"):
+    for expected in ('"trainer": "fgsm"', '"seed": 1', metadata.version("torch"), "pyautoattack",
+                     "FID@20[cifar10-cnn]"):
         assert expected in text, expected
 
     dom = rendered_dom(page, tmp_path)
