@@ -56,7 +56,9 @@ class Row:
             return None if math.isnan(points) else int(points)
         test_size = DATASET_POINTS.get(self.run.dataset, (None, None))[1]
         wanted = (self.run.config.get("eval") or {}).get("test_points")
-        return test_size if wanted is None else wanted if test_size is None else min(wanted, test_size)
+        if wanted is None or test_size is None:
+            return test_size if wanted is None else wanted
+        return min(wanted, test_size)
 
     def estimate(self, checkpoint: str, metric: str) -> Estimate | None:
         """Accuracy ``metric`` with its 95 % Wilson interval (NaN bounds when n is unknown); None if not measured."""
