@@ -90,7 +90,7 @@ def _run_difference(a: Row, b: Row, checkpoint: str, metric: str) -> tuple[Diffe
         why = f"no per-point correctness stored for {missing} (older run)"
     difference = unpaired_difference(round(a.get(checkpoint, metric) * n_a), n_a,
                                      round(b.get(checkpoint, metric) * n_b), n_b)
-    return difference, f"unpaired fallback: {why}"
+    return difference, why
 
 
 def compare_rows(a: Row, b: Row, checkpoint: str, metric: str) -> Comparison:

@@ -256,8 +256,8 @@ def caption(ranking: Ranking, grouped: bool = False) -> str:
                        "correctness, or other test points)")
         if any(t.endswith("over seeds") for t in tests):
             ranked += f"; {SEED_MARK} Welch's t-test over seeds (Student's when one side has one seed)"
-    seeds = ("; seed groups: means ± their 95% t interval over seeds, sd PGD/AA: sample standard deviation over "
-             "seeds (ddof 1)" if grouped else "")
+    seeds = ("; seed groups: means ± their 95% t interval over seeds (at least the Wilson interval of the mean on "
+             "the shared test points), sd PGD/AA: sample standard deviation over seeds (ddof 1)" if grouped else "")
     return (f"{ranked}. Accuracy % on the test set, best/last checkpoint, ± the larger distance to a bound of "
             f"either's 95% Wilson interval on n test points (n PGD/AA){seeds}; AA: AutoAttack, the point-wise worst "
             "case over its attacks; dE: final train E(x) - E(x*); checks: evaluation sanity warnings (their text "

@@ -4,7 +4,8 @@ A ``Row`` gives each accuracy with its 95 % Wilson interval on the number of tes
 measured on: the length of its per-point correctness vector when the store has one, else the
 run's protocol (``eval.test_points``, the whole test split when None; ``aa_points`` for AutoAttack).
 A ``SeedGroup`` merges runs that differ only in their seed: means, sample standard deviations and
-the t interval of each mean over the seeds.
+the t interval of each mean over the seeds (never narrower than the Wilson interval of the mean on
+the test points, which every seed shares).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from energybench.evaluation.sanity import evaluation_warnings
-from energybench.evaluation.statistics import Estimate, SeedSummary, accuracy, seed_summary
+from energybench.evaluation.statistics import Estimate, SeedSummary, accuracy, seed_summary, wilson
 from energybench.storage.store import RunRecord, Store
 from energybench.suites.plan import DATASET_POINTS
 
@@ -107,13 +108,16 @@ class SeedGroup(Row):
         return self.members[0].n(checkpoint, metric)
 
     def estimate(self, checkpoint: str, metric: str) -> Estimate | None:
-        """One seed: the run's Wilson interval; more: the mean's 95 % t interval over the seeds, within [0, 1]."""
+        """One seed: the run's Wilson interval. More: the mean with the 95 % t interval over the seeds, widened
+        where needed to the Wilson interval of the mean on the n test points (every seed is evaluated on the same
+        points, so their sampling error does not shrink with more seeds), within [0, 1]."""
         if len(self.members) == 1:
             return self.members[0].estimate(checkpoint, metric)
-        summary = self.summary(checkpoint, metric)
+        summary, n = self.summary(checkpoint, metric), self.n(checkpoint, metric)
         if summary is None:
             return None
-        return Estimate(summary.value, max(0.0, summary.low), min(1.0, summary.high))
+        low, high = wilson(summary.value * n, n) if n else (summary.low, summary.high)
+        return Estimate(summary.value, max(0.0, min(summary.low, low)), min(1.0, max(summary.high, high)))
 
 
 def load_row(store: Store, run: RunRecord) -> Row:

@@ -1,8 +1,9 @@
 """A suite's leaderboard: one row per cell of the matrix, its seeds aggregated.
 
-Per cell: mean ± sample standard deviation (ddof 1) over the seeds, and the 95 % t interval of the
-last checkpoint's mean PGD and AutoAttack accuracy (one seed: the run's Wilson interval on its test
-points). A matrix, not a ranking: nothing is ranked, the intervals say which differences are real.
+Per cell: mean ± sample standard deviation (ddof 1) over the seeds, and the 95 % interval of the
+last checkpoint's mean PGD and AutoAttack accuracy (``SeedGroup.estimate``: the t interval over the
+seeds, at least the Wilson interval of the mean on the shared test points; one seed: the run's
+Wilson interval). A matrix, not a ranking: nothing is ranked, the intervals say which differences are real.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ def render_suite(groups: list[CellGroup], title: str) -> Table:
     """A rich table of ``groups``, one section per eps."""
     table = Table(title=title, header_style="bold", title_justify="left", caption_justify="left",
                   caption="test accuracy % (mean±sample SD over seeds), best/last checkpoint by validation PGD; "
-                          "95% CI: t interval of the last checkpoint's mean over seeds (one seed: the run's Wilson "
-                          "interval on its test points); seeds: completed/planned; "
+                          "95% CI: t interval of the last checkpoint's mean over seeds, at least the Wilson interval "
+                          "of the mean on the test points (one seed: the run's); seeds: completed/planned; "
                           "CO: seeds with catastrophic overfitting; PGD gap: best - last (robust overfitting); "
                           "dE: final train E(x) - E(x*); time: wall time per run; passes: forward+backward "
                           "passes per example per epoch")
