@@ -38,6 +38,7 @@ ALPHA = 1 - LEVEL
 
 PAIRED_TEST = "exact McNemar"
 UNPAIRED_TEST = "Fisher exact (unpaired)"
+SEED_TESTS = WELCH_TEST, STUDENT_TEST = "Welch t over seeds", "Student t over seeds"
 
 T = TypeVar("T")
 
@@ -160,7 +161,7 @@ def seed_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL
     result = stats.ttest_ind(a, b, equal_var=not welch)
     interval = result.confidence_interval(level)
     return Difference(statistics.fmean(a) - statistics.fmean(b), float(interval.low), float(interval.high),
-                      float(result.pvalue), "Welch t over seeds" if welch else "Student t over seeds")
+                      float(result.pvalue), WELCH_TEST if welch else STUDENT_TEST)
 
 
 def rank_with_ties(items: Sequence[T], differs: Callable[[T, T], bool]) -> list[int]:

@@ -179,7 +179,8 @@ def _cell(estimate: Estimate | None, n: int | None) -> str:
     return f"{_pct(estimate.value)}{interval}" + ("" if n is None else f" n={n}")
 
 
-def _p(p: float) -> str:
+def p_text(p: float) -> str:
+    """A p-value as tables show it: three decimals, ``<0.001`` below that."""
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
@@ -187,7 +188,8 @@ def comparison_table(result: RowComparison) -> Table:
     """A rich table: per accuracy, A and B with their intervals, A - B with its interval, p-value and test."""
     (ref_a, ref_b), (a, b) = result.refs, result.rows
     checkpoint = result.comparisons[0].checkpoint if result.comparisons else "last"
-    group_note = ("; seed groups: mean [95% t interval over seeds], n = test points per run"
+    group_note = ("; seed groups: mean [95% t interval over seeds, at least the Wilson interval of the mean], n = "
+                  "test points per run"
                   if isinstance(a, SeedGroup) or isinstance(b, SeedGroup) else "")
     table = Table(title=f"A = {ref_a}: {_describe(a)}\nB = {ref_b}: {_describe(b)}\n{setting(a)}, {checkpoint} "
                         "checkpoint", title_justify="left", header_style="bold", caption_justify="left",
@@ -200,7 +202,7 @@ def comparison_table(result: RowComparison) -> Table:
         table.add_row(LABELS[c.metric], _cell(c.a, c.n_a), _cell(c.b, c.n_b),
                       "-" if d is None else f"{100 * d.value:+.1f}",
                       "-" if d is None else f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]",
-                      "-" if d is None else _p(d.p) + (" *" if d.significant else ""),
+                      "-" if d is None else p_text(d.p) + (" *" if d.significant else ""),
                       c.note if d is None else f"{d.test}: {c.note}")
     return table
 

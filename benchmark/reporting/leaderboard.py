@@ -22,8 +22,8 @@ from rich.table import Table
 from energybench.config import format_eps
 from energybench.contracts.registry import get_plugin
 from energybench.errors import EnergybenchError
-from energybench.evaluation.statistics import ALPHA, UNPAIRED_TEST, Estimate, rank_with_ties
-from energybench.reporting.compare import Comparison, compare_rows
+from energybench.evaluation.statistics import ALPHA, SEED_TESTS, UNPAIRED_TEST, Estimate, rank_with_ties
+from energybench.reporting.compare import Comparison, compare_rows, p_text
 from energybench.reporting.rows import LABELS, Row, SeedGroup, load_row
 from energybench.storage.store import RunRecord, Store
 
@@ -231,9 +231,8 @@ def versus_text(entry: Entry) -> str:
     difference = entry.versus.difference if entry.versus else None
     if difference is None:
         return "-"
-    mark = (UNPAIRED_MARK if difference.test == UNPAIRED_TEST else
-            SEED_MARK if difference.test.endswith("over seeds") else "")
-    return ("<0.001" if difference.p < 0.001 else f"{difference.p:.3f}") + mark
+    mark = UNPAIRED_MARK if difference.test == UNPAIRED_TEST else SEED_MARK if difference.test in SEED_TESTS else ""
+    return p_text(difference.p) + mark
 
 
 def caption(ranking: Ranking, grouped: bool = False) -> str:
@@ -254,7 +253,7 @@ def caption(ranking: Ranking, grouped: bool = False) -> str:
         if UNPAIRED_TEST in tests:
             ranked += (f"; {UNPAIRED_MARK} unpaired fallback, Fisher's exact test (an older run without per-point "
                        "correctness, or other test points)")
-        if any(t.endswith("over seeds") for t in tests):
+        if tests & set(SEED_TESTS):
             ranked += f"; {SEED_MARK} Welch's t-test over seeds (Student's when one side has one seed)"
     seeds = ("; seed groups: means ± their 95% t interval over seeds (at least the Wilson interval of the mean on "
              "the shared test points), sd PGD/AA: sample standard deviation over seeds (ddof 1)" if grouped else "")
