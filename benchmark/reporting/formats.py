@@ -42,7 +42,7 @@ from energybench.reporting.leaderboard import (
     rankings,
     versus_text,
 )
-from energybench.reporting.rows import Row, SeedGroup, group_seeds
+from energybench.reporting.rows import ACCURACIES, Row, SeedGroup, group_seeds
 from energybench.storage.references import Reference, load_references
 from energybench.storage.store import Store, pack_points, unpack_points
 
@@ -61,9 +61,8 @@ def _joined(texts: list[str] | None) -> str | None:
 
 #: The accuracy fields of the exports: name -> (checkpoint, result key). Each has ``<name>_low``,
 #: ``<name>_high`` (95 % interval), ``<name>_n`` (test points) and, for seed groups, ``<name>_std``.
-ACCURACY_FIELDS = {"clean": ("last", "test_clean_acc"), "fgsm": ("last", "test_fgsm_acc"),
-                   "pgd": ("last", "test_pgd_acc"), "aa": ("last", "aa_acc"), "clean_best": ("best", "test_clean_acc"),
-                   "pgd_best": ("best", "test_pgd_acc"), "aa_best": ("best", "aa_acc")}
+ACCURACY_FIELDS = ({name: ("last", metric) for name, metric in ACCURACIES.items()}
+                   | {f"{name}_best": ("best", ACCURACIES[name]) for name in ("clean", "pgd", "aa")})
 
 
 def _bound(checkpoint: str, metric: str, side: str) -> Callable[[Row], float]:
