@@ -206,8 +206,8 @@ def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, samp
                          data_root=data_root, out_dir=out_dir, features=features, inception_weights=inception_weights,
                          batch_size=batch_size, device=device, store=store, registry=registry_path,
                          reporter=RichReporter(err), log=err.print)
-    for (ds, label), group in rankings(records).items():
-        out.print(ranking_table(ds, label, group, model_names(store, group)))
+    for space, group in rankings(records).items():
+        out.print(ranking_table(space, group, model_names(store, group)))
     out.print(f"grids, samples (.npz) and metrics (.json) in {records[0].out_dir}")
 
 
@@ -367,6 +367,25 @@ def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points,
     title = f"Leaderboard: {config.dataset}, {config.norm} eps {format_eps(config.eps)}"
     out.print(render(rows, title, highlight=run_id))
     out.print(f"stored as run {run_id}; share it with `energybench export {run_id} -o {run_id}.json`")
+
+
+@cli.command()
+@click.argument("ref_a", metavar="REF_A")
+@click.argument("ref_b", metavar="REF_B")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="last", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@store_option
+def compare(ref_a, ref_b, checkpoint, fmt, store_path) -> None:
+    """Per accuracy: A - B, its 95% interval and the p-value of a paired test (REF: RUN_ID or group:RUN_ID)."""
+    from energybench.reporting.compare import compare as compare_refs
+    from energybench.reporting.compare import comparison_json, comparison_table
+    from energybench.storage.store import Store
+
+    result = compare_refs(Store(store_path), ref_a, ref_b, checkpoint=checkpoint)
+    if fmt == "json":
+        click.echo(comparison_json(result), nl=False)
+    else:
+        out.print(comparison_table(result))
 
 
 @cli.command("export")

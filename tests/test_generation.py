@@ -58,7 +58,7 @@ def test_sample_writes_grid_samples_and_labelled_metrics_and_stores_a_row(capsys
     code, out, err = run_cli(capsys, "sample", run_id, "--sampler", "local-pca", "-n", "30", "-S", "steps=5",
                              "--store", str(store_dir), "--out", str(out_dir))
     assert code == 0, err
-    assert "ranked by FID[digits-cnn]" in out and "local-pca" in out and str(out_dir) in out.replace("\n", "")
+    assert "ranked by FID@30[digits-cnn]" in out and "local-pca" in out and str(out_dir) in out.replace("\n", "")
 
     samples = np.load(out_dir / "local-pca.npz")
     assert samples["x"].shape == (30, 1, 8, 8) and samples["x"].dtype == np.uint8
@@ -69,8 +69,8 @@ def test_sample_writes_grid_samples_and_labelled_metrics_and_stores_a_row(capsys
 
     saved = json.loads((out_dir / "local-pca.json").read_text())
     metrics = saved["metrics"]
-    for key in ("FID[digits-cnn]", "IS[digits-cnn]", "precision[digits-cnn]", "recall[digits-cnn]",
-                "acc[digits-cnn]", "diversity", "diversity_real"):
+    for key in ("FID[digits-cnn]", "IS[digits-cnn]", "KID[digits-cnn]", "KID_std[digits-cnn]", "precision[digits-cnn]",
+                "recall[digits-cnn]", "acc[digits-cnn]", "diversity", "diversity_real"):
         assert key in metrics, key
     assert not {"FID", "IS"} & set(metrics)  # never unlabelled without the Inception weights
     assert saved["params"]["steps"] == 5 and saved["feature_extractor"]["name"] == "digits-cnn"
@@ -134,34 +134,39 @@ def test_domain_extractor_is_trained_once_and_names_its_results(home, monkeypatc
         feature_sets("inception", DATASETS["cifar10"], None)
 
 
-def record(id_, dataset, sampler, metrics, model_ref="run-a", checkpoint="best"):
+def record(id_, dataset, sampler, metrics, model_ref="run-a", checkpoint="best", n=100):
     return GenerativeRecord(id=id_, created=float(len(id_)), model_ref=model_ref, checkpoint=checkpoint,
-                            dataset=dataset, model="small-cnn", sampler=sampler, params={}, seed=0, n=100,
+                            dataset=dataset, model="small-cnn", sampler=sampler, params={}, seed=0, n=n,
                             metrics=metrics | {"diversity": 1.0, "diversity_real": 2.0}, steps_mean=10.0,
                             wall_time=1.0, out_dir=None)
 
 
-def test_generative_leaderboard_ranks_per_feature_space_and_keeps_references_apart(capsys, tmp_path):
+def test_generative_leaderboard_ranks_per_feature_space_and_sample_size_and_keeps_references_apart(capsys, tmp_path):
     store = Store(tmp_path / "s")
-    for r in (record("g1", "fashion-mnist", "sgld", {"FID[fmnist-cnn]": 9.0, "IS[fmnist-cnn]": 3.0}),
+    for r in (record("g1", "fashion-mnist", "sgld", {"FID[fmnist-cnn]": 9.0, "IS[fmnist-cnn]": 3.0,
+                                                      "KID[fmnist-cnn]": 0.0123, "KID_std[fmnist-cnn]": 0.0011}),
               record("g2", "fashion-mnist", "local-pca", {"FID[fmnist-cnn]": 2.0, "IS[fmnist-cnn]": 5.0}),
+              # FID on 1000 samples is not ranked against FID on 100: it is biased differently
+              record("g5", "fashion-mnist", "class-pca", {"FID[fmnist-cnn]": 1.0}, n=1000),
               record("g3", "cifar10", "class-pca", {"FID": 50.0, "IS": 6.0}, model_ref="/x/model.pt", checkpoint=None),
               record("g4", "cifar10", "sgld", {"FID": 40.0, "IS": 7.0, "FID[cifar10-cnn]": 1.0})):
         store.add_generative(r)
     groups = rankings(store.generative())
-    assert {key: [r.id for r in group] for key, group in groups.items()} == {
-        ("cifar10", ""): ["g4", "g3"], ("cifar10", "[cifar10-cnn]"): ["g4"],
-        ("fashion-mnist", "[fmnist-cnn]"): ["g2", "g1"]}
+    assert {tuple(key): [r.id for r in group] for key, group in groups.items()} == {
+        ("cifar10", "", 100): ["g4", "g3"], ("cifar10", "[cifar10-cnn]", 100): ["g4"],
+        ("fashion-mnist", "[fmnist-cnn]", 100): ["g2", "g1"], ("fashion-mnist", "[fmnist-cnn]", 1000): ["g5"]}
 
     code, out, err = run_cli(capsys, "leaderboard", "--generative", "--store", str(tmp_path / "s"))
     assert code == 0, err
     measured, references = out.split("Published references")
-    assert "ranked by FID[fmnist-cnn]" in measured and "ranked by FID[cifar10-cnn]" in measured
-    assert re.search(r"cifar10, ranked by FID *\n", measured)  # reference Inception weights: plain FID
-    fmnist = measured.split("ranked by FID[fmnist-cnn]")[1]
+    assert "ranked by FID@100[fmnist-cnn]" in measured and "ranked by FID@100[cifar10-cnn]" in measured
+    assert re.search(r"cifar10, ranked by FID@100 *\n", measured)  # reference Inception weights: plain FID
+    fmnist, fmnist_1000 = measured.split("ranked by FID@100[fmnist-cnn]")[1].split("ranked by FID@1000[fmnist-cnn]")
     assert fmnist.index("local-pca") < fmnist.index("sgld") and "class-pca" not in fmnist
+    assert "KID@100" in fmnist and "0.0123±0.0011" in fmnist and "IS@100" in fmnist
+    assert "class-pca" in fmnist_1000 and "sgld" not in fmnist_1000
     assert "model.pt" in measured and "run-a ?/best" in measured
-    for text in ("JEM", "8.76", "38.4", "Grathwohl", "JEAT", "Zhu", "Santurkar", "7.50"):
+    for text in ("JEM", "IS@? 8.76", "FID@? 38.4", "Grathwohl", "JEAT", "Zhu", "Santurkar", "7.50"):
         assert text in references and text not in measured, text
     assert "never ranked" in references
 

@@ -24,6 +24,7 @@ from energybench.errors import EnergybenchError
 from energybench.generation import metrics as gm
 
 KEYS = {"inception_score_mean": "IS", "inception_score_std": "IS_std", "frechet_inception_distance": "FID",
+        "kernel_inception_distance_mean": "KID", "kernel_inception_distance_std": "KID_std",
         "precision": "precision", "recall": "recall", "f_score": "F1"}
 
 
@@ -43,7 +44,8 @@ class RGB(Dataset):
 def direct(fake, real, prc_real, channels=3, **kwargs):
     """torch-fidelity called directly, the way its documentation shows, labelled like energybench."""
     common = dict(input1=RGB(fake, channels), cuda=False, verbose=False, save_cpu_ram=True, cache=False, **kwargs)
-    out = torch_fidelity.calculate_metrics(input2=RGB(real, channels), isc=True, fid=True, **common)
+    out = torch_fidelity.calculate_metrics(input2=RGB(real, channels), isc=True, fid=True, kid=True,
+                                           kid_subset_size=min(len(fake), len(real), 1000), **common)
     out.update(torch_fidelity.calculate_metrics(input2=RGB(prc_real, channels), prc=True, **common))
     return out
 
@@ -107,13 +109,12 @@ def test_inception_metrics_match_a_direct_call_and_cache_the_real_statistics(
 
     cached = gm.inception_metrics(fake, None, weights_path=inception_weights, real_cache_name="digits-train",
                                   cache_root=cache, isc_splits=2, device="cpu")
-    assert cached == {k: v for k, v in expected.items() if k.split("[")[0] in ("IS", "IS_std", "FID")}
+    assert cached == {k: v for k, v in expected.items() if k.split("[")[0] in ("IS", "IS_std", "FID", "KID", "KID_std")}
 
     monkeypatch.setattr(gm, "INCEPTION_REFERENCE_SHA256", sha)  # as if these were the reference weights
     plain = gm.inception_metrics(fake, None, weights_path=inception_weights, real_cache_name="digits-train",
                                  cache_root=cache, isc_splits=2, device="cpu")
-    assert plain == {"IS": cached[f"IS[inception:{sha}]"], "IS_std": cached[f"IS_std[inception:{sha}]"],
-                     "FID": cached[f"FID[inception:{sha}]"]}
+    assert plain == {key: cached[f"{key}[inception:{sha}]"] for key in ("IS", "IS_std", "FID", "KID", "KID_std")}
 
 
 def test_missing_cache_or_bad_images_are_clear_errors(digits_uint8, inception_weights, tmp_path):
@@ -164,6 +165,7 @@ def test_domain_metrics_match_a_direct_call(digits_uint8, digits_cnn, tmp_path):
     same = gm.domain_metrics(real[:40], None, digits_cnn, "digits-cnn", device="cpu",
                              real_cache_name="digits-train", cache_root=str(tmp_path))
     assert same["FID[digits-cnn]"] < ours["FID[digits-cnn]"]  # real images are closer to the real set
+    assert same["KID[digits-cnn]"] < ours["KID[digits-cnn]"] and ours["KID_std[digits-cnn]"] > 0
 
 
 def test_domain_fid_is_the_frechet_distance_of_penultimate_features(digits_uint8, digits_cnn):

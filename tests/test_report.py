@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from energybench.cli import main
-from energybench.config import RunConfig
+from energybench.config import RunConfig, load_catalogue
 from energybench.ops.energy import QUANTILES
+from energybench.reporting.report import write_report
 from energybench.storage.store import GenerativeRecord, Store, new_id
 
 EPS = 8 / 255
@@ -26,9 +27,10 @@ def run_cli(capsys, *argv):
     return code, captured.out, captured.err
 
 
-def add_run(store: Store, *, trainer: str, seed: int, suite: str | None, epochs: int) -> str:
-    """A completed CIFAR-10 run with per-epoch traces (CO in the last epoch) and test energy quantiles."""
-    config = RunConfig(dataset="cifar10", model="preact-resnet18", trainer=trainer, eps=EPS, seed=seed, epochs=3)
+def add_run(store: Store, *, trainer: str, seed: int, suite: str | None, epochs: int, dataset: str = "cifar10",
+            eps: float = EPS) -> str:
+    """A completed run (CIFAR-10 by default) with per-epoch traces (CO in the last epoch) and test energy quantiles."""
+    config = RunConfig(dataset=dataset, model="preact-resnet18", trainer=trainer, eps=eps, seed=seed, epochs=3)
     run_id = store.create_run(config.model_dump(), config.config_hash(), suite=suite)
     for epoch in range(epochs):
         store.add_epoch(run_id, epoch, {"train_dE_mean": -0.1 * epoch, "val_dE_mean": -0.2 * epoch,
@@ -82,7 +84,8 @@ def test_report_renders_tables_and_images_in_a_real_browser(capsys, tmp_path):
     assert code == 0, err
     text = page.read_text()
     assert not re.search(r'(src|href)="(https?:)?//', text)  # self-contained: nothing to fetch
-    for expected in ('"trainer": "fgsm"', '"seed": 1', metadata.version("torch"), "pyautoattack", "FID[cifar10-cnn]"):
+    for expected in ('"trainer": "fgsm"', '"seed": 1', metadata.version("torch"), "pyautoattack",
+                     "FID@20[cifar10-cnn]"):
         assert expected in text, expected
 
     dom = rendered_dom(page, tmp_path)
@@ -94,10 +97,25 @@ def test_report_renders_tables_and_images_in_a_real_browser(capsys, tmp_path):
     assert 'data-images-decoded="7/7"' in dom
     for table in ("leaderboard measured", "leaderboard references", "leaderboard generative", "leaderboard env"):
         assert f'class="{table}"' in dom, table
-    measured = re.search(r'<table class="leaderboard measured">.*?</table>', dom, re.S).group(0)
+    measured = re.search(r'<table class="leaderboard measured"[^>]*>.*?</table>', dom, re.S).group(0)
     assert all(run_id in measured for run_id in suite_runs + [other]) and measured.count("<tr data-run=") == 3
     references = re.search(r'<table class="leaderboard references">.*?</table>', dom, re.S).group(0)
     assert "Rice2020Overfitting" in references and "<td>1</td>" not in references
 
     code, _, err = run_cli(capsys, "report", "no-such-run", "-o", page, "--store", home)
     assert code == 2 and "unknown run 'no-such-run'" in err
+
+
+def test_a_report_of_several_settings_ranks_each_in_its_own_table(tmp_path):
+    store = Store(tmp_path / "store")
+    cifar = [add_run(store, trainer=t, seed=0, suite="mixed", epochs=1) for t in ("fgsm", "pgd")]
+    other_eps = add_run(store, trainer="fgsm", seed=0, suite="mixed", epochs=1, eps=16 / 255)
+    svhn = add_run(store, trainer="fgsm", seed=0, suite="mixed", epochs=1, dataset="svhn")
+    page = write_report(store, load_catalogue(), ["mixed"], tmp_path / "report.html").read_text()
+    tables = re.findall(r'<table class="leaderboard measured" data-setting="([^"]*)">(.*?)</table>', page, re.S)
+    assert [setting for setting, _ in tables] == ["cifar10, preact-resnet18, Linf eps 16/255",
+                                                  "cifar10, preact-resnet18, Linf eps 8/255",
+                                                  "svhn, preact-resnet18, Linf eps 8/255"]
+    rows = [re.findall(r'<tr data-run="([^"]+)"><td>([^<]*)</td>', body) for _, body in tables]
+    assert rows[0] == [(other_eps, "1")] and rows[2] == [(svhn, "1")]
+    assert sorted(run for run, _ in rows[1]) == sorted(cifar) and {rank for _, rank in rows[1]} == {"1"}  # a tie

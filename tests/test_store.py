@@ -6,12 +6,13 @@ import os
 import pickle
 import sqlite3
 
+import numpy as np
 import pytest
 import torch
 
 from energybench.errors import EnergybenchError
 from energybench.storage.checkpoint import load_checkpoint, model_state, save_checkpoint
-from energybench.storage.store import SCHEMA_VERSION, Store
+from energybench.storage.store import SCHEMA_VERSION, Store, pack_points, unpack_points
 
 CONFIG = {"trainer": "fgsm", "regularizer": "der", "dataset": "digits", "model": "small-cnn", "eps": 0.1,
           "norm": "Linf", "seed": 0, "track": "t"}
@@ -34,6 +35,25 @@ def test_runs_epochs_and_results_round_trip(tmp_path):
     assert (tmp_path / "runs" / run_id / "config.json").is_file()
     # metrics.jsonl mirrors the epochs table: the epoch recorded again replaced its line
     assert (tmp_path / "runs" / run_id / "metrics.jsonl").read_text() == '{"epoch": 0, "val_pgd_acc": 0.6}\n'
+
+
+def test_per_point_correctness_round_trips_packed(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = {"test_clean": rng.random(1000) < 0.8, "test_pgd": rng.random(1000) < 0.3, "aa": rng.random(37) < 0.1}
+    store = Store(tmp_path)
+    run_id = store.create_run(CONFIG, "abc")
+    store.add_points(run_id, "last", vectors)
+    store.add_points(run_id, "best", {"aa": torch.tensor(vectors["aa"])})  # tensors from the evaluation, too
+    points = Store(tmp_path).points(run_id)
+    assert set(points) == {"best", "last"} and set(points["last"]) == set(vectors)
+    for metric, vector in vectors.items():
+        assert points["last"][metric].dtype == bool and np.array_equal(points["last"][metric], vector)
+    assert np.array_equal(points["best"]["aa"], vectors["aa"])
+    n, packed = pack_points(vectors["aa"])
+    assert (n, len(packed)) == (37, 5) and np.array_equal(unpack_points(n, packed), vectors["aa"])
+
+    other = store.create_run(CONFIG, "abc")
+    assert store.points(other) == {}  # a run stored before per-point correctness was kept
 
 
 def test_unknown_run_suggests(tmp_path):

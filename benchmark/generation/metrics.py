@@ -1,4 +1,4 @@
-"""Quality and diversity of generated images through torch-fidelity: IS, FID, precision/recall.
+"""Quality and diversity of generated images through torch-fidelity: IS, FID, KID, precision/recall.
 
 Two feature extractors:
 - Inception-v3 (torch-fidelity's ``inception-v3-compat``): labels ``IS``/``FID`` only with the
@@ -7,7 +7,9 @@ Two feature extractors:
 - a DOMAIN extractor wrapping a classifier trained on the dataset (``register_domain_extractor``):
   penultimate features for FID and precision/recall, logits for IS; labelled ``FID[<name>]``,
   ``IS[<name>]``, never plain ``FID``. It works offline and on grayscale data at native size.
-FID is against the real (training) images, whose features torch-fidelity caches under
+FID and KID (kernel inception distance, Binkowski et al. 2018: unbiased, so usable at small n, with
+its standard deviation over ``KID_SUBSETS`` random subsets of at most ``KID_SUBSET_SIZE`` samples)
+are against the real (training) images, whose features torch-fidelity caches under
 ``cache_root`` when ``real_cache_name`` is given; the cache entry's name includes a fingerprint of
 the extractor's weights, so a changed model never reuses stale statistics (the images themselves
 are not hashed: use one real_cache_name per real set). Precision (fraction of fakes inside the
@@ -36,7 +38,10 @@ INCEPTION = "inception-v3-compat"
 # torch-fidelity's file is weights-inception-2015-12-05-6726825d.pth: torch.hub names carry a sha256 prefix.
 INCEPTION_REFERENCE_SHA256 = "6726825d"
 RESULT_KEYS = {"inception_score_mean": "IS", "inception_score_std": "IS_std", "frechet_inception_distance": "FID",
+               "kernel_inception_distance_mean": "KID", "kernel_inception_distance_std": "KID_std",
                "precision": "precision", "recall": "recall", "f_score": "F1"}
+#: torch-fidelity's defaults: KID averages the MMD of 100 random subsets of 1000 samples (fewer when n is smaller).
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -148,7 +153,8 @@ def _check_cached(extractor: str, cache_name: str | None, cache_root: str | None
     if cache_name is None:
         raise EnergybenchError("pass the real images, or the real_cache_name of features cached by an earlier call")
     root = cache_root or os.path.join(torch.hub._get_torch_home(), "fidelity_cache")  # torch-fidelity's default
-    layers = {FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric(m) for m in ("isc", "fid")}
+    layers = {FEATURE_EXTRACTORS_REGISTRY[extractor].get_default_feature_layer_for_metric(m)
+              for m in ("isc", "fid", "kid")}
     missing = [f for f in (os.path.join(root, f"{cache_name}-{extractor}-features-{layer}.pt") for layer in layers)
                if not os.path.exists(f)]
     if missing:
@@ -168,9 +174,11 @@ def _calculate(fake, real, *, extractor: str, label: str, fingerprint: str, chan
     common = dict(input1=ImageDataset(fake, channels), feature_extractor=extractor,
                   feature_extractor_weights_path=weights_path, cuda=device.type == "cuda", batch_size=batch_size,
                   save_cpu_ram=True, verbose=verbose)
+    subset = min(KID_SUBSET_SIZE, len(fake), len(real) if real is not None else KID_SUBSET_SIZE)
     result = torch_fidelity.calculate_metrics(
-        **common, input2=cache_name if real is None else ImageDataset(real, channels), isc=True, fid=True,
-        isc_splits=isc_splits, cache=cache_name is not None, cache_root=cache_root, input2_cache_name=cache_name)
+        **common, input2=cache_name if real is None else ImageDataset(real, channels), isc=True, fid=True, kid=True,
+        kid_subsets=KID_SUBSETS, kid_subset_size=subset, isc_splits=isc_splits, cache=cache_name is not None,
+        cache_root=cache_root, input2_cache_name=cache_name)
     if prc_real is not None:
         result.update(torch_fidelity.calculate_metrics(**common, input2=ImageDataset(prc_real, channels), prc=True,
                                                        prc_neighborhood=prc_neighborhood, cache=False))
@@ -188,7 +196,7 @@ def inception_metrics(fake: torch.Tensor, real: torch.Tensor | None, *, weights_
     call cached under ``real_cache_name``. Precision/recall cost O(N^2) distances, so they are
     computed only against ``prc_real`` (a random real subset, ideally the size of ``fake``), in a
     second pass over ``fake``. ``weights_path`` is a local Inception weights file; None downloads
-    the reference file. Keys: ``IS``, ``IS_std``, ``FID`` (+ ``precision``, ``recall``, ``F1``),
+    the reference file. Keys: ``IS``, ``IS_std``, ``FID``, ``KID``, ``KID_std`` (+ ``precision``, ``recall``, ``F1``),
     suffixed ``[inception:<sha256 prefix>]`` unless the weights are the reference ones.
     """
     sha = INCEPTION_REFERENCE_SHA256 if weights_path is None else _file_sha256(weights_path)[:8]
@@ -207,7 +215,8 @@ def domain_metrics(fake: torch.Tensor, real: torch.Tensor | None, model: nn.Modu
 
     Same arguments as ``inception_metrics``, with uint8 images in the model's own channels and size.
     ``name`` (e.g. ``fmnist-cnn``) registers the extractor and labels the results: ``IS[name]``,
-    ``IS_std[name]``, ``FID[name]`` (+ ``precision[name]``, ``recall[name]``, ``F1[name]``).
+    ``IS_std[name]``, ``FID[name]``, ``KID[name]``, ``KID_std[name]`` (+ ``precision[name]``, ``recall[name]``,
+    ``F1[name]``).
     """
     register_domain_extractor(name, model)
     return _calculate(fake, real, extractor=name, label=f"[{name}]", fingerprint=_model_fingerprint(model),

@@ -1,47 +1,54 @@
 """Leaderboards to share: filtered, sorted, seed-grouped, as a table, markdown, csv, json or html.
 
-A ``Leaderboard`` holds ranked measured rows (``energybench.reporting.leaderboard.Row``) and published
-reference rows (``energybench.storage.references.Reference``). The human formats (table, markdown, html)
-show the terminal leaderboard's columns (``leaderboard.COLUMNS``); csv and json carry the same
-numbers unrounded (accuracies as fractions) under the field names of ``FIELDS``. Reference rows
-always come apart, after the measured ones, with rank ``-`` (null in json): they are never ranked.
+A ``Leaderboard`` holds one ``Ranking`` per setting (dataset, model, threat model, eps: rows are
+only ever ranked against rows of the same setting, see ``energybench.reporting.leaderboard``) and
+published reference rows (``energybench.storage.references.Reference``). The human formats (table,
+markdown, html) show one table per setting with the terminal leaderboard's columns, every accuracy
+with its 95 % interval; csv and json carry the same numbers unrounded (accuracies as fractions, with
+their interval bounds and n) under the field names of ``FIELDS``, and json also each run's per-point
+correctness. Reference rows always come apart, after the measured ones, with rank ``-`` (null in
+json): they are never ranked.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import io
 import json
 import math
-import statistics
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from energybench.config import Catalogue, format_eps, parse_eps
 from energybench.errors import EnergybenchError
-from energybench.reporting.leaderboard import COLUMNS, SETTING_COLUMNS, Column, Row, collect
+from energybench.reporting.leaderboard import (
+    Column,
+    Entry,
+    Ranking,
+    by_setting,
+    caption,
+    collect,
+    columns,
+    rank,
+    rank_text,
+    ranking_table,
+    rankings,
+    versus_text,
+)
+from energybench.reporting.rows import ACCURACIES, Row, SeedGroup, group_seeds
 from energybench.storage.references import Reference, load_references
-from energybench.storage.store import RunRecord, Store
+from energybench.storage.store import Store, pack_points, unpack_points
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
 REFERENCE_STYLE = "italic magenta"
 REFERENCE_TITLE = "Published reference rows (not measured here, never ranked)"
-
-
-@dataclass
-class SeedGroup(Row):
-    """Runs that differ only in their seed: ``results`` holds the means, ``std`` the standard deviations."""
-
-    runs: list[RunRecord] = field(default_factory=list)
-    std: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def sd(self, checkpoint: str, metric: str) -> float:
-        return self.std.get(checkpoint, {}).get(metric, math.nan)
 
 
 def _metric(checkpoint: str, name: str) -> Callable[[Row], float]:
@@ -50,6 +57,28 @@ def _metric(checkpoint: str, name: str) -> Callable[[Row], float]:
 
 def _joined(texts: list[str] | None) -> str | None:
     return None if texts is None else "; ".join(texts)
+
+
+#: The accuracy fields of the exports: name -> (checkpoint, result key). Each has ``<name>_low``,
+#: ``<name>_high`` (95 % interval), ``<name>_n`` (test points) and, for seed groups, ``<name>_std``.
+ACCURACY_FIELDS = ({name: ("last", metric) for name, metric in ACCURACIES.items()}
+                   | {f"{name}_best": ("best", ACCURACIES[name]) for name in ("clean", "pgd", "aa")})
+
+
+def _bound(checkpoint: str, metric: str, side: str) -> Callable[[Row], float]:
+    def value(row: Row) -> float:
+        estimate = row.estimate(checkpoint, metric)
+        return math.nan if estimate is None else getattr(estimate, side)
+    return value
+
+
+def _interval_fields() -> list[Column]:
+    fields = []
+    for name, (checkpoint, metric) in ACCURACY_FIELDS.items():
+        fields += [Column(f"{name}_low", _bound(checkpoint, metric, "low")),
+                   Column(f"{name}_high", _bound(checkpoint, metric, "high")),
+                   Column(f"{name}_n", lambda r, c=checkpoint, m=metric: r.n(c, m))]
+    return fields
 
 
 #: Machine-readable fields of a measured row (csv/json); accuracies are fractions of the test points.
@@ -64,13 +93,8 @@ FIELDS: list[Column] = [
     Column("seed", lambda r: r.run.seed),
     Column("track", lambda r: r.run.track),
     Column("suite", lambda r: r.run.suite),
-    Column("clean", _metric("last", "test_clean_acc")),
-    Column("fgsm", _metric("last", "test_fgsm_acc")),
-    Column("pgd", _metric("last", "test_pgd_acc")),
-    Column("aa", _metric("last", "aa_acc")),
-    Column("clean_best", _metric("best", "test_clean_acc")),
-    Column("pgd_best", _metric("best", "test_pgd_acc")),
-    Column("aa_best", _metric("best", "aa_acc")),
+    *(Column(name, _metric(checkpoint, metric)) for name, (checkpoint, metric) in ACCURACY_FIELDS.items()),
+    *_interval_fields(),
     Column("aa_points", _metric("last", "aa_points")),
     Column("co", _metric("last", "co")),
     Column("dE", _metric("last", "train_dE_mean")),
@@ -78,21 +102,21 @@ FIELDS: list[Column] = [
     Column("time", lambda r: r.run.wall_time),
     Column("warnings", lambda r: _joined(r.warnings())),
 ]
-#: Fields whose seed groups also get ``<name>_std`` (the metrics of ``FIELDS`` read from the results).
-_STD_FIELDS = {"clean": ("last", "test_clean_acc"), "pgd": ("last", "test_pgd_acc"), "aa": ("last", "aa_acc"),
-               "clean_best": ("best", "test_clean_acc"), "pgd_best": ("best", "test_pgd_acc"),
-               "aa_best": ("best", "aa_acc")}
 _TEXT_FIELDS = {"id", "trainer", "regularizer", "dataset", "model", "norm", "track", "suite", "source", "link",
                 "warnings"}
 
 
 @dataclass
 class Leaderboard:
-    """Measured rows in rank order and reference rows, ready to format."""
+    """One ranking per setting, and reference rows, ready to format."""
 
     title: str
-    rows: list[Row]
+    rankings: list[Ranking]
     references: list[Reference]
+
+    @property
+    def rows(self) -> list[Row]:
+        return [row for ranking in self.rankings for row in ranking.rows]
 
     @property
     def grouped(self) -> bool:
@@ -101,40 +125,14 @@ class Leaderboard:
 
 # ----- building -----------------------------------------------------------------------------
 
-def _group_key(run: RunRecord) -> str:
-    config = {k: v for k, v in run.config.items() if k not in ("seed", "track", "device", "data_root", "fast")}
-    return json.dumps(config, sort_keys=True, default=str)
-
-
-def group_seeds(rows: list[Row]) -> list[SeedGroup]:
-    """One row per configuration: mean and standard deviation over the runs that differ only by seed."""
-    groups: dict[str, list[Row]] = {}
-    for row in rows:
-        groups.setdefault(_group_key(row.run), []).append(row)
-    out = []
-    for members in groups.values():
-        members.sort(key=lambda r: r.run.created)  # the group is shown under its oldest run
-        means: dict[str, dict[str, float]] = {}
-        stds: dict[str, dict[str, float]] = {}
-        for checkpoint in ("best", "last"):
-            names = sorted({m for r in members for m in r.results.get(checkpoint, {})})
-            for name in names:
-                values = [v for r in members if not math.isnan(v := r.get(checkpoint, name))]
-                if values:
-                    means.setdefault(checkpoint, {})[name] = statistics.fmean(values)
-                    stds.setdefault(checkpoint, {})[name] = statistics.pstdev(values) if len(values) > 1 else 0.0
-        out.append(SeedGroup(run=members[0].run, results=means, runs=[r.run for r in members], std=stds))
-    return out
-
-
 def field_value(row: Row, name: str) -> Any:
     """The raw value of field ``name`` of a measured row (``<field>_std`` and ``n_seeds`` for seed groups)."""
     if name == "seed" and isinstance(row, SeedGroup):
         return ",".join(str(r.seed) for r in row.runs)
     if name == "n_seeds":
-        return len(row.runs) if isinstance(row, SeedGroup) else 1
-    if name.endswith("_std") and name[:-4] in _STD_FIELDS:
-        return row.sd(*_STD_FIELDS[name[:-4]]) if isinstance(row, SeedGroup) else math.nan
+        return len(row.members) if isinstance(row, SeedGroup) else 1
+    if name.endswith("_std") and name[:-4] in ACCURACY_FIELDS:
+        return row.sd(*ACCURACY_FIELDS[name[:-4]]) if isinstance(row, SeedGroup) else math.nan
     for column in FIELDS:
         if column.header == name:
             return column.value(row)
@@ -143,7 +141,7 @@ def field_value(row: Row, name: str) -> Any:
 
 def sort_fields() -> list[str]:
     """The field names ``--sort`` accepts."""
-    return [c.header for c in FIELDS] + [f"{n}_std" for n in _STD_FIELDS] + ["n_seeds"]
+    return [c.header for c in FIELDS] + [f"{n}_std" for n in ACCURACY_FIELDS] + ["n_seeds"]
 
 
 def sort_rows(rows: list[Row], by: str, reverse: bool = False) -> list[Row]:
@@ -161,13 +159,29 @@ def sort_rows(rows: list[Row], by: str, reverse: bool = False) -> list[Row]:
     return sorted(present, key=key, reverse=(not text) != reverse) + absent
 
 
+def sorted_rankings(rows: list[Row], by: str, reverse: bool = False) -> list[Ranking]:
+    """One ranking per setting ordered by field ``by``: an accuracy ranks with ties (tested differences),
+    any other field only orders (ranks are positions)."""
+    if by not in sort_fields():
+        raise EnergybenchError(f"cannot sort by {by!r}; use one of: {', '.join(sort_fields())}")
+    out = []
+    for setting, members in by_setting(rows).items():
+        if by in ACCURACY_FIELDS:
+            checkpoint, metric = ACCURACY_FIELDS[by]
+            out.append(Ranking(setting, rank(members, metric, checkpoint, reverse), metric, checkpoint, order=by))
+        else:
+            ordered = sort_rows(members, by, reverse)
+            out.append(Ranking(setting, [Entry(row, i) for i, row in enumerate(ordered, 1)], None, order=by))
+    return out
+
+
 def build_leaderboard(store: Store, catalogue: Catalogue, *, dataset: str | None = None, model: str | None = None,
                       eps: float | None = None, norm: str | None = None, track: str | None = None,
                       suite: str | None = None, trainer: str | None = None, sort: str | None = None,
                       reverse: bool = False, group: bool = False, references: bool = True,
                       run_ids: Collection[str] | None = None, title: str = "Leaderboard") -> Leaderboard:
-    """Completed runs matching the filters (and in ``run_ids`` if given; seed-grouped if ``group``),
-    ranked; plus matching references.
+    """Completed runs matching the filters (and in ``run_ids`` if given; seed-grouped if ``group``), ranked
+    per setting; plus matching references.
 
     References are filtered by dataset, eps and norm (a track's when ``track`` is given); without a
     dataset filter, only those on a dataset, eps and norm of a measured row are kept.
@@ -176,12 +190,9 @@ def build_leaderboard(store: Store, catalogue: Catalogue, *, dataset: str | None
                    trainer=trainer)
     if run_ids is not None:
         rows = [r for r in rows if r.run.id in run_ids]
-    if group:  # ranked like `collect` ranks runs: by mean AutoAttack, then mean PGD accuracy
-        rows = sort_rows(sort_rows(group_seeds(rows), "pgd"), "aa")
-    if sort:
-        rows = sort_rows(rows, sort, reverse)
-    elif reverse:
-        rows = rows[::-1]
+    if group:
+        rows = group_seeds(rows)
+    ranked = sorted_rankings(rows, sort, reverse) if sort else rankings(rows, reverse)
     refs: list[Reference] = []
     if references:
         if track is not None:
@@ -194,28 +205,27 @@ def build_leaderboard(store: Store, catalogue: Catalogue, *, dataset: str | None
         if dataset is None and rows:
             settings_seen = {(r.run.dataset, round(r.run.eps, 9), r.run.norm) for r in rows}
             refs = [r for r in refs if (r.dataset, round(r.eps, 9), r.norm) in settings_seen]
-    return Leaderboard(title, rows, refs)
+    return Leaderboard(title, ranked, refs)
 
 
 # ----- human formats --------------------------------------------------------------------------
 
-def _ranked(board: Leaderboard) -> list[tuple[str, Row]]:
-    return [(str(i), row) for i, row in enumerate(board.rows, 1)]
+def _heading(board: Leaderboard, ranking: Ranking) -> str:
+    """The title of one ranking's table: the board's title and the setting."""
+    return f"{board.title}: {ranking.setting.label}"
 
 
-def _pm(header: str, metric: str) -> Column:
-    """The standard deviation over seeds of ``metric`` (last checkpoint), in percentage points."""
-    return Column(header, lambda r: r.sd("last", metric) if isinstance(r, SeedGroup) else math.nan,
-                  lambda v: "-" if math.isnan(v) else f"±{100 * v:.1f}")
+def _cells(board: Leaderboard, entry: Entry) -> list[str]:
+    """One row of a ranking table as text: rank, the display columns (the heading names the setting), p-value
+    against the row above."""
+    return [rank_text(entry), *(c.fmt(c.value(entry.row)) for c in columns(settings=False, grouped=board.grouped)),
+            versus_text(entry)]
 
 
-def display_columns(board: Leaderboard) -> list[Column]:
-    """The terminal leaderboard's columns (settings included), plus seeds and spreads for seed groups."""
-    columns = COLUMNS[:3] + SETTING_COLUMNS + COLUMNS[3:]
-    if board.grouped:
-        columns = columns + [Column("seeds", lambda r: len(r.runs) if isinstance(r, SeedGroup) else 1),
-                             _pm("PGD ±", "test_pgd_acc"), _pm("AA ±", "aa_acc")]
-    return columns
+def _headers(board: Leaderboard) -> list[tuple[str, str]]:
+    """(header, justify) of a ranking table's columns."""
+    return [("#", "right"), *((c.header, c.justify) for c in columns(settings=False, grouped=board.grouped)),
+            ("p", "right")]
 
 
 def _pct(v: float | None) -> str:
@@ -233,28 +243,15 @@ REFERENCE_COLUMNS: list[tuple[str, Callable[[Reference], str]]] = [
     ("AA", lambda r: _pct(r.aa)),
     ("source", lambda r: r.source + (" [secondary source]" if r.secondary else "")),
 ]
-_CAPTION = ("accuracy % on the test set, best/last checkpoint; AA: AutoAttack, the point-wise worst case over its "
-            "attacks; dE: final train E(x) - E(x*); checks: evaluation sanity warnings (their text is in the json "
-            "and csv formats); seed groups: means, ± the standard deviation of the last checkpoint")
+_REFERENCE_CAPTION = "published accuracy %, AutoAttack; rank '-': context, not a measurement of this benchmark"
 
 
 def rich_tables(board: Leaderboard) -> list[Table]:
-    """The leaderboard as rich tables: measured rows ranked, then the references in their own style."""
-    tables = []
-    if board.rows:
-        columns = display_columns(board)
-        table = Table(title=board.title, header_style="bold", title_justify="left", caption=_CAPTION,
-                      caption_justify="left")
-        table.add_column("#", justify="right")
-        for col in columns:
-            table.add_column(col.header, justify=col.justify, no_wrap=col.header == "run")
-        for rank, row in _ranked(board):
-            table.add_row(rank, *(col.fmt(col.value(row)) for col in columns))
-        tables.append(table)
+    """The leaderboard as rich tables: one ranking per setting, then the references in their own style."""
+    tables = [ranking_table(r, _heading(board, r), settings=False, grouped=board.grouped) for r in board.rankings]
     if board.references:
         table = Table(title=REFERENCE_TITLE, header_style="bold", title_justify="left", style=REFERENCE_STYLE,
-                      caption="published accuracy %, AutoAttack; rank '-': context, not a measurement of this "
-                              "benchmark", caption_justify="left")
+                      caption=_REFERENCE_CAPTION, caption_justify="left")
         table.add_column("#", justify="right")
         for header, _ in REFERENCE_COLUMNS:
             table.add_column(header, justify="right" if header in ("clean", "AA") else "left")
@@ -277,16 +274,18 @@ def _md_cell(text: Any) -> str:
 
 
 def to_markdown(board: Leaderboard) -> str:
-    """GitHub markdown: the ranked table, then the references (in italics, rank ``-``) under their own heading."""
+    """GitHub markdown: one ranked table per setting with its caption, then the references (in italics,
+    rank ``-``) under their own heading."""
     lines = [f"## {board.title}", ""]
-    if board.rows:
-        columns = display_columns(board)
-        lines.append("| # | " + " | ".join(_md_cell(c.header) for c in columns) + " |")
-        lines.append("|---:|" + "|".join("---:" if c.justify == "right" else ":---" for c in columns) + "|")
-        for rank, row in _ranked(board):
-            lines.append(f"| {rank} | " + " | ".join(_md_cell(c.fmt(c.value(row))) for c in columns) + " |")
-        lines += ["", _CAPTION + ".", ""]
-    else:
+    for ranking in board.rankings:
+        headers = _headers(board)
+        lines += [f"### {ranking.setting.label}", ""]
+        lines.append("| " + " | ".join(_md_cell(h) for h, _ in headers) + " |")
+        lines.append("|" + "|".join("---:" if j == "right" else ":---" for _, j in headers) + "|")
+        for entry in ranking.entries:
+            lines.append("| " + " | ".join(_md_cell(c) for c in _cells(board, entry)) + " |")
+        lines += ["", _md_cell(caption(ranking, board.grouped)) + ".", ""]
+    if not board.rankings:
         lines += ["No measured runs match.", ""]
     if board.references:
         lines += [f"### {REFERENCE_TITLE}", ""]
@@ -312,21 +311,22 @@ table.references th { font-style: normal; }
 
 
 def to_html_tables(board: Leaderboard) -> str:
-    """The leaderboard as HTML ``<table>`` elements (class ``measured`` and ``references``)."""
+    """The leaderboard as HTML: one ``<table class="leaderboard measured">`` per setting, then the references."""
     esc = html.escape
     parts = [f"<h2>{esc(board.title)}</h2>"]
-    if board.rows:
-        columns = display_columns(board)
-        head = "<th>#</th>" + "".join(f'<th{" class=text" if c.justify == "left" else ""}>{esc(c.header)}</th>'
-                                      for c in columns)
+    for ranking in board.rankings:
+        headers = _headers(board)
+        head = "".join(f'<th{" class=text" if j == "left" else ""}>{esc(h)}</th>' for h, j in headers)
         body = []
-        for rank, row in _ranked(board):
-            cells = "".join(f'<td{" class=text" if c.justify == "left" else ""}>{esc(c.fmt(c.value(row)))}</td>'
-                            for c in columns)
-            body.append(f'<tr data-run="{esc(row.run.id)}"><td>{rank}</td>{cells}</tr>')
-        parts.append(f'<table class="leaderboard measured"><caption>{esc(_CAPTION)}</caption>'
+        for entry in ranking.entries:
+            cells = "".join(f'<td{" class=text" if j == "left" else ""}>{esc(text)}</td>'
+                            for (_, j), text in zip(headers, _cells(board, entry)))
+            body.append(f'<tr data-run="{esc(entry.row.run.id)}">{cells}</tr>')
+        parts.append(f"<h3>{esc(ranking.setting.label)}</h3>"
+                     f'<table class="leaderboard measured" data-setting="{esc(ranking.setting.label)}">'
+                     f"<caption>{esc(caption(ranking, board.grouped))}</caption>"
                      f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
-    else:
+    if not board.rankings:
         parts.append("<p>No measured runs match.</p>")
     if board.references:
         head = "<th>#</th>" + "".join(f'<th{"" if h in ("clean", "AA") else " class=text"}>{esc(h)}</th>'
@@ -353,7 +353,7 @@ def to_html(board: Leaderboard) -> str:
 def _field_names(board: Leaderboard) -> list[str]:
     names = [c.header for c in FIELDS]
     if board.grouped:
-        names += ["n_seeds"] + [f"{n}_std" for n in _STD_FIELDS]
+        names += ["n_seeds"] + [f"{n}_std" for n in ACCURACY_FIELDS]
     return names
 
 
@@ -361,19 +361,57 @@ def _plain(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _ranking_fields(ranking: Ranking, entry: Entry) -> dict[str, Any]:
+    """Where a measured row stands: its rank, setting, what ranks it, the test against the row above."""
+    difference = entry.versus.difference if entry.versus else None
+    return {"rank": entry.rank, "setting": ranking.setting.label, "ranked_by": ranking.order or (
+                next(k for k, v in ACCURACY_FIELDS.items() if v == (ranking.checkpoint, ranking.metric))),
+            "p_above": None if difference is None else difference.p,
+            "test_above": None if difference is None else difference.test}
+
+
 def records(board: Leaderboard) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Measured and reference rows as flat dicts: ``rank`` (None for references) then the fields."""
+    """Measured and reference rows as flat dicts: rank (None for references), setting, ranked_by, p_above and
+    test_above (the test against the row above), then the fields."""
     names = _field_names(board)
-    measured = [{"rank": i, **{n: _plain(field_value(row, n)) for n in names}} for i, row in enumerate(board.rows, 1)]
+    measured = [{**_ranking_fields(ranking, entry), **{n: _plain(field_value(entry.row, n)) for n in names}}
+                for ranking in board.rankings for entry in ranking.entries]
     refs = [{"rank": None, "id": r.id, "method": r.method, "dataset": r.dataset, "model": r.architecture,
              "norm": r.norm, "eps": r.eps, "clean": r.clean, "aa": r.aa, "source": r.source, "link": r.link,
              "secondary": r.secondary} for r in board.references]
     return measured, refs
 
 
+def encode_points(correct: np.ndarray) -> dict[str, Any]:
+    """A per-point correctness vector for json: ``n`` and the store's packed bits in base64 (``decode_points``)."""
+    n, packed = pack_points(correct)
+    return {"n": n, "packed": base64.b64encode(packed).decode("ascii")}
+
+
+def decode_points(encoded: dict[str, Any]) -> np.ndarray:
+    """The bool vector ``encode_points`` wrote."""
+    return unpack_points(encoded["n"], base64.b64decode(encoded["packed"]))
+
+
+def _points_json(row: Row) -> dict[str, dict[str, Any]] | None:
+    """The run's per-point correctness by checkpoint and metric (None for seed groups of several runs)."""
+    if isinstance(row, SeedGroup) and len(row.members) > 1:
+        return None
+    return {checkpoint: {metric: encode_points(v) for metric, v in vectors.items()}
+            for checkpoint, vectors in row.points.items()}
+
+
 def to_json(board: Leaderboard) -> str:
+    """``measured`` rows (each with ``points``: its per-point correctness, see ``encode_points``), ``settings``
+    (what ranks each and how) and ``references``."""
     measured, refs = records(board)
-    return json.dumps({"title": board.title, "measured": measured, "references": refs}, indent=2) + "\n"
+    for record, row in zip(measured, board.rows):
+        record["points"] = _points_json(row)
+    settings = [{"setting": r.setting.label, "dataset": r.setting.dataset, "model": r.setting.model,
+                 "norm": r.setting.norm, "eps": r.setting.eps, "caption": caption(r, board.grouped)}
+                for r in board.rankings]
+    return json.dumps({"title": board.title, "settings": settings, "measured": measured, "references": refs},
+                      indent=2) + "\n"
 
 
 _REFERENCE_FIELDS = ["method", "source", "link", "secondary"]
@@ -382,7 +420,7 @@ _REFERENCE_FIELDS = ["method", "source", "link", "secondary"]
 def to_csv(board: Leaderboard) -> str:
     """One csv table: ``kind`` says measured or reference; references have rank ``-``; numbers unrounded."""
     measured, refs = records(board)
-    names = ["rank", "kind"] + _field_names(board) + _REFERENCE_FIELDS
+    names = ["rank", "kind", "setting", "ranked_by", "p_above", "test_above"] + _field_names(board) + _REFERENCE_FIELDS
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=names, lineterminator="\n")
     writer.writeheader()

@@ -1,9 +1,12 @@
 """The generative leaderboard: (model, sampler) pairs ranked by FID, and published reference rows apart.
 
-A ranking only ever holds results of one dataset measured in one feature space: one table per
-(dataset, FID label) pair, e.g. ``FID[fmnist-cnn]`` (the domain extractor) or plain ``FID``
-(reference Inception weights). Published rows from registry.toml's ``[[references.generative]]``
-go in a table of their own, in a distinct style, never ranked.
+FID and IS depend on the number of samples n (FID is biased upwards at small n), so a ranking only
+ever holds results of one dataset measured in one feature space on the same n: one table per
+``FeatureSpace``, its metrics labelled with n and the space, e.g. ``FID@1000[fmnist-cnn]`` (the
+domain extractor) or ``FID@1000`` (reference Inception weights). KID, unbiased at small n, is shown
+beside them with its standard deviation over subsets. Published rows from registry.toml's
+``[[references.generative]]`` keep their own n (their ``n`` key) in their labels (``?`` where it is
+not recorded) and go in a table of their own, in a distinct style, never ranked.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from rich.markup import escape
 from rich.table import Table
@@ -24,20 +28,50 @@ from energybench.storage.store import GenerativeRecord, Store
 REFERENCE_STYLE = "italic magenta"
 
 
+#: Metrics whose value depends on the number of samples: their labels carry it (``FID@1000[fmnist-cnn]``).
+SIZED_METRICS = ("FID", "IS", "IS_std", "KID", "KID_std")
+
+
 def fid_labels(record: GenerativeRecord) -> list[str]:
     """The feature-space labels ``record`` has an FID for: ``""`` (reference Inception), ``"[fmnist-cnn]"``..."""
     return [key[3:] for key in record.metrics if key == "FID" or key.startswith("FID[")]
 
 
-def rankings(records: Iterable[GenerativeRecord]) -> dict[tuple[str, str], list[GenerativeRecord]]:
-    """Records grouped by (dataset, FID label), each group sorted by that FID, lowest first."""
-    groups: dict[tuple[str, str], list[GenerativeRecord]] = {}
+def sized_label(key: str, n: int | str) -> str:
+    """A stored metric key with its sample size: ``FID[fmnist-cnn]`` -> ``FID@1000[fmnist-cnn]``; other keys as is."""
+    name, bracket, space = key.partition("[")
+    return f"{name}@{n}{bracket}{space}" if name in SIZED_METRICS else key
+
+
+class FeatureSpace(NamedTuple):
+    """What a generative ranking holds fixed: the dataset, the feature space (FID label) and the sample size."""
+
+    dataset: str
+    label: str
+    n: int
+
+    def metric(self, name: str) -> str:
+        """The stored key of metric ``name`` in this space, e.g. ``FID[fmnist-cnn]``."""
+        return f"{name}{self.label}"
+
+    def header(self, name: str) -> str:
+        """Its label with the sample size, e.g. ``FID@1000[fmnist-cnn]``."""
+        return sized_label(self.metric(name), self.n)
+
+    def column(self, name: str) -> str:
+        """Its column header in a table of this space (whose title names the space), e.g. ``FID@1000``."""
+        return sized_label(name, self.n)
+
+
+def rankings(records: Iterable[GenerativeRecord]) -> dict[FeatureSpace, list[GenerativeRecord]]:
+    """Records grouped by (dataset, FID label, n), each group sorted by that FID, lowest first."""
+    groups: dict[FeatureSpace, list[GenerativeRecord]] = {}
     for record in records:
         for label in fid_labels(record):
-            groups.setdefault((record.dataset, label), []).append(record)
-    for (_, label), group in groups.items():
-        group.sort(key=lambda r, label=label: r.metrics[f"FID{label}"])
-    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "", kv[0][1])))
+            groups.setdefault(FeatureSpace(record.dataset, label, record.n), []).append(record)
+    for space, group in groups.items():
+        group.sort(key=lambda r, key=space.metric("FID"): r.metrics[key])
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0].dataset, kv[0].label != "", kv[0].label, kv[0].n)))
 
 
 def _num(fmt: str):
@@ -54,21 +88,29 @@ def sampler_label(record: GenerativeRecord) -> str:
     return " ".join([record.sampler, *changed])
 
 
-def columns(label: str, model_names: dict[str, str]) -> list[Column]:
-    """The columns of a ranking in feature space ``label``; ``model_names`` maps model_ref to its display name."""
-    def metric(key: str):
-        return lambda r: r.metrics.get(key)
+def _kid(space: FeatureSpace):
+    """KID and its standard deviation over subsets, e.g. ``0.0123±0.0011`` (``-`` for results stored without)."""
+    def text(record: GenerativeRecord) -> str:
+        mean, sd = record.metrics.get(space.metric("KID")), record.metrics.get(space.metric("KID_std"))
+        return "-" if mean is None else f"{mean:.4f}" + ("" if sd is None else f"±{sd:.4f}")
+    return text
+
+
+def columns(space: FeatureSpace, model_names: dict[str, str]) -> list[Column]:
+    """The columns of a ranking in ``space``; ``model_names`` maps model_ref to its display name."""
+    def metric(name: str):
+        return lambda r: r.metrics.get(space.metric(name))
 
     diversity = lambda r: r.metrics["diversity"] / r.metrics["diversity_real"]  # noqa: E731
     return [
         Column("model", lambda r: model_names.get(r.model_ref, r.model_ref), justify="left"),
         Column("sampler", sampler_label, justify="left"),
-        Column("n", lambda r: r.n),
-        Column(f"FID{label}", metric(f"FID{label}"), _num(".2f")),
-        Column(f"IS{label}", metric(f"IS{label}"), _num(".2f")),
-        Column("prec", metric(f"precision{label}"), _num(".2f")),
-        Column("recall", metric(f"recall{label}"), _num(".2f")),
-        Column("acc", metric(f"acc{label}"), _num(".2f")),
+        Column(space.column("FID"), metric("FID"), _num(".2f")),
+        Column(space.column("KID"), _kid(space)),
+        Column(space.column("IS"), metric("IS"), _num(".2f")),
+        Column("prec", metric("precision"), _num(".2f")),
+        Column("recall", metric("recall"), _num(".2f")),
+        Column("acc", metric("acc"), _num(".2f")),
         Column("div", diversity, _num(".2f")),
         Column("steps", lambda r: r.steps_mean, _num(".1f")),
         Column("time", lambda r: r.wall_time, lambda v: f"{v:.1f}s"),
@@ -82,19 +124,22 @@ def model_names(store: Store, records: Iterable[GenerativeRecord]) -> dict[str, 
             f"{r.model_ref} {trainers.get(r.model_ref, '?')}/{r.checkpoint}" for r in records}
 
 
-def ranking_table(dataset: str, label: str, records: list[GenerativeRecord], names: dict[str, str]) -> Table:
-    """One ranking: ``records`` (already sorted) of ``dataset`` by ``FID<label>``."""
-    if label == "" or label.startswith("[inception"):
-        space = "Inception-v3 features"
+def ranking_table(space: FeatureSpace, records: list[GenerativeRecord], names: dict[str, str]) -> Table:
+    """One ranking: ``records`` (already sorted) of ``space.n`` samples each, by FID in ``space``."""
+    if space.label == "" or space.label.startswith("[inception"):
+        features = "Inception-v3 features"
     else:
-        space = (f"features of {label[1:-1]}, a classifier trained on {dataset} by energybench (not Inception, "
-                 "not comparable with published FID)")
-    caption = (f"{space}. prec/recall: in the same feature space; acc: samples that classifier assigns to their "
-               "target class; div: within-class pixel diversity of the samples over that of real images; "
-               "steps: mean updates per sample; time: sampling wall time")
-    table = Table(title=escape(f"Generative leaderboard: {dataset}, ranked by FID{label}"), title_justify="left",
-                  header_style="bold", caption=escape(caption), caption_justify="left")
-    cols = columns(label, names)
+        features = (f"features of {space.label[1:-1]}, a classifier trained on {space.dataset} by energybench (not "
+                    "Inception, not comparable with published FID)")
+    caption = (f"{features}. @{space.n}: scores of {space.n} samples per sampler in this feature space (FID@{space.n} "
+               f"is {space.header('FID')}); FID and IS depend on n, so only results on the same n are ranked together. "
+               "KID: unbiased kernel distance ± its standard deviation over random subsets; prec/recall: in the same "
+               "feature space; acc: samples that classifier assigns to their target class; div: within-class pixel "
+               "diversity of the samples over that of real images; steps: mean updates per sample; time: sampling "
+               "wall time")
+    table = Table(title=escape(f"Generative leaderboard: {space.dataset}, ranked by {space.header('FID')}"),
+                  title_justify="left", header_style="bold", caption=escape(caption), caption_justify="left")
+    cols = columns(space, names)
     table.add_column("#", justify="right")
     for col in cols:
         table.add_column(escape(col.header), justify=col.justify, no_wrap=True)
@@ -107,13 +152,17 @@ def reference_table(references: list[dict]) -> Table:
     """Published generative results (registry.toml), shown apart and unranked."""
     table = Table(title="Published references (not measured here, never ranked)", title_justify="left",
                   header_style="bold", caption=escape("Inception-v3 IS/FID on the datasets shown, quoted from the "
-                                 "sources; not comparable with FID[...] measured in another feature space"),
+                                 "sources, labelled with the number of samples they were computed on (?: not "
+                                 "recorded, set n in registry.toml); not comparable with FID[...] measured in "
+                                 "another feature space"),
                   caption_justify="left", style=REFERENCE_STYLE)
     for header in ("reference", "dataset", "IS", "FID", "source"):
         table.add_column(header, justify="left" if header in ("reference", "dataset", "source") else "right")
     for ref in references:
-        cells = (ref["method"], ref["dataset"], _num(".2f")(ref.get("IS")), _num(".1f")(ref.get("FID")), ref["source"])
-        table.add_row(*map(escape, cells), style=REFERENCE_STYLE)
+        n = ref.get("n", "?")
+        scores = [f"{sized_label(name, n)} {text}" if (text := _num(fmt)(ref.get(name))) != "-" else text
+                  for name, fmt in (("IS", ".2f"), ("FID", ".1f"))]
+        table.add_row(*map(escape, (ref["method"], ref["dataset"], *scores, ref["source"])), style=REFERENCE_STYLE)
     return table
 
 
@@ -122,5 +171,5 @@ def generative_tables(store: Store, catalogue: Catalogue, *, dataset: str | None
     """The rankings of stored generative results (filtered by dataset/architecture), then the references."""
     records = store.generative(dataset=dataset, model=model)
     names = model_names(store, records)
-    tables = [ranking_table(ds, label, group, names) for (ds, label), group in rankings(records).items()]
+    tables = [ranking_table(space, group, names) for space, group in rankings(records).items()]
     return tables + ([reference_table(catalogue.references.get("generative", []))] if references else [])

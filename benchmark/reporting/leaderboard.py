@@ -1,38 +1,35 @@
-"""Robustness leaderboards: rows built from the store, rendered as rich tables."""
+"""Robustness leaderboards: rows ranked only against rows of the same setting, tied where no test separates them.
+
+A ``Ranking`` holds the rows of one setting (dataset, model, threat model, eps), sorted by one
+accuracy of the last checkpoint: AutoAttack when every row has it on at least ``AA_RANKING_POINTS``
+test points, else PGD (on the protocol's test points, usually many more), with AutoAttack and its
+interval shown beside it. Walking down, a row shares the rank of the row above unless their
+difference is significant at 5 % (``energybench.reporting.compare.compare_rows`` picks the test: exact
+McNemar on the same points, Fisher's exact test as the unpaired fallback, Welch's t-test for seed
+groups). Every accuracy is shown with its 95 % interval.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
 from energybench.config import format_eps
 from energybench.contracts.registry import get_plugin
 from energybench.errors import EnergybenchError
-from energybench.evaluation.sanity import evaluation_warnings
+from energybench.evaluation.statistics import ALPHA, SEED_TESTS, UNPAIRED_TEST, Estimate, rank_with_ties
+from energybench.reporting.compare import Comparison, compare_rows, p_text
+from energybench.reporting.rows import LABELS, Row, SeedGroup, load_row
 from energybench.storage.store import RunRecord, Store
 
-
-@dataclass
-class Row:
-    """One run on the leaderboard: its record and its final metrics per checkpoint."""
-
-    run: RunRecord
-    results: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def get(self, checkpoint: str, metric: str) -> float:
-        return self.results.get(checkpoint, {}).get(metric, math.nan)
-
-    def warnings(self) -> list[str] | None:
-        """The evaluation's sanity warnings (``energybench.evaluation.sanity``) for either checkpoint;
-        None if never checked."""
-        if not any("check_randomized" in metrics for metrics in self.results.values()):
-            return None
-        return [f"{tag}: {text}" for tag in ("best", "last")
-                for text in evaluation_warnings(self.results.get(tag, {}))]
+#: AutoAttack ranks a setting only when every row has it on at least this many test points (95 % Wilson
+#: interval at most about +-3.1 points); otherwise PGD on the protocol's test points ranks.
+AA_RANKING_POINTS = 1000
 
 
 def regularizer_label(run: RunRecord) -> str:
@@ -46,76 +43,246 @@ def regularizer_label(run: RunRecord) -> str:
 
 
 @dataclass(frozen=True)
+class Setting:
+    """What makes accuracies comparable: the same dataset, model family, threat model and eps."""
+
+    dataset: str
+    model: str
+    norm: str
+    eps: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}, {self.model}, {self.norm} eps {format_eps(self.eps)}"
+
+
+def setting_of(row: Row) -> Setting:
+    return Setting(row.run.dataset, row.run.model, row.run.norm, round(row.run.eps, 9))
+
+
+@dataclass
+class Entry:
+    """A row with its rank (None when it lacks the ranking accuracy) and its comparison with the row above."""
+
+    row: Row
+    rank: int | None
+    versus: Comparison | None = None
+
+
+@dataclass
+class Ranking:
+    """The rows of one setting in order. ``metric`` (a result key, at ``checkpoint``) is what ranks them with
+    ties; None when they are only ordered by another field (``order``), without tests."""
+
+    setting: Setting
+    entries: list[Entry]
+    metric: str | None
+    checkpoint: str = "last"
+    order: str | None = None
+
+    @property
+    def rows(self) -> list[Row]:
+        return [e.row for e in self.entries]
+
+    def tests(self) -> set[str]:
+        return {e.versus.difference.test for e in self.entries if e.versus and e.versus.difference}
+
+
+def ranking_metric(rows: list[Row]) -> str:
+    """AutoAttack accuracy when every row has it on at least ``AA_RANKING_POINTS`` points, else PGD accuracy."""
+    enough = all((n := r.n("last", "aa_acc")) is not None and n >= AA_RANKING_POINTS for r in rows)
+    return "aa_acc" if rows and enough else "test_pgd_acc"
+
+
+def rank(rows: list[Row], metric: str, checkpoint: str = "last", reverse: bool = False) -> list[Entry]:
+    """``rows`` sorted by ``metric`` at ``checkpoint`` (highest first; ``reverse``: lowest), the other of PGD/AA
+    breaking exact ties; each row shares the rank of the row above unless their difference is significant.
+    Rows without ``metric`` come last, unranked."""
+    other = {"aa_acc": "test_pgd_acc", "test_pgd_acc": "aa_acc"}.get(metric, metric)
+    sign = 1 if reverse else -1
+
+    def key(row: Row) -> tuple[float, float]:
+        second = row.get(checkpoint, other)
+        return sign * row.get(checkpoint, metric), sign * (second if not math.isnan(second) else -1)
+
+    measured = sorted((r for r in rows if not math.isnan(r.get(checkpoint, metric))), key=key)
+    versus = [None] + [compare_rows(above, row, checkpoint, metric) for above, row in zip(measured, measured[1:])]
+    ranks = rank_with_ties(range(len(measured)), lambda _, i: versus[i].significant)
+    return ([Entry(row, r, v) for row, r, v in zip(measured, ranks, versus)]
+            + [Entry(row, None) for row in rows if math.isnan(row.get(checkpoint, metric))])
+
+
+def by_setting(rows: list[Row]) -> dict[Setting, list[Row]]:
+    """``rows`` split by setting (dataset, model, threat model, eps), settings in label order."""
+    groups: dict[Setting, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(setting_of(row), []).append(row)
+    return dict(sorted(groups.items(), key=lambda kv: kv[0].label))
+
+
+def rankings(rows: list[Row], reverse: bool = False) -> list[Ranking]:
+    """One ranking per setting, each by its ``ranking_metric`` of the last checkpoint."""
+    out = []
+    for setting, members in by_setting(rows).items():
+        metric = ranking_metric(members)
+        out.append(Ranking(setting, rank(members, metric, reverse=reverse), metric))
+    return out
+
+
+def collect(store: Store, **filters: Any) -> list[Row]:
+    """Completed runs evaluated on the test set matching ``filters`` (dataset, eps, track, ...), oldest first,
+    with their per-point correctness; suite tuning runs (validation only) are left out."""
+    rows = [load_row(store, run) for run in store.runs(**filters)]
+    return [row for row in rows if row.results]
+
+
+# ----- columns ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
 class Column:
     header: str
     value: Callable[[Row], Any]
     fmt: Callable[[Any], str] = str
     justify: str = "right"
-
-
-def _pct(v: float) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+    no_wrap: bool = False
 
 
 def _num(v: float) -> str:
     return "-" if v is None or math.isnan(v) else f"{v:+.3f}"
 
 
+def estimate_text(estimate: Estimate | None) -> str:
+    """``13.0 ±2.1``: the accuracy in % and the larger distance to a bound of its 95 % interval."""
+    if estimate is None:
+        return "-"
+    text = f"{100 * estimate.value:.1f}"
+    return text if math.isnan(estimate.margin) else f"{text} ±{100 * estimate.margin:.1f}"
+
+
+def pair_text(best: Estimate | None, last: Estimate | None) -> str:
+    """``84.1/78.6 ±2.5``: best and last accuracy in %, ± the larger distance to a bound of either interval."""
+    if best is None or last is None:
+        return estimate_text(last if best is None else best) if best or last else "-"
+    margin = max(best.margin, last.margin)
+    text = f"{100 * best.value:.1f}/{100 * last.value:.1f}"
+    return text if math.isnan(margin) else f"{text} ±{100 * margin:.1f}"
+
+
 def _pair(metric: str) -> Column:
-    """best/last of ``metric`` in one cell, e.g. ``84.1/78.6``."""
-    return Column(f"{_HEADERS[metric]} b/l", lambda r: (r.get("best", metric), r.get("last", metric)),
-                  lambda v: f"{_pct(v[0])}/{_pct(v[1])}")
+    """best/last of ``metric`` with their intervals in one cell, e.g. ``84.1/78.6 ±2.5``."""
+    return Column(f"{LABELS[metric]} b/l", lambda r: pair_text(r.estimate("best", metric), r.estimate("last", metric)),
+                  no_wrap=True)
 
 
-_HEADERS = {"test_clean_acc": "clean", "test_pgd_acc": "PGD", "aa_acc": "AA"}
+def _points(row: Row) -> str:
+    return "/".join("-" if (n := row.n("last", m)) is None else str(n) for m in ("test_pgd_acc", "aa_acc"))
 
-#: Columns shown for every run; the setting columns are dropped when the title already fixes them.
+
+def _sd(row: Row, metric: str) -> str:
+    """The sample standard deviation over seeds of ``metric`` (last checkpoint), in percentage points."""
+    sd = row.sd("last", metric) if isinstance(row, SeedGroup) else math.nan
+    return "-" if math.isnan(sd) else f"{100 * sd:.1f}"
+
+
+#: Setting columns, dropped when the title already fixes the setting.
 SETTING_COLUMNS: list[Column] = [
     Column("dataset", lambda r: r.run.dataset, justify="left"),
     Column("model", lambda r: r.run.model, justify="left"),
     Column("eps", lambda r: format_eps(r.run.eps)),
 ]
+#: Columns shown for every row: the run, then (after the setting) its results.
 COLUMNS: list[Column] = [
-    Column("run", lambda r: r.run.id, justify="left"),
+    Column("run", lambda r: r.run.id, justify="left", no_wrap=True),
     Column("trainer", lambda r: r.run.trainer, justify="left"),
     Column("reg", lambda r: regularizer_label(r.run), justify="left"),
     _pair("test_clean_acc"),
     _pair("test_pgd_acc"),
     _pair("aa_acc"),
+    Column("n PGD/AA", _points),
     Column("CO", lambda r: r.get("last", "co"), lambda v: "-" if math.isnan(v) else ("yes" if v else "no")),
     Column("dE", lambda r: r.get("last", "train_dE_mean"), _num),
     Column("time", lambda r: r.run.wall_time, lambda v: "-" if v is None else f"{v:.0f}s"),
     Column("checks", lambda r: r.warnings(), lambda v: "-" if v is None else (f"{len(v)} warn" if v else "ok")),
 ]
+#: Added for seed groups.
+SEED_COLUMNS: list[Column] = [
+    Column("seeds", lambda r: len(r.members) if isinstance(r, SeedGroup) else 1),
+    Column("sd PGD/AA", lambda r: "/".join(_sd(r, m) for m in ("test_pgd_acc", "aa_acc"))),
+]
 
 
-def collect(store: Store, **filters: Any) -> list[Row]:
-    """Completed runs evaluated on the test set matching ``filters`` (dataset, eps, track, ...), most robust
-    first; suite tuning runs (validation only) are left out."""
-    rows = [Row(run, results) for run in store.runs(**filters) if (results := store.results(run.id))]
-
-    def key(row: Row) -> tuple[float, float]:
-        aa, pgd = row.get("last", "aa_acc"), row.get("last", "test_pgd_acc")
-        return (-(aa if not math.isnan(aa) else -1), -(pgd if not math.isnan(pgd) else -1))
-
-    return sorted(rows, key=key)
+def columns(*, settings: bool = True, grouped: bool = False) -> list[Column]:
+    """The columns of a ranking table: with the setting columns unless ``settings`` is False, seed columns
+    when ``grouped``."""
+    return COLUMNS[:3] + (SETTING_COLUMNS if settings else []) + COLUMNS[3:] + (SEED_COLUMNS if grouped else [])
 
 
-def render(rows: list[Row], title: str, highlight: str | None = None, settings: bool = True) -> Table:
-    """A rich table of ``rows`` (accuracies in %, best/last checkpoint; dE = final training dE).
+# ----- ranks and captions -----------------------------------------------------------------------
 
-    The run ``highlight`` (just finished) is shown in bold; ``settings=False`` drops the
-    dataset/model/eps columns when the title already fixes them.
-    """
-    columns = COLUMNS[:3] + (SETTING_COLUMNS if settings else []) + COLUMNS[3:]
-    table = Table(title=title, header_style="bold", title_justify="left",
-                  caption="accuracy % on the test set, best/last checkpoint; dE: final train E(x) - E(x*); "
-                          "checks: evaluation sanity warnings (gradient masking, randomness; see `energybench "
-                          "leaderboard --format json`)",
+SEED_MARK, UNPAIRED_MARK = "†", "*"
+
+
+def rank_text(entry: Entry) -> str:
+    return "-" if entry.rank is None else str(entry.rank)
+
+
+def versus_text(entry: Entry) -> str:
+    """The p-value of the difference from the row above, marked by its test (see ``caption``)."""
+    difference = entry.versus.difference if entry.versus else None
+    if difference is None:
+        return "-"
+    mark = UNPAIRED_MARK if difference.test == UNPAIRED_TEST else SEED_MARK if difference.test in SEED_TESTS else ""
+    return p_text(difference.p) + mark
+
+
+def caption(ranking: Ranking, grouped: bool = False) -> str:
+    """What the ranking's numbers, ranks and marks mean."""
+    if ranking.metric is None:
+        ranked = f"ordered by {ranking.order}: positions only, no test"
+    else:
+        n = {r.n(ranking.checkpoint, ranking.metric) for r in ranking.rows} - {None}
+        points = f" on {'/'.join(map(str, sorted(n)))} test points" if n else ""
+        ranked = f"ranked by {LABELS[ranking.metric]} accuracy of the {ranking.checkpoint} checkpoint{points}"
+        if ranking.metric == "test_pgd_acc" and ranking.order is None:
+            ranked += (f" (AutoAttack ran on fewer than {AA_RANKING_POINTS} points for some row: it is shown beside "
+                       "PGD with its interval)")
+        tests = ranking.tests()
+        ranked += (f"; a row shares the rank of the row above unless their difference is significant at "
+                   f"{ALPHA:.0%}, two-sided (p: its p-value): exact McNemar test on per-point correctness "
+                   "over the same test points")
+        if UNPAIRED_TEST in tests:
+            ranked += (f"; {UNPAIRED_MARK} unpaired fallback, Fisher's exact test (an older run without per-point "
+                       "correctness, or other test points)")
+        if tests & set(SEED_TESTS):
+            ranked += f"; {SEED_MARK} Welch's t-test over seeds (Student's when one side has one seed)"
+    seeds = ("; seed groups: means ± their 95% t interval over seeds (at least the Wilson interval of the mean on "
+             "the shared test points), sd PGD/AA: sample standard deviation over seeds (ddof 1)" if grouped else "")
+    return (f"{ranked}. Accuracy % on the test set, best/last checkpoint, ± the larger distance to a bound of "
+            f"either's 95% Wilson interval on n test points (n PGD/AA){seeds}; AA: AutoAttack, the point-wise worst "
+            "case over its attacks; dE: final train E(x) - E(x*); checks: evaluation sanity warnings (their text "
+            "is in the json and csv formats)")
+
+
+def ranking_table(ranking: Ranking, title: str, *, settings: bool = True, grouped: bool = False,
+                  highlight: str | None = None) -> Table:
+    """A rich table of one ranking: rank, the columns, and the p-value against the row above."""
+    cols = columns(settings=settings, grouped=grouped)
+    table = Table(title=title, header_style="bold", title_justify="left", caption=caption(ranking, grouped),
                   caption_justify="left")
-    for col in columns:
-        table.add_column(col.header, justify=col.justify, no_wrap=col.header == "run")
-    for row in rows:
-        style = "bold green" if row.run.id == highlight else None
-        table.add_row(*(col.fmt(col.value(row)) for col in columns), style=style)
+    table.add_column("#", justify="right", no_wrap=True)
+    for col in cols:
+        table.add_column(col.header, justify=col.justify, no_wrap=col.no_wrap)
+    table.add_column("p", justify="right", no_wrap=True)
+    for entry in ranking.entries:
+        style = "bold green" if entry.row.run.id == highlight else None
+        table.add_row(rank_text(entry), *(col.fmt(col.value(entry.row)) for col in cols), versus_text(entry),
+                      style=style)
     return table
+
+
+def render(rows: list[Row], title: str, highlight: str | None = None, settings: bool = True) -> Group:
+    """One ranked rich table per setting of ``rows`` (the run ``highlight``, just finished, in bold);
+    ``settings=False`` drops the dataset/model/eps columns when the title already fixes them."""
+    ranked = rankings(rows)
+    return Group(*(ranking_table(r, title if len(ranked) == 1 else f"{title} | {r.setting.label}",
+                                 settings=settings, highlight=highlight) for r in ranked))

@@ -30,6 +30,7 @@ from energybench.errors import EnergybenchError
 from energybench.ops.energy import QUANTILES
 from energybench.reporting.energy_figures import load_traces, trace_figure
 from energybench.reporting.formats import HTML_STYLE, Leaderboard, build_leaderboard, to_html_tables
+from energybench.reporting.generative_leaderboard import sized_label
 from energybench.storage.checkpoint import atomic_write
 from energybench.storage.store import GenerativeRecord, RunRecord, Store
 
@@ -145,21 +146,26 @@ def _file_figure(path: Path, caption: str) -> str:
 
 
 def _generative_html(records: list[GenerativeRecord]) -> str:
+    """The run's generative results, one table per sample size n (metrics labelled ``FID@n[...]``), and grids."""
     if not records:
         return ""
-    keys = sorted({k for r in records for k in r.metrics})
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in ["sampler", "n", *keys, "steps", "time"])
-    rows, grids = [], []
-    for r in records:
-        cells = [r.sampler, str(r.n)] + [f"{r.metrics[k]:.3f}" if k in r.metrics else "-" for k in keys]
-        cells += [f"{r.steps_mean:.1f}", f"{r.wall_time:.1f}s"]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-        grid = Path(r.out_dir) / f"{r.sampler}.png" if r.out_dir else None
-        if grid is not None and grid.is_file():
-            grids.append(_file_figure(grid, f"{r.sampler} samples ({r.id}), one row per class"))
-    return ("<h4>Generative results</h4>"
-            f'<table class="leaderboard generative"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
-            f"</table>{''.join(grids)}")
+    tables, grids = [], []
+    for n in sorted({r.n for r in records}):
+        group = [r for r in records if r.n == n]
+        keys = sorted({k for r in group for k in r.metrics})
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["sampler", *(sized_label(k, n) for k in keys), "steps",
+                                                                "time"])
+        rows = []
+        for r in group:
+            cells = [r.sampler] + [f"{r.metrics[k]:.3f}" if k in r.metrics else "-" for k in keys]
+            cells += [f"{r.steps_mean:.1f}", f"{r.wall_time:.1f}s"]
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            grid = Path(r.out_dir) / f"{r.sampler}.png" if r.out_dir else None
+            if grid is not None and grid.is_file():
+                grids.append(_file_figure(grid, f"{r.sampler} samples ({r.id}), one row per class"))
+        tables.append(f'<table class="leaderboard generative"><thead><tr>{head}</tr></thead>'
+                      f'<tbody>{"".join(rows)}</tbody></table>')
+    return f"<h4>Generative results</h4>{''.join(tables)}{''.join(grids)}"
 
 
 def _run_html(store: Store, run: RunRecord, generative: list[GenerativeRecord]) -> str:

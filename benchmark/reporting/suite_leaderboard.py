@@ -1,4 +1,10 @@
-"""A suite's leaderboard: one row per cell of the matrix, its seeds aggregated (mean ± std)."""
+"""A suite's leaderboard: one row per cell of the matrix, its seeds aggregated.
+
+Per cell: mean ± sample standard deviation (ddof 1) over the seeds, and the 95 % interval of the
+last checkpoint's mean PGD and AutoAttack accuracy (``SeedGroup.estimate``: the t interval over the
+seeds, at least the Wilson interval of the mean on the shared test points; one seed: the run's
+Wilson interval). A matrix, not a ranking: nothing is ranked, the intervals say which differences are real.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,8 @@ from dataclasses import dataclass, field
 from rich.table import Table
 
 from energybench.config import format_eps
-from energybench.reporting.formats import SeedGroup, group_seeds
-from energybench.reporting.leaderboard import Column, Row
+from energybench.reporting.leaderboard import Column
+from energybench.reporting.rows import Row, SeedGroup, group_seeds, load_row
 from energybench.storage.store import Store
 from energybench.suites.spec import Cell, Tuning, format_values, latest_runs
 from energybench.suites.tuning import Selection
@@ -30,7 +36,7 @@ class CellGroup:
 
     @property
     def seeds(self) -> SeedGroup | None:
-        """Means and standard deviations over the completed seeds (None before any completes)."""
+        """The completed seeds as one group: means, sample SDs, intervals (None before any completes)."""
         return group_seeds(self.rows)[0] if self.rows else None
 
     def mean(self, checkpoint: str, metric: str) -> float:
@@ -46,14 +52,14 @@ def group_cells(store: Store, cells: list[Cell]) -> list[CellGroup]:
         group.planned += 1
         record = latest[cell.config_hash]
         if record is not None and record.status == "done":
-            group.rows.append(Row(record, store.results(record.id)))
+            group.rows.append(load_row(store, record))
         elif record is not None and record.status == "failed":
             group.failed += 1
     return list(groups.values())
 
 
 def mean_std(group: CellGroup, checkpoint: str, metric: str, scale: float = 100.0, digits: int = 1) -> str:
-    """``mean±std`` over the group's seeds of ``metric`` times ``scale`` (just the mean for one seed)."""
+    """``mean±sd`` over the group's seeds of ``metric`` times ``scale`` (sample SD; just the mean for one seed)."""
     mean = group.mean(checkpoint, metric)
     if math.isnan(mean):
         return "-"
@@ -63,6 +69,14 @@ def mean_std(group: CellGroup, checkpoint: str, metric: str, scale: float = 100.
 
 def _pair(header: str, metric: str) -> Column:
     return Column(f"{header} best/last", lambda g: f"{mean_std(g, 'best', metric)} / {mean_std(g, 'last', metric)}")
+
+
+def interval(group: CellGroup, metric: str) -> str:
+    """``[low, high]`` in %: the 95 % interval of the last checkpoint's mean ``metric`` over the group's seeds."""
+    estimate = group.seeds.estimate("last", metric) if group.rows else None
+    if estimate is None or math.isnan(estimate.low):
+        return "-"
+    return f"[{100 * estimate.low:.1f}, {100 * estimate.high:.1f}]"
 
 
 def _seeds(group: CellGroup) -> str:
@@ -82,7 +96,9 @@ COLUMNS: list[Column] = [
     Column("seeds", _seeds),
     _pair("clean", "test_clean_acc"),
     _pair("PGD", "test_pgd_acc"),
+    Column("PGD 95% CI", lambda g: interval(g, "test_pgd_acc")),
     _pair("AA", "aa_acc"),
+    Column("AA 95% CI", lambda g: interval(g, "aa_acc")),
     Column("CO", lambda g: "-" if not g.rows else f"{round(g.mean('last', 'co') * len(g.rows))}/{len(g.rows)}"),
     Column("PGD gap", lambda g: g.mean("best", "test_pgd_acc") - g.mean("last", "test_pgd_acc"),
            lambda v: _number(100 * v, "{:+.1f}")),
@@ -96,7 +112,9 @@ COLUMNS: list[Column] = [
 def render_suite(groups: list[CellGroup], title: str) -> Table:
     """A rich table of ``groups``, one section per eps."""
     table = Table(title=title, header_style="bold", title_justify="left", caption_justify="left",
-                  caption="test accuracy % (mean±std over seeds), best/last checkpoint by validation PGD; "
+                  caption="test accuracy % (mean±sample SD over seeds), best/last checkpoint by validation PGD; "
+                          "95% CI: t interval of the last checkpoint's mean over seeds, at least the Wilson interval "
+                          "of the mean on the test points (one seed: the run's); seeds: completed/planned; "
                           "CO: seeds with catastrophic overfitting; PGD gap: best - last (robust overfitting); "
                           "dE: final train E(x) - E(x*); time: wall time per run; passes: forward+backward "
                           "passes per example per epoch")

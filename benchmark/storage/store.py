@@ -198,10 +198,7 @@ class Store:
     def add_points(self, run_id: str, checkpoint: str, correct: dict[str, Any]) -> None:
         """Record which evaluated points each accuracy counted as correct (bool vectors over the first n
         points of the split, e.g. ``test_pgd``, ``aa``), packed 8 points a byte."""
-        rows = []
-        for metric, vector in correct.items():
-            bits = np.asarray(vector, dtype=bool).ravel()
-            rows.append((run_id, checkpoint, metric, len(bits), np.packbits(bits).tobytes()))
+        rows = [(run_id, checkpoint, metric, *pack_points(vector)) for metric, vector in correct.items()]
         with self._tx() as db:
             db.executemany("INSERT OR REPLACE INTO points VALUES (?, ?, ?, ?, ?)", rows)
 
@@ -210,8 +207,7 @@ class Store:
         out: dict[str, dict[str, np.ndarray]] = {}
         for checkpoint, metric, n, blob in self._db.execute(
                 "SELECT checkpoint, metric, n, correct FROM points WHERE run_id = ?", (run_id,)):
-            bits = np.unpackbits(np.frombuffer(blob, dtype=np.uint8), count=n).astype(bool)
-            out.setdefault(checkpoint, {})[metric] = bits
+            out.setdefault(checkpoint, {})[metric] = unpack_points(n, blob)
         return out
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -271,6 +267,17 @@ class Store:
         rows = self._db.execute(f"SELECT * FROM generative {where} ORDER BY created", [v for _, v in clauses])
         return [GenerativeRecord(**(dict(r) | {"params": json.loads(r["params"]), "metrics": json.loads(r["metrics"])}))
                 for r in rows]
+
+
+def pack_points(correct: Any) -> tuple[int, bytes]:
+    """A per-point correctness vector as its length and its bits packed 8 a byte (``unpack_points``)."""
+    bits = np.asarray(correct, dtype=bool).ravel()
+    return len(bits), np.packbits(bits).tobytes()
+
+
+def unpack_points(n: int, packed: bytes) -> np.ndarray:
+    """The bool vector of ``n`` points that ``pack_points`` packed."""
+    return np.unpackbits(np.frombuffer(packed, dtype=np.uint8), count=n).astype(bool)
 
 
 def _write_text(path: Path, text: str) -> None:
