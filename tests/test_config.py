@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from energybench.config import Catalogue, load_catalogue, parse_eps, resolve_config
+from energybench.config import Catalogue, default_catalogue_path, load_catalogue, parse_eps, resolve_config
 from energybench.errors import EnergybenchError
 from energybench.training.run import prepare
 
@@ -41,11 +41,20 @@ def test_default_track_and_override_order(tmp_path):
     assert cfg.eval.val_points == 500  # untouched track settings survive the merge
 
 
-def test_plugin_defaults_come_from_the_catalogue_then_flags():
+def test_plugin_defaults_come_from_the_catalogue_then_flags(tmp_path):
     catalogue = load_catalogue()
     cfg = prepare(resolve_config(catalogue, overrides={"regularizer": "der",
-                                                       "regularizer_params": {"terms": "joint"}}), catalogue)
-    assert cfg.regularizer_params == {"lambda": 1.0, "form": "squared", "terms": "joint", "huber_delta": 1.0}
+                                                       "regularizer_params": {"gamma": 0.5}}), catalogue)
+    assert cfg.regularizer_params == {"form": "hinge", "beta": 30.0, "gamma": 0.5, "aae": "auto"}
+    edited = tmp_path / "registry.toml"
+    edited.write_text(default_catalogue_path().read_text().replace("steps = 10\nstep_ratio", "steps = 4\nstep_ratio"))
+    catalogue_4 = load_catalogue(edited)
+    assert prepare(resolve_config(catalogue_4, overrides={"trainer": "pgd"}), catalogue_4).trainer_params["steps"] == 4
+    flagged = resolve_config(catalogue_4, overrides={"trainer": "pgd", "trainer_params": {"steps": 2}})
+    assert prepare(flagged, catalogue_4).trainer_params["steps"] == 2
+    ablation = prepare(resolve_config(catalogue, overrides={
+        "regularizer": "der", "regularizer_params": {"form": "squared", "terms": "joint"}}), catalogue)
+    assert ablation.regularizer_params == {"form": "squared", "lambda": 1.0, "terms": "joint", "huber_delta": 1.0}
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -105,3 +105,11 @@ def test_runtime_registration_decorator(monkeypatch):
         reg.register_trainer("my-trainer")(MyTrainer)
     with pytest.raises(PluginError, match="not a subclass"):
         reg.register_trainer("not-one")(int)
+
+
+def test_a_subclass_of_a_loaded_plugin_carries_its_own_registered_name(monkeypatch):
+    fgsm = reg.get_plugin("trainer", "fgsm")  # loading names the built-in class 'fgsm'
+    assert fgsm.name == "fgsm"
+    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+    derived = reg.register_trainer("my-fgsm")(type("MyFGSM", (fgsm,), {}))
+    assert derived.name == "my-fgsm" and fgsm.name == "fgsm"

@@ -147,8 +147,9 @@ class Registry:
         if not (isinstance(obj, type) and issubclass(obj, base)):
             raise PluginError(f"{entry.kind} {entry.name!r} from {entry.source} ({entry.target}) "
                               f"is not a subclass of {base.__module__}.{base.__qualname__}")
-        if "name" in vars(base) and not getattr(obj, "name", ""):
-            obj.name = entry.name  # so messages from the plugin's base class carry its registered name
+        if "name" in vars(base) and not vars(obj).get("name"):
+            # so messages name the plugin as registered (a subclass of a loaded plugin must not inherit its name)
+            obj.name = entry.name
 
     def load_all(self, kind: str) -> list[tuple[PluginEntry, Any]]:
         """Import every plugin of ``kind``; the ones that fail are moved to ``problems``."""
