@@ -92,7 +92,8 @@ def test_the_wheel_installs_energybench_alone(tmp_path):
     top = {name.split("/")[0] for name in names}
     assert top == {"energybench", f"energybench-{energybench_version()}.dist-info"}
     for expected in ("energybench/__init__.py", "energybench/cli.py", "energybench/registry.toml",
-                     "energybench/plugins/regularizers/der.py", "energybench/training/loop.py"):
+                     "energybench/plugins/regularizers/der.py", "energybench/training/loop.py",
+                     "energybench/reporting/templates/report.html"):
         assert expected in names, expected
     assert not any("__pycache__" in name for name in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

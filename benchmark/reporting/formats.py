@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
 import io
 import json
 import math
@@ -43,6 +42,7 @@ from energybench.reporting.leaderboard import (
     versus_text,
 )
 from energybench.reporting.rows import ACCURACIES, Row, SeedGroup, group_seeds
+from energybench.reporting.templating import render
 from energybench.storage.references import Reference, load_references
 from energybench.storage.store import Store, pack_points, unpack_points
 
@@ -269,83 +269,30 @@ def to_text(board: Leaderboard, width: int = 200) -> str:
     return console.export_text()
 
 
-def _md_cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def template_context(board: Leaderboard) -> dict[str, Any]:
+    """What the markdown and HTML templates (reporting/templates) show of a leaderboard."""
+    return {
+        "title": board.title,
+        "headers": _headers(board),
+        "tables": [{"label": r.setting.label, "caption": caption(r, board.grouped),
+                    "rows": [{"id": e.row.run.id, "cells": _cells(board, e)} for e in r.entries]}
+                   for r in board.rankings],
+        "reference_title": REFERENCE_TITLE,
+        "reference_headers": [h for h, _ in REFERENCE_COLUMNS],
+        "references": [{"id": ref.id, "cells": [text(ref) for _, text in REFERENCE_COLUMNS]}
+                       for ref in board.references],
+    }
 
 
 def to_markdown(board: Leaderboard) -> str:
     """GitHub markdown: one ranked table per setting with its caption, then the references (in italics,
     rank ``-``) under their own heading."""
-    lines = [f"## {board.title}", ""]
-    for ranking in board.rankings:
-        headers = _headers(board)
-        lines += [f"### {ranking.setting.label}", ""]
-        lines.append("| " + " | ".join(_md_cell(h) for h, _ in headers) + " |")
-        lines.append("|" + "|".join("---:" if j == "right" else ":---" for _, j in headers) + "|")
-        for entry in ranking.entries:
-            lines.append("| " + " | ".join(_md_cell(c) for c in _cells(board, entry)) + " |")
-        lines += ["", _md_cell(caption(ranking, board.grouped)) + ".", ""]
-    if not board.rankings:
-        lines += ["No measured runs match.", ""]
-    if board.references:
-        lines += [f"### {REFERENCE_TITLE}", ""]
-        lines.append("| # | " + " | ".join(h for h, _ in REFERENCE_COLUMNS) + " |")
-        lines.append("|---:|" + "|".join("---:" if h in ("clean", "AA") else ":---" for h, _ in REFERENCE_COLUMNS)
-                     + "|")
-        for ref in board.references:
-            cells = [text(ref) for _, text in REFERENCE_COLUMNS]
-            lines.append("| - | " + " | ".join(f"*{_md_cell(c)}*" for c in cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-HTML_STYLE = """
-table.leaderboard { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
-table.leaderboard th, table.leaderboard td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-table.leaderboard th { background: #f0f0f0; }
-table.leaderboard .text { text-align: left; }
-table.leaderboard caption { caption-side: bottom; text-align: left; color: #555; padding-top: 4px; }
-table.references { font-style: italic; color: #7a1f7a; }
-table.references th { font-style: normal; }
-"""
-
-
-def to_html_tables(board: Leaderboard) -> str:
-    """The leaderboard as HTML: one ``<table class="leaderboard measured">`` per setting, then the references."""
-    esc = html.escape
-    parts = [f"<h2>{esc(board.title)}</h2>"]
-    for ranking in board.rankings:
-        headers = _headers(board)
-        head = "".join(f'<th{" class=text" if j == "left" else ""}>{esc(h)}</th>' for h, j in headers)
-        body = []
-        for entry in ranking.entries:
-            cells = "".join(f'<td{" class=text" if j == "left" else ""}>{esc(text)}</td>'
-                            for (_, j), text in zip(headers, _cells(board, entry)))
-            body.append(f'<tr data-run="{esc(entry.row.run.id)}">{cells}</tr>')
-        parts.append(f"<h3>{esc(ranking.setting.label)}</h3>"
-                     f'<table class="leaderboard measured" data-setting="{esc(ranking.setting.label)}">'
-                     f"<caption>{esc(caption(ranking, board.grouped))}</caption>"
-                     f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
-    if not board.rankings:
-        parts.append("<p>No measured runs match.</p>")
-    if board.references:
-        head = "<th>#</th>" + "".join(f'<th{"" if h in ("clean", "AA") else " class=text"}>{esc(h)}</th>'
-                                      for h, _ in REFERENCE_COLUMNS)
-        body = []
-        for ref in board.references:
-            cells = "".join(f'<td{"" if h in ("clean", "AA") else " class=text"}>{esc(text(ref))}</td>'
-                            for h, text in REFERENCE_COLUMNS)
-            body.append(f'<tr data-reference="{esc(ref.id)}"><td>-</td>{cells}</tr>')
-        parts.append(f"<h3>{esc(REFERENCE_TITLE)}</h3>"
-                     f'<table class="leaderboard references"><thead><tr>{head}</tr></thead>'
-                     f"<tbody>{''.join(body)}</tbody></table>")
-    return "\n".join(parts)
+    return render("leaderboard.md", **template_context(board))
 
 
 def to_html(board: Leaderboard) -> str:
     """A standalone HTML page of the leaderboard."""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(board.title)}</title>'
-            f"<style>{HTML_STYLE}</style></head><body>\n{to_html_tables(board)}\n</body></html>\n")
+    return render("leaderboard.html", **template_context(board))
 
 
 # ----- machine formats --------------------------------------------------------------------------

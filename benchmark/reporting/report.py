@@ -12,7 +12,6 @@ is; nothing is fetched when it is opened.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import os
@@ -22,6 +21,7 @@ import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from matplotlib.figure import Figure
 
@@ -29,39 +29,14 @@ from energybench.config import Catalogue, format_eps
 from energybench.errors import EnergybenchError
 from energybench.ops.energy import QUANTILES
 from energybench.reporting.energy_figures import load_traces, trace_figure
-from energybench.reporting.formats import HTML_STYLE, Leaderboard, build_leaderboard, to_html_tables
+from energybench.reporting.formats import Leaderboard, build_leaderboard, template_context
 from energybench.reporting.generative_leaderboard import sized_label
+from energybench.reporting.templating import render
 from energybench.storage.checkpoint import atomic_write
 from energybench.storage.store import GenerativeRecord, RunRecord, Store
 
 PACKAGES = ("energybench", "torch", "torchvision", "pyautoattack", "robustbench", "torch-fidelity", "numpy",
             "matplotlib", "rich", "pydantic")
-
-_STYLE = HTML_STYLE + """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; color: #222; }
-section.run { border-top: 2px solid #ddd; margin-top: 2em; }
-figure { display: inline-block; margin: 0.5em 1em 0.5em 0; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: 0.85em; color: #555; max-width: 560px; }
-pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
-table.env td, table.env th { text-align: left; }
-"""
-
-# Records each image's decoded size on the page (data-natural-width/-height), so a test can check
-# in a real browser that the embedded PNGs decode.
-_SCRIPT = """
-window.addEventListener('load', function () {
-  var images = document.querySelectorAll('img');
-  var decoded = 0;
-  images.forEach(function (img) {
-    img.setAttribute('data-natural-width', img.naturalWidth);
-    img.setAttribute('data-natural-height', img.naturalHeight);
-    if (img.naturalWidth > 0) { decoded += 1; }
-  });
-  document.body.setAttribute('data-images-decoded', decoded + '/' + images.length);
-});
-"""
-
 
 # ----- selection --------------------------------------------------------------------------------
 
@@ -132,66 +107,54 @@ def environment() -> dict[str, str]:
     return env
 
 
-def _figure_html(fig: Figure | None, caption: str) -> str:
-    if fig is None:
-        return ""
-    return (f'<figure><img src="{png_data_uri(fig)}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+def _figure(fig: Figure | None, caption: str) -> dict[str, str] | None:
+    return None if fig is None else {"uri": png_data_uri(fig), "caption": caption}
 
 
-def _file_figure(path: Path, caption: str) -> str:
-    uri = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img src="{uri}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+def _file_figure(path: Path, caption: str) -> dict[str, str]:
+    return {"uri": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii"), "caption": caption}
 
 
-def _generative_html(records: list[GenerativeRecord]) -> str:
+def _generative(records: list[GenerativeRecord]) -> tuple[list[dict], list[dict[str, str]]]:
     """The run's generative results, one table per sample size n (metrics labelled ``FID@n[...]``), and grids."""
-    if not records:
-        return ""
     tables, grids = [], []
     for n in sorted({r.n for r in records}):
         group = [r for r in records if r.n == n]
         keys = sorted({k for r in group for k in r.metrics})
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in ["sampler", *(sized_label(k, n) for k in keys), "steps",
-                                                                "time"])
         rows = []
         for r in group:
-            cells = [r.sampler] + [f"{r.metrics[k]:.3f}" if k in r.metrics else "-" for k in keys]
-            cells += [f"{r.steps_mean:.1f}", f"{r.wall_time:.1f}s"]
-            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            rows.append([r.sampler, *(f"{r.metrics[k]:.3f}" if k in r.metrics else "-" for k in keys),
+                         f"{r.steps_mean:.1f}", f"{r.wall_time:.1f}s"])
             grid = Path(r.out_dir) / f"{r.sampler}.png" if r.out_dir else None
             if grid is not None and grid.is_file():
                 grids.append(_file_figure(grid, f"{r.sampler} samples ({r.id}), one row per class"))
-        tables.append(f'<table class="leaderboard generative"><thead><tr>{head}</tr></thead>'
-                      f'<tbody>{"".join(rows)}</tbody></table>')
-    return f"<h4>Generative results</h4>{''.join(tables)}{''.join(grids)}"
+        tables.append({"headers": ["sampler", *(sized_label(k, n) for k in keys), "steps", "time"], "rows": rows})
+    return tables, grids
 
 
-def _run_html(store: Store, run: RunRecord, generative: list[GenerativeRecord]) -> str:
-    esc = html.escape
-    title = (f"{run.trainer} + {run.regularizer} on {run.dataset} ({run.model}), {run.norm} eps "
-             f"{format_eps(run.eps)}, seed {run.seed}")
+def _run_section(store: Store, run: RunRecord, generative: list[GenerativeRecord]) -> dict[str, Any]:
+    """What the report shows of one run (template report.html)."""
     facts = f"status {run.status}, {run.epochs_done} epochs"
     if run.wall_time is not None:
         facts += f", {run.wall_time:.0f}s"
     if run.error:
         facts += f", error: {run.error}"
     results = store.results(run.id).get("last", {})
-    parts = [f'<section class="run" id="run-{esc(run.id)}"><h3>Run {esc(run.id)}</h3>',
-             f"<p>{esc(title)}; {esc(facts)}</p>",
-             _figure_html(trace_figure(load_traces(store, [run.id])) if store.epochs(run.id) else None,
-                          "Mean dE = E(x) - E(x*) per epoch (train: the trainer's adversarial examples; val: PGD) "
-                          "with validation PGD and FGSM accuracy; a red x marks an epoch with the "
-                          "catastrophic-overfitting signature."),
-             _figure_html(energy_figure(results, f"run {run.id}: test-set energies (last checkpoint)"),
-                          "Test-set distributions of the clean energy E(x), the PGD energy E(x*) and dE "
-                          "(box 25-75 %, whiskers 5-95 %, line median, diamond mean)."),
-             _generative_html([g for g in generative if g.model_ref == run.id]),
-             "<details><summary>exact configuration</summary>"
-             f"<pre>{esc(json.dumps(run.config, indent=2, sort_keys=True), quote=False)}</pre></details>",
-             "</section>"]
-    return "\n".join(p for p in parts if p)
+    figures = [
+        _figure(trace_figure(load_traces(store, [run.id])) if store.epochs(run.id) else None,
+                "Mean dE = E(x) - E(x*) per epoch (train: the trainer's adversarial examples; val: PGD) "
+                "with validation PGD and FGSM accuracy; a red x marks an epoch with the "
+                "catastrophic-overfitting signature."),
+        _figure(energy_figure(results, f"run {run.id}: test-set energies (last checkpoint)"),
+                "Test-set distributions of the clean energy E(x), the PGD energy E(x*) and dE "
+                "(box 25-75 %, whiskers 5-95 %, line median, diamond mean)."),
+    ]
+    tables, grids = _generative([g for g in generative if g.model_ref == run.id])
+    return {"id": run.id,
+            "title": (f"{run.trainer} + {run.regularizer} on {run.dataset} ({run.model}), {run.norm} eps "
+                      f"{format_eps(run.eps)}, seed {run.seed}"),
+            "facts": facts, "figures": [f for f in figures if f], "generative": tables, "grids": grids,
+            "config": json.dumps(run.config, indent=2, sort_keys=True)}
 
 
 def build_report(store: Store, catalogue: Catalogue, refs: Sequence[str], *, title: str | None = None) -> str:
@@ -200,18 +163,9 @@ def build_report(store: Store, catalogue: Catalogue, refs: Sequence[str], *, tit
     title = title or f"energybench report: {', '.join(refs)}"
     board: Leaderboard = build_leaderboard(store, catalogue, run_ids={r.id for r in runs}, title="Leaderboard")
     generative = store.generative()
-    env = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in environment().items())
-    body = [f"<h1>{html.escape(title)}</h1>",
-            f"<p>{len(runs)} run(s); written {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by energybench.</p>",
-            to_html_tables(board),
-            "<h2>Runs</h2>",
-            *(_run_html(store, run, generative) for run in runs),
-            "<h2>Environment</h2><p>Of the machine that wrote this report; each run's device is in its "
-            "configuration.</p>",
-            f'<table class="leaderboard env"><tbody>{env}</tbody></table>']
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head>\n<body>\n" + "\n".join(body)
-            + "\n</body></html>\n")
+    return render("report.html", title=title, written=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                  leaderboard=template_context(board), runs=[_run_section(store, run, generative) for run in runs],
+                  environment=environment())
 
 
 def write_report(store: Store, catalogue: Catalogue, refs: Sequence[str], path: str | Path, *,
