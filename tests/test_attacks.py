@@ -222,3 +222,24 @@ def test_the_output_guard_measures_each_norm_by_its_own_ball(norm, inside, outsi
     assert attack_output_problem(x, x + inside.view_as(x), eps, norm) is None
     problem = attack_output_problem(x, x + outside.view_as(x), eps, norm)
     assert problem is not None and f"in {norm}, outside the eps-ball (eps={eps:g})" in problem
+
+
+def test_pgd_restarts_keep_each_points_worst_case():
+    """PGD with 3 restarts against its restarts run one at a time from the same random draws: a point is
+    fooled when any restart fools it (the first such restart's x* is returned), else the restart with the
+    highest loss is kept; at this small budget later restarts fool points the first one missed."""
+    model, (x, y) = undefended(), held_out(200)
+    eps, steps, restarts = 0.06, 2, 3
+    torch.manual_seed(5)
+    x_adv = make("pgd", model, eps, steps=steps, restarts=restarts)(x, y)
+    torch.manual_seed(5)
+    singles = torch.stack([make("pgd", model, eps, steps=steps)(x, y) for _ in range(restarts)])  # (R, N, ...)
+    with torch.no_grad():
+        logits = torch.stack([model(s) for s in singles])
+        loss = torch.stack([F.cross_entropy(z, y, reduction="none") for z in logits])
+        fooled = logits.argmax(2) != y
+        robust = model(x_adv).argmax(1) == y
+    assert torch.equal(robust, ~fooled.any(0))
+    assert int((~fooled[0] & fooled.any(0)).sum()) > 0  # restarts matter here
+    chosen = torch.where(fooled.any(0), fooled.float().argmax(0), loss.argmax(0))
+    assert torch.equal(x_adv, singles[chosen, torch.arange(len(y))])

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
 
-from energybench.contracts.registry import get_plugin
+from energybench.contracts.registry import create_model, create_regularizer, create_trainer, get_plugin
 from energybench.contracts.trainer import TrainOutput
 from energybench.ops.energy import EnergyTrace, delta_energy, joint_energy, marginal_energy, summarize
 
@@ -73,7 +75,51 @@ def test_fgsm_with_der_reuses_the_clean_forward_pass():
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
     out = fgsm.step(model, x, y, keep_clean_logits=der.uses_clean_logits)
     assert out.logits is not None and out.logits.requires_grad
-    loss = out.loss + der.penalty(model, x, y, out)
-    loss.backward()
+    (out.loss + der.penalty(model, x, y, out)).backward()
     assert len(calls) == 2
-    assert all(p.grad is not None for p in model.parameters())
+
+
+def paper_der(model, x, x_adv, y, *, beta, gamma, aae):
+    """DER's published form (NOTES.md section 2), written from fresh forward passes of ``model``:
+    beta * mean_i 1[AAE_i] * max(||(dE(x_i), dE(x_i, y_i))||_2 - gamma, 0), with E(x) = -logsumexp f(x),
+    E(x, y) = -f(x)[y], dE = E(x) - E(x*); AAE: the CE at x* is below the CE at x (FGSM starts at x)."""
+    logits, logits_adv = model(x), model(x_adv)
+    d_marginal = torch.logsumexp(logits_adv, 1) - torch.logsumexp(logits, 1)
+    d_joint = logits_adv[torch.arange(len(y)), y] - logits[torch.arange(len(y)), y]
+    norm = torch.sqrt(d_marginal ** 2 + d_joint ** 2)
+    per_sample = torch.clamp(norm - gamma, min=0)
+    mask = torch.ones_like(norm)
+    if aae:
+        with torch.no_grad():
+            mask = (F.cross_entropy(logits_adv, y, reduction="none") < F.cross_entropy(logits, y, reduction="none"))
+        per_sample = per_sample * mask
+    return beta * per_sample.mean(), norm.detach(), mask
+
+
+@pytest.mark.parametrize("aae, eps, gamma", [("never", 0.1, 0.035), ("auto", 1.0, 0.05)])
+def test_der_changes_the_gradient_by_exactly_its_penalty_gradient(aae, eps, gamma):
+    """On the small CNN: grad(CE + DER) - grad(CE) equals grad of DER's paper form computed on its own,
+    and is far from zero. ``auto`` with FGSM keeps only abnormal adversarial examples (eps 1.0: an
+    untrained model makes some)."""
+    data = load_digits()
+    x = torch.tensor(data.data[:64], dtype=torch.float32).view(-1, 1, 8, 8) / 16
+    y = torch.tensor(data.target[:64])
+    torch.manual_seed(0)
+    model = create_model("small-cnn", dataset="digits").train()
+    params = list(model.parameters())
+    beta = 2.0  # gamma: about the median norm of the two delta energies, so the hinge cuts some samples
+    der = create_regularizer("der", beta=beta, gamma=gamma, aae=aae)
+    out = create_trainer("fgsm", eps=eps).step(model, x, y, keep_clean_logits=der.uses_clean_logits)
+    ce_grad = torch.autograd.grad(out.loss, params, retain_graph=True)
+    total_grad = torch.autograd.grad(out.loss + der.penalty(model, x, y, out), params)
+
+    reference, norm, mask = paper_der(model, x, out.x_adv, y, beta=beta, gamma=gamma, aae=aae == "auto")
+    if aae == "auto":
+        assert 0 < int(mask.sum()) < len(y)  # some abnormal examples, not all
+    counted = norm[mask.bool()]
+    assert bool((counted < gamma).any()) and bool((counted > gamma).any())  # both sides of the hinge
+    reference_grad = torch.autograd.grad(reference, params)
+    difference = [t - c for t, c in zip(total_grad, ce_grad)]
+    for d, r in zip(difference, reference_grad):
+        assert torch.allclose(d, r, rtol=1e-4, atol=1e-6)
+    assert sum(d.abs().sum() for d in difference) > 1e-3 * sum(c.abs().sum() for c in ce_grad)

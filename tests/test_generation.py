@@ -10,7 +10,9 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
+import torch_fidelity
 from PIL import Image
+from torch.utils.data import Dataset
 
 from energybench.cli import main
 from energybench.config import load_catalogue, resolve_config
@@ -18,7 +20,7 @@ from energybench.data.datasets import DATASETS, load_dataset
 from energybench.errors import EnergybenchError
 from energybench.generation.feature_extractors import domain_extractor, domain_name
 from energybench.generation.generate import feature_sets
-from energybench.generation.metrics import domain_metrics
+from energybench.generation.metrics import register_domain_extractor
 from energybench.reporting.generative_leaderboard import rankings
 from energybench.storage.store import GenerativeRecord, Store
 from energybench.training.run import execute, prepare
@@ -44,6 +46,19 @@ def home(base_home, tmp_path):
     folder = tmp_path / "store"
     shutil.copytree(base_home[0], folder)
     return folder, base_home[1]
+
+
+class Images(Dataset):
+    """uint8 (N, C, H, W) images as the Dataset torch-fidelity reads (the test's own, not energybench's)."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
 
 
 def run_cli(capsys, *argv):
@@ -82,13 +97,30 @@ def test_sample_writes_grid_samples_and_labelled_metrics_and_stores_a_row(capsys
     assert row.n == 30
     assert row.metrics == metrics and row.steps_mean == pytest.approx(samples["steps"].mean())
 
-    # the stored FID/IS are torch-fidelity's on the saved samples against the whole training set
+    # the stored metrics are torch-fidelity's own, called directly on the saved samples with the registered
+    # domain extractor: IS/FID/KID against the whole training set (train + validation files), precision/recall
+    # against the n training images drawn with the run's seed; IS in max(1, min(10, n // 10)) = 3 splits,
+    # KID on torch-fidelity's 100 subsets of min(1000, n) samples
     data = load_dataset("digits", val_size=1)
     real = torch.cat([data.train.x, data.val.x])
-    direct = domain_metrics(torch.from_numpy(samples["x"]), real, domain_extractor("digits", store_dir).model,
-                            "digits-cnn", isc_splits=3, device="cpu")
-    assert direct["FID[digits-cnn]"] == pytest.approx(metrics["FID[digits-cnn]"], rel=1e-4)
-    assert direct["IS[digits-cnn]"] == pytest.approx(metrics["IS[digits-cnn]"], rel=1e-4)
+    prc_real = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:30]]
+    extractor = domain_extractor("digits", store_dir).model
+    register_domain_extractor("digits-cnn", extractor)
+    fake = torch.from_numpy(samples["x"])
+    common = dict(input1=Images(fake), feature_extractor="digits-cnn", cuda=False, verbose=False, cache=False,
+                  save_cpu_ram=True)  # no DataLoader worker processes
+    direct = torch_fidelity.calculate_metrics(**common, input2=Images(real), isc=True, fid=True, kid=True,
+                                              isc_splits=3, kid_subsets=100, kid_subset_size=30)
+    direct |= torch_fidelity.calculate_metrics(**common, input2=Images(prc_real), prc=True, prc_neighborhood=3)
+    for key, name in (("inception_score_mean", "IS"), ("inception_score_std", "IS_std"),
+                      ("frechet_inception_distance", "FID"), ("kernel_inception_distance_mean", "KID"),
+                      ("kernel_inception_distance_std", "KID_std"), ("precision", "precision"), ("recall", "recall"),
+                      ("f_score", "F1")):
+        assert metrics[f"{name}[digits-cnn]"] == pytest.approx(direct[key], rel=1e-9, abs=1e-12), name
+    with torch.no_grad():
+        predicted = extractor(fake.float() / 255).argmax(1)
+    hits = predicted == torch.from_numpy(samples["y"])
+    assert metrics["acc[digits-cnn]"] == pytest.approx(float(hits.float().mean()))
 
 
 def test_compare_runs_every_sampler_on_the_same_labels_and_seed(capsys, home, tmp_path):

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from energybench.contracts.registry import get_plugin
+from energybench.contracts.registry import create_regularizer, create_trainer, get_plugin
 from energybench.contracts.trainer import TrainOutput
 from energybench.errors import EnergybenchError
 from energybench.ops.perturb import kl_divergence, kl_pgd, random_start
+from energybench.training.step import StepResult, TrainingStep
 
 EPS = 0.1
 TOL = 1e-5  # float rounding of (x + delta) - x
@@ -21,8 +22,11 @@ TOL = 1e-5  # float rounding of (x + delta) - x
 PASSES = {"standard": 1, "fgsm": 2, "rs-fgsm": 2, "n-fgsm": 2, "pgd": 11, "trades": 12, "mart": 12, "weat": 12}
 TRAINERS = sorted(PASSES)
 PROJECTED = [name for name in TRAINERS if name not in ("standard", "n-fgsm")]
-# each regularizer with a trainer it suits
+# each regularizer with a trainer it suits, and hyper-parameters that keep its penalty active in a short
+# run (DER's default restricts it to abnormal adversarial examples, which FGSM at this eps hardly makes;
+# aae="never" puts it on every sample)
 REGULARIZERS = {"none": "pgd", "der": "fgsm", "gradalign": "fgsm"}
+REGULARIZER_PARAMS = {"der": {"aae": "never"}}
 
 
 @functools.cache
@@ -37,43 +41,43 @@ def mlp() -> nn.Module:
 
 
 def trainer(name: str, eps: float = EPS, norm: str = "Linf", **params):
-    return get_plugin("trainer", name)(eps=eps, norm=norm, **params)
+    return create_trainer(name, eps=eps, norm=norm, **params)
 
 
 def regularizer(name: str, eps: float = EPS, norm: str = "Linf", **params):
-    reg = get_plugin("regularizer", name)(**params)
-    reg.eps, reg.norm = eps, norm  # as the harness does, for regularizers that follow the trainer
-    return reg
+    """Built as the training loop builds it: it learns the trainer's eps and norm."""
+    return create_regularizer(name, trainer_eps=eps, trainer_norm=norm, **params)
+
+
+def harness_step(train, reg=None) -> TrainingStep:
+    """The training loop's own step (trainer + regularizer, clean logits, cost); no regularizer is `none`."""
+    return TrainingStep(train, reg if reg is not None else regularizer("none"), num_classes=10)
 
 
 def step(model, x, y, train, reg=None) -> tuple[torch.Tensor, TrainOutput]:
-    """One step's total loss, combined the way the harness combines a trainer and a regularizer."""
-    uses_logits = reg is not None and reg.uses_clean_logits
-    out = train.step(model, x, y, keep_clean_logits=uses_logits)
-    loss = out.loss
-    if reg is not None:
-        if uses_logits and out.logits is None:
-            out.logits = model(x)
-        loss = loss + reg.penalty(model, x, y, out)
-    return loss, out
+    """One step's total loss and the trainer's output, from the harness's ``TrainingStep``."""
+    result = harness_step(train, reg)(model, x, y)
+    return result.loss, result.out
 
 
-def train(train, reg=None, steps: int = 60):
-    """SGD on digits; returns the losses and, per step, the batch and the trainer's output."""
+def train(train, reg=None, steps: int = 60) -> tuple[list[float], list[tuple[torch.Tensor, StepResult]]]:
+    """SGD on digits through the harness's ``TrainingStep``; returns the losses and, per step, the batch and
+    the step's result (its ``out`` is the trainer's output, ``passes`` the cost the run records)."""
     x_all, y_all = digits()
     model = mlp().train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     g = torch.Generator().manual_seed(0)
+    one_step = harness_step(train, reg)
     losses, batches = [], []
     for _ in range(steps):
         idx = torch.randint(0, 1400, (64,), generator=g)
         x, y = x_all[idx], y_all[idx]
-        loss, out = step(model, x, y, train, reg)
+        result = one_step(model, x, y)
         opt.zero_grad()
-        loss.backward()
+        result.loss.backward()
         opt.step()
-        losses.append(loss.item())
-        batches.append((x, out))
+        losses.append(result.loss.item())
+        batches.append((x, result))
     return losses, batches
 
 
@@ -91,8 +95,10 @@ def test_training_decreases_loss_and_respects_box(name):
     train_ = trainer(name)
     losses, batches = train(train_)
     assert decreased(losses), losses
-    for x, out in batches:
-        assert out.passes == PASSES[name]
+    for x, result in batches:
+        out = result.out
+        assert out.passes == PASSES[name] and result.passes == PASSES[name]  # `none` adds no pass
+        assert torch.equal(result.loss, out.loss)  # and no penalty
         assert out.loss.dim() == 0
         if not train_.adversarial:
             assert out.x_adv is None
@@ -108,9 +114,9 @@ def test_training_decreases_loss_and_respects_box(name):
 def test_n_fgsm_goes_beyond_eps():
     """N-FGSM's perturbation is not projected: it reaches past eps (up to (k + alpha) eps)."""
     _, batches = train(trainer("n-fgsm"), steps=3)
-    assert max(linf(out.x_adv, x).max().item() for x, out in batches) > 1.5 * EPS
+    assert max(linf(r.out.x_adv, x).max().item() for x, r in batches) > 1.5 * EPS
     _, batches = train(trainer("n-fgsm", k=0.5, alpha=0.5), steps=3)
-    assert all(torch.all(linf(out.x_adv, x) <= EPS + TOL) for x, out in batches)
+    assert all(torch.all(linf(r.out.x_adv, x) <= EPS + TOL) for x, r in batches)
 
 
 @pytest.mark.parametrize("name", PROJECTED)
@@ -195,12 +201,80 @@ def test_kl_pgd_increases_the_kl():
 
 @pytest.mark.parametrize("name", sorted(REGULARIZERS))
 def test_regularized_training_decreases_loss(name):
-    train_, reg = trainer(REGULARIZERS[name]), regularizer(name)
+    train_, reg = trainer(REGULARIZERS[name]), regularizer(name, **REGULARIZER_PARAMS.get(name, {}))
     losses, batches = train(train_, reg)
     assert decreased(losses), losses
-    for x, out in batches:
+    for x, result in batches:
+        out = result.out
         assert torch.all(linf(out.x_adv, x) <= EPS + TOL)
         assert out.x_adv.min() >= 0 and out.x_adv.max() <= 1
+        assert result.passes == REGULARIZED_PASSES[name]
+    # the penalty was part of what was minimised: the same training without it ends elsewhere
+    if name != "none":
+        plain, _ = train(trainer(REGULARIZERS[name]))
+        assert plain != losses
+
+
+# passes per example of the harness's step with each regularizer (and its trainer above): DER reuses FGSM's
+# clean pass and makes no forward call; GradAlign makes two (x and x + eta)
+REGULARIZED_PASSES = {"none": PASSES["pgd"], "der": PASSES["fgsm"], "gradalign": PASSES["fgsm"] + 2}
+
+
+def bn_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+
+
+@pytest.mark.parametrize("name, reg_params", [("der", {"aae": "never"}), ("gradalign", {})])
+def test_training_step_adds_the_penalty_to_the_trainer_loss(name, reg_params):
+    """The loss the loop back-propagates is the trainer's loss plus the regularizer's penalty on the same
+    output, and its parameter gradient is their sum (not the trainer's alone)."""
+    x, y = digits()
+    x, y = x[:64], y[:64]
+    model, reg = mlp().train(), regularizer(name, **reg_params)
+    torch.manual_seed(0)
+    result = harness_step(trainer(REGULARIZERS[name]), reg)(model, x, y)
+    params = list(model.parameters())
+    torch.manual_seed(1)  # GradAlign's noise is drawn afresh: its value differs, not its order of magnitude
+    penalty = reg.penalty(model, x, y, result.out)
+    if name == "der":  # deterministic given the trainer's output: exactly the harness's term
+        assert torch.allclose(result.loss - result.out.loss, penalty, atol=1e-6)
+    assert (result.loss - result.out.loss).item() > 1e-4
+    total = torch.autograd.grad(result.loss, params, retain_graph=True)
+    trainer_only = torch.autograd.grad(result.out.loss, params, retain_graph=True)
+    assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(total, trainer_only))
+    if name == "der":
+        # from scratch, on the attack's x*: FGSM's CE at x* plus DER's published form, both energies live
+        logits, logits_adv = model(x), model(result.out.x_adv)
+        d = torch.stack([torch.logsumexp(logits_adv, 1) - torch.logsumexp(logits, 1),
+                         logits_adv.gather(1, y[:, None])[:, 0] - logits.gather(1, y[:, None])[:, 0]], 1)
+        reference = F.cross_entropy(logits_adv, y) + reg.params.beta * d.norm(dim=1).mean()
+        for a, b in zip(total, torch.autograd.grad(reference, params)):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_training_step_supplies_clean_logits_without_touching_batchnorm_statistics():
+    """PGD keeps no clean logits; DER needs them: the harness computes them once, with their graph, in
+    train mode, and leaves BatchNorm's running statistics as the unregularized step leaves them."""
+    x, y = digits()
+    x, y = x[:64], y[:64]
+    reg = regularizer("der")
+
+    def run(regularized: bool):
+        model = bn_mlp().train()
+        torch.manual_seed(0)
+        result = harness_step(trainer("pgd", steps=2), reg if regularized else None)(model, x, y)
+        return model, result
+
+    plain_model, plain = run(False)
+    model, result = run(True)
+    assert plain.out.logits is None and result.out.logits is not None
+    assert result.out.logits.grad_fn is not None
+    assert result.passes == plain.passes + 1  # one more forward+backward pass per example
+    for key, value in plain_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    with torch.no_grad():  # train mode: batch statistics, as in the trainer's passes
+        assert torch.allclose(result.out.logits, bn_mlp().train()(x), atol=1e-5)
 
 
 def test_gradalign_with_a_clean_trainer():

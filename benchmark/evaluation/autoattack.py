@@ -16,6 +16,7 @@ from energybench.contracts.attack import Attack
 from energybench.contracts.params import PluginParams
 
 _AFTER = re.compile(r"robust accuracy after ([A-Z\-]+): ([0-9.]+)%")
+_PERTURBED = re.compile(r"^([a-z\-]+) - \d+/\d+ - (\d+) out of \d+ successfully perturbed")
 
 
 @dataclass
@@ -33,24 +34,40 @@ class AutoAttackResult:
 
     @property
     def accuracy(self) -> float:
-        return float(self.robust.float().mean())
+        return int(self.robust.sum()) / max(len(self.robust), 1)  # k/n exactly, as ``per_attack``
 
 
 class _ProgressLog(logging.Handler):
-    """Receives pyautoattack's debug log and reports attack names and accuracies."""
+    """Receives pyautoattack's debug log: passes the messages on, and counts the points each attack fooled.
+
+    The counts come from the per-batch "k out of m successfully perturbed" lines, not from the "robust
+    accuracy after ..." lines, whose two-decimal percentages are not exact (1/24 reads 4.17%).
+    """
 
     def __init__(self, on_message: Callable[[str], None] | None):
         super().__init__(logging.DEBUG)
         self.on_message = on_message
-        self.per_attack: dict[str, float] = {}
+        self.fooled: dict[str, int] = {}  # per attack that ran, in order
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
+        match = _PERTURBED.search(message)
+        if match:
+            self.fooled[match.group(1)] = self.fooled.get(match.group(1), 0) + int(match.group(2))
         match = _AFTER.search(message)
         if match:
-            self.per_attack[match.group(1).lower()] = float(match.group(2)) / 100
+            self.fooled.setdefault(match.group(1).lower(), 0)
         if self.on_message is not None:
             self.on_message(message)
+
+    def per_attack(self, robust: int, n: int) -> dict[str, float]:
+        """Robust accuracy after each attack, given the number of points still ``robust`` at the end."""
+        left = robust + sum(self.fooled.values())  # correctly classified before the first attack
+        out = {}
+        for name, fooled in self.fooled.items():
+            left -= fooled
+            out[name] = left / n
+        return out
 
 
 def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "Linf",
@@ -85,7 +102,8 @@ def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
         logger.setLevel(old_level)
         logger.propagate = old_propagate
     robust = (y_adv.to(y.device) == y)
-    return AutoAttackResult(x_adv=x_adv.detach(), robust=robust, per_attack=handler.per_attack)
+    per_attack = handler.per_attack(int(robust.sum()), len(y))
+    return AutoAttackResult(x_adv=x_adv.detach(), robust=robust, per_attack=per_attack)
 
 
 class AutoAttackComponent(Attack):
