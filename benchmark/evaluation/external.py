@@ -102,7 +102,7 @@ def resolve_model(ref: str, store: Store, *, dataset: str | None = None, model: 
         record = store.get_run(ref)
         if record.trainer == EXTERNAL:  # re-evaluate what an earlier `eval` evaluated
             return _from_source(record.config["trainer_params"], store, record.dataset, record.model,
-                                model_dir=model_dir)
+                                model_dir=model_dir, run_id=record.id)
     trained = load_trained(ref, store, checkpoint=checkpoint, dataset=dataset, model=model)
     config = trained.config
     label = model or config.model
@@ -116,8 +116,18 @@ def resolve_model(ref: str, store: Store, *, dataset: str | None = None, model: 
 
 
 def _from_source(source: dict[str, Any], store: Store, dataset: str, label: str, *,
-                 model_dir: str | Path | None) -> ExternalModel:
+                 model_dir: str | Path | None, run_id: str = "") -> ExternalModel:
+    """The model an earlier evaluation (run ``run_id``) evaluated; a file must still hold the same bytes."""
     kind = source.get("kind")
+    if "path" in source:
+        path = Path(source["path"])
+        if not path.is_file():
+            raise EnergybenchError(f"{path}, which run {run_id} evaluated, no longer exists; evaluate the file "
+                                   "where it is now: energybench eval FILE")
+        now = _sha256(path) if source.get("sha256") else None
+        if now is not None and now != source["sha256"]:
+            raise EnergybenchError(f"{path} changed since run {run_id} evaluated it (sha256 {source['sha256']} "
+                                   f"then, {now} now); evaluate it as a new model: energybench eval {path}")
     if kind == "robustbench":
         return resolve_model(ZOO_PREFIX + source["name"], store, dataset=dataset, norm=source["threat_model"],
                              model_dir=model_dir)
