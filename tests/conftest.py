@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from datafiles import class_images, write_idx
+from datafiles import class_images, write_mnist_folder
 
 # One thread: with only 2 cores, intra-op threading of these tiny models costs more than it saves,
 # and pyautoattack slows down sharply when its threads compete with another process.
@@ -27,15 +27,7 @@ def _isolated(monkeypatch, tmp_path):
 @pytest.fixture
 def fmnist_dir(tmp_path) -> Path:
     """A tiny Fashion-MNIST folder: the four gzipped IDX files, 400 train and 100 test images."""
-    root = tmp_path / "fmnist"
-    root.mkdir()
-    xtr, ytr = class_images(400, 28, 1, 0)
-    xte, yte = class_images(100, 28, 1, 1)
-    write_idx(root / "train-images-idx3-ubyte.gz", xtr[:, 0])
-    write_idx(root / "train-labels-idx1-ubyte.gz", ytr)
-    write_idx(root / "t10k-images-idx3-ubyte.gz", xte[:, 0])
-    write_idx(root / "t10k-labels-idx1-ubyte.gz", yte)
-    return root
+    return write_mnist_folder(tmp_path / "fmnist", class_images(400, 28, 1, 0), class_images(100, 28, 1, 1))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import datafiles
 import pytest
 import torch
 from torch import nn
@@ -19,16 +20,14 @@ from energybench.training.acceleration import Acceleration
 from energybench.training.callbacks.energy_trace import TRACE_INTERVAL
 from energybench.training.loop import Run
 from energybench.training.progress import Reporter
-from energybench.training.run import prepare
 
 CPU = torch.device("cpu")
 
 
 def tiny_config(**overrides):
-    catalogue = load_catalogue()
-    settings = {"eval": {"aa_points": 0, "val_points": 40, "test_points": 40}, "n_train": 256,
-                "monitor": {"enabled": False}} | overrides
-    return prepare(resolve_config(catalogue, track="digits-tiny", overrides=settings), catalogue)
+    """digits-tiny (``datafiles.tiny_config``) on 256 points, no CO monitor, evaluated on 40 without AutoAttack."""
+    return datafiles.tiny_config(**({"eval": {"aa_points": 0, "val_points": 40, "test_points": 40}, "n_train": 256,
+                                     "monitor": {"enabled": False}} | overrides))
 
 
 def tiny_run(tmp_path, reporter: Reporter | None = None, **overrides) -> Run:

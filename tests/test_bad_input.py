@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from datafiles import class_images, write_idx
+from datafiles import class_images, tiny_config, write_mnist_folder
 
 from energybench.cli import main
 from energybench.config import load_catalogue, resolve_config
@@ -24,7 +24,7 @@ from energybench.errors import EnergybenchError
 from energybench.storage.checkpoint import load_checkpoint, save_checkpoint
 from energybench.storage.store import Store
 from energybench.training.progress import Reporter
-from energybench.training.run import execute, prepare
+from energybench.training.run import execute
 
 
 class _StopAfterFirstEpoch(Reporter):
@@ -36,9 +36,7 @@ class _StopAfterFirstEpoch(Reporter):
 def populated(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A store holding a completed run and a run interrupted after its first epoch."""
     home = tmp_path_factory.mktemp("populated")
-    catalogue = load_catalogue()
-    config = prepare(resolve_config(catalogue, track="digits-tiny", overrides={
-        "epochs": 2, "eval": {"aa_points": 0, "val_points": 20, "test_points": 20}}), catalogue)
+    config = tiny_config(epochs=2, eval={"aa_points": 0, "val_points": 20, "test_points": 20})
     store = Store(home)
     done = execute(config.model_copy(update={"epochs": 1}), store)
     with pytest.raises(KeyboardInterrupt):
@@ -72,15 +70,8 @@ def _write(name: str, text: str) -> Callable[[Path, Path, dict[str, str]], None]
 
 def _fmnist(size: int = 28, truncate: bool = False, bad_labels: bool = False):
     def setup(tmp: Path, store: Path, ids: dict[str, str]) -> None:
-        root = tmp / "data"
-        root.mkdir()
         xtr, ytr = class_images(300, size, 1, 0)
-        xte, yte = class_images(50, size, 1, 1)
-        if bad_labels:
-            ytr = ytr + 5
-        for name, array in (("train-images-idx3-ubyte.gz", xtr[:, 0]), ("train-labels-idx1-ubyte.gz", ytr),
-                            ("t10k-images-idx3-ubyte.gz", xte[:, 0]), ("t10k-labels-idx1-ubyte.gz", yte)):
-            write_idx(root / name, array)
+        root = write_mnist_folder(tmp / "data", (xtr, ytr + 5 if bad_labels else ytr), class_images(50, size, 1, 1))
         if truncate:
             path = root / "train-images-idx3-ubyte.gz"
             path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-100]))
@@ -258,9 +249,8 @@ def test_the_error_line_through_the_installed_command_has_no_traceback(tmp_path)
 
 def test_a_failed_check_stores_no_run(tmp_path):
     """Bad data or batch size is found before the run is recorded (no 'failed' clutter)."""
-    catalogue = load_catalogue()
     store = Store(tmp_path)
-    config = prepare(resolve_config(catalogue, track="digits-tiny", overrides={"batch_size": 5000}), catalogue)
+    config = tiny_config(batch_size=5000)
     with pytest.raises(EnergybenchError, match="batch_size=5000"):
         execute(config, store)
     assert store.runs(status=None) == [] and not any((tmp_path / "runs").iterdir())

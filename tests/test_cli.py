@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import pytest
+from datafiles import run_cli
 
-from energybench.cli import main
 from energybench.storage.store import Store
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_run_prints_the_leaderboard_and_leaderboard_reprints_it(capsys, tmp_path):
     store = str(tmp_path / "store")
     code, out, err = run_cli(capsys, "run", "--track", "digits-tiny", "--reg", "der", "-R", "beta=2.5", "-R",
-                             "gamma=0.1", "--aa-points", "20", "--store", store)
+                             "gamma=0.1", "--aa-points", "2", "--n-train", "512", "--store", store)
     assert code == 0, err
     (record,) = Store(store).runs()
     assert (record.trainer, record.regularizer, record.track) == ("fgsm", "der", "digits-tiny")
     assert record.config["regularizer_params"] == {"form": "hinge", "beta": 2.5, "gamma": 0.1, "aae": "auto"}
-    assert record.config["eval"]["aa_points"] == 20 and record.config["epochs"] == 2
+    assert record.config["eval"]["aa_points"] == 2 and record.config["epochs"] == 2 and record.config["n_train"] == 512
     results = Store(store).results(record.id)
-    assert set(results) == {"best", "last"} and results["last"]["aa_points"] == 20
+    assert set(results) == {"best", "last"} and results["last"]["aa_points"] == 2
     for metric in ("test_clean_acc", "test_pgd_acc", "aa_acc"):
         assert 0 <= results["last"][metric] <= 1
     assert "Leaderboard: digits, small-cnn, Linf eps 0.1" in out and record.id in out
@@ -38,6 +32,29 @@ def test_run_prints_the_leaderboard_and_leaderboard_reprints_it(capsys, tmp_path
     assert code == 0 and "│ der " in again and f"{100 * clean[0]:.1f}/{100 * clean[1]:.1f}" in again
     code, _, err = run_cli(capsys, "leaderboard", "--dataset", "cifar10", "--store", store)
     assert code == 2 and "no completed runs match" in err
+
+
+def test_run_with_a_der_ablation_stores_its_form_and_terms(capsys, tmp_path):
+    store = str(tmp_path / "store")
+    code, _, err = run_cli(capsys, "run", "--track", "digits-tiny", "--reg", "der", "-R", "terms=joint",
+                           "--store", store)
+    assert code == 2 and "terms does not apply to form='hinge'" in err and err.count("\n") == 1
+    assert Store(store).runs(status=None) == []  # refused before anything was stored
+    code, out, err = run_cli(capsys, "run", "--track", "digits-tiny", "--reg", "der", "-R", "form=squared", "-R",
+                             "terms=joint", "-R", "lambda=2", "--epochs", "1", "--n-train", "256", "--aa-points", "0",
+                             "--store", store)
+    assert code == 0, err
+    (record,) = Store(store).runs()
+    assert (record.status, record.trainer, record.regularizer) == ("done", "fgsm", "der")
+    assert record.config["regularizer_params"] == {"form": "squared", "terms": "joint", "lambda": 2.0,
+                                                   "huber_delta": 1.0}
+    assert record.config["epochs"] == 1 and record.config["n_train"] == 256 and record.config["eval"]["aa_points"] == 0
+    results = Store(store).results(record.id)["last"]
+    assert "aa_acc" not in results and 0 <= results["test_pgd_acc"] <= results["test_clean_acc"] + 0.2
+    assert results["passes_per_example"] == pytest.approx(2.0)  # FGSM's clean logits serve DER too
+    code, out, _ = run_cli(capsys, "leaderboard", "--format", "markdown", "--store", store)
+    row = next(line for line in out.splitlines() if record.id in line)
+    assert code == 0 and "| der [squared joint dE, lambda 2] |" in row  # labelled as the ablation it is
 
 
 def test_plugins_lists_every_kind_with_source_and_hyper_parameters(capsys):

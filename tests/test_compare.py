@@ -8,20 +8,14 @@ import sqlite3
 
 import numpy as np
 import pytest
+from datafiles import run_cli
 from scipy import stats
 
-from energybench.cli import main
 from energybench.config import RunConfig
 from energybench.reporting.formats import decode_points
 from energybench.storage.store import Store
 
 N = 1000
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def correct(indices, n: int = N) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from datafiles import class_images, write_idx
+from datafiles import class_images, write_idx, write_mnist_folder
 
 from energybench.data.datasets import load_dataset, read_idx
 from energybench.errors import EnergybenchError
@@ -40,12 +40,8 @@ def test_env_var_and_subfolder_lookup(fmnist_dir, monkeypatch, tmp_path):
 
 
 def test_mnist_layout(tmp_path):
-    root = tmp_path / "MNIST" / "raw"
-    root.mkdir(parents=True)
-    x, y = class_images(60, 28, 1, 3)
-    for prefix in ("train", "t10k"):
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", x[:, 0])
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", y)
+    images = class_images(60, 28, 1, 3)
+    write_mnist_folder(tmp_path / "MNIST" / "raw", images, images)
     assert load_dataset("mnist", data_root=tmp_path, val_size=10).train.x.shape == (50, 1, 28, 28)
 
 

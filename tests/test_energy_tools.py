@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from datafiles import tiny_config
 
 from energybench.cli import main
-from energybench.config import RunConfig, load_catalogue, resolve_config
+from energybench.config import RunConfig
 from energybench.errors import EnergybenchError
 from energybench.evaluation.selection import select_epoch
 from energybench.ops.energy import joint_energy, marginal_energy
@@ -24,16 +25,14 @@ from energybench.reporting.energy_figures import (
     trace_table,
 )
 from energybench.storage.store import Store
-from energybench.training.run import execute, prepare
+from energybench.training.run import execute
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One digits-tiny run (2 epochs), stored once for the whole module."""
     home = tmp_path_factory.mktemp("store")
-    catalogue = load_catalogue()
-    config = prepare(resolve_config(catalogue, track="digits-tiny", overrides={
-        "eval": {"aa_points": 0, "val_points": 60, "test_points": 60}}), catalogue)
+    config = tiny_config(eval={"aa_points": 0, "val_points": 60, "test_points": 60})
     store = Store(home)
     return home, execute(config, store)
 

@@ -3,43 +3,37 @@
 from __future__ import annotations
 
 import json
-import re
+import shutil
 import sys
 
 import pytest
 import torch
+from datafiles import run_cli, stored_run, trained_digits_run
 
-from energybench.cli import main
-from energybench.config import load_catalogue, resolve_config
 from energybench.data.datasets import load_dataset
 from energybench.storage.store import Store
 from energybench.storage.trained import load_trained
-from energybench.training.run import execute, prepare
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
 
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def stored_run(out: str) -> str:
-    match = re.search(r"stored as run (\S+);", out)
-    assert match, out
-    return match.group(1)
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def base_store(tmp_path_factory):
     """One tiny digits run (1 epoch on 512 points), evaluated on 60 test points with AutoAttack on 8."""
     home = tmp_path_factory.mktemp("store")
-    catalogue = load_catalogue()
-    overrides = {"epochs": 1, "n_train": 512, "eval": {"aa_points": 8, "val_points": 60, "test_points": 60}}
-    run_id = execute(prepare(resolve_config(catalogue, track="digits-tiny", overrides=overrides), catalogue),
-                     Store(home))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ENERGYBENCH_OFFLINE", "1")
+        run_id = trained_digits_run(home, epochs=1, n_train=512,
+                                    eval={"aa_points": 8, "val_points": 60, "test_points": 60})
     return home, run_id
+
+
+@pytest.fixture
+def trained(base_store, tmp_path):
+    """A private copy of the base store, so that no test sees the runs another one stored; (home, run id)."""
+    home = tmp_path / "store"
+    shutil.copytree(base_store[0], home)
+    return home, base_store[1]
 
 
 def clean_accuracy(model, n: int, dataset: str = "digits", data_root=None) -> float:
@@ -117,6 +111,38 @@ def test_eval_refuses_bad_input_in_one_line(capsys, trained, tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("energybench: error: model torchscript")
     failed = Store(home).runs(status="failed")
     assert failed and "returns (2, 3)" in failed[-1].error
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "torchscript"])
+def test_re_evaluating_a_file_whose_contents_changed_is_refused(capsys, trained, tmp_path, kind):
+    home, run_id = trained
+    model = load_trained(run_id, Store(home)).model
+    path = tmp_path / ("weights.pth" if kind == "checkpoint" else "scripted.pt")
+
+    def write(net) -> None:
+        torch.jit.script(net).save(str(path)) if kind == "torchscript" else torch.save(net.state_dict(), path)
+
+    write(model)
+    extra = ["--model", "small-cnn"] if kind == "checkpoint" else []
+    code, out, err = run_cli(capsys, "eval", path, "--dataset", "digits", *extra, "--aa-points", 0,
+                             "--test-points", 20, "--store", home)
+    assert code == 0, err
+    first = stored_run(out)
+    code, out, err = run_cli(capsys, "eval", first, "--aa-points", 0, "--test-points", 20, "--store", home)
+    assert code == 0, err  # the same bytes: evaluated again
+    assert Store(home).get_run(stored_run(out)).config["trainer_params"] == Store(home).get_run(first).config[
+        "trainer_params"]
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)
+    write(model)  # same file name, other weights
+    runs_before = len(Store(home).runs(status=None))
+    code, _, err = run_cli(capsys, "eval", first, "--aa-points", 0, "--test-points", 20, "--store", home)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{path} changed since run {first} evaluated it" in err and f"energybench eval {path}" in err
+    assert len(Store(home).runs(status=None)) == runs_before  # refused before anything was stored
+    path.unlink()
+    code, _, err = run_cli(capsys, "eval", first, "--store", home)
+    assert code == 2 and f"{path}, which run {first} evaluated, no longer exists" in err
 
 
 TINY_CIFAR_REGISTRY = """

@@ -1,6 +1,10 @@
 """Faults for real: `energybench run` killed (SIGKILL, SIGINT) or failed by a third-party plugin's
-exception at a random moment, in a subprocess, then `energybench run --resume RUN_ID`: it continues
-after the last completed epoch and ends with exactly the results of an uninterrupted run."""
+exception, in a subprocess, then `energybench run --resume RUN_ID`: it continues after the last
+completed epoch and ends with exactly the results of an uninterrupted run.
+
+No test here depends on timing: a run is killed where it says it has paused (a third-party callback,
+``kill-point``, writes a marker file at the point ``$KILL_POINT`` names and then waits to be killed),
+and the points are drawn from a fixed, printed seed."""
 
 from __future__ import annotations
 
@@ -18,8 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from datafiles import SMALL_EVAL, tiny_config
 
-from energybench.config import load_catalogue, resolve_config
 from energybench.contracts import registry as reg
 from energybench.contracts.attack import Attack
 from energybench.contracts.regularizer import Regularizer
@@ -28,21 +32,28 @@ from energybench.errors import EnergybenchError, PluginError
 from energybench.plugins.trainers.fgsm import FGSMTrainer
 from energybench.storage.checkpoint import load_checkpoint
 from energybench.storage.store import Store
-from energybench.training.run import execute, prepare
+from energybench.training.run import execute
 
-EPOCHS = 6
+EPOCHS = 3
+BATCHES = 8  # per epoch: 512 training points in batches of 64
+#: Fixed seed of every drawn kill point and fault step (printed by the tests that use it).
+SEED = 20261203
 
 
-def run_args(trainer: str = "rs-fgsm") -> list[str]:
-    """A digits-tiny run long enough to be hit mid-training; rs-fgsm draws random noise at every step,
-    so the RNG state must survive the restart too."""
-    return ["run", "--track", "digits-tiny", "--trainer", trainer, "--epochs", str(EPOCHS), "--aa-points", "10",
-            "--seed", "3"]
+def run_args(trainer: str = "rs-fgsm", kill_point: bool = True) -> list[str]:
+    """A short digits-tiny run (AutoAttack off: the slowest part, not the subject); rs-fgsm draws random
+    noise at every step, so the RNG state must survive the restart too. With ``kill_point`` the
+    `kill-point` callback is added: it pauses where $KILL_POINT says."""
+    return (["run", "--track", "digits-tiny", "--trainer", trainer, "--epochs", str(EPOCHS), "--n-train", "512",
+             "--aa-points", "0", "--seed", "3"] + (["--log", "kill-point"] if kill_point else []))
+
 
 PLUGIN = '''
 import os
+import time
 from pathlib import Path
 
+from energybench.contracts.callback import Callback
 from energybench.plugins.trainers.rs_fgsm import RSFGSMTrainer
 
 if os.environ.get("FLAKY_IMPORT_MARKER"):
@@ -52,13 +63,28 @@ if os.environ.get("FLAKY_IMPORT_MARKER"):
 class FlakyRSFGSM(RSFGSMTrainer):
     """rs-fgsm that raises once, at training step $FLAKY_FAIL_AT of this process (a transient fault)."""
 
-    calls = 0
-
     def step(self, model, x, y, *, keep_clean_logits):
-        type(self).calls += 1
-        if type(self).calls == int(os.environ.get("FLAKY_FAIL_AT", "0")):
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.calls == int(os.environ.get("FLAKY_FAIL_AT", "0")):
             raise RuntimeError("injected fault")
         return super().step(model, x, y, keep_clean_logits=keep_clean_logits)
+
+
+class KillPoint(Callback):
+    """Pauses the run where $KILL_POINT says ("iteration:N": after training iteration N, its update done;
+    "evaluation": after training, before the test evaluation): writes $KILL_MARKER, then waits to be killed."""
+
+    def _pause(self):
+        Path(os.environ["KILL_MARKER"]).write_text(str(os.getpid()))
+        time.sleep(600)
+
+    def on_train_batch_end(self, run, batch):
+        if os.environ.get("KILL_POINT") == f"iteration:{batch.iteration}":
+            self._pause()
+
+    def on_fit_end(self, run):
+        if os.environ.get("KILL_POINT") == "evaluation":
+            self._pause()
 '''
 
 
@@ -70,7 +96,8 @@ def plugin_path(tmp_path_factory) -> Path:
     info = root / "flaky_plugin-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: flaky-plugin\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[energybench.trainers]\nflaky-rs-fgsm = flaky_plugin:FlakyRSFGSM\n")
+    (info / "entry_points.txt").write_text("[energybench.trainers]\nflaky-rs-fgsm = flaky_plugin:FlakyRSFGSM\n\n"
+                                           "[energybench.callbacks]\nkill-point = flaky_plugin:KillPoint\n")
     return root
 
 
@@ -78,7 +105,8 @@ def _env(plugin_path: Path, **extra: str) -> dict[str, str]:
     repo = Path(__file__).resolve().parents[1]
     path = os.pathsep.join([str(plugin_path), str(repo), os.environ.get("PYTHONPATH", "")])
     env = {k: v for k, v in os.environ.items()
-           if k not in ("ENERGYBENCH_REGISTRY", "ENERGYBENCH_DISABLE_PLUGIN_AUTOLOAD", "ENERGYBENCH_DATA")}
+           if k not in ("ENERGYBENCH_REGISTRY", "ENERGYBENCH_DISABLE_PLUGIN_AUTOLOAD", "ENERGYBENCH_DATA",
+                        "KILL_POINT", "KILL_MARKER", "FLAKY_FAIL_AT")}
     return env | {"PYTHONPATH": path, "OMP_NUM_THREADS": "1", "COLUMNS": "200", "ENERGYBENCH_OFFLINE": "1"} | extra
 
 
@@ -90,20 +118,14 @@ def _start(args: list[str], store: Path | None, env: dict[str, str]) -> subproce
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _wait_for_first_epoch(proc: subprocess.Popen, store: Path) -> float:
-    """Block until the run has saved its first epoch's state; return the time it appeared."""
-    while not list(store.glob("runs/*/state.pt")):
-        assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.02)
-    return time.monotonic()
-
-
-def _wait_for_training_end(proc: subprocess.Popen, store: Path) -> float:
-    """Block until the run has recorded its last epoch; return the time it did."""
-    while not any(len(f.read_text().splitlines()) >= EPOCHS for f in store.glob("runs/*/metrics.jsonl")):
-        assert proc.poll() is None, proc.communicate()[1]
-        time.sleep(0.02)
-    return time.monotonic()
+def _start_paused(store: Path, env: dict[str, str], point: str, marker: Path) -> subprocess.Popen:
+    """Start the run and block until it has paused at ``point`` (its marker file appeared)."""
+    proc = _start(run_args(), store, env | {"KILL_POINT": point, "KILL_MARKER": str(marker)})
+    while not marker.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before pausing at {point}: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.01)
+    return proc
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:
@@ -129,14 +151,11 @@ def _outcome(store: Path, run_id: str) -> tuple[dict, list]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, plugin_path):
-    """The uninterrupted run: its outcome, and how long it trained after its first epoch and evaluated."""
+    """The outcome of the uninterrupted run."""
     store = tmp_path_factory.mktemp("reference")
-    proc = _start(run_args(), store, _env(plugin_path))
-    first = _wait_for_first_epoch(proc, store)
-    trained = _wait_for_training_end(proc, store)
-    code, err = _finish(proc)
+    code, err = _finish(_start(run_args(), store, _env(plugin_path)))
     assert code == 0, err
-    return _outcome(store, _only_run(store).id), {"training": trained - first, "evaluation": time.monotonic() - trained}
+    return _outcome(store, _only_run(store).id)
 
 
 def _resume(store: Path, run_id: str, env: dict[str, str]) -> int:
@@ -149,45 +168,44 @@ def _resume(store: Path, run_id: str, env: dict[str, str]) -> int:
     return done
 
 
+def kill_point(phase: str, sig: signal.Signals) -> str:
+    """Where the run is killed: any training iteration after the first epoch (drawn from SEED), or between
+    training and the test evaluation (what a run killed during its evaluation leaves behind: every epoch
+    stored, no result)."""
+    if phase == "evaluation":
+        return "evaluation"
+    return f"iteration:{random.Random(f'{SEED}-{sig.name}').randrange(BATCHES + 1, EPOCHS * BATCHES + 1)}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["training", "evaluation"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
-def test_a_run_killed_at_a_random_moment_resumes_to_the_same_results(tmp_path, plugin_path, reference, sig, phase):
-    expected, durations = reference
-    seed = random.randrange(10**6)
-    rng = random.Random(seed)
+def test_a_killed_run_resumes_to_the_same_results(tmp_path, plugin_path, reference, sig, phase):
+    point = kill_point(phase, sig)
+    print(f"seed {SEED}: {sig.name} at {point}")
     env = _env(plugin_path)
-    for attempt in range(4):  # a draw that misses the phase (the machine's speed varies) is drawn again
-        store = tmp_path / f"store{attempt}"
-        proc = _start(run_args(), store, env)
-        _wait_for_first_epoch(proc, store)
-        if phase == "evaluation":
-            _wait_for_training_end(proc, store)
-        delay = rng.uniform(0, 0.8 * durations[phase] / 2 ** attempt)
-        time.sleep(delay)
-        proc.send_signal(sig)
-        code, err = _finish(proc)
-        run = _only_run(store)
-        unfinished = run.status != "done"  # a signal can land after the run ended, while its process exits
-        if code != 0 and unfinished and (phase == "evaluation" or len(Store(store).epochs(run.id)) < EPOCHS):
-            break
+    store = tmp_path / "store"
+    proc = _start_paused(store, env, point, tmp_path / "paused")
+    proc.send_signal(sig)
+    code, err = _finish(proc)
     record = _only_run(store)
-    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130), (seed, err)
-    assert "Traceback" not in err, (seed, err)
-    assert record.status in ({"running"} if sig == signal.SIGKILL else {"interrupted", "running"}), seed
-    if record.status == "interrupted":
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130), (point, err)
+    assert "Traceback" not in err, (point, err)
+    assert record.status == ("running" if sig == signal.SIGKILL else "interrupted"), point
+    if sig == signal.SIGINT:
         assert f"continue with `energybench run --resume {record.id}`" in err, err
+    stored = len(Store(store).epochs(record.id))
+    assert stored == (EPOCHS if phase == "evaluation" else (int(point.split(":")[1]) - 1) // BATCHES)
+    assert Store(store).results(record.id) == {}
     done = _resume(store, record.id, env)
-    print(f"{sig.name} {delay:.2f}s into {phase} (seed {seed}): status {record.status}, resumed after epoch {done}")
-    assert Store(store).get_run(record.id).status == "done"
-    assert _outcome(store, record.id) == expected, f"random seed {seed}"
+    assert done == stored and Store(store).get_run(record.id).status == "done"
+    assert _outcome(store, record.id) == reference, point
 
 
 @pytest.mark.slow
 def test_a_plugin_exception_fails_its_run_and_resume_finishes_it_identically(tmp_path, plugin_path, reference):
-    expected, _ = reference
-    seed = random.randrange(10**6)
-    fail_at = random.Random(seed).randrange(20, EPOCHS * 19)  # 19 batches per epoch: after the first epoch
+    fail_at = random.Random(SEED).randrange(BATCHES + 1, EPOCHS * BATCHES + 1)  # a step after the first epoch
+    print(f"seed {SEED}: plugin fault at training step {fail_at}")
     store = tmp_path / "store"
     code, err = _finish(_start(run_args("flaky-rs-fgsm"), store,
                                _env(plugin_path, FLAKY_FAIL_AT=str(fail_at))))
@@ -195,18 +213,16 @@ def test_a_plugin_exception_fails_its_run_and_resume_finishes_it_identically(tmp
     assert "energybench: error: trainer 'flaky-rs-fgsm' failed: RuntimeError: injected fault" in err
     record = _only_run(store)
     assert record.status == "failed" and record.error.startswith("trainer 'flaky-rs-fgsm' failed")
-    done = _resume(store, record.id, _env(plugin_path))
-    print(f"plugin fault at training step {fail_at}: resumed after epoch {done}")
-    assert _outcome(store, record.id) == expected, f"fault at step {fail_at}"  # trainer name aside, same run
+    assert _resume(store, record.id, _env(plugin_path)) == (fail_at - 1) // BATCHES
+    assert _outcome(store, record.id) == reference, f"fault at step {fail_at}"  # trainer name aside, same run
 
 
 @pytest.mark.slow
 def test_resume_refuses_a_run_that_another_process_is_running(tmp_path, plugin_path):
     store = tmp_path / "store"
     env = _env(plugin_path)
-    proc = _start(run_args(), store, env)
+    proc = _start_paused(store, env, f"iteration:{BATCHES + 1}", tmp_path / "paused")  # holds the run, paused
     try:
-        _wait_for_first_epoch(proc, store)
         run_id = _only_run(store).id
         code, err = _finish(_start(["run", "--resume", run_id], store, env))
         assert code == 2 and err.startswith(f"energybench: error: run {run_id} is in use by another process "
@@ -222,7 +238,7 @@ def test_disabling_autoload_keeps_third_party_plugin_code_out(tmp_path, plugin_p
     code, err = _finish(_start(["plugins", "--kind", "trainer"], None, env | {
         "ENERGYBENCH_DISABLE_PLUGIN_AUTOLOAD": "1"}))
     assert code == 0 and not marker.exists()
-    code, err = _finish(_start(run_args("flaky-rs-fgsm"), tmp_path / "s", env | {
+    code, err = _finish(_start(run_args("flaky-rs-fgsm", kill_point=False), tmp_path / "s", env | {
         "ENERGYBENCH_DISABLE_PLUGIN_AUTOLOAD": "1"}))
     assert code == 2 and err.startswith("energybench: error: unknown trainer 'flaky-rs-fgsm'"), err
     assert not marker.exists()
@@ -232,13 +248,12 @@ def test_disabling_autoload_keeps_third_party_plugin_code_out(tmp_path, plugin_p
 
 @pytest.fixture(scope="module")
 def killed_store(tmp_path_factory, plugin_path) -> Path:
-    """A store whose run was SIGKILLed right after its first epoch."""
+    """A store whose run was SIGKILLed at the first iteration after its first epoch."""
     store = tmp_path_factory.mktemp("killed")
-    proc = _start(run_args(), store, _env(plugin_path))
-    _wait_for_first_epoch(proc, store)
+    proc = _start_paused(store / "store", _env(plugin_path), f"iteration:{BATCHES + 1}", store / "paused")
     proc.kill()
     proc.communicate()
-    return store
+    return store / "store"
 
 
 def _pickle_with_code(path: Path, marker: Path) -> None:
@@ -277,10 +292,9 @@ def test_resume_with_a_damaged_state_file_says_so_and_loses_nothing(tmp_path, pl
 
 # ----- plugin fault isolation, in process ------------------------------------------------------
 
-def tiny_config(**overrides):
-    catalogue = load_catalogue()
-    settings = {"epochs": 1, "eval": {"aa_points": 0, "val_points": 20, "test_points": 20}} | overrides
-    return prepare(resolve_config(catalogue, track="digits-tiny", overrides=settings), catalogue)
+def small_config(**overrides):
+    """One epoch of digits-tiny, evaluated on 20 points without AutoAttack."""
+    return tiny_config(epochs=1, eval=SMALL_EVAL, **overrides)
 
 
 @pytest.fixture
@@ -290,14 +304,14 @@ def registry(monkeypatch):
 
 
 class _Hanging(FGSMTrainer):
-    """Hangs at the third step, in Python (a busy loop) or in a blocking call (sleep)."""
+    """Hangs at its third step, in Python (a busy loop) or in a blocking call (sleep); counts its steps."""
 
     how = "loop"
-    calls = 0
 
     def step(self, model, x, y, *, keep_clean_logits):
-        type(self).calls += 1
-        if type(self).calls == 3:
+        self.calls = getattr(self, "calls", 0) + 1  # per instance: nothing carries over between tests
+        _Hanging.last = self
+        if self.calls == 3:
             if self.how == "sleep":
                 time.sleep(600)
             while True:
@@ -310,12 +324,11 @@ class _Hanging(FGSMTrainer):
 
 @pytest.mark.parametrize("how", ["loop", "sleep"])
 def test_a_hanging_plugin_fails_its_run_after_the_timeout(tmp_path, registry, how):
-    registry.register("trainer", "hanging", type("Hanging", (_Hanging,), {"how": how, "calls": 0}))
+    registry.register("trainer", "hanging", type("Hanging", (_Hanging,), {"how": how}))
     store = Store(tmp_path)
-    start = time.monotonic()
     with pytest.raises(PluginError, match=r"trainer 'hanging' did not return within plugin_timeout=1 s"):
-        execute(tiny_config(trainer="hanging", plugin_timeout=1), store)
-    assert time.monotonic() - start < 60
+        execute(small_config(trainer="hanging", plugin_timeout=1), store)
+    assert _Hanging.last.calls == 3  # stopped in the step that hung, never past it
     (record,) = store.runs(status="failed")
     assert "trainer 'hanging' did not return" in record.error
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # the alarm is disarmed afterwards
@@ -359,7 +372,7 @@ def test_a_trainer_returning_wrong_shapes_fails_its_run_with_its_name(tmp_path, 
     registry.register("trainer", "wrong", Wrong)
     store = Store(tmp_path)
     with pytest.raises(PluginError) as caught:
-        execute(tiny_config(trainer="wrong"), store)
+        execute(small_config(trainer="wrong"), store)
     assert str(caught.value).startswith("trainer 'wrong' broke its contract: " + BAD_OUTPUTS[kind])
     assert store.runs(status="failed")[0].error == str(caught.value)
 
@@ -372,7 +385,7 @@ def test_a_regularizer_returning_a_vector_fails_its_run_with_its_name(tmp_path, 
     registry.register("regularizer", "vector", VectorPenalty)
     with pytest.raises(PluginError, match=r"regularizer 'vector' broke its contract: penalty must be a scalar "
                                           r"float tensor, got a torch.float32 tensor of shape \(64,\)"):
-        execute(tiny_config(regularizer="vector"), Store(tmp_path))
+        execute(small_config(regularizer="vector"), Store(tmp_path))
 
 
 class _Cheating(Attack):
@@ -445,28 +458,47 @@ def test_a_checkpoint_interrupted_at_any_step_of_its_write_still_verifies(tmp_pa
 
 
 WRITER = '''
-import sys, torch
-from energybench.storage.checkpoint import save_checkpoint
-states = [{"w": torch.full((1_000_000,), float(i))} for i in range(2)]
-save_checkpoint(sys.argv[1], states[0])
-print("ready", flush=True)
-i = 1
-while True:
-    save_checkpoint(sys.argv[1], states[i % 2])
-    i += 1
+import os, sys, time
+import torch
+import energybench.storage.checkpoint as ckpt
+
+path, pause_at = sys.argv[1], int(sys.argv[2])
+ckpt.save_checkpoint(path, {"w": torch.zeros(1_000_000)})
+calls = 0
+
+
+def pausing(real):
+    def call(*args):
+        global calls
+        calls += 1
+        if calls == pause_at:  # a point inside the next write: announce it and wait to be killed there
+            print("paused", flush=True)
+            time.sleep(600)
+        return real(*args)
+    return call
+
+
+ckpt.os.fsync, ckpt.os.replace = pausing(os.fsync), pausing(os.replace)
+ckpt.save_checkpoint(path, {"w": torch.ones(1_000_000)})
+print("finished", flush=True)
 '''
+
+#: The second save makes three atomic writes (sidecar with both hashes, data, sidecar with the new hash), each
+#: an fsync of the temporary file (calls 1, 4, 7), a rename (2, 5, 8) and an fsync of the folder (3, 6, 9).
+#: Killed before call 3 (first sidecar in place), 5 (data written, not renamed), 6 (data renamed, old sidecar
+#: listing both hashes) and 9 (every rename done); the in-process test above covers every write boundary.
+PAUSE_POINTS = (3, 5, 6, 9)
 
 
 def test_sigkill_during_checkpoint_writes_never_leaves_a_corrupt_checkpoint(tmp_path):
-    rng = random.Random()
     repo = str(Path(__file__).resolve().parents[1])
-    for trial in range(4):
-        path = tmp_path / f"c{trial}.pt"
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True,
-                                env=os.environ | {"PYTHONPATH": repo, "OMP_NUM_THREADS": "1"})
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.05, 0.5))
+    env = os.environ | {"PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}
+    procs = {k: subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / f"c{k}.pt"), str(k)],
+                                 stdout=subprocess.PIPE, text=True, env=env) for k in [*PAUSE_POINTS, 10]}
+    for k, proc in procs.items():
+        line = proc.stdout.readline().strip()
+        assert line == ("paused" if k in PAUSE_POINTS else "finished"), (k, line)  # 10: no tenth call
         proc.kill()
         proc.communicate()
-        value = load_checkpoint(path)["w"]
-        assert value.unique().tolist() in ([0.0], [1.0])
+        value = load_checkpoint(tmp_path / f"c{k}.pt")["w"]
+        assert value.unique().tolist() == ([0.0] if k <= 5 else [1.0]), k  # the new data is in place from call 6

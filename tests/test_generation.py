@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch_fidelity
+from datafiles import run_cli, trained_digits_run
 from PIL import Image
 from torch.utils.data import Dataset
 
-from energybench.cli import main
-from energybench.config import load_catalogue, resolve_config
 from energybench.data.datasets import DATASETS, load_dataset
 from energybench.errors import EnergybenchError
 from energybench.generation.feature_extractors import domain_extractor, domain_name
@@ -23,7 +22,6 @@ from energybench.generation.generate import feature_sets
 from energybench.generation.metrics import register_domain_extractor
 from energybench.reporting.generative_leaderboard import rankings
 from energybench.storage.store import GenerativeRecord, Store
-from energybench.training.run import execute, prepare
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +30,7 @@ def base_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("base")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ENERGYBENCH_OFFLINE", "1")
-        catalogue = load_catalogue()
-        config = prepare(resolve_config(catalogue, track="digits-tiny", overrides={
-            "epochs": 1, "eval": {"aa_points": 0, "val_points": 60, "test_points": 60}}), catalogue)
-        run_id = execute(config, Store(home))
+        run_id = trained_digits_run(home, epochs=1, eval={"aa_points": 0, "val_points": 60, "test_points": 60})
         domain_extractor("digits", home)
     return home, run_id
 
@@ -59,12 +54,6 @@ class Images(Dataset):
 
     def __getitem__(self, i):
         return self.images[i]
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_sample_writes_grid_samples_and_labelled_metrics_and_stores_a_row(capsys, home, tmp_path):

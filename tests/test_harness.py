@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
+import datafiles
 import pytest
 import torch
+from datafiles import SMALL_EVAL, batchnorm_buffers, same_tensors
 
-from energybench.config import EvalProtocol, load_catalogue, resolve_config
+from energybench.config import EvalProtocol
 from energybench.contracts import registry as reg
+from energybench.contracts.regularizer import forward_calls
 from energybench.contracts.trainer import Trainer, TrainOutput
 from energybench.data.augment import crop_flip, crop_flip_draws
 from energybench.errors import EnergybenchError, PluginError
@@ -16,18 +20,18 @@ from energybench.evaluation.robustness import catastrophic_overfitting
 from energybench.storage.checkpoint import load_checkpoint
 from energybench.storage.store import Store
 from energybench.training.progress import Reporter
-from energybench.training.run import execute, prepare
+from energybench.training.run import execute
+from energybench.training.step import TrainingStep
 
 
 def tiny_config(**overrides):
-    catalogue = load_catalogue()
-    settings = {"eval": {"aa_points": 20, "val_points": 60, "test_points": 60}} | overrides
-    return prepare(resolve_config(catalogue, track="digits-tiny", overrides=settings), catalogue)
+    """digits-tiny (``datafiles.tiny_config``), by default evaluated on 40 points without AutoAttack."""
+    return datafiles.tiny_config(**({"eval": {"aa_points": 0, "val_points": 40, "test_points": 40}} | overrides))
 
 
 def test_a_run_trains_evaluates_and_stores_everything(tmp_path):
     store = Store(tmp_path)
-    config = tiny_config(regularizer="der")
+    config = tiny_config(regularizer="der", n_train=1024, eval={"aa_points": 2, "val_points": 60, "test_points": 60})
     run_id = execute(config, store)
     record = store.get_run(run_id)
     assert record.status == "done" and record.wall_time > 0 and record.config_hash == config.config_hash()
@@ -91,31 +95,52 @@ class _StopAfterFirstEpoch(Reporter):
         raise KeyboardInterrupt
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+class _Killed(BaseException):
+    """Stands for the process dying: the run's record is not updated (it stays 'running')."""
+
+
+class _KilledAtBatch(Reporter):
+    """Dies after training batch ``at`` of the first epoch, before any epoch completed."""
+
+    def __init__(self, at: int):
+        self.at, self.batches = at, 0
+
+    def batch_done(self):
+        self.batches += 1
+        if self.batches == self.at:
+            raise _Killed
+
+
+def test_resume_after_interruption_or_an_early_kill_matches_an_uninterrupted_run(tmp_path):
     store = Store(tmp_path)
-    config = tiny_config(trainer="rs-fgsm")  # random init: RNG state must be restored too
+    config = tiny_config(trainer="rs-fgsm", n_train=512,  # random init: RNG state must be restored too
+                         eval={"aa_points": 2, "val_points": 40, "test_points": 40})
     reference = store.results(execute(config, store))
     with pytest.raises(KeyboardInterrupt):
         execute(config, store, reporter=_StopAfterFirstEpoch())
     interrupted = [r for r in store.runs(status="interrupted")]
     assert len(interrupted) == 1 and interrupted[0].epochs_done == 1
-    run_id = execute(config, store, resume=interrupted[0].id)
-    assert run_id == interrupted[0].id and store.get_run(run_id).status == "done"
-    resumed = store.results(run_id)
-    for tag in ("best", "last"):
-        for metric in ("test_clean_acc", "test_pgd_acc", "aa_acc", "test_dE_mean"):
-            assert resumed[tag][metric] == reference[tag][metric], (tag, metric)
+    with pytest.raises(_Killed):
+        execute(config, store, reporter=_KilledAtBatch(3))
+    (killed,) = store.runs(status="running")
+    assert killed.epochs_done == 0 and not (store.run_dir(killed.id) / "state.pt").exists()
+    for run in (interrupted[0], killed):
+        run_id = execute(config, store, resume=run.id)
+        assert run_id == run.id and store.get_run(run_id).status == "done"
+        assert [e["epoch"] for e in store.epochs(run_id)] == [0, 1]  # no epoch stored twice
+        resumed = store.results(run_id)
+        for tag in ("best", "last"):
+            for metric in ("test_clean_acc", "test_pgd_acc", "aa_acc", "test_dE_mean", "passes_per_example"):
+                assert resumed[tag][metric] == reference[tag][metric], (run.status, tag, metric)
 
 
 class _NaNAfterSomeSteps(Trainer):
     adversarial = False
-    calls = 0
-
     def step(self, model, x, y, *, keep_clean_logits):
-        type(self).calls += 1
+        self.calls = getattr(self, "calls", 0) + 1  # per instance (per run): no count carries over between tests
         logits = model(x)
         loss = torch.nn.functional.cross_entropy(logits, y)
-        return TrainOutput(loss=loss * float("nan") if type(self).calls > 25 else loss, logits=logits)
+        return TrainOutput(loss=loss * float("nan") if self.calls > 25 else loss, logits=logits)
 
 
 class _Raising(Trainer):
@@ -190,6 +215,18 @@ def test_catastrophic_overfitting_thresholds_are_settings():
     assert _co((0.30, 0.12), (0.25, 0.03), co_drop=0.3) == [False, True]
 
 
+def test_catastrophic_overfitting_custom_thresholds_at_their_boundaries():
+    # binary fractions: every product and difference below is exact
+    assert _co((0.5, 0.125), co_ratio=0.25) == [False]  # PGD exactly co_ratio * FGSM: not below
+    assert _co((0.5, 0.1249), co_ratio=0.25) == [True]
+    assert _co((0.75, 0.25), co_gap=0.5) == [True]  # gap exactly co_gap counts
+    assert _co((0.75, 0.2501), co_gap=0.5) == [False]
+    # drop clause alone (gap unreachable at co_gap=1): PGD exactly co_drop times the best earlier is not below
+    assert _co((0.5, 0.25), (0.5, 0.0625), co_gap=1.0, co_drop=0.25) == [False, False]
+    assert _co((0.5, 0.25), (0.5, 0.0624), co_gap=1.0, co_drop=0.25) == [False, True]
+    assert _co((0.5, 0.25), (0.5, 0.0624), co_gap=1.0, co_drop=0.25, co_ratio=0.0625) == [False, False]  # ratio gates
+
+
 def test_crop_flip_keeps_shape_and_content():
     x = torch.rand(16, 3, 32, 32)
     out = crop_flip(x, crop_flip_draws(16, torch.Generator().manual_seed(0)))
@@ -197,3 +234,86 @@ def test_crop_flip_keeps_shape_and_content():
     assert not torch.equal(out, x)
     same = crop_flip(x, crop_flip_draws(16, torch.Generator().manual_seed(0)))
     assert torch.equal(out, same)
+
+
+# ----- BatchNorm: only the trainer's own passes move the running statistics -----------------------
+
+
+def test_a_batchnorm_model_trains_while_trace_and_evaluation_leave_its_running_statistics_alone(tmp_path,
+                                                                                                monkeypatch):
+    """preact-resnet18 (BatchNorm everywhere) with rs-fgsm, which keeps no clean logits: the energy trace
+    makes its own clean pass. Training moves the running statistics; the trace, validation and the test
+    evaluation (clean, FGSM, PGD, AutoAttack, sanity checks) leave them exactly as they found them."""
+    import energybench.training.callbacks.energy_trace as energy_trace
+    import energybench.training.loop as loop
+    import energybench.training.run as run_module
+
+    changed: dict[str, list[str]] = {"trace": [], "validation": [], "test evaluation": []}
+    moved, traced = [], []
+
+    def watched(phase, real, model_of):
+        def wrapper(*args, **kwargs):
+            model = model_of(args)
+            before = batchnorm_buffers(model)
+            result = real(*args, **kwargs)
+            changed[phase] += same_tensors(before, batchnorm_buffers(model))
+            if phase == "trace" and args[2].energies is not None:
+                traced.append(args[2].out.logits is None)  # a batch the trace computed clean logits for
+            return result
+        return wrapper
+
+    def watched_epoch(self):
+        before = batchnorm_buffers(self.model)
+        metrics = real_epoch(self)
+        moved.extend(same_tensors(before, batchnorm_buffers(self.model)))
+        return metrics
+
+    real_epoch = loop.Run.train_epoch
+    monkeypatch.setattr(loop.Run, "train_epoch", watched_epoch)
+    monkeypatch.setattr(energy_trace.EnergyTraceCallback, "on_before_backward",  # (callback, run, batch)
+                        watched("trace", energy_trace.EnergyTraceCallback.on_before_backward, lambda a: a[1].model))
+    monkeypatch.setattr(loop.Run, "validate", watched("validation", loop.Run.validate, lambda a: a[0].model))
+    monkeypatch.setattr(run_module, "test_evaluation",
+                        watched("test evaluation", run_module.test_evaluation, lambda a: a[0]))
+    store = Store(tmp_path)
+    config = tiny_config(model="preact-resnet18", trainer="rs-fgsm", epochs=1, n_train=64, batch_size=16,
+                         monitor={"enabled": False}, eval={"aa_points": 2, "val_points": 8, "test_points": 8,
+                                                           "val_pgd_steps": 2, "pgd_steps": 2, "batch_size": 8})
+    run_id = execute(config, store)
+    assert store.get_run(run_id).status == "done" and "aa_acc" in store.results(run_id)["last"]
+    assert any(key.endswith("running_mean") for key in moved)  # the trainer's passes do update them
+    assert traced and all(traced)  # the trace ran its own clean passes
+    assert changed == {"trace": [], "validation": [], "test evaluation": []}
+
+
+@pytest.mark.parametrize("trainer", ["rs-fgsm", "n-fgsm", "pgd"])
+def test_der_after_a_trainer_without_clean_logits_costs_one_pass_and_no_batchnorm_update(trainer):
+    """The harness's extra clean pass for DER: counted as one pass per example, with gradient (DER
+    trains through E(x)), and invisible to BatchNorm's running statistics: they end the step exactly
+    as after the trainer's step alone."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 10))
+    alone, with_der = net, copy.deepcopy(net)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    plugin = reg.get_plugin("trainer", trainer)(eps=0.1)
+    initial = batchnorm_buffers(net)
+    torch.manual_seed(1)
+    with forward_calls(alone) as trainer_calls:
+        out = plugin.step(alone, x, y, keep_clean_logits=True)
+    assert out.logits is None  # the case under test: the trainer kept no clean logits
+    step = TrainingStep(plugin, reg.get_plugin("regularizer", "der")(), num_classes=10)
+    torch.manual_seed(1)
+    with forward_calls(with_der) as calls:
+        result = step(with_der, x, y)
+    assert len(calls) == len(trainer_calls) + 1 and result.passes == out.passes + 1
+    assert result.out.logits is not None and result.out.logits.requires_grad
+    assert same_tensors(initial, batchnorm_buffers(alone))  # the trainer's passes moved them
+    assert same_tensors(batchnorm_buffers(alone), batchnorm_buffers(with_der)) == []
+
+
+def test_the_cost_of_der_after_rs_fgsm_is_three_passes_in_a_run(tmp_path):
+    store = Store(tmp_path)
+    run_id = execute(tiny_config(trainer="rs-fgsm", regularizer="der", epochs=1, n_train=256, eval=SMALL_EVAL), store)
+    # rs-fgsm's attack and training passes, and the clean pass the harness makes for DER
+    assert store.results(run_id)["last"]["passes_per_example"] == pytest.approx(3.0)

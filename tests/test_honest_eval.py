@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from datafiles import tiny_config
 from torch import nn
 
-from energybench.config import load_catalogue, resolve_config
 from energybench.contracts import registry as reg
 from energybench.contracts.model import Classifier
 from energybench.data.datasets import Split
@@ -18,7 +18,7 @@ from energybench.training import loop as harness
 from energybench.training import run as lifecycle
 from energybench.training.loop import Run
 from energybench.training.progress import Reporter
-from energybench.training.run import execute, prepare
+from energybench.training.run import execute
 
 CPU = torch.device("cpu")
 
@@ -132,9 +132,7 @@ def test_the_test_split_is_read_only_by_the_final_evaluation_and_evaluations_use
     monkeypatch.setattr(lifecycle, "evaluate_checkpoints", phase(lifecycle.evaluate_checkpoints, "evaluate"))
     monkeypatch.setattr(BNNet, "phase", "init")
     BNNet.log.clear()
-    catalogue = load_catalogue()
-    config = prepare(resolve_config(catalogue, track="digits-tiny", overrides={
-        "model": "bn-net", "eval": {"aa_points": 0, "val_points": 30, "test_points": 30}}), catalogue)
+    config = tiny_config(model="bn-net", eval={"aa_points": 0, "val_points": 30, "test_points": 30})
     execute(config, Store(tmp_path))
     assert test_reads and set(test_reads) == {"evaluate"}
     phases = {phase for phase, _ in BNNet.log}
@@ -209,10 +207,8 @@ class _Alerts(Reporter):
 def test_a_masked_model_is_flagged_in_the_stored_results_and_the_report(tmp_path, monkeypatch):
     monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
     reg.get_registry().register("model", "quantised", _Quantised)
-    catalogue = load_catalogue()
-    config = prepare(resolve_config(catalogue, track="digits-tiny", overrides={
-        "model": "quantised", "trainer": "standard", "epochs": 1,
-        "eval": {"aa_points": 0, "val_points": 30, "test_points": 30}}), catalogue)
+    config = tiny_config(model="quantised", trainer="standard", epochs=1,
+                         eval={"aa_points": 0, "val_points": 30, "test_points": 30})
     store, reporter = Store(tmp_path), _Alerts()
     run_id = execute(config, store, reporter=reporter)
     last = store.results(run_id)["last"]

@@ -10,8 +10,8 @@ from html.parser import HTMLParser
 
 import pytest
 import scipy.stats
+from datafiles import run_cli
 
-from energybench.cli import main
 from energybench.config import RunConfig
 from energybench.storage.references import MODEL_INFO_FIELDS
 from energybench.storage.store import Store
@@ -19,23 +19,19 @@ from energybench.storage.store import Store
 EPS = 8 / 255
 
 
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def add_run(store: Store, *, aa: float, pgd: float, clean: float, seed: int = 0, trainer: str = "fgsm",
             dataset: str = "cifar10", eps: float = EPS, suite: str | None = None, track: str | None = None,
-            wall_time: float = 10.0) -> str:
-    """A completed run with these (last-checkpoint) results; best is 1 point better everywhere."""
-    config = RunConfig(dataset=dataset, model="preact-resnet18", trainer=trainer, eps=eps, seed=seed, track=track)
+            wall_time: float = 10.0, norm: str = "Linf", status: str = "done") -> str:
+    """A run with these (last-checkpoint) results, completed unless ``status`` says otherwise; best is 1 point
+    better everywhere."""
+    config = RunConfig(dataset=dataset, model="preact-resnet18", trainer=trainer, eps=eps, seed=seed, track=track,
+                       norm=norm)
     run_id = store.create_run(config.model_dump(), config.config_hash(), suite=suite)
     last = {"test_clean_acc": clean, "test_pgd_acc": pgd, "aa_acc": aa, "aa_points": 1000.0, "co": 0.0,
             "train_dE_mean": -0.0123456789}
     store.add_results(run_id, "last", last)
     store.add_results(run_id, "best", {k: v + 0.01 if k.endswith("_acc") else v for k, v in last.items()})
-    store.set_status(run_id, "done", wall_time=wall_time)
+    store.set_status(run_id, status, wall_time=wall_time)
     return run_id
 
 
@@ -197,6 +193,84 @@ def test_references_follow_the_filters(capsys, tmp_path):
     assert {r["id"] for r in data["references"]} == {"WEAT-cifar100", "WEAT-TRADES-cifar100"}
     data = json.loads(export(capsys, tmp_path, "json", "--dataset", "cifar10", "--eps", "4/255"))
     assert len(data["measured"]) == 1 and data["references"] == []
+
+
+FORMATS = ["table", "markdown", "csv", "json", "html"]
+
+
+def test_failed_interrupted_and_running_runs_never_appear(capsys, tmp_path):
+    """Runs that stored results and then did not finish (a failure, Ctrl-C, a run still going or killed)
+    appear in no format, grouped or not, and never count as a seed of a completed configuration."""
+    store = Store(tmp_path)
+    done = add_run(store, aa=0.4, pgd=0.45, clean=0.8, seed=0)
+    unfinished = [add_run(store, aa=0.9, pgd=0.95, clean=0.99, seed=seed, status=status)
+                  for seed, status in ((1, "failed"), (2, "interrupted"), (3, "running"))]
+    add_run(store, aa=0.9, pgd=0.95, clean=0.99, trainer="pgd", status="failed")  # a setting with no finished run
+    assert [r.status for r in store.runs(status=None)] == ["done", "failed", "interrupted", "running", "failed"]
+    for fmt in FORMATS:
+        for extra in ((), ("--group-seeds",)):
+            out = export(capsys, tmp_path, fmt, "--no-references", *extra)
+            assert done in out and not any(run_id in out for run_id in unfinished), (fmt, extra)
+            assert "99.0" not in out and "95.0" not in out and "│ pgd" not in out and "| pgd |" not in out, fmt
+    data = json.loads(export(capsys, tmp_path, "json", "--group-seeds", "--no-references"))
+    assert [(r["id"], r["n_seeds"]) for r in data["measured"]] == [(done, 1)]
+    code, _, err = run_cli(capsys, "leaderboard", "--trainer", "pgd", "--store", tmp_path)
+    assert code == 2 and "no completed runs match these filters" in err  # its failed run does not count
+
+
+NORM_REFERENCES = """
+[[references.robustness]]
+id = "LinfRef"
+method = "m"
+architecture = "a"
+dataset = "cifar10"
+eps = "8/255"
+autoattack = 41.0
+source = "s"
+
+[[references.robustness]]
+id = "L2Ref"
+method = "m"
+architecture = "a"
+dataset = "cifar10"
+norm = "L2"
+eps = 0.5
+autoattack = 71.0
+source = "s"
+
+[[references.robustness]]
+id = "L2RefOtherEps"
+method = "m"
+architecture = "a"
+dataset = "cifar10"
+norm = "L2"
+eps = 0.25
+autoattack = 80.0
+source = "s"
+"""
+
+
+def test_norm_filter_applies_to_runs_and_reference_rows(capsys, tmp_path):
+    store = Store(tmp_path)
+    linf = add_run(store, aa=0.4, pgd=0.45, clean=0.8)
+    l2 = add_run(store, aa=0.6, pgd=0.65, clean=0.85, eps=0.5, norm="L2")
+    registry = tmp_path / "registry.toml"
+    registry.write_text(NORM_REFERENCES)
+
+    def board(*extra):
+        data = json.loads(export(capsys, tmp_path, "json", "--registry", registry, *extra))
+        return [r["id"] for r in data["measured"]], sorted(r["id"] for r in data["references"])
+
+    # no filter: the references of the settings measured, each with its own norm and eps
+    assert board() == ([l2, linf], ["L2Ref", "LinfRef"]) or board() == ([linf, l2], ["L2Ref", "LinfRef"])
+    assert board("--norm", "L2") == ([l2], ["L2Ref"])
+    assert board("--norm", "Linf") == ([linf], ["LinfRef"])
+    assert board("--dataset", "cifar10", "--norm", "L2") == ([l2], ["L2Ref", "L2RefOtherEps"])
+    code, _, err = run_cli(capsys, "leaderboard", "--norm", "L2", "--eps", "0.25", "--store", tmp_path)
+    assert code == 2 and "no completed runs match these filters" in err
+    for fmt in ("markdown", "csv", "html"):
+        out = export(capsys, tmp_path, fmt, "--registry", registry, "--norm", "Linf")
+        assert linf in out and "LinfRef" in out and l2 not in out and "L2Ref" not in out, fmt
 
 
 def test_group_seeds_gives_mean_and_std(capsys, tmp_path):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from datafiles import class_images, write_idx
+from datafiles import class_images, write_mnist_folder
 
 from energybench.config import MonitorConfig, RunConfig, load_catalogue, resolve_config
 from energybench.errors import EnergybenchError
@@ -135,12 +135,7 @@ TOY_CO = {"dataset": "fashion-mnist", "trainer": "fgsm", "eps": 0.5, "lr": 0.1, 
 @pytest.fixture
 def toy_root(tmp_path):
     """Fashion-MNIST files of 1,000 toy training images (``datafiles.class_images``)."""
-    root = tmp_path / "toy"
-    root.mkdir()
-    for prefix, (x, y) in (("train", class_images(1000, 28, 1, 0)), ("t10k", class_images(100, 28, 1, 1))):
-        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", x[:, 0])
-        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", y)
-    return root
+    return write_mnist_folder(tmp_path / "toy", class_images(1000, 28, 1, 0), class_images(100, 28, 1, 1))
 
 
 def toy_co(root, **overrides):
@@ -179,10 +174,24 @@ def test_stop_action_ends_training_at_the_alarm(tmp_path, toy_root):
     assert store.get_run(run_id).status == "done" and "test_pgd_acc" in store.results(run_id)["last"]
 
 
-def test_rollback_action_restarts_the_epoch_with_the_fallback_trainer(tmp_path, toy_root):
+class _StopAfterEpoch(Reporter):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def epoch_done(self, epoch, metrics):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def _without_times(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if "time" not in k} for row in rows]
+
+
+def test_rollback_action_restarts_the_epoch_with_the_fallback_trainer_and_resumes_with_it(tmp_path, toy_root):
     store = Store(tmp_path)
     monitor = TOY_CO["monitor"] | {"action": "rollback", "fallback_trainer": "n-fgsm"}
-    run_id = execute(toy_co(toy_root, epochs=4, monitor=monitor), store)
+    config = toy_co(toy_root, epochs=4, monitor=monitor)
+    run_id = execute(config, store)
     history = store.epochs(run_id)
     assert [e["epoch"] for e in history] == [0, 1, 2, 3]
     log = read_log(store.run_dir(run_id) / "monitor.json")
@@ -191,6 +200,17 @@ def test_rollback_action_restarts_the_epoch_with_the_fallback_trainer(tmp_path, 
     assert history[rolled]["monitor_alarm_iter"] == log.rollback_iters[0]
     # the alarmed epoch was trained again from its start: its iterations appear twice in the log
     assert log.batch_iters.count(log.batch_iters[-1]) == 1 and len(set(log.batch_iters)) < len(log.batch_iters)
+    # interrupted right after the epoch that rolled back, then resumed: it goes on with the fallback trainer,
+    # never rolls back again, and ends exactly as the uninterrupted run
+    assert rolled < 3
+    with pytest.raises(KeyboardInterrupt):
+        execute(config, store, reporter=_StopAfterEpoch(rolled))
+    (interrupted,) = store.runs(status="interrupted")
+    assert interrupted.epochs_done == rolled + 1
+    assert execute(config, store, resume=interrupted.id) == interrupted.id
+    assert _without_times(store.epochs(interrupted.id)) == _without_times(history)
+    assert read_log(store.run_dir(interrupted.id) / "monitor.json") == log
+    assert store.results(interrupted.id)["last"]["test_pgd_acc"] == store.results(run_id)["last"]["test_pgd_acc"]
 
 
 def test_rollback_needs_a_known_fallback_trainer(toy_root):

@@ -10,21 +10,15 @@ from importlib import metadata
 
 import numpy as np
 import pytest
+from datafiles import run_cli
 from PIL import Image
 
-from energybench.cli import main
 from energybench.config import RunConfig, load_catalogue
 from energybench.ops.energy import QUANTILES
 from energybench.reporting.report import write_report
 from energybench.storage.store import GenerativeRecord, Store, new_id
 
 EPS = 8 / 255
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def add_run(store: Store, *, trainer: str, seed: int, suite: str | None, epochs: int, dataset: str = "cifar10",

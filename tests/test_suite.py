@@ -8,9 +8,9 @@ import statistics
 import pytest
 import scipy.stats
 import torch
+from datafiles import run_cli
 
-from energybench.cli import main
-from energybench.config import load_catalogue
+from energybench.config import default_catalogue_path, load_catalogue
 from energybench.contracts import registry as reg
 from energybench.contracts.trainer import Trainer, TrainOutput
 from energybench.errors import EnergybenchError
@@ -39,12 +39,6 @@ def catalogue_with(tmp_path, suites: str):
     path = tmp_path / "registry.toml"
     path.write_text(TRACK + suites)
     return load_catalogue(path)
-
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_shipped_suites_expand_into_prepared_cells():
@@ -155,11 +149,8 @@ def test_a_failing_cell_is_recorded_and_only_it_is_retried(tmp_path, monkeypatch
     assert failed.status == "failed" and "flaky on purpose" in failed.error and failed.suite == "s"
     assert [c.trainer for c in pending(store, cells)] == ["flaky"]
 
-    _Flaky.broken = False
-    try:
-        again = LocalExecutor().run(pending(store, cells), store, suite="s")
-    finally:
-        _Flaky.broken = True
+    monkeypatch.setattr(_Flaky, "broken", False)  # restored after the test, whatever happens
+    again = LocalExecutor().run(pending(store, cells), store, suite="s")
     assert [(o.cell.trainer, o.status) for o in again] == [("flaky", "done")]
     assert pending(store, cells) == []
     assert len(store.runs(status=None, trainer="fgsm")) == 1 and len(store.runs(status=None, trainer="flaky")) == 2
@@ -236,17 +227,22 @@ def test_the_suite_leaderboard_aggregates_seeds(tmp_path):
 
 def test_tiny_suite_end_to_end_then_nothing_left_to_run(tmp_path, capsys):
     store = str(tmp_path / "store")
-    code, out, err = run_cli(capsys, "suite", "tiny", "--store", store)
+    shipped = default_catalogue_path().read_text()
+    setting = "eval = { val_points = 40, test_points = 40, aa_points = 10 } }"
+    assert shipped.count(setting) == 1  # the tiny suite's, as shipped; run here with AutoAttack on 2 points
+    registry = tmp_path / "registry.toml"
+    registry.write_text(shipped.replace(setting, setting.replace("aa_points = 10", "aa_points = 2")))
+    code, out, err = run_cli(capsys, "suite", "tiny", "--store", store, "--registry", registry)
     assert code == 0, err
     assert "4 cells, 0 already done, 4 to run (local executor)" in err
     assert "[4/4] fgsm + der, eps 0.1, seed 1: done" in err
     assert "Suite tiny: digits, small-cnn, Linf" in out and "2/2" in out and "±" in out
     runs = Store(store).runs()
     assert len(runs) == 4 and {r.suite for r in runs} == {"tiny"}
-    code, out, err = run_cli(capsys, "suite", "tiny", "--store", store)
+    code, out, err = run_cli(capsys, "suite", "tiny", "--store", store, "--registry", registry)
     assert code == 0 and "4 already done, 0 to run" in err and "Suite tiny" in out
     assert len(Store(store).runs(status=None)) == 4
-    code, _, err = run_cli(capsys, "suite", "tiny", "--ray-address", "x:1", "--store", store)
+    code, _, err = run_cli(capsys, "suite", "tiny", "--ray-address", "x:1", "--store", store, "--registry", registry)
     assert code == 2 and "--ray-address needs --executor ray" in err
 
 
