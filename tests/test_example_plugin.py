@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,31 @@ def test_the_third_party_attack_respects_its_ball(site, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(site))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def _readme_block(language: str, containing: str) -> str:
+    blocks = re.findall(rf"```{language}\n(.*?)```", (EXAMPLE.parents[1] / "README.md").read_text(), re.S)
+    (block,) = [b for b in blocks if containing in b]
+    return block
+
+
+def test_the_plugin_written_as_the_readme_shows_works_through_entry_points(tmp_path):
+    package = tmp_path / "src"
+    (package / "my_package").mkdir(parents=True)
+    (package / "my_package" / "__init__.py").write_text("")
+    (package / "my_package" / "logit_pairing.py").write_text(_readme_block("python", "class LogitPairing"))
+    (package / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=64"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        '[project]\nname = "my-package"\nversion = "0.1"\n\n'
+        + _readme_block("toml", "energybench.regularizers") + '\n[tool.setuptools]\npackages = ["my_package"]\n')
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(package)], check=True, capture_output=True)
+    home = tmp_path / "home"
+    listed = energybench(target, home, "plugins")
+    assert any("logit-pairing" in line and "my-package 0.1" in line for line in listed.stdout.splitlines())
+    result = energybench(target, home, "run", "--track", "digits-tiny", "--reg", "logit-pairing", "-R", "lambda=0.3",
+                         "--aa-points", "0", "--epochs", "1")
+    assert result.returncode == 0, result.stderr
+    (run,) = Store(home).runs(status="done")
+    assert (run.regularizer, run.config["regularizer_params"]) == ("logit-pairing", {"lambda": 0.3})
