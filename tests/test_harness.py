@@ -294,7 +294,7 @@ def test_der_after_a_trainer_without_clean_logits_costs_one_pass_and_no_batchnor
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                               torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 10))
-    alone, with_der = net, copy.deepcopy(net)
+    alone, with_der, untouched = net, copy.deepcopy(net), copy.deepcopy(net)
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
     plugin = reg.get_plugin("trainer", trainer)(eps=0.1)
     initial = batchnorm_buffers(net)
@@ -308,6 +308,8 @@ def test_der_after_a_trainer_without_clean_logits_costs_one_pass_and_no_batchnor
         result = step(with_der, x, y)
     assert len(calls) == len(trainer_calls) + 1 and result.passes == out.passes + 1
     assert result.out.logits is not None and result.out.logits.requires_grad
+    with torch.no_grad():  # computed in train mode (batch statistics), as the trainer's own passes are
+        assert torch.allclose(result.out.logits, untouched.train()(x), atol=1e-5)
     assert same_tensors(initial, batchnorm_buffers(alone))  # the trainer's passes moved them
     assert same_tensors(batchnorm_buffers(alone), batchnorm_buffers(with_der)) == []
 
