@@ -232,16 +232,16 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
-#: Columns of reference rows: (header, text of a reference).
-REFERENCE_COLUMNS: list[tuple[str, Callable[[Reference], str]]] = [
-    ("reference", lambda r: r.id),
-    ("method", lambda r: r.method),
-    ("dataset", lambda r: r.dataset),
-    ("architecture", lambda r: r.architecture),
-    ("eps", lambda r: f"{r.norm} {format_eps(r.eps)}"),
-    ("clean", lambda r: _pct(r.clean)),
-    ("AA", lambda r: _pct(r.aa)),
-    ("source", lambda r: r.source + (" [secondary source]" if r.secondary else "")),
+#: Columns of reference rows: (header, justify, text of a reference).
+REFERENCE_COLUMNS: list[tuple[str, str, Callable[[Reference], str]]] = [
+    ("reference", "left", lambda r: r.id),
+    ("method", "left", lambda r: r.method),
+    ("dataset", "left", lambda r: r.dataset),
+    ("architecture", "left", lambda r: r.architecture),
+    ("eps", "left", lambda r: f"{r.norm} {format_eps(r.eps)}"),
+    ("clean", "right", lambda r: _pct(r.clean)),
+    ("AA", "right", lambda r: _pct(r.aa)),
+    ("source", "left", lambda r: r.source + (" [secondary source]" if r.secondary else "")),
 ]
 _REFERENCE_CAPTION = "published accuracy %, AutoAttack; rank '-': context, not a measurement of this benchmark"
 
@@ -253,10 +253,10 @@ def rich_tables(board: Leaderboard) -> list[Table]:
         table = Table(title=REFERENCE_TITLE, header_style="bold", title_justify="left", style=REFERENCE_STYLE,
                       caption=_REFERENCE_CAPTION, caption_justify="left")
         table.add_column("#", justify="right")
-        for header, _ in REFERENCE_COLUMNS:
-            table.add_column(header, justify="right" if header in ("clean", "AA") else "left")
+        for header, justify, _ in REFERENCE_COLUMNS:
+            table.add_column(header, justify=justify)
         for ref in board.references:
-            table.add_row("-", *(text(ref) for _, text in REFERENCE_COLUMNS), style=REFERENCE_STYLE)
+            table.add_row("-", *(text(ref) for _, _, text in REFERENCE_COLUMNS), style=REFERENCE_STYLE)
         tables.append(table)
     return tables
 
@@ -278,8 +278,8 @@ def template_context(board: Leaderboard) -> dict[str, Any]:
                     "rows": [{"id": e.row.run.id, "cells": _cells(board, e)} for e in r.entries]}
                    for r in board.rankings],
         "reference_title": REFERENCE_TITLE,
-        "reference_headers": [h for h, _ in REFERENCE_COLUMNS],
-        "references": [{"id": ref.id, "cells": [text(ref) for _, text in REFERENCE_COLUMNS]}
+        "reference_headers": [(header, justify) for header, justify, _ in REFERENCE_COLUMNS],
+        "references": [{"id": ref.id, "cells": [text(ref) for _, _, text in REFERENCE_COLUMNS]}
                        for ref in board.references],
     }
 
@@ -287,12 +287,12 @@ def template_context(board: Leaderboard) -> dict[str, Any]:
 def to_markdown(board: Leaderboard) -> str:
     """GitHub markdown: one ranked table per setting with its caption, then the references (in italics,
     rank ``-``) under their own heading."""
-    return render("leaderboard.md", **template_context(board))
+    return render("leaderboard.md", board=template_context(board))
 
 
 def to_html(board: Leaderboard) -> str:
     """A standalone HTML page of the leaderboard."""
-    return render("leaderboard.html", **template_context(board))
+    return render("leaderboard.html", board=template_context(board))
 
 
 # ----- machine formats --------------------------------------------------------------------------

@@ -58,11 +58,15 @@ def select_runs(store: Store, catalogue: Catalogue, refs: Sequence[str]) -> list
 
 # ----- figures ----------------------------------------------------------------------------------
 
+def _png_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def png_data_uri(fig: Figure) -> str:
     """``fig`` as an embeddable ``data:image/png;base64,...`` URI."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return _png_uri(buffer.getvalue())
 
 
 def energy_figure(results: dict[str, float], title: str) -> Figure | None:
@@ -112,7 +116,7 @@ def _figure(fig: Figure | None, caption: str) -> dict[str, str] | None:
 
 
 def _file_figure(path: Path, caption: str) -> dict[str, str]:
-    return {"uri": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii"), "caption": caption}
+    return {"uri": _png_uri(path.read_bytes()), "caption": caption}
 
 
 def _generative(records: list[GenerativeRecord]) -> tuple[list[dict], list[dict[str, str]]]:
@@ -164,7 +168,7 @@ def build_report(store: Store, catalogue: Catalogue, refs: Sequence[str], *, tit
     board: Leaderboard = build_leaderboard(store, catalogue, run_ids={r.id for r in runs}, title="Leaderboard")
     generative = store.generative()
     return render("report.html", title=title, written=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                  leaderboard=template_context(board), runs=[_run_section(store, run, generative) for run in runs],
+                  board=template_context(board), runs=[_run_section(store, run, generative) for run in runs],
                   environment=environment())
 
 
