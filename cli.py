@@ -54,8 +54,10 @@ def cli() -> None:
 @click.option("--track", help="Named benchmark setting from registry.toml (see `energybench tracks`).")
 @click.option("--trainer", help="Trainer plugin (see `energybench plugins`).")
 @click.option("--reg", "--regularizer", "regularizer", help="Regularizer plugin, e.g. der.")
-@click.option("--dataset", help="fashion-mnist, digits, mnist, cifar10, cifar100 or svhn.")
+@click.option("--dataset", help="A dataset plugin (fashion-mnist, digits, cifar10, cifar10-jpeg, ...: `energybench "
+              "plugins --kind dataset`) or the path of an image folder or archive (train/<class>/*, test/<class>/*).")
 @click.option("--model", help="Model plugin, e.g. small-cnn, preact-resnet18, wrn-28-10.")
+@click.option("--model-opt", "-M", multiple=True, metavar="KEY=VALUE", help="Model hyper-parameter, e.g. width=16.")
 @click.option("--eps", help="Perturbation budget: a number or a fraction such as 8/255.")
 @click.option("--norm", type=click.Choice(["Linf", "L2"]), help="Threat model.")
 @click.option("--epochs", type=int)
@@ -67,7 +69,7 @@ def cli() -> None:
 @click.option("--trainer-opt", "-T", multiple=True, metavar="KEY=VALUE", help="Trainer hyper-parameter.")
 @click.option("--reg-opt", "-R", multiple=True, metavar="KEY=VALUE", help="Regularizer hyper-parameter.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of RunConfig fields.")
-@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
+@click.option("--data-root", type=click.Path(), help="Folder (or archive) holding the dataset files.")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @click.option("--fast", type=click.Choice(["auto", "on", "off"]),
               help="Fast path (bf16 autocast, channels_last, cuDNN autotuning, fused SGD); auto: on with CUDA.")
@@ -76,8 +78,9 @@ def cli() -> None:
 @click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run after its last completed epoch.")
 @store_option
 @catalogue_option
-def run(track, trainer, regularizer, dataset, model, eps, norm, epochs, batch_size, lr, seed, n_train, aa_points,
-        trainer_opt, reg_opt, config_file, data_root, device, fast, loggers, resume, store_path, registry_path) -> None:
+def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epochs, batch_size, lr, seed, n_train,
+        aa_points, trainer_opt, reg_opt, config_file, data_root, device, fast, loggers, resume, store_path,
+        registry_path) -> None:
     """Train a classifier with a trainer (+ regularizer), evaluate it, store it, show the leaderboard."""
     from energybench import api
     from energybench.config import format_eps
@@ -93,7 +96,8 @@ def run(track, trainer, regularizer, dataset, model, eps, norm, epochs, batch_si
         run_id = api.resume(resume, store=store, reporter=RichReporter(err)).id
     else:
         settings = {"dataset": dataset, "model": model, "eps": eps, "norm": norm, "epochs": epochs,
-                    "batch_size": batch_size, "lr": lr, "seed": seed, "n_train": n_train, "data_root": data_root,
+                    "model_params": parse_assignments(model_opt, "--model-opt") or None, "batch_size": batch_size,
+                    "lr": lr, "seed": seed, "n_train": n_train, "data_root": data_root,
                     "device": device, "fast": {"enabled": fast} if fast else None,
                     "eval": {"aa_points": aa_points} if aa_points is not None else None}
         run_id = api.train(trainer, regularizer, track=track, config=config_file, callbacks=loggers,
@@ -187,7 +191,7 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
               "are here, else the dataset's domain classifier (labelled FID[<dataset>-cnn]).")
 @click.option("--inception-weights", type=click.Path(dir_okay=False, exists=True),
               help="Local file of torch-fidelity's Inception-v3 weights.")
-@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
+@click.option("--data-root", type=click.Path(), help="Folder (or archive) holding the dataset files.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @store_option
 @catalogue_option
@@ -211,8 +215,27 @@ def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, samp
     out.print(f"grids, samples (.npz) and metrics (.json) in {records[0].out_dir}")
 
 
+def plugin_settings(kind: str, cls: type) -> str:
+    """What `energybench plugins` shows of a plugin: a dataset's facts, a model's keyword arguments, or the
+    hyper-parameters (``Params``) of the other kinds, with their defaults."""
+    import inspect
+
+    if kind == "dataset":
+        return cls().describe()
+    if kind == "model":
+        standard = {"self", "num_classes", "in_channels", "mean", "std"}
+        shown = [f"{p.name}={p.default!r}" for p in inspect.signature(cls.__init__).parameters.values()
+                 if p.name not in standard and p.default is not inspect.Parameter.empty]
+    else:
+        params = getattr(cls, "Params", None)
+        fields = params.model_fields.items() if params is not None else []
+        shown = [f"{f.alias or key}={f.default!r}" for key, f in fields]
+    return ", ".join(shown) or "-"
+
+
 @cli.command()
-@click.option("--kind", type=click.Choice(["attack", "trainer", "regularizer", "sampler", "model", "callback"]))
+@click.option("--kind", type=click.Choice(["attack", "trainer", "regularizer", "sampler", "model", "callback",
+                                           "dataset"]))
 def plugins(kind) -> None:
     """List registered plugins by kind, with their source package and hyper-parameters."""
     from energybench.contracts.registry import KINDS, get_registry
@@ -220,13 +243,10 @@ def plugins(kind) -> None:
     registry = get_registry()
     for name in [kind] if kind else list(KINDS):
         table = Table(title=f"{name}s", title_justify="left", header_style="bold")
-        for column in ("name", "source", "hyper-parameters (default)"):
+        for column in ("name", "source", "facts" if name == "dataset" else "hyper-parameters (default)"):
             table.add_column(column)
         for entry, cls in registry.load_all(name):
-            params = getattr(cls, "Params", None)
-            fields = params.model_fields.items() if params is not None else []
-            shown = ", ".join(f"{f.alias or key}={f.default!r}" for key, f in fields) or "-"
-            table.add_row(entry.name, entry.source, shown)
+            table.add_row(entry.name, entry.source, plugin_settings(name, cls))
         out.print(table)
     for problem in registry.problems:
         err.print(f"[yellow]warning:[/] {problem}")
@@ -256,7 +276,7 @@ def tracks(registry_path) -> None:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: one cell after another here; ray: cells as Ray tasks (pip install 'energybench[ray]').")
 @click.option("--ray-address", help="Ray cluster to join, e.g. ray://head:10001 (default: start a local one).")
-@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
+@click.option("--data-root", type=click.Path(), help="Folder (or archive) holding the dataset files.")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
 @store_option
 @catalogue_option
@@ -339,7 +359,7 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
 @click.option("--model-dir", type=click.Path(file_okay=False),
               help="RobustBench model_dir holding <dataset>/<norm>/<NAME>.pt (default: STORE/robustbench-models).")
 @click.option("--seed", type=int, help="Seed of the attacks (default: the run's seed for a run, else 0).")
-@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
+@click.option("--data-root", type=click.Path(), help="Folder (or archive) holding the dataset files.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @store_option
 @catalogue_option
@@ -462,7 +482,7 @@ def energy() -> None:
 @click.option("--model-dir", type=click.Path(file_okay=False), help="RobustBench model_dir (see `energybench eval`).")
 @click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False),
               help="PNG file (default: energy-histograms-REF.png).")
-@click.option("--data-root", type=click.Path(file_okay=False), help="Folder holding the dataset files.")
+@click.option("--data-root", type=click.Path(), help="Folder (or archive) holding the dataset files.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @store_option
 def histograms(model_ref, attacks, n, eps, norm, checkpoint, dataset, model_arch, model_dir, out_path, data_root,

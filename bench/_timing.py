@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from energybench import list_plugins
 from energybench.config import RunConfig, load_catalogue
-from energybench.data.datasets import DATASETS, ImageData, Split
+from energybench.data.datasets import ImageData, Split, get_dataset
 from energybench.storage.store import Store
 from energybench.training.loop import Run
 from energybench.training.run import prepare
@@ -34,7 +35,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier timings)")
     p.add_argument("--repeats", type=int, default=7, help="timed A/B pairs (default 7)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls of each side first (default 1)")
-    p.add_argument("--dataset", choices=sorted(DATASETS), help="shape of the random data (cpu: fashion-mnist, "
+    p.add_argument("--dataset", choices=list_plugins("dataset"), help="shape of the random data (cpu: fashion-mnist, "
                    "cuda: cifar10)")
     p.add_argument("--model", help="model plugin (cpu: small-cnn, cuda: preact-resnet18)")
     p.add_argument("--n-train", type=int, help="training images per epoch (cpu: 2048, cuda: 10000)")
@@ -57,7 +58,7 @@ def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
 
 def random_data(dataset: str, n_train: int, n_test: int = 512, seed: int = 0) -> ImageData:
     """Random uint8 images and labels shaped like ``dataset`` (no files needed: timing only)."""
-    info = DATASETS[dataset]
+    info = get_dataset(dataset)
     g = torch.Generator().manual_seed(seed)
 
     def split(n: int) -> Split:

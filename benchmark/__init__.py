@@ -17,11 +17,13 @@ spirit of timm (``register_*``, ``list_plugins``, ``create_*``), discovered thro
 from energybench.api import StoredRun, evaluate, leaderboard, load, resume, sample, train
 from energybench.contracts.attack import Attack
 from energybench.contracts.callback import Batch, Callback
+from energybench.contracts.dataset import Arrays, Dataset
 from energybench.contracts.model import Classifier
 from energybench.contracts.params import PluginParams
 from energybench.contracts.registry import (
     create_attack,
     create_callback,
+    create_dataset,
     create_model,
     create_regularizer,
     create_sampler,
@@ -30,6 +32,7 @@ from energybench.contracts.registry import (
     list_plugins,
     register_attack,
     register_callback,
+    register_dataset,
     register_model,
     register_regularizer,
     register_sampler,
@@ -38,11 +41,12 @@ from energybench.contracts.registry import (
 from energybench.contracts.regularizer import Regularizer
 from energybench.contracts.sampler import SampleBatch, Sampler
 from energybench.contracts.trainer import Trainer, TrainOutput
+from energybench.data.image_folder import ImageFolderDataset
 from energybench.errors import EnergybenchError, PluginError
 
-__all__ = ["Attack", "Batch", "Callback", "Classifier", "EnergybenchError", "PluginError", "PluginParams",
-           "Regularizer", "SampleBatch", "Sampler", "StoredRun", "TrainOutput", "Trainer", "create_attack",
-           "create_callback", "create_model", "create_regularizer", "create_sampler", "create_trainer", "evaluate",
-           "get_plugin", "leaderboard", "list_plugins", "load", "register_attack", "register_callback",
-           "register_model", "register_regularizer", "register_sampler", "register_trainer", "resume", "sample",
-           "train"]
+__all__ = ["Arrays", "Attack", "Batch", "Callback", "Classifier", "Dataset", "EnergybenchError", "ImageFolderDataset",
+           "PluginError", "PluginParams", "Regularizer", "SampleBatch", "Sampler", "StoredRun", "TrainOutput",
+           "Trainer", "create_attack", "create_callback", "create_dataset", "create_model", "create_regularizer",
+           "create_sampler", "create_trainer", "evaluate", "get_plugin", "leaderboard", "list_plugins", "load",
+           "register_attack", "register_callback", "register_dataset", "register_model", "register_regularizer",
+           "register_sampler", "register_trainer", "resume", "sample", "train"]

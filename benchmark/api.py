@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from energybench.config import RunConfig, load_catalogue, resolve_config
-from energybench.data.datasets import dataset_info
+from energybench.data.datasets import get_dataset
 from energybench.errors import EnergybenchError
 from energybench.evaluation.external import ExternalModel, eval_config, evaluate_external, resolve_model
 from energybench.storage.store import GenerativeRecord, Store
@@ -112,7 +112,7 @@ def evaluate(model: nn.Module | str, *, dataset: str | None = None, eps: float |
     """
     target = _store(store)
     if isinstance(model, nn.Module):
-        info = dataset_info(dataset) if dataset else None
+        info = get_dataset(dataset) if dataset else None
         if info is None:
             raise EnergybenchError("evaluating a module needs dataset= (the data it classifies)")
         external = ExternalModel(model.eval(), info, type(model).__name__, _module_source(model))

@@ -137,6 +137,8 @@ class RunConfig(_Strict):
     track: str | None = None
     dataset: str = "fashion-mnist"
     model: str = "small-cnn"
+    model_params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model plugin, "
+                                         "e.g. {width = 16} for a narrow preact-resnet18")
     trainer: str = "fgsm"
     trainer_params: dict[str, Any] = Field(default_factory=dict)
     regularizer: str = "none"
@@ -208,7 +210,7 @@ class RunConfig(_Strict):
 
 #: Settings that enter the config hash only when they differ from these defaults (added after runs were stored).
 UNHASHED_DEFAULTS: dict[str, Any] = {"keep_epochs": False, "early_stop": None, "eval.co_drop": 0.5,
-                                     "eval.test": True}
+                                     "eval.test": True, "model_params": {}}
 
 
 def select_device(name: str) -> torch.device:

@@ -94,3 +94,29 @@ def same_tensors(a: dict, b: dict) -> list[str]:
 
     assert a.keys() == b.keys()
     return [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def write_image_folder(root: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str],
+                       suffix: str = ".png") -> Path:
+    """An image-folder tree ``root/<split>/<class>/NNNN<suffix>`` (torchvision ImageFolder's layout) from
+    (uint8 images (n, C, H, W), labels) per split, written with PIL and sorted by class like the
+    CIFAR-10 JPEG copy. Returns ``root``."""
+    from PIL import Image
+
+    for split, (x, y) in splits.items():
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(x[y == c]):
+                pixels = image.transpose(1, 2, 0)
+                Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(folder / f"{i:04d}{suffix}")
+    return root
+
+
+def tar_folder(folder: Path, archive: Path) -> Path:
+    """``folder`` packed as a .tar or .tar.gz ``archive`` with one top folder, as the CIFAR-10 JPEG archive."""
+    import tarfile
+
+    with tarfile.open(archive, "w:gz" if archive.name.endswith("gz") else "w") as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive

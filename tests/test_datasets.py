@@ -7,7 +7,8 @@ import pytest
 import torch
 from datafiles import class_images, write_idx, write_mnist_folder
 
-from energybench.data.datasets import load_dataset, read_idx
+from energybench.data.datasets import load_dataset
+from energybench.data.idx import read_idx
 from energybench.errors import EnergybenchError
 
 

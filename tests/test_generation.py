@@ -15,7 +15,7 @@ from datafiles import run_cli, trained_digits_run
 from PIL import Image
 from torch.utils.data import Dataset
 
-from energybench.data.datasets import DATASETS, load_dataset
+from energybench.data.datasets import get_dataset, load_dataset
 from energybench.errors import EnergybenchError
 from energybench.generation.feature_extractors import domain_extractor, domain_name
 from energybench.generation.generate import feature_sets
@@ -146,13 +146,13 @@ def test_domain_extractor_is_trained_once_and_names_its_results(home, monkeypatc
     assert Store(store_dir).runs(trainer="standard") == []  # never on the robustness leaderboard
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached Inception weights here
-    assert feature_sets("auto", DATASETS["fashion-mnist"], None) == ["domain"]
-    assert feature_sets("auto", DATASETS["cifar10"], None) == ["domain"]
-    assert feature_sets("auto", DATASETS["cifar10"], "inception.pth") == ["inception"]
-    assert feature_sets("auto", DATASETS["fashion-mnist"], "inception.pth") == ["domain"]  # grayscale: domain
-    assert feature_sets("both", DATASETS["cifar10"], "inception.pth") == ["inception", "domain"]
+    assert feature_sets("auto", get_dataset("fashion-mnist"), None) == ["domain"]
+    assert feature_sets("auto", get_dataset("cifar10"), None) == ["domain"]
+    assert feature_sets("auto", get_dataset("cifar10"), "inception.pth") == ["inception"]
+    assert feature_sets("auto", get_dataset("fashion-mnist"), "inception.pth") == ["domain"]  # grayscale: domain
+    assert feature_sets("both", get_dataset("cifar10"), "inception.pth") == ["inception", "domain"]
     with pytest.raises(EnergybenchError, match="Inception weights not found"):
-        feature_sets("inception", DATASETS["cifar10"], None)
+        feature_sets("inception", get_dataset("cifar10"), None)
 
 
 def record(id_, dataset, sampler, metrics, model_ref="run-a", checkpoint="best", n=100):

@@ -14,10 +14,11 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import energybench
+from energybench import Arrays, Dataset
 from energybench.config import load_catalogue, resolve_config
+from energybench.contracts import registry as reg
 from energybench.contracts.registry import create_attack
-from energybench.data import datasets
-from energybench.data.datasets import DatasetInfo, Split, load_dataset
+from energybench.data.datasets import Split, load_dataset
 from energybench.evaluation.robustness import robustness
 from energybench.ops.perturb import pgd
 from energybench.storage.store import Store
@@ -117,26 +118,33 @@ class FourClasses(nn.Module):
         return 1000 * torch.stack([zero, zero - 1, zero - 2, 40 * (brightness - 0.5) - 3], 1)
 
 
-def four_class_images() -> DatasetInfo:
+class FourClassImages(Dataset):
     """A synthetic 4-class dataset: 8x8 grey images of mean brightness 0.35 to 0.55 (labelled 0) in its test
     split; at eps 0.1 the brighter ones can reach class 3, the darker cannot."""
 
-    def loader(dirs, download):
+    num_classes, in_channels, image_size, mean, std = 4, 1, 8, (0.5,), (0.25,)
+    needs_files = False
+
+    def read(self, location):
         g = torch.Generator().manual_seed(0)
         level = torch.linspace(0.35, 0.55, AA_POINTS).view(-1, 1, 1, 1)
         x = ((level + 0.1 * (torch.rand(AA_POINTS, 1, 8, 8, generator=g) - 0.5)).clamp(0, 1) * 255).round()
         x, y = x.to(torch.uint8), torch.zeros(AA_POINTS, dtype=torch.long)
-        return x, y, x, y
+        return Arrays(x, y, x, y)
 
-    return DatasetInfo("four-classes", 4, 1, 8, (0.5,), (0.25,), loader, "nothing: synthetic")
+
+def four_class_images(monkeypatch) -> Dataset:
+    """``FourClassImages`` registered as dataset ``four-classes`` (in a fresh registry, for this test only)."""
+    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+    energybench.register_dataset("four-classes")(FourClassImages)
+    return FourClassImages()
 
 
 def test_autoattack_on_fewer_than_ten_classes_is_pyautoattacks_with_k_minus_1_targets(monkeypatch, tmp_path):
     """``energybench.evaluate`` on a 4-class model: APGD-T and FAB-T aim at the K - 1 = 3 other classes (not
     AutoAttack's 9, which would fail, nor fewer), so the stored figures equal pyautoattack's own with 3
     targets, in a case built so that the count of targets decides them."""
-    info = four_class_images()
-    monkeypatch.setitem(datasets.DATASETS, info.name, info)
+    info = four_class_images(monkeypatch)
     test = load_dataset(info.name, val_size=1).test
     model = FourClasses()
     eps, seed = 0.1, 3
@@ -198,8 +206,7 @@ def test_harness_pgd_with_restarts_is_the_worst_case_over_its_restarts():
 def test_targeted_attack_plugins_aim_at_k_minus_1_classes(monkeypatch, name):
     """The `apgd-t` and `fab-t` attack plugins on the 4-class model return pyautoattack's own adversarial
     examples with 3 targets, and fool the bright images (only the 3rd target can)."""
-    info = four_class_images()
-    monkeypatch.setitem(datasets.DATASETS, info.name, info)
+    info = four_class_images(monkeypatch)
     test = load_dataset(info.name, val_size=1).test
     x, y, model = test.x.float() / 255, test.y, FourClasses()
     adversary = AutoAttack(model, attacks=[name], eps=0.1, seed=0, version="custom", device="cpu")

@@ -2,11 +2,12 @@
 
 Plugins of every kind are found through entry-point groups (``energybench.attacks``,
 ``energybench.trainers``, ``energybench.regularizers``, ``energybench.samplers``,
-``energybench.models``, ``energybench.callbacks``). Built-in plugins register through the same groups in energybench's
-own pyproject.toml. Names are listed from package metadata without importing plugin code; a
-plugin is imported the first time it is used. A plugin that fails to import, is not a subclass
-of its kind's base class, or clashes with a name already taken is reported in ``problems`` (with
-the distribution it came from) and skipped, so the rest keeps working.
+``energybench.models``, ``energybench.callbacks``, ``energybench.datasets``). Built-in plugins
+register through the same groups in energybench's own pyproject.toml. Names are listed from
+package metadata without importing plugin code; a plugin is imported the first time it is used.
+A plugin that fails to import, is not a subclass of its kind's base class, or clashes with a name
+already taken is reported in ``problems`` (with the distribution it came from) and skipped, so the
+rest keeps working.
 
 Setting ``ENERGYBENCH_DISABLE_PLUGIN_AUTOLOAD=1`` loads only energybench's built-in plugins.
 """
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     from energybench.contracts.attack import Attack
     from energybench.contracts.callback import Callback
+    from energybench.contracts.dataset import Dataset
     from energybench.contracts.regularizer import Regularizer
     from energybench.contracts.sampler import Sampler
     from energybench.contracts.trainer import Trainer
@@ -58,6 +60,7 @@ KINDS: dict[str, Kind] = {
         Kind("sampler", "energybench.samplers", "energybench.contracts.sampler:Sampler"),
         Kind("model", "energybench.models", "torch.nn:Module"),
         Kind("callback", "energybench.callbacks", "energybench.contracts.callback:Callback"),
+        Kind("dataset", "energybench.datasets", "energybench.contracts.dataset:Dataset"),
     )
 }
 
@@ -211,6 +214,7 @@ register_regularizer = _registrar("regularizer")
 register_sampler = _registrar("sampler")
 register_model = _registrar("model")
 register_callback = _registrar("callback")
+register_dataset = _registrar("dataset")
 
 
 def list_plugins(kind: str, pattern: str | None = None) -> list[str]:
@@ -256,23 +260,37 @@ def create_sampler(name: str, **params: Any) -> Sampler:
 
 def create_model(name: str, *, dataset: str | None = None, num_classes: int | None = None,
                  in_channels: int | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> nn.Module:
+                 std: Sequence[float] | None = None, **params: Any) -> nn.Module:
     """An untrained model ``name`` sized for ``dataset`` (its classes, channels and normalisation), or for
-    the given ``num_classes``/``in_channels``/``mean``/``std``."""
+    the given ``num_classes``/``in_channels``/``mean``/``std``; ``params`` are the model's own keyword
+    arguments (``width=16``)."""
     if dataset is not None:
-        from energybench.data.datasets import dataset_info
+        from energybench.data.datasets import get_dataset
 
-        info = dataset_info(dataset)
+        info = get_dataset(dataset)
         num_classes, in_channels = num_classes or info.num_classes, in_channels or info.in_channels
         mean, std = mean or info.mean, std or info.std
     if num_classes is None or in_channels is None:
         raise EnergybenchError(f"model {name!r} needs a dataset or num_classes and in_channels")
     mean = mean if mean is not None else (0.5,) * in_channels
     std = std if std is not None else (0.5,) * in_channels
-    return get_plugin("model", name)(num_classes=num_classes, in_channels=in_channels, mean=tuple(mean),
-                                     std=tuple(std))
+    cls = get_plugin("model", name)
+    try:
+        return cls(num_classes=num_classes, in_channels=in_channels, mean=tuple(mean), std=tuple(std), **params)
+    except TypeError as exc:
+        if not params:
+            raise
+        raise EnergybenchError(f"model {name!r} does not take {', '.join(f'{k}={v!r}' for k, v in params.items())} "
+                               f"({exc})") from None
 
 
 def create_callback(name: str, **params: Any) -> Callback:
     """The training-loop callback ``name`` with hyper-parameters ``params``."""
     return get_plugin("callback", name)(**params)
+
+
+def create_dataset(name: str) -> Dataset:
+    """The dataset plugin ``name``, or the image-folder dataset at the path ``name`` (a folder or archive)."""
+    from energybench.data.datasets import get_dataset
+
+    return get_dataset(name)

@@ -1,48 +1,35 @@
-"""Image datasets as in-memory uint8 tensors, found on disk in the standard file layouts.
+"""Datasets as in-memory uint8 tensors: a dataset plugin's files found, read, checked and split.
 
-Every dataset becomes ``(x, y)`` tensors: ``x`` uint8 of shape (N, C, H, W), ``y`` int64. Files
-are looked up in ``--data-root``, then ``$ENERGYBENCH_DATA``, then system folders (Debian's
-``dataset-fashion-mnist`` package), and downloaded through torchvision only when downloads are
-allowed (``ENERGYBENCH_OFFLINE`` unset) and the files are missing.
+Every dataset becomes ``(x, y)`` tensors: ``x`` uint8 of shape (N, C, H, W), ``y`` int64. A dataset is
+a plugin (``energybench.datasets``: the built-ins and any third party's) or the path of an image
+folder or archive (``ImageFolderDataset.from_path``). Files are looked up in ``--data-root``, then
+``$ENERGYBENCH_DATA``, then ``$ENERGYBENCH_HOME/data``, then the plugin's system folders (Debian's
+``dataset-fashion-mnist`` package), each also under the plugin's ``subdirs``; when they are missing
+and downloads are allowed (``ENERGYBENCH_OFFLINE`` unset), a downloadable dataset is fetched through
+torchvision into the first of those roots.
 
-torchvision's dataset classes do the downloads. The files are read here, for reasons torchvision's
-readers cannot meet: IDX files (MNIST, Fashion-MNIST) are read gzipped where they lie (Debian's
-``dataset-fashion-mnist`` ships them as .gz; torchvision reads only the files it extracted into its
-own folder layout), with one clear line for a bad header or a truncated file; CIFAR batches are
-unpickled by an unpickler that accepts only numpy arrays and plain containers, since torchvision's
-``pickle.load`` would run any code a tampered batch file carries; SVHN's .mat files are read with
-scipy (as torchvision does), because torchvision refuses any file whose MD5 differs from the
-official release's (a re-saved or subset file, as the tests write).
+The readers are energybench's own where torchvision's would refuse or be unsafe: IDX files are read
+gzipped where they lie (Debian ships them as .gz), CIFAR batches are unpickled by an unpickler that
+accepts only numpy arrays and plain containers (torchvision's ``pickle.load`` would run any code a
+tampered file carries), SVHN's .mat files are read with scipy without torchvision's MD5 check of the
+official release. Image folders are decoded with PIL and cached (``energybench.data.image_folder``).
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
-import pickle
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from energybench.errors import EnergybenchError
+from energybench.contracts.dataset import Arrays, Dataset
+from energybench.contracts.registry import get_registry
+from energybench.data.image_folder import ImageFolderDataset, is_archive
+from energybench.errors import EnergybenchError, unknown_name
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a dataset: shape, classes and the normalisation its models use."""
-
-    name: str
-    num_classes: int
-    in_channels: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    loader: Callable[[list[Path], bool], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
-    files_hint: str
+#: The seed of the stratified order given to class-sorted datasets: fixed, so every run sees the same points.
+ORDER_SEED = 0
 
 
 @dataclass
@@ -60,7 +47,7 @@ class Split:
 class ImageData:
     """Train, validation (carved from train, for model selection) and test splits of a dataset."""
 
-    info: DatasetInfo
+    info: Dataset
     train: Split
     val: Split
     test: Split
@@ -71,226 +58,133 @@ def offline() -> bool:
     return os.environ.get("ENERGYBENCH_OFFLINE", "") not in ("", "0")
 
 
-def _search_dirs(data_root: Path | None, subdirs: tuple[str, ...], system: tuple[str, ...] = ()) -> list[Path]:
-    roots = [p for p in (data_root, os.environ.get("ENERGYBENCH_DATA")) if p]
-    dirs = [Path(r).expanduser() / s for r in roots for s in ("",) + subdirs]
-    return dirs + [Path(s) for s in system]
+def is_path(name: str) -> bool:
+    """True when a dataset name is meant as a path (an image folder or archive), not a plugin name."""
+    return "/" in name or os.sep in name or name.startswith(("~", ".")) or is_archive(Path(name)) or Path(name).is_dir()
 
 
-# ----- IDX (MNIST, Fashion-MNIST) -----------------------------------------------------------
-
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into a numpy array, checking its header."""
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise EnergybenchError(f"{path} is not a valid gzip file ({exc})") from None
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise EnergybenchError(f"{path} is not an unsigned-byte IDX file")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise EnergybenchError(f"{path} is truncated: header says {shape}, found {data.size} bytes")
-    return data.reshape(shape)
+def get_dataset(name: str) -> Dataset:
+    """The dataset plugin ``name``, or the image-folder dataset at the path ``name``; an unknown name raises
+    with a did-you-mean suggestion."""
+    registry = get_registry()
+    if name in registry.names("dataset"):
+        return registry.load("dataset", name)()
+    if is_path(name):
+        return ImageFolderDataset.from_path(Path(name))
+    error = unknown_name("dataset", name, registry.names("dataset"))
+    raise EnergybenchError(f"{error} or give the path of an image folder (train/<class>/*, test/<class>/*)")
 
 
-def _find_idx(dirs: list[Path]) -> list[Path] | None:
-    for d in dirs:
-        found = []
-        for stem in IDX_FILES:
-            candidates = [d / f"{stem}.gz", d / stem]
-            hit = next((c for c in candidates if c.is_file()), None)
-            if hit is None:
-                break
-            found.append(hit)
-        else:
-            return found
+def dataset_name(name: str) -> str:
+    """How a run records dataset ``name``: the plugin name, or the absolute path of an image folder."""
+    return get_dataset(name).name
+
+
+def split_sizes(name: str, default: tuple[int | None, int | None] = (None, None)) -> tuple[int | None, int | None]:
+    """Train and test set sizes of dataset ``name`` as its plugin states them, read no files (``default`` when
+    the plugin does not say, or ``name`` is a path)."""
+    registry = get_registry()
+    if name not in registry.names("dataset"):
+        return default
+    cls = registry.load("dataset", name)
+    return (cls.train_size, cls.test_size) if cls.train_size and cls.test_size else default
+
+
+def stratified_order(y: torch.Tensor, seed: int = ORDER_SEED) -> torch.Tensor:
+    """A seeded permutation of the points whose every prefix holds each class in proportion to its size
+    (to within one point): each class in random order, interleaved by rank within the class."""
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    labels = y[perm]
+    position = torch.empty(len(y), dtype=torch.float64)
+    for c in labels.unique():
+        members = (labels == c).nonzero().squeeze(1)
+        position[members] = (torch.arange(len(members), dtype=torch.float64) + 0.5) / len(members)
+    return perm[torch.argsort(position, stable=True)]  # ties (same relative rank) keep the random order
+
+
+def _roots(data_root: str | Path | None) -> list[Path]:
+    from energybench.storage.store import default_home
+
+    given = [Path(p).expanduser() for p in (data_root, os.environ.get("ENERGYBENCH_DATA")) if p]
+    return given + [default_home() / "data"]
+
+
+def _locations(dataset: Dataset, roots: list[Path]) -> list[Path]:
+    source = getattr(dataset, "source", None)
+    if source is not None:
+        return [source]
+    if not dataset.needs_files:
+        return [Path()]  # the reader takes its data from a package, not from files
+    found = [root / sub for root in roots for sub in ("",) + dataset.subdirs]
+    return found + [Path(s) for s in dataset.system_dirs]
+
+
+def _read(dataset: Dataset, locations: list[Path]) -> Arrays | None:
+    for location in locations:
+        if location.exists():
+            arrays = dataset.read(location)
+            if arrays is not None:
+                return arrays
     return None
 
 
-def _idx_loader(torchvision_name: str):
-    def load(dirs: list[Path], download: bool):
-        files = _find_idx(dirs)
-        if files is None and download:
-            import torchvision
-
-            getattr(torchvision.datasets, torchvision_name)(str(dirs[0]), download=True)
-            files = _find_idx([dirs[0] / torchvision_name / "raw"])
-        if files is None:
-            return None
-        xtr, ytr, xte, yte = (read_idx(f) for f in files)
-        if xtr.ndim != 3 or xte.ndim != 3 or len(xtr) != len(ytr) or len(xte) != len(yte):
-            raise EnergybenchError(f"IDX files in {files[0].parent} have inconsistent shapes")
-        return (torch.from_numpy(xtr.copy()).unsqueeze(1), torch.from_numpy(ytr.astype(np.int64)),
-                torch.from_numpy(xte.copy()).unsqueeze(1), torch.from_numpy(yte.astype(np.int64)))
-
-    return load
-
-
-# ----- CIFAR (pickled batches) --------------------------------------------------------------
-
-class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles CIFAR batch files, refusing any object but plain containers and numpy arrays."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise EnergybenchError(f"refusing to unpickle {module}.{name} from a dataset file")
-
-
-def _read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        batch = _BatchUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch[label_key], dtype=np.int64)
-    except EnergybenchError:
-        raise
-    except Exception as exc:
-        raise EnergybenchError(f"{path} is not a readable CIFAR batch file ({type(exc).__name__}: {exc})") from None
-    if len(data) != len(labels):
-        raise EnergybenchError(f"{path}: {len(data)} images but {len(labels)} labels")
-    return data, labels
-
-
-def _cifar_loader(folder: str, train_files: tuple[str, ...], test_file: str, label_key: bytes, tv_name: str):
-    def load(dirs: list[Path], download: bool):
-        hit = next((d / folder for d in dirs if all((d / folder / f).is_file() for f in train_files + (test_file,))),
-                   None)
-        if hit is None and download:
-            import torchvision
-
-            getattr(torchvision.datasets, tv_name)(str(dirs[0]), download=True)
-            hit = dirs[0] / folder
-        if hit is None:
-            return None
-        parts = [_read_cifar_batch(hit / f, label_key) for f in train_files]
-        xte, yte = _read_cifar_batch(hit / test_file, label_key)
-        xtr, ytr = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        return torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte)
-
-    return load
-
-
-# ----- SVHN (.mat) --------------------------------------------------------------------------
-
-def _svhn_loader(dirs: list[Path], download: bool):
-    from scipy.io import loadmat
-
-    hit = next((d for d in dirs if (d / "train_32x32.mat").is_file() and (d / "test_32x32.mat").is_file()), None)
-    if hit is None and download:
-        import torchvision
-
-        for split in ("train", "test"):
-            torchvision.datasets.SVHN(str(dirs[0]), split=split, download=True)
-        hit = dirs[0]
-    if hit is None:
-        return None
-    out = []
-    for split in ("train", "test"):
-        try:
-            mat = loadmat(hit / f"{split}_32x32.mat")
-        except Exception as exc:
-            raise EnergybenchError(f"{hit / f'{split}_32x32.mat'} is not a readable SVHN file ({exc})") from None
-        x = torch.from_numpy(np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)))
-        y = torch.from_numpy(mat["y"].astype(np.int64).reshape(-1) % 10)  # SVHN labels digit 0 as 10
-        out += [x, y]
-    return tuple(out)
-
-
-# ----- scikit-learn digits ------------------------------------------------------------------
-
-def _digits_loader(dirs: list[Path], download: bool):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.from_numpy(np.rint(digits.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
-    y = torch.from_numpy(digits.target.astype(np.int64))
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    test, train = perm[:360], perm[360:]
-    return x[train], y[train], x[test], y[test]
-
-
-_CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
-
-DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
-    DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), _idx_loader("FashionMNIST"),
-                "the four IDX files (train-images-idx3-ubyte.gz, ...) from Fashion-MNIST, or "
-                "`apt-get install dataset-fashion-mnist`"),
-    DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3081,), _idx_loader("MNIST"),
-                "the four MNIST IDX files (train-images-idx3-ubyte.gz, ...)"),
-    DatasetInfo("digits", 10, 1, 8, (0.3051,), (0.3819,), _digits_loader, "nothing: it ships with scikit-learn"),
-    DatasetInfo("cifar10", 10, 3, 32, _CIFAR_MEAN, _CIFAR_STD,
-                _cifar_loader("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
-                              b"labels", "CIFAR10"),
-                "the folder cifar-10-batches-py (data_batch_1..5, test_batch)"),
-    DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                _cifar_loader("cifar-100-python", ("train",), "test", b"fine_labels", "CIFAR100"),
-                "the folder cifar-100-python (train, test)"),
-    DatasetInfo("svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), _svhn_loader,
-                "train_32x32.mat and test_32x32.mat"),
-)}
-
-_SUBDIRS = {"fashion-mnist": ("fashion-mnist", "FashionMNIST/raw"), "mnist": ("mnist", "MNIST/raw"),
-            "svhn": ("svhn",)}
-_SYSTEM = {"fashion-mnist": ("/usr/share/datasets/fashion-mnist",)}
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """The ``DatasetInfo`` of dataset ``name``; an unknown name raises with a did-you-mean suggestion."""
-    if name not in DATASETS:
-        from energybench.errors import unknown_name
-
-        raise unknown_name("dataset", name, list(DATASETS))
-    return DATASETS[name]
+def read_arrays(dataset: Dataset, data_root: str | Path | None = None) -> Arrays:
+    """The train and test tensors of ``dataset`` as its files hold them (downloaded first when missing and
+    allowed), checked against the dataset's facts."""
+    roots = _roots(data_root)
+    locations = _locations(dataset, roots)
+    arrays, reason = _read(dataset, locations), ""
+    if arrays is None and dataset.downloadable:
+        if offline():
+            reason = " (downloads disabled by ENERGYBENCH_OFFLINE)"
+        else:
+            try:
+                dataset.download(roots[0])
+            except Exception as exc:  # no network and the like
+                reason = f" (download failed: {type(exc).__name__})"
+            else:
+                arrays = _read(dataset, _locations(dataset, roots[:1]))
+    if arrays is None:
+        where = ", ".join(str(p) for p in locations)
+        raise EnergybenchError(f"dataset {dataset.name!r} not found{reason}; put {dataset.files_hint} in one of: "
+                               f"{where} (or give --data-root)")
+    for x, y in ((arrays.x_train, arrays.y_train), (arrays.x_test, arrays.y_test)):
+        _check(dataset, x, y)
+    return arrays
 
 
 def load_dataset(name: str, *, data_root: str | Path | None = None, val_size: int = 5000, split_seed: int = 0,
                  n_train: int | None = None) -> ImageData:
-    """Load ``name`` and carve ``val_size`` validation points from its training set.
+    """Load dataset ``name`` (a plugin name or an image-folder path) and carve ``val_size`` validation points
+    from its training set.
 
-    The validation split depends only on ``split_seed``, so every run of a dataset is selected on
-    the same points. ``n_train`` keeps a subset of the remaining training points (CPU-sized tracks).
+    The validation split depends only on ``split_seed``, so every run of a dataset is selected on the
+    same points; ``n_train`` keeps a random subset of the remaining training points. A class-sorted
+    source (an image folder) is first put in a fixed stratified order (``stratified_order``), so the
+    first n test points that evaluations use are a stratified random draw, the same for every run.
     """
-    info = dataset_info(name)
-    dirs = _search_dirs(Path(data_root) if data_root else None, _SUBDIRS.get(name, ()), _SYSTEM.get(name, ()))
-    try:
-        arrays = info.loader(dirs, not offline() and bool(dirs))
-    except EnergybenchError:
-        raise
-    except Exception as exc:  # download failures (no network) and the like
-        arrays = None
-        reason = f" (download failed: {type(exc).__name__})"
-    else:
-        reason = "" if not offline() else " (downloads disabled by ENERGYBENCH_OFFLINE)"
-    if arrays is None:
-        where = ", ".join(str(d) for d in dirs) or "nowhere: give --data-root or set ENERGYBENCH_DATA"
-        raise EnergybenchError(f"dataset {name!r} not found{reason}; put {info.files_hint} in one of: {where}")
-    xtr, ytr, xte, yte = arrays
-    _check_shape(name, info, xtr, ytr)
-    _check_shape(name, info, xte, yte)
+    dataset = get_dataset(name)
+    xtr, ytr, xte, yte = read_arrays(dataset, data_root)
     if not 0 < val_size < len(ytr):
-        raise EnergybenchError(f"val_size={val_size} must be between 1 and {len(ytr) - 1} for {name!r}")
+        raise EnergybenchError(f"val_size={val_size} must be between 1 and {len(ytr) - 1} for {dataset.name!r}")
+    if n_train is not None and n_train < 1:
+        raise EnergybenchError(f"n_train={n_train} must be positive")
     perm = torch.randperm(len(ytr), generator=torch.Generator().manual_seed(split_seed))
-    val, train = perm[:val_size], perm[val_size:]
-    if n_train is not None:
-        if n_train < 1:
-            raise EnergybenchError(f"n_train={n_train} must be positive")
-        train = train[:n_train]
-    return ImageData(info, Split(xtr[train], ytr[train]), Split(xtr[val], ytr[val]), Split(xte, yte))
+    test = Split(xte, yte)
+    if dataset.class_sorted:  # one copy of the images: the split's indices are composed with the order
+        perm = stratified_order(ytr)[perm]
+        test_order = stratified_order(yte)
+        test = Split(xte[test_order], yte[test_order])
+    val, train = perm[:val_size], perm[val_size:][:n_train]
+    return ImageData(dataset, Split(xtr[train], ytr[train]), Split(xtr[val], ytr[val]), test)
 
 
-def _check_shape(name: str, info: DatasetInfo, x: torch.Tensor, y: torch.Tensor) -> None:
-    expected = (info.in_channels, info.image_size, info.image_size)
+def _check(dataset: Dataset, x: torch.Tensor, y: torch.Tensor) -> None:
+    expected = (dataset.in_channels, dataset.image_size, dataset.image_size)
     if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-        raise EnergybenchError(f"dataset {name!r} has images of shape {tuple(x.shape[1:])}, expected {expected}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= info.num_classes):
-        raise EnergybenchError(f"dataset {name!r} has labels outside 0..{info.num_classes - 1}")
+        raise EnergybenchError(f"dataset {dataset.name!r} has images of shape {tuple(x.shape[1:])}, "
+                               f"expected {expected}")
+    if len(x) != len(y):
+        raise EnergybenchError(f"dataset {dataset.name!r} has {len(x)} images but {len(y)} labels")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= dataset.num_classes):
+        raise EnergybenchError(f"dataset {dataset.name!r} has labels outside 0..{dataset.num_classes - 1}")

@@ -24,8 +24,9 @@ from pydantic import ValidationError
 from torch import nn
 
 from energybench.config import Catalogue, RunConfig, parse_eps, readable, select_device
-from energybench.data.datasets import DATASETS, DatasetInfo, load_dataset
-from energybench.errors import EnergybenchError, unknown_name
+from energybench.contracts.dataset import Dataset
+from energybench.data.datasets import get_dataset, load_dataset
+from energybench.errors import EnergybenchError
 from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.robustbench_compat import ZOO_PREFIX, load_zoo_model
 from energybench.evaluation.robustness import as_float
@@ -42,19 +43,20 @@ class ExternalModel:
     """A model to evaluate: the module (eval mode), its dataset, its label and where it came from."""
 
     model: nn.Module
-    info: DatasetInfo
+    info: Dataset
     label: str  # the leaderboard's model column: an architecture, robustbench:NAME or torchscript:FILE
     source: dict[str, Any]  # stored as the run's trainer_params
     track: str | None = None  # the track of the energybench run it came from
     seed: int = 0  # that run's seed: its evaluation is repeated exactly
 
 
-def _dataset_info(dataset: str | None, ref: str) -> DatasetInfo:
+def _dataset_info(dataset: str | None, ref: str) -> Dataset:
     if not dataset:
-        raise EnergybenchError(f"{ref}: give --dataset (one of {', '.join(DATASETS)})")
-    if dataset not in DATASETS:
-        raise unknown_name("dataset", dataset, list(DATASETS))
-    return DATASETS[dataset]
+        from energybench.contracts.registry import list_plugins
+
+        raise EnergybenchError(f"{ref}: give --dataset (one of {', '.join(list_plugins('dataset'))}, or an image "
+                               "folder's path)")
+    return get_dataset(dataset)
 
 
 def _sha256(path: Path) -> str:
@@ -170,7 +172,7 @@ def eval_config(catalogue: Catalogue, external: ExternalModel, *, track: str | N
         raise EnergybenchError(f"invalid evaluation settings: {message}") from None
 
 
-def _check_outputs(model: nn.Module, x: torch.Tensor, info: DatasetInfo, label: str) -> None:
+def _check_outputs(model: nn.Module, x: torch.Tensor, info: Dataset, label: str) -> None:
     try:
         with torch.no_grad():
             out = model(x)

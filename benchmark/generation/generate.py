@@ -35,11 +35,12 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from energybench.config import Catalogue, select_device
+from energybench.contracts.dataset import Dataset
 from energybench.contracts.guard import call_plugin
 from energybench.contracts.params import parse_params
 from energybench.contracts.registry import get_registry
 from energybench.contracts.sampler import SampleBatch, Sampler
-from energybench.data.datasets import DatasetInfo, Split, load_dataset, offline
+from energybench.data.datasets import Split, load_dataset, offline
 from energybench.errors import EnergybenchError
 from energybench.generation.feature_extractors import DomainExtractor, domain_extractor, inception_cache_path
 from energybench.generation.metrics import domain_metrics, inception_metrics, to_uint8, within_class_diversity
@@ -118,7 +119,7 @@ def save_grid(path: Path, x: torch.Tensor, y: torch.Tensor, num_classes: int, co
     image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
 
 
-def feature_sets(features: str, info: DatasetInfo, inception_weights: str | None) -> list[str]:
+def feature_sets(features: str, info: Dataset, inception_weights: str | None) -> list[str]:
     """Which feature spaces to measure in: ``auto`` is Inception for colour images when its weights are
     here (``inception_weights`` or torch-fidelity's cache), else the domain extractor."""
     if features not in FEATURES:
@@ -139,7 +140,7 @@ class SampleMetrics:
     Real features are cached under ``<home>/fidelity-cache`` (per dataset and extractor weights).
     """
 
-    def __init__(self, real: Split, info: DatasetInfo, home: Path, *, n: int, seed: int, features: list[str],
+    def __init__(self, real: Split, info: Dataset, home: Path, *, n: int, seed: int, features: list[str],
                  inception_weights: str | None, device: torch.device, data_root: str | None = None,
                  reporter: Reporter | None = None):
         self.real, self.info, self.features, self.inception_weights = real, info, features, inception_weights

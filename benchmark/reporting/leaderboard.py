@@ -42,6 +42,12 @@ def regularizer_label(run: RunRecord) -> str:
     return f"{run.regularizer} [{variant}]" if variant else run.regularizer
 
 
+def model_label(run: RunRecord) -> str:
+    """The run's architecture with its non-default keyword arguments, e.g. ``preact-resnet18 [width=16]``."""
+    params = run.config.get("model_params") or {}
+    return f"{run.model} [{', '.join(f'{k}={v}' for k, v in sorted(params.items()))}]" if params else run.model
+
+
 @dataclass(frozen=True)
 class Setting:
     """What makes accuracies comparable: the same dataset, model family, threat model and eps."""
@@ -57,7 +63,7 @@ class Setting:
 
 
 def setting_of(row: Row) -> Setting:
-    return Setting(row.run.dataset, row.run.model, row.run.norm, round(row.run.eps, 9))
+    return Setting(row.run.dataset, model_label(row.run), row.run.norm, round(row.run.eps, 9))
 
 
 @dataclass

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from energybench.data.datasets import split_sizes
 from energybench.evaluation.sanity import evaluation_warnings
 from energybench.evaluation.statistics import Estimate, SeedSummary, accuracy, seed_summary, wilson
 from energybench.storage.store import RunRecord, Store
-from energybench.suites.plan import DATASET_POINTS
 
 #: The accuracies of a final evaluation: export field name -> result key (their per-point correctness in
 #: ``Store.points`` is keyed like the result without ``_acc``).
@@ -55,7 +55,7 @@ class Row:
         if metric == "aa_acc":
             points = self.get(checkpoint, "aa_points")
             return None if math.isnan(points) else int(points)
-        test_size = DATASET_POINTS.get(self.run.dataset, (None, None))[1]
+        test_size = split_sizes(self.run.dataset)[1]
         wanted = (self.run.config.get("eval") or {}).get("test_points")
         if wanted is None or test_size is None:
             return test_size if wanted is None else wanted

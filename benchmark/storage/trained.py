@@ -9,9 +9,10 @@ from pathlib import Path
 from torch import nn
 
 from energybench.config import RunConfig
+from energybench.contracts.dataset import Dataset
 from energybench.contracts.registry import create_model
-from energybench.data.datasets import DATASETS, DatasetInfo
-from energybench.errors import EnergybenchError, unknown_name
+from energybench.data.datasets import get_dataset
+from energybench.errors import EnergybenchError
 from energybench.storage.checkpoint import load_checkpoint, model_state
 from energybench.storage.store import Store
 
@@ -21,7 +22,7 @@ class TrainedModel:
     """A model with its weights loaded (eval mode), the dataset it was trained for and its origin."""
 
     model: nn.Module
-    info: DatasetInfo
+    info: Dataset
     source: str  # "run RUN_ID (best)" or the checkpoint path
     config: RunConfig | None = None  # the run's config when the model came from the store
 
@@ -54,10 +55,8 @@ def load_trained(ref: str, store: Store, *, checkpoint: str = "best", dataset: s
     if not dataset or not model:
         raise EnergybenchError(f"{ref}: give --dataset and --model (a registered architecture) for a checkpoint "
                                "that is not in an energybench run folder")
-    if dataset not in DATASETS:
-        raise unknown_name("dataset", dataset, list(DATASETS))
-    info = DATASETS[dataset]
-    net = create_model(model, dataset=dataset)
+    info = get_dataset(dataset)
+    net = create_model(model, dataset=dataset, **(config.model_params if config and model == config.model else {}))
     state = model_state(load_checkpoint(weights))
     try:
         net.load_state_dict(state)

@@ -10,13 +10,10 @@ from dataclasses import dataclass
 from rich.table import Table
 
 from energybench.config import RunConfig, format_eps
+from energybench.data.datasets import split_sizes
 from energybench.errors import EnergybenchError
 from energybench.storage.store import Store
 from energybench.suites.spec import Calibration, Cell, Suite, format_values, latest_runs
-
-#: Train and test set sizes of the built-in datasets, used only to estimate costs.
-DATASET_POINTS = {"fashion-mnist": (60000, 10000), "mnist": (60000, 10000), "digits": (1437, 360),
-                  "cifar10": (50000, 10000), "cifar100": (50000, 10000), "svhn": (73257, 26032)}
 
 #: Rough cost of AutoAttack per attacked point, in forward+backward pass equivalents: APGD-CE runs on
 #: every point, APGD-T, FAB-T and Square only on those still robust (measured on CPU with the small CNN:
@@ -25,7 +22,8 @@ AA_PASSES_PER_POINT = 2000
 
 
 def _passes_key(config: RunConfig) -> str:
-    fields = ("dataset", "model", "trainer", "trainer_params", "regularizer", "regularizer_params", "norm")
+    fields = ("dataset", "model", "model_params", "trainer", "trainer_params", "regularizer", "regularizer_params",
+              "norm")
     return json.dumps(config.model_dump(include=set(fields)), sort_keys=True)
 
 
@@ -36,12 +34,12 @@ def _step_passes(key: str) -> float:
     import torch
 
     from energybench.contracts.registry import create_model, create_regularizer, create_trainer
-    from energybench.data.datasets import dataset_info
+    from energybench.data.datasets import get_dataset
     from energybench.training.step import TrainingStep
 
     config = RunConfig(**json.loads(key))
-    info = dataset_info(config.dataset)
-    model = create_model(config.model, dataset=config.dataset).train()
+    info = get_dataset(config.dataset)
+    model = create_model(config.model, dataset=config.dataset, **config.model_params).train()
     trainer = create_trainer(config.trainer, eps=config.eps, norm=config.norm, **config.trainer_params)
     regularizer = create_regularizer(config.regularizer, trainer_eps=config.eps, trainer_norm=config.norm,
                                      **config.regularizer_params)
@@ -56,7 +54,7 @@ def estimate_passes(config: RunConfig) -> float:
     Training is exact up to the regularizer's own cost (see ``_step_passes``); AutoAttack is a rough
     ``AA_PASSES_PER_POINT`` per point and checkpoint; a tuning run (``eval.test`` off) has no test part.
     """
-    train_size, test_size = DATASET_POINTS.get(config.dataset, (50000, 10000))
+    train_size, test_size = split_sizes(config.dataset, default=(50000, 10000))
     train_points = min(config.n_train or train_size, train_size - config.val_size)
     trained = max(1, train_points // config.batch_size) * config.batch_size
     p = config.eval

@@ -55,7 +55,7 @@ class Run:
         info = self.data.info
         self.model = self.fast.prepare_model(create_model(
             config.model, num_classes=info.num_classes, in_channels=info.in_channels, mean=info.mean,
-            std=info.std).to(self.device))
+            std=info.std, **config.model_params).to(self.device))
         self.trainer = create_trainer(config.trainer, eps=config.eps, norm=config.norm, **config.trainer_params)
         self.regularizer = create_regularizer(config.regularizer, trainer_eps=config.eps, trainer_norm=config.norm,
                                               **config.regularizer_params)

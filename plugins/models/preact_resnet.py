@@ -27,18 +27,19 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(Classifier):
-    """PreAct ResNet-18 for 32x32 inputs (four stages of two blocks, 64 to 512 channels)."""
+    """PreAct ResNet-18 for 32x32 inputs (four stages of two blocks, ``width`` to 8 x ``width`` channels: 64 to
+    512 by default; a narrow one, e.g. ``width=16``, for CPU-sized experiments)."""
 
-    def __init__(self, num_classes: int, in_channels: int, mean, std):
+    def __init__(self, num_classes: int, in_channels: int, mean, std, width: int = 64):
         super().__init__(num_classes, in_channels, mean, std)
-        self.stem = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        blocks, cin = [], 64
-        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        self.stem = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        blocks, cin = [], width
+        for cout, stride in ((width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)):
             blocks += [PreActBlock(cin, cout, stride), PreActBlock(cout, cout, 1)]
             cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(512)
-        self.fc = nn.Linear(512, num_classes)
+        self.bn = nn.BatchNorm2d(8 * width)
+        self.fc = nn.Linear(8 * width, num_classes)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn(self.blocks(self.stem(z))))
