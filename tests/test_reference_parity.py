@@ -20,6 +20,7 @@ from energybench.contracts import registry as reg
 from energybench.contracts.registry import create_attack
 from energybench.data.datasets import Split, load_dataset
 from energybench.evaluation.robustness import robustness
+from energybench.evaluation.sanity import evaluation_warnings
 from energybench.ops.perturb import pgd
 from energybench.storage.store import Store
 from energybench.training.run import execute, prepare
@@ -157,6 +158,26 @@ def test_autoattack_on_fewer_than_ten_classes_is_pyautoattacks_with_k_minus_1_ta
     assert torch.equal(torch.from_numpy(run.store.points(run.id)["last"]["aa"]), expected[2])
     accuracy, per_attack = expected[:2]
     assert per_attack["apgd-ce"] == 1.0 and 0 < per_attack["apgd-t"] < 1.0  # the 3rd target did the work
+
+
+@pytest.mark.parametrize("eps, warned", [(0.1, False), (0.3, True)])
+def test_points_pgd_leaves_robust_and_autoattack_breaks_are_counted_and_warned(monkeypatch, tmp_path, eps, warned):
+    """Saturated cross-entropy fools PGD (it has no gradient to follow), not AutoAttack's targeted attack: the
+    stored count of PGD-robust points AutoAttack breaks equals the per-point vectors' count, and the evaluation
+    warns once it is at least half of them: at eps 0.3 class 3 is in reach of every image, at 0.1 of 3 in 8."""
+    info = four_class_images(monkeypatch)
+    run = energybench.evaluate(FourClasses(), dataset=info.name, eps=eps, n=AA_POINTS, aa_points=AA_POINTS, seed=0,
+                               store=tmp_path / "home")
+    points = run.store.points(run.id)["last"]
+    pgd, aa = torch.from_numpy(points["test_pgd"]), torch.from_numpy(points["aa"])
+    results = run.results["last"]
+    assert results["shared_points"] == AA_POINTS and results["shared_pgd_robust"] == int(pgd.sum()) >= 20
+    assert results["shared_aa_breaks"] == int((pgd & ~aa).sum())
+    assert results["shared_pgd_breaks"] == int((aa & ~pgd).sum()) == 0
+    share = results["shared_aa_breaks"] / results["shared_pgd_robust"]
+    assert share >= 0.5 if warned else 0.25 < share < 0.5, share
+    warnings = [w for w in evaluation_warnings(results) if w.startswith("AutoAttack broke")]
+    assert bool(warnings) == warned
 
 
 # ----- PGD with restarts: a point is robust only if it survives every restart -----------------------------

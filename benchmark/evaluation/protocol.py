@@ -10,7 +10,7 @@ from torch import nn
 from energybench.config import RunConfig
 from energybench.data.datasets import Split
 from energybench.evaluation.robustness import Measurement, autoattack_accuracy, robustness
-from energybench.evaluation.sanity import model_checks
+from energybench.evaluation.sanity import attack_disagreement, model_checks
 
 
 def test_evaluation(model: nn.Module, test: Split, config: RunConfig, device: torch.device,
@@ -28,5 +28,6 @@ def test_evaluation(model: nn.Module, test: Split, config: RunConfig, device: to
         measured.update(autoattack_accuracy(model, test, n=p.aa_points, eps=config.eps, norm=config.norm,
                                             version=p.aa_version, seed=config.seed, batch_size=p.batch_size,
                                             device=device, on_message=lambda m: stage(f"AutoAttack: {m[:60]}")))
+    measured.metrics.update(attack_disagreement(measured.correct))
     measured.metrics.update(model_checks(model, test, device=device))
     return measured

@@ -16,6 +16,9 @@ printed again for any stored run. The checks and their thresholds follow AutoAtt
   it contains (test_pgd_acc above test_fgsm_acc): its steps are misled by the loss surface.
 - Square beats white-box: the black-box Square attack lowers AutoAttack's accuracy after the
   white-box attacks have run (aa_square_acc below the accuracy before it).
+- AutoAttack breaks what PGD left robust (``attack_disagreement``): on the test points both attacks
+  share, the points PGD leaves robust that AutoAttack breaks. A few are normal (AutoAttack is the
+  stronger attack); many mean the PGD number, and whatever was chosen by it, overstates robustness.
 
 A weaker attack (FGSM) leaving a higher accuracy than PGD is normal, and is not flagged.
 """
@@ -41,6 +44,10 @@ SQUARE_MARGIN = 0.002
 RANDOM_TOLERANCE = 1e-4
 #: Slack when deciding whether outputs are probabilities.
 PROBABILITY_TOLERANCE = 1e-5
+#: Share of the PGD-robust shared points that AutoAttack may break before the evaluation warns, and the fewest
+#: PGD-robust points the warning needs (docs/trust.md says where the values come from).
+MASKING_FRACTION = 0.5
+MASKING_MIN_POINTS = 20
 #: AutoAttack's attacks in the order they run; Square is the black-box one.
 WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t", "apgd-dlr", "fab")
 
@@ -72,6 +79,25 @@ def model_checks(model: nn.Module, split: Split, *, device: torch.device, n: int
     return {"check_randomized": randomized, "check_probability_outputs": probs, "check_zero_grad_frac": zero_frac}
 
 
+def attack_disagreement(correct: dict[str, torch.Tensor], prefix: str = "test_") -> dict[str, float]:
+    """Per-point PGD against AutoAttack on the points both evaluated (the first n of the split): how many
+    points PGD leaves robust (``shared_pgd_robust``), how many of those AutoAttack breaks
+    (``shared_aa_breaks``), and the other way round (``shared_pgd_breaks``); empty without both."""
+    pgd, aa = correct.get(f"{prefix}pgd"), correct.get("aa")
+    if pgd is None or aa is None:
+        return {}
+    n = min(len(pgd), len(aa))
+    pgd, aa = pgd[:n].bool(), aa[:n].bool()
+    return {"shared_points": float(n), "shared_pgd_robust": float(pgd.sum()),
+            "shared_aa_breaks": float((pgd & ~aa).sum()), "shared_pgd_breaks": float((aa & ~pgd).sum())}
+
+
+def masking_suspected(pgd_robust: float, aa_breaks: float) -> bool:
+    """True when AutoAttack broke at least ``MASKING_FRACTION`` of the (at least ``MASKING_MIN_POINTS``)
+    shared points PGD left robust: the sign of a PGD figure inflated by gradient masking."""
+    return pgd_robust >= MASKING_MIN_POINTS and aa_breaks >= MASKING_FRACTION * pgd_robust
+
+
 def evaluation_warnings(metrics: dict[str, float]) -> list[str]:
     """Warnings about one checkpoint's stored test metrics (empty when the evaluation looks sound)."""
     out = []
@@ -93,4 +119,9 @@ def evaluation_warnings(metrics: dict[str, float]) -> list[str]:
     if square is not None and before and square < min(before) - SQUARE_MARGIN:
         out.append(f"the black-box Square attack lowered accuracy from {min(before):.1%} to {square:.1%} "
                    "after the white-box attacks: a sign of gradient masking")
+    robust, broken = metrics.get("shared_pgd_robust"), metrics.get("shared_aa_breaks")
+    if robust is not None and broken is not None and masking_suspected(robust, broken):
+        out.append(f"AutoAttack broke {broken:.0f} of the {robust:.0f} test points PGD left robust "
+                   f"({broken / robust:.0%}; at most {MASKING_FRACTION:.0%} is expected): the PGD accuracy "
+                   "overstates robustness, a sign of gradient masking")
     return out
