@@ -100,3 +100,28 @@ def test_config_hash_ignores_device_and_paths_but_not_settings():
     b = resolve_config(catalogue, track="fmnist-co", overrides={"device": "cpu", "data_root": "/x"})
     c = resolve_config(catalogue, track="fmnist-co", overrides={"seed": 1})
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_model_params_reach_the_model_and_the_hash_only_when_given(tmp_path, capsys):
+    from datafiles import SMALL_EVAL, run_cli
+
+    from energybench import create_model
+    from energybench.config import RunConfig
+    from energybench.storage.store import Store
+
+    plain = RunConfig(dataset="cifar10", model="preact-resnet18")
+    assert plain.config_hash() == RunConfig(dataset="cifar10", model="preact-resnet18", model_params={}).config_hash()
+    narrow = RunConfig(dataset="cifar10", model="preact-resnet18", model_params={"width": 16})
+    assert narrow.config_hash() != plain.config_hash()
+    assert create_model("preact-resnet18", dataset="cifar10", width=16).fc.in_features == 128
+    with pytest.raises(EnergybenchError, match=r"model 'small-cnn' does not take depth=3"):
+        create_model("small-cnn", dataset="digits", depth=3)
+    config = tmp_path / "small.toml"
+    config.write_text("[eval]\n" + "".join(f"{k} = {v}\n" for k, v in SMALL_EVAL.items()))
+    code, _, err = run_cli(capsys, "run", "--track", "digits-tiny", "-M", "width=8", "--epochs", "1",
+                           "--config", config, "--store", tmp_path / "store")
+    assert code == 0, err
+    (record,) = Store(tmp_path / "store").runs()
+    assert record.config["model_params"] == {"width": 8} and "small-cnn width=8" in err
+    code, _, err = run_cli(capsys, "run", "--track", "digits-tiny", "-M", "depth=3", "--store", tmp_path / "store")
+    assert code == 2 and "does not take depth=3" in err and "Traceback" not in err

@@ -33,9 +33,12 @@ class RichReporter(Reporter):
         self._epochs = self._batches = self._stage = None
 
     def start(self, run_id: str, config: RunConfig, done: int) -> None:
+        from energybench.config import format_eps
+
+        model = config.model + "".join(f" {k}={v}" for k, v in config.model_params.items())
         self.console.print(
             f"[bold]energybench run {run_id}[/]: {config.trainer} + {config.regularizer} on {config.dataset} "
-            f"({config.model}), {config.norm} eps {config.eps:g}, {config.epochs} epochs"
+            f"({model}), {config.norm} eps {format_eps(config.eps)}, {config.epochs} epochs"
             + (f", track {config.track}" if config.track else "")
             + (f", resuming after epoch {done}" if done else ""))
         self.progress.start()
