@@ -211,7 +211,8 @@ class Run:
                 raise EnergybenchError(f"training loss became {metrics['train_loss']} in epoch {self.epoch + 1}; "
                                        f"run stopped, last good checkpoint kept (epoch {self.epoch})")
             metrics.update(self.validate())
-            metrics["co"] = catastrophic_overfitting([*self.store.epochs(self.run_id), metrics], self.config.eval)[-1]
+            metrics["co"] = catastrophic_overfitting([*self.store.epochs(self.run_id), metrics], self.config.eval,
+                                                     n=min(self.config.eval.val_points, len(self.data.val)))[-1]
             metrics["epoch_time"] = time.perf_counter() - start
             self.improved = metrics["val_pgd_acc"] > self.best_pgd
             if self.improved:
