@@ -358,7 +358,7 @@ def test_der_after_a_trainer_without_clean_logits_costs_one_pass_and_no_batchnor
     with forward_calls(alone) as trainer_calls:
         out = plugin.step(alone, x, y, keep_clean_logits=True)
     assert out.logits is None  # the case under test: the trainer kept no clean logits
-    step = TrainingStep(plugin, reg.get_plugin("regularizer", "der")(), num_classes=10)
+    step = TrainingStep(plugin, reg.create_regularizer("der", trainer_single_step=plugin.single_step), num_classes=10)
     torch.manual_seed(1)
     with forward_calls(with_der) as calls:
         result = step(with_der, x, y)
