@@ -222,6 +222,21 @@ def test_compare_seed_groups_with_welchs_t_test(capsys, tmp_path):
     assert measured[0]["pgd_std"] == pytest.approx(np.std(a, ddof=1)) and measured[0]["points"] is None
 
 
+def test_grouped_leaderboard_counts_the_seeds_with_catastrophic_overfitting(capsys, tmp_path):
+    store = Store(tmp_path)
+    runs = [add_run(store, correct(range(400 + 10 * s)), seed=s) for s in range(3)]
+    for run_id, co in zip(runs, (1.0, 0.0, 0.0)):
+        for checkpoint in ("best", "last"):
+            store.add_results(run_id, checkpoint, {"co": co})
+    code, out, err = run_cli(capsys, "leaderboard", "--group-seeds", "--store", tmp_path, "--no-references")
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if runs[0] in line)
+    assert " 1/3 " in line and "yes" not in line
+    code, out, _ = run_cli(capsys, "leaderboard", "--store", tmp_path, "--no-references")
+    assert [next(c.strip() for c in line.split("│") if c.strip() in ("yes", "no"))
+            for r in runs for line in out.splitlines() if r in line] == ["yes", "no", "no"]
+
+
 def test_compare_refuses_other_settings_and_falls_back_for_other_points(capsys, tmp_path):
     store = Store(tmp_path)
     base = add_run(store, correct(range(500)))

@@ -187,6 +187,15 @@ def _points(row: Row) -> str:
     return "/".join("-" if (n := row.n("last", m)) is None else str(n) for m in ("test_pgd_acc", "aa_acc"))
 
 
+def co_text(row: Row) -> str:
+    """Catastrophic overfitting in the run (``yes``/``no``) or, for a seed group, in how many of its seeds (``1/3``)."""
+    if isinstance(row, SeedGroup):
+        flags = row.values("last", "co")
+        return f"{sum(bool(f) for f in flags)}/{len(flags)}" if flags else "-"
+    flag = row.get("last", "co")
+    return "-" if math.isnan(flag) else ("yes" if flag else "no")
+
+
 def _sd(row: Row, metric: str) -> str:
     """The sample standard deviation over seeds of ``metric`` (last checkpoint), in percentage points."""
     sd = row.sd("last", metric) if isinstance(row, SeedGroup) else math.nan
@@ -208,7 +217,7 @@ COLUMNS: list[Column] = [
     _pair("test_pgd_acc"),
     _pair("aa_acc"),
     Column("n PGD/AA", _points),
-    Column("CO", lambda r: r.get("last", "co"), lambda v: "-" if math.isnan(v) else ("yes" if v else "no")),
+    Column("CO", co_text),
     Column("dE", lambda r: r.get("last", "train_dE_mean"), _num),
     Column("time", lambda r: r.run.wall_time, lambda v: "-" if v is None else f"{v:.0f}s"),
     Column("checks", lambda r: r.warnings(), lambda v: "-" if v is None else (f"{len(v)} warn" if v else "ok")),
@@ -269,7 +278,8 @@ def caption(ranking: Ranking, grouped: bool = False) -> str:
         if tests & set(SEED_TESTS):
             ranked += f"; {SEED_MARK} Welch's t-test over seeds (Student's when one side has one seed)"
     seeds = ("; seed groups: means ± their 95% t interval over seeds (at least the Wilson interval of the mean on "
-             "the shared test points), sd PGD/AA: sample standard deviation over seeds (ddof 1)" if grouped else "")
+             "the shared test points), sd PGD/AA: sample standard deviation over seeds (ddof 1), CO: seeds with "
+             "catastrophic overfitting / seeds" if grouped else "")
     return (f"{ranked}. Accuracy % on the test set, best/last checkpoint, ± the larger distance to a bound of "
             f"either's 95% Wilson interval on n test points (n PGD/AA){seeds}; AA: AutoAttack, the point-wise worst "
             "case over its attacks; dE: final train E(x) - E(x*); checks: evaluation sanity warnings (their text "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from rich.table import Table
 
 from energybench.config import format_eps
-from energybench.reporting.leaderboard import Column
+from energybench.reporting.leaderboard import Column, co_text
 from energybench.reporting.rows import Row, SeedGroup, group_seeds, load_row
 from energybench.storage.store import Store
 from energybench.suites.spec import Cell, Tuning, format_values, latest_runs
@@ -99,7 +99,7 @@ COLUMNS: list[Column] = [
     Column("PGD 95% CI", lambda g: interval(g, "test_pgd_acc")),
     _pair("AA", "aa_acc"),
     Column("AA 95% CI", lambda g: interval(g, "aa_acc")),
-    Column("CO", lambda g: "-" if not g.rows else f"{round(g.mean('last', 'co') * len(g.rows))}/{len(g.rows)}"),
+    Column("CO", lambda g: co_text(g.seeds) if g.rows else "-"),
     Column("PGD gap", lambda g: g.mean("best", "test_pgd_acc") - g.mean("last", "test_pgd_acc"),
            lambda v: _number(100 * v, "{:+.1f}")),
     Column("dE", lambda g: mean_std(g, "last", "train_dE_mean", scale=1.0, digits=2)),
