@@ -309,8 +309,8 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
     if result.selections:
         out.print(render_tuning(result.selections, spec.spec.tuning))
     first = result.cells[0].config
-    out.print(render_suite(group_cells(store, result.cells), f"Suite {name}: {first.dataset}, {first.model}, "
-                                                             f"{first.norm}"))
+    out.print(render_suite(group_cells(store, result.cells, result.selections),
+                           f"Suite {name}: {first.dataset}, {first.model}, {first.norm}"))
     problems = []
     failed = sum(o.status == "failed" for o in result.outcomes)
     if failed:
