@@ -132,13 +132,13 @@ def paired_difference(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> Dif
                                f"and {b.shape}")
     n = len(a)
     both, only_a, only_b = int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum())
+    if only_a == only_b == 0:  # Tango's score interval, closed form for no discordant point
+        half = _z(level) ** 2 / (n + _z(level) ** 2)
+        return Difference(0.0, -half, half, 1.0, PAIRED_TEST)
     neither = n - both - only_a - only_b
     margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
     phi = (both * neither - only_a * only_b) / math.sqrt(margins) if margins else 0.0
     p1, p2 = (both + only_a) / n, (both + only_b) / n
-    if only_a == only_b == 0:  # Tango's score interval, closed form for no discordant point
-        half = _z(level) ** 2 / (n + _z(level) ** 2)
-        return Difference(0.0, -half, half, 1.0, PAIRED_TEST)
     low, high = _newcombe(p1, n, p2, n, phi, level)
     return Difference(p1 - p2, low, high, mcnemar_p(only_a, only_b), PAIRED_TEST)
 

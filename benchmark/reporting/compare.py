@@ -168,8 +168,6 @@ def compare(store: Store, ref_a: str, ref_b: str, checkpoint: str = "last", marg
     call a difference negligible only when its interval lies inside +-``margin`` (a fraction)."""
     if checkpoint not in ("best", "last"):
         raise EnergybenchError(f"unknown checkpoint {checkpoint!r} (use best or last)")
-    if not 0 <= margin < 1:
-        raise EnergybenchError(f"margin {100 * margin:g} points is not between 0 and 100 points")
     a, b = resolve(store, ref_a), resolve(store, ref_b)
     _check_comparable(ref_a, a, ref_b, b)
     metrics = [m for m in ACCURACIES.values() if not (math.isnan(a.get(checkpoint, m)) and
