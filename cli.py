@@ -329,8 +329,8 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
     if result.selections:
         out.print(render_tuning(result.selections, spec.spec.tuning))
     first = result.cells[0].config
-    out.print(render_suite(group_cells(store, result.cells), f"Suite {name}: {first.dataset}, {first.model}, "
-                                                             f"{first.norm}"))
+    out.print(render_suite(group_cells(store, result.cells, result.selections),
+                           f"Suite {name}: {first.dataset}, {first.model}, {first.norm}"))
     problems = []
     failed = sum(o.status == "failed" for o in result.outcomes)
     if failed:
@@ -394,14 +394,17 @@ def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points,
 @click.argument("ref_b", metavar="REF_B")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="last", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--margin", type=click.FloatRange(0, 100, max_open=True), default=1.0, show_default=True,
+              help="Equivalence margin in accuracy points: 'same within' only when the interval lies inside it.")
 @store_option
-def compare(ref_a, ref_b, checkpoint, fmt, store_path) -> None:
-    """Per accuracy: A - B, its 95% interval and the p-value of a paired test (REF: RUN_ID or group:RUN_ID)."""
+def compare(ref_a, ref_b, checkpoint, fmt, margin, store_path) -> None:
+    """Per accuracy: A - B, its 95% interval, the p-value of a paired test and a verdict (REF: RUN_ID or
+    group:RUN_ID)."""
     from energybench.reporting.compare import compare as compare_refs
     from energybench.reporting.compare import comparison_json, comparison_table
     from energybench.storage.store import Store
 
-    result = compare_refs(Store(store_path), ref_a, ref_b, checkpoint=checkpoint)
+    result = compare_refs(Store(store_path), ref_a, ref_b, checkpoint=checkpoint, margin=margin / 100)
     if fmt == "json":
         click.echo(comparison_json(result), nl=False)
     else:

@@ -69,7 +69,12 @@ class EvalProtocol(_Strict):
     co_gap: float = Field(0.3, ge=0, le=1, description="CO: FGSM minus PGD validation accuracy at least this")
     co_ratio: float = Field(0.5, gt=0, le=1, description="CO: PGD accuracy below this fraction of FGSM accuracy")
     co_drop: float = Field(0.5, gt=0, le=1, description="CO: or PGD accuracy below this fraction of its best "
-                           "earlier value (catches a collapse when FGSM accuracy itself is low)")
+                           "earlier value (catches a collapse when FGSM accuracy itself is low)...")
+    co_drop_min: float = Field(0.05, ge=0, le=1, description="...by at least this much, with FGSM at least this "
+                               "much above PGD (a model that never was robust does not collapse; 0: no floor)...")
+    co_drop_alpha: float = Field(0.05, gt=0, le=1, description="...and significantly: one-sided Fisher exact test of "
+                                 "the fall on the validation points, Bonferroni-corrected for the earlier epochs, "
+                                 "p at most this (1: no test)")
     test: bool = Field(True, description="evaluate the best and last checkpoints on the test set after training "
                        "(suite tuning runs skip it: they are ranked on validation metrics only)")
 
@@ -210,7 +215,8 @@ class RunConfig(_Strict):
 
 #: Settings that enter the config hash only when they differ from these defaults (added after runs were stored).
 UNHASHED_DEFAULTS: dict[str, Any] = {"keep_epochs": False, "early_stop": None, "eval.co_drop": 0.5,
-                                     "eval.test": True, "model_params": {}}
+                                     "eval.test": True, "eval.co_drop_min": 0.05, "eval.co_drop_alpha": 0.05,
+                                     "model_params": {}}
 
 
 def select_device(name: str) -> torch.device:

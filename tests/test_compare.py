@@ -69,7 +69,9 @@ def test_rows_share_a_rank_unless_a_paired_test_separates_them(capsys, store_dir
     assert {r["ranked_by"] for r in measured} == {"pgd"}  # AutoAttack ran on 100 points only
     assert [r["test_above"] for r in measured] == [None] + ["exact McNemar"] * 3
     assert measured[2]["p_above"] == pytest.approx(stats.binomtest(15, 25, 0.5).pvalue)
-    assert measured[3]["p_above"] == pytest.approx(stats.binomtest(30, 30, 0.5).pvalue)
+    # D is tested against the first row of the tie block above it (B), not against C: 45 vs 10 discordant points
+    assert [r["compared_with"] for r in measured] == [None, ids["A"], ids["B"], ids["B"]]
+    assert measured[3]["p_above"] == pytest.approx(stats.binomtest(45, 55, 0.5).pvalue)
     low, high = stats.binomtest(700, N).proportion_ci(method="wilson")
     assert (measured[0]["pgd_low"], measured[0]["pgd_high"], measured[0]["pgd_n"]) == pytest.approx((low, high, N))
     assert measured[0]["aa_n"] == 100
@@ -102,10 +104,28 @@ def test_an_old_store_without_per_point_data_opens_and_ranks_with_the_unpaired_f
     assert [r["test_above"] for r in measured] == [None] + ["Fisher exact (unpaired)"] * 3
     # without the pairing, 49.5% vs 46.5% on 1000 points is no longer a significant difference
     assert [r["rank"] for r in measured] == [1, 2, 2, 2]
-    assert measured[3]["p_above"] == pytest.approx(stats.fisher_exact([[495, 505], [465, 535]]).pvalue)
+    assert measured[3]["p_above"] == pytest.approx(stats.fisher_exact([[500, 500], [465, 535]]).pvalue)
     assert measured[0]["pgd_n"] == N and measured[0]["points"] == {}  # n from the run's protocol
     code, out, _ = run_cli(capsys, "leaderboard", "--store", home, "--no-references")
-    assert code == 0 and "unpaired fallback" in out and "0.194*" in out
+    assert code == 0 and "unpaired fallback" in out and "0.128*" in out
+
+
+def test_a_row_tied_with_the_row_above_but_separated_from_the_first_of_its_block_gets_its_own_rank(capsys, tmp_path):
+    """37.5 %, 36.0 %, 35.0 % on the same 1000 points: A-B p = 0.105, B-C p = 0.203, A-C p = 0.031."""
+    a, b, c = (correct(range(375)), correct([*range(330), *range(375, 405)]),
+               correct([*range(300), *range(375, 425)]))
+    store = Store(tmp_path / "with-b")
+    ids = [add_run(store, v, trainer=t) for v, t in ((a, "pgd"), (b, "trades"), (c, "fgsm"))]
+    measured = leaderboard_json(capsys, tmp_path / "with-b")["measured"]
+    assert [r["rank"] for r in measured] == [1, 1, 3]
+    assert [r["compared_with"] for r in measured] == [None, ids[0], ids[0]]
+    assert measured[2]["p_above"] == pytest.approx(stats.binomtest(75, 125, 0.5).pvalue)
+    without_b = Store(tmp_path / "without-b")
+    add_run(without_b, a, trainer="pgd")
+    add_run(without_b, c, trainer="fgsm")
+    assert [r["rank"] for r in leaderboard_json(capsys, tmp_path / "without-b")["measured"]] == [1, 2]
+    code, out, _ = run_cli(capsys, "leaderboard", "--store", tmp_path / "with-b", "--no-references")
+    assert code == 0 and "tie blocks" in out and "not necessarily from every row in it" in " ".join(out.split())
 
 
 def test_per_point_correctness_round_trips_through_the_json_export(capsys, tmp_path):
@@ -152,11 +172,30 @@ def test_compare_two_runs_gives_the_paired_test_per_metric(capsys, store_dir):
     assert pgd["p"] == pytest.approx(stats.binomtest(30, 30, 0.5).pvalue)
     assert pgd["a"]["n"] == N and pgd["a"]["value"] == pytest.approx(0.495)
     assert metrics["clean"]["p"] == 1.0 and not metrics["clean"]["significant"]
+    assert data["margin"] == 0.01 and pgd["verdict"] == "A higher"
+    # both right on every point: the interval (Tango's, +-0.38 points) lies inside the 1-point margin
+    assert metrics["clean"]["verdict"] == "same within ±1 point"
 
     code, out, _ = run_cli(capsys, "compare", ids["C"], ids["D"], "--store", home)
     assert code == 0
     line = next(line for line in out.splitlines() if line.startswith("│ PGD"))
-    assert "+3.0" in line and "<0.001 *" in line and "exact McNemar" in line
+    assert "+3.0" in line and "<0.001 *" in line and "A higher" in line and "exact McNemar" in line
+
+
+def test_compare_says_no_difference_only_inside_the_margin(capsys, store_dir):
+    home, ids = store_dir
+
+    def pgd(*extra):
+        code, out, err = run_cli(capsys, "compare", ids["B"], ids["C"], "--format", "json", "--store", home, *extra)
+        assert code == 0, err
+        return next(m for m in json.loads(out)["metrics"] if m["metric"] == "pgd")
+
+    default = pgd()  # 15 vs 10 discordant points: p = 0.42, an interval about 2 points wide
+    assert not default["significant"] and default["low"] < -0.004 and default["high"] > 0.014
+    assert default["verdict"] == "not told apart (interval wider than ±1 point)"
+    assert pgd("--margin", "3")["verdict"] == "same within ±3 points"
+    code, _, err = run_cli(capsys, "compare", ids["B"], ids["C"], "--margin", "150", "--store", home)
+    assert code == 2 and err.count("\n") == 1 and "150" in err and "--margin" in err
 
 
 def test_compare_seed_groups_with_welchs_t_test(capsys, tmp_path):
@@ -181,6 +220,21 @@ def test_compare_seed_groups_with_welchs_t_test(capsys, tmp_path):
     measured = leaderboard_json(capsys, tmp_path, "--group-seeds")["measured"]
     assert [r["n_seeds"] for r in measured] == [3, 3] and measured[1]["test_above"] == "Welch t over seeds"
     assert measured[0]["pgd_std"] == pytest.approx(np.std(a, ddof=1)) and measured[0]["points"] is None
+
+
+def test_grouped_leaderboard_counts_the_seeds_with_catastrophic_overfitting(capsys, tmp_path):
+    store = Store(tmp_path)
+    runs = [add_run(store, correct(range(400 + 10 * s)), seed=s) for s in range(3)]
+    for run_id, co in zip(runs, (1.0, 0.0, 0.0)):
+        for checkpoint in ("best", "last"):
+            store.add_results(run_id, checkpoint, {"co": co})
+    code, out, err = run_cli(capsys, "leaderboard", "--group-seeds", "--store", tmp_path, "--no-references")
+    assert code == 0, err
+    line = next(line for line in out.splitlines() if runs[0] in line)
+    assert " 1/3 " in line and "yes" not in line
+    code, out, _ = run_cli(capsys, "leaderboard", "--store", tmp_path, "--no-references")
+    assert [next(c.strip() for c in line.split("│") if c.strip() in ("yes", "no"))
+            for r in runs for line in out.splitlines() if r in line] == ["yes", "no", "no"]
 
 
 def test_compare_refuses_other_settings_and_falls_back_for_other_points(capsys, tmp_path):

@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energybench import TrainOutput, get_plugin
+from energybench import TrainOutput, create_regularizer, get_plugin
 from energybench.contracts.regularizer import forward_calls
-from energybench.errors import EnergybenchError
+from energybench.contracts.trainer import Trainer
+from energybench.errors import EnergybenchError, PluginError
+from energybench.training.step import TrainingStep
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.2], [1.5, 1.5, 0.0], [-0.3, 0.8, 2.2]])
 LOGITS_ADV = torch.tensor([[1.0, 1.5, -0.5], [0.3, 0.4, 0.9], [1.4, 1.6, 0.1], [0.5, 0.1, 1.0]])
@@ -17,8 +19,9 @@ LOGITS_START = torch.tensor([[2.2, 0.4, -1.0], [0.1, 0.2, 1.5], [1.5, 1.5, 0.0],
 Y = torch.tensor([0, 1, 0, 2])
 
 
-def der(**params):
-    return get_plugin("regularizer", "der")(**params)
+def der(single_step: bool | None = True, **params):
+    """DER as the harness builds it for a single-step trainer (``single_step=False``: a multi-step one)."""
+    return create_regularizer("der", trainer_single_step=single_step, **params)
 
 
 def by_hand(beta: float, gamma: float, mask: list[bool] | None) -> float:
@@ -50,7 +53,47 @@ def test_the_published_form_on_hand_computed_logits():
         assert value == pytest.approx(by_hand(beta, gamma, None), rel=1e-6)
     assert der(beta=1.0, gamma=10.0).penalty(None, None, Y, out).item() == 0.0  # every norm below the margin
     multi_step = TrainOutput(loss=torch.zeros(()), logits=LOGITS, logits_adv=LOGITS_ADV)  # no logits_start
-    assert der(beta=2.0, gamma=0.3).penalty(None, None, Y, multi_step).item() == pytest.approx(by_hand(2.0, 0.3, None))
+    assert der(False, beta=2.0, gamma=0.3).penalty(None, None, Y, multi_step).item() == pytest.approx(
+        by_hand(2.0, 0.3, None))
+
+
+def test_auto_decides_on_the_trainers_single_step_not_on_what_its_output_holds():
+    # a multi-step trainer that happens to report start logits: auto still means every sample
+    out = TrainOutput(loss=torch.zeros(()), logits=LOGITS, logits_adv=LOGITS_ADV, logits_start=LOGITS_START)
+    assert der(False, beta=2.0).penalty(None, None, Y, out).item() == pytest.approx(by_hand(2.0, 0.0, None))
+    assert der(True, beta=2.0).penalty(None, None, Y, out).item() == pytest.approx(by_hand(2.0, 0.0,
+                                                                                           abnormal_by_hand()))
+    # built without a trainer, auto cannot decide: refused with one line, not guessed
+    with pytest.raises(EnergybenchError, match=r"aae='auto' .* trainer_single_step=True\|False"):
+        get_plugin("regularizer", "der")().penalty(None, None, Y, out)
+    assert "\n" not in str(pytest.raises(EnergybenchError, der(None).penalty, None, None, Y, out).value)
+    assert der(None, aae="never").penalty(None, None, Y, out).item() == pytest.approx(by_hand(30.0, 0.0, None))
+
+
+class _SingleStepWithoutStart(Trainer):
+    """A third-party single-step trainer that does not report the logits at its attack's start."""
+
+    single_step = True
+
+    def step(self, model, x, y, *, keep_clean_logits):
+        fgsm = get_plugin("trainer", "fgsm")(eps=self.eps).step(model, x, y, keep_clean_logits=keep_clean_logits)
+        return TrainOutput(loss=fgsm.loss, x_adv=fgsm.x_adv, logits_adv=fgsm.logits_adv, logits=fgsm.logits,
+                           passes=fgsm.passes)
+
+
+def test_a_single_step_trainer_without_start_logits_is_refused_not_given_der_on_every_sample():
+    trainer = _SingleStepWithoutStart(eps=0.1)
+    trainer.name = "my-fgsm"
+    x, y = torch.rand(8, 1, 3, 4), torch.randint(0, 3, (8,))
+    step = TrainingStep(trainer, der(trainer.single_step), num_classes=3)
+    with pytest.raises(PluginError) as caught:
+        step(_net(), x, y)
+    message = str(caught.value)
+    assert message.startswith("trainer 'my-fgsm' broke its contract: it returned no TrainOutput.logits_start")
+    assert "regularizer 'der' needs them" in message and "\n" not in message
+    # what needs no start logits still trains with it: DER on every sample, and no regularizer
+    for regularizer in (der(True, aae="never"), create_regularizer("none", trainer_single_step=True)):
+        assert TrainingStep(trainer, regularizer, num_classes=3)(_net(), x, y).loss.requires_grad
 
 
 def test_ablation_forms_keep_their_settings_and_refuse_the_papers():
@@ -163,7 +206,7 @@ def test_fgsm_with_der_costs_no_extra_forward_pass():
     trainer = get_plugin("trainer", "fgsm")(eps=0.1)
     counts = {}
     for name in ("none", "der"):
-        reg = get_plugin("regularizer", name)()
+        reg = create_regularizer(name, trainer_single_step=True)
         with forward_calls(model) as calls:
             out = trainer.step(model, x, y, keep_clean_logits=reg.uses_clean_logits)
             (out.loss + reg.penalty(model, x, y, out)).backward()

@@ -56,7 +56,7 @@ def test_der_forms_terms_and_lambda():
 
 
 def test_der_gradient_flows_through_both_energies():
-    der = get_plugin("regularizer", "der")()
+    der = create_regularizer("der", trainer_single_step=False)  # every sample
     logits = torch.randn(4, 3, requires_grad=True)
     logits_adv = torch.randn(4, 3, requires_grad=True)
     der.penalty(None, None, torch.zeros(4, dtype=torch.long), _out(logits, logits_adv)).backward()
@@ -71,7 +71,7 @@ def test_fgsm_with_der_reuses_the_clean_forward_pass():
     calls = []
     model.register_forward_hook(lambda *_: calls.append(1))
     fgsm = get_plugin("trainer", "fgsm")(eps=0.1)
-    der = get_plugin("regularizer", "der")()
+    der = create_regularizer("der", trainer_single_step=fgsm.single_step)
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
     out = fgsm.step(model, x, y, keep_clean_logits=der.uses_clean_logits)
     assert out.logits is not None and out.logits.requires_grad
@@ -108,7 +108,7 @@ def test_der_changes_the_gradient_by_exactly_its_penalty_gradient(aae, eps, gamm
     model = create_model("small-cnn", dataset="digits").train()
     params = list(model.parameters())
     beta = 2.0  # gamma: about the median norm of the two delta energies, so the hinge cuts some samples
-    der = create_regularizer("der", beta=beta, gamma=gamma, aae=aae)
+    der = create_regularizer("der", beta=beta, gamma=gamma, aae=aae, trainer_single_step=True)  # FGSM
     out = create_trainer("fgsm", eps=eps).step(model, x, y, keep_clean_logits=der.uses_clean_logits)
     ce_grad = torch.autograd.grad(out.loss, params, retain_graph=True)
     total_grad = torch.autograd.grad(out.loss + der.penalty(model, x, y, out), params)

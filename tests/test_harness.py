@@ -6,6 +6,7 @@ import copy
 import json
 
 import datafiles
+import numpy as np
 import pytest
 import torch
 from datafiles import SMALL_EVAL, batchnorm_buffers, same_tensors
@@ -180,10 +181,10 @@ def test_batch_size_larger_than_the_dataset_is_refused(tmp_path):
         execute(tiny_config(batch_size=5000), Store(tmp_path))
 
 
-def _co(*epochs: tuple[float, float], **protocol) -> list[bool]:
-    """CO flags of epochs given as (FGSM, PGD) validation accuracy."""
+def _co(*epochs: tuple[float, float], n: int = 1000, **protocol) -> list[bool]:
+    """CO flags of epochs given as (FGSM, PGD) validation accuracy on ``n`` validation points."""
     history = [{"val_fgsm_acc": fgsm, "val_pgd_acc": pgd} for fgsm, pgd in epochs]
-    return catastrophic_overfitting(history, EvalProtocol(**protocol))
+    return catastrophic_overfitting(history, EvalProtocol(**protocol), n)
 
 
 def test_catastrophic_overfitting_gap_clause_and_its_boundaries():
@@ -213,6 +214,61 @@ def test_catastrophic_overfitting_thresholds_are_settings():
     assert _co((0.50, 0.24)) == [False]
     assert _co((0.30, 0.12), (0.25, 0.05), co_drop=0.3) == [False, False]
     assert _co((0.30, 0.12), (0.25, 0.03), co_drop=0.3) == [False, True]
+
+
+def test_catastrophic_overfitting_drop_clause_needs_a_real_fall_not_noise():
+    # a floor: PGD accuracy must fall by at least co_drop_min (5 points), however significant a smaller fall is ...
+    assert _co((0.30, 0.04), (0.30, 0.01), n=10000) == [False, False]
+    assert _co((0.30, 0.04), (0.30, 0.01), n=10000, co_drop_min=0.02) == [False, True]
+    # ... and FGSM must stay that far above PGD: here both sink together, as in standard training (a real fall)
+    assert _co((0.09, 0.06), (0.03, 0.00), n=10000) == [False, False]
+    assert _co((0.09, 0.06), (0.03, 0.00), n=10000, co_drop_min=0.0) == [False, True]
+    # counted in points of the n validation points: 5 points exactly count, whatever the float rounding
+    assert _co((0.30, 0.12), (0.12, 0.07), n=100, co_drop_alpha=1.0) == [False, False]  # 0.07 is not below 0.06
+    assert _co((0.30, 0.16), (0.25, 0.11), n=100, co_drop_alpha=1.0, co_drop=0.7) == [False, True]  # fall of 5
+    lenient = {"n": 100, "co_drop_alpha": 1.0, "co_drop": 0.7, "co_ratio": 1.0}
+    assert _co((0.30, 0.16), (0.16, 0.11), **lenient) == [False, True]  # FGSM 5 points above PGD
+    assert _co((0.30, 0.16), (0.15, 0.11), **lenient) == [False, False]  # 4
+    # a test: on 100 points, 12 -> 2 correct is a significant fall (one-sided Fisher p = 0.005) ...
+    assert _co((0.30, 0.12), (0.25, 0.02), n=100) == [False, True]
+    # ... 12 -> 5 is not, nor is 12 -> 2 when 12 is the best of 11 earlier epochs (p x 11 = 0.056; x 3 is 0.015)
+    assert _co((0.30, 0.12), (0.25, 0.05), n=100) == [False, False]
+    assert _co((0.30, 0.12), (0.30, 0.10), (0.30, 0.11), (0.25, 0.02), n=100) == [False] * 3 + [True]
+    history = [(0.30, 0.12)] + [(0.30, 0.10)] * 10 + [(0.25, 0.02)]
+    assert _co(*history, n=100)[-1] is False
+    assert _co(*history, n=100, co_drop_alpha=1.0)[-1] is True  # without the test
+
+
+def test_catastrophic_overfitting_rarely_flags_a_model_that_does_not_change():
+    """A stationary model measured on 500 validation points (PGD 1% / FGSM 3% over 3 epochs, PGD 2% / FGSM 5% over
+    3 and 10 epochs) or on 100 (PGD 10% / FGSM 25% over 6 epochs): binomial noise alone. The earlier rule (no floor,
+    no test: co_drop_min 0, co_drop_alpha 1) flagged about 27%, 14%, 70% and 40% of such runs."""
+    rng = np.random.default_rng(0)
+    for n, pgd, fgsm, epochs, limit in ((500, 0.01, 0.03, 3, 0.0), (500, 0.02, 0.05, 3, 0.01),
+                                        (500, 0.02, 0.05, 10, 0.01), (100, 0.10, 0.25, 6, 0.16)):
+        runs = [list(zip(rng.binomial(n, fgsm, epochs) / n, rng.binomial(n, pgd, epochs) / n)) for _ in range(400)]
+        rate = np.mean([any(_co(*run, n=n)) for run in runs])
+        assert rate <= limit, (n, pgd, fgsm, rate)
+        earlier_rule = np.mean([any(_co(*run, n=n, co_drop_min=0.0, co_drop_alpha=1.0)) for run in runs])
+        assert earlier_rule > 0.1  # the noise the earlier rule flagged is there
+
+
+def test_standard_training_never_robust_is_never_flagged_and_keeps_its_config_hash(tmp_path):
+    """Standard training on digits-tiny (its protocol: 100 validation points) at eps 0.3, 4 epochs: validation PGD
+    accuracy stays within a few points of 0; the earlier rule flagged seeds 1, 2, 5 and 7 as collapsing."""
+    store = Store(tmp_path)
+    protocol = {"val_points": 100, "val_pgd_steps": 5, "batch_size": 100, "aa_points": 0, "test": False}
+    for seed in range(8):
+        run_id = execute(datafiles.tiny_config(trainer="standard", eps=0.3, epochs=4, seed=seed, eval=protocol), store)
+        epochs = store.epochs(run_id)
+        assert max(e["val_pgd_acc"] for e in epochs) <= 0.1  # never robust
+        assert not any(e["co"] for e in epochs), (seed, [(e["val_fgsm_acc"], e["val_pgd_acc"]) for e in epochs])
+    # the new settings enter the config hash only when they differ from their defaults: stored runs keep theirs
+    config = tiny_config()
+    assert config.config_hash() == config.model_copy(update={"eval": config.eval.model_copy(
+        update={"co_drop_min": 0.05, "co_drop_alpha": 0.05})}).config_hash()
+    assert config.config_hash() != tiny_config(eval={"co_drop_min": 0.0}).config_hash()
+    assert config.config_hash() != tiny_config(eval={"co_drop_alpha": 1.0}).config_hash()
 
 
 def test_catastrophic_overfitting_custom_thresholds_at_their_boundaries():
@@ -302,7 +358,7 @@ def test_der_after_a_trainer_without_clean_logits_costs_one_pass_and_no_batchnor
     with forward_calls(alone) as trainer_calls:
         out = plugin.step(alone, x, y, keep_clean_logits=True)
     assert out.logits is None  # the case under test: the trainer kept no clean logits
-    step = TrainingStep(plugin, reg.get_plugin("regularizer", "der")(), num_classes=10)
+    step = TrainingStep(plugin, reg.create_regularizer("der", trainer_single_step=plugin.single_step), num_classes=10)
     torch.manual_seed(1)
     with forward_calls(with_der) as calls:
         result = step(with_der, x, y)

@@ -73,9 +73,61 @@ def test_paired_difference_counts_the_discordant_points():
     assert unpaired.high - unpaired.low > 3 * (diff.high - diff.low)  # pairing removes the shared noise
 
     same = paired_difference(a, a)
-    assert same.value == 0 and same.p == 1.0 and not same.significant
+    assert same.value == 0 and same.p == 1.0 and not same.significant and same.low < 0 < same.high
     with pytest.raises(EnergybenchError, match="same points"):
         paired_difference(a, b[:-1])
+
+
+def _tango_bound(n: int, side: int) -> float:
+    """The bound of Tango's (1998) score interval for a paired difference with no discordant point, by inverting
+    his score statistic numerically: T(d) = (b - c - n d) / sqrt(n (2 q + d - d^2)), q the maximum-likelihood
+    probability of the c cell under the difference d (b = c = 0 here)."""
+    from scipy import optimize
+
+    z2 = stats.norm.ppf(0.975) ** 2
+
+    def q_hat(d: float) -> float:  # likelihood n * log(1 - 2q - d), with q >= 0 and q + d >= 0
+        low = max(0.0, -d)
+        return optimize.minimize_scalar(lambda q: -n * math.log(1 - 2 * q - d), bounds=(low, (1 - d) / 2 - 1e-6),
+                                        method="bounded", options={"xatol": 1e-12}).x
+
+    def excess(d: float) -> float:
+        return (n * d) ** 2 / (n * (2 * q_hat(d) + d - d * d)) - z2
+
+    return optimize.brentq(excess, side * 1e-9, side * 0.5)
+
+
+@pytest.mark.parametrize("both, n", [(500, 1000), (375, 1000), (0, 100), (40, 40)])
+def test_paired_difference_without_discordant_points_is_tangos_score_interval(both, n):
+    """Two runs right on exactly the same points: Newcombe's method 10 has phi = 1 there and shrinks to [0, 0] at
+    50 % (nearly so elsewhere), a certainty 1000 points cannot give; Tango's score interval bounds the difference
+    by how often the two could still disagree."""
+    a, b = _pair(both, 0, 0, n - both)
+    diff = paired_difference(a, b)
+    assert diff.value == 0 and diff.p == 1.0
+    assert (diff.low, diff.high) == pytest.approx((_tango_bound(n, -1), _tango_bound(n, 1)), abs=1e-7)
+    if n == 1000:
+        assert diff.high == pytest.approx(0.00383, abs=1e-5)  # +-0.38 points
+
+
+def test_verdict_claims_no_difference_only_inside_the_named_margin():
+    from energybench.evaluation.statistics import Difference, verdict
+
+    def d(value, low, high, p):
+        return Difference(value, low, high, p, PAIRED_TEST)
+
+    assert verdict(d(0.004, -0.060, 0.068, 0.84), 0.01) == "not told apart (interval wider than ±1 point)"
+    assert verdict(d(0.004, -0.006, 0.008, 0.4), 0.01) == "same within ±1 point"
+    assert verdict(d(-0.03, -0.05, -0.01, 0.002), 0.02) == "B higher"
+    assert verdict(d(0.005, 0.001, 0.009, 0.01), 0.01) == "A higher (by less than 1 point)"
+
+
+def test_decrease_p_is_a_one_sided_fisher_test():
+    from energybench.evaluation.statistics import decrease_p
+
+    assert decrease_p(12, 2, 100) == pytest.approx(stats.fisher_exact([[12, 88], [2, 98]], alternative="greater")[1])
+    assert decrease_p(5, 0, 500) < 0.05 < decrease_p(1, 0, 100)
+    assert decrease_p(2, 12, 100) > 0.99  # a rise is no decrease
 
 
 @pytest.mark.parametrize("counts, interval", [
@@ -127,3 +179,50 @@ def test_rank_with_ties_only_moves_down_at_significant_differences():
     assert rank_with_ties(scores, differs) == [1, 1, 3, 3, 3, 6]
     assert rank_with_ties([], differs) == []
     assert rank_with_ties(scores, lambda a, b: False) == [1] * 6
+    # a ladder of steps no test resolves does not chain into one tie: each row is tested against its block's first
+    assert rank_with_ties([0.9, 0.86, 0.82, 0.78, 0.74], differs) == [1, 1, 3, 3, 5]
+
+
+def _abc() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-point correctness on 1000 points at 37.5 %, 36.0 % and 35.0 %: 300 points all three get right, 30 A and
+    B, 45 A only, 30 B and C, 20 C only. A-B: 45 vs 30 discordant, B-C: 30 vs 20, A-C: 75 vs 50."""
+    pattern = [(1, 1, 1)] * 300 + [(1, 1, 0)] * 30 + [(1, 0, 0)] * 45 + [(0, 1, 1)] * 30 + [(0, 0, 1)] * 20
+    table = np.array(pattern + [(0, 0, 0)] * (1000 - len(pattern)), dtype=bool)
+    return table[:, 0], table[:, 1], table[:, 2]
+
+
+def _significant(a: np.ndarray, b: np.ndarray) -> bool:
+    return paired_difference(a, b).significant
+
+
+def test_ties_do_not_chain_from_a_to_c_through_b():
+    a, b, c = _abc()
+    assert [v.mean() for v in (a, b, c)] == [0.375, 0.36, 0.35]
+    assert paired_difference(a, b).p == pytest.approx(0.105, abs=1e-3)
+    assert paired_difference(b, c).p == pytest.approx(0.203, abs=1e-3)
+    assert paired_difference(a, c).p == pytest.approx(0.031, abs=1e-3)
+    # B cannot be told from A, C can: C is below A's block whether B is on the board or not
+    assert rank_with_ties([a, b, c], _significant) == [1, 1, 3]
+    assert rank_with_ties([a, c], _significant) == [1, 2]
+    assert rank_with_ties([b, c], _significant) == [1, 1]
+
+
+def test_a_ladder_of_small_steps_never_ties_its_ends_when_a_test_separates_them():
+    """Five rows from 40 % down to 34 % on 1000 shared points (correlated per-point correctness), 300 boards:
+    whenever the top and bottom rows differ significantly, the bottom row is not in the top row's tie block, and
+    every row that shares the top rank is not separated from the top row."""
+    rng = np.random.default_rng(0)
+    accuracies, n, rho = [0.40, 0.385, 0.37, 0.355, 0.34], 1000, 0.7
+    boards = separated = 0
+    for _ in range(300):
+        shared = rng.standard_normal(n)
+        vectors = [np.sqrt(rho) * shared + np.sqrt(1 - rho) * rng.standard_normal(n) > stats.norm.ppf(1 - acc)
+                   for acc in accuracies]
+        vectors.sort(key=lambda v: -v.sum())
+        ranks = rank_with_ties(vectors, _significant)
+        boards += 1
+        if _significant(vectors[0], vectors[-1]):
+            separated += 1
+            assert ranks[-1] > 1
+        assert all(not _significant(vectors[0], v) for v, r in zip(vectors, ranks) if r == 1)
+    assert boards == 300 and separated > 250  # the ends differ on nearly every board: the check above has teeth

@@ -352,17 +352,37 @@ def test_tuning_picks_the_best_validation_pgd_among_candidates_that_pass_the_gua
 
 
 def test_when_no_candidate_passes_the_guard_the_most_accurate_is_taken_and_said(tmp_path):
-    from energybench.suites.tuning import choose
+    from rich.console import Console
+
+    from energybench.reporting.suite_leaderboard import render_tuning
+    from energybench.suites.tuning import choose, chosen_values
 
     catalogue = catalogue_with(tmp_path, TUNED)
     suite = load_suite(catalogue, "s")
     tuning = suite.tuning_cells(catalogue)
     store = Store(tmp_path / "store")
-    for cell, (pgd, clean) in zip(tuning, [(0.4, 0.2), (0.5, 0.3), (0.6, 0.1), (0.1, 0.9)]):
-        _validation_run(store, cell, pgd, clean)
-    (selection,) = choose(store, suite, catalogue).values()
+    runs = [_validation_run(store, cell, pgd, clean)
+            for cell, (pgd, clean) in zip(tuning, [(0.4, 0.2), (0.5, 0.3), (0.6, 0.1), (0.1, 0.9)])]
+    selections = choose(store, suite, catalogue)
+    (selection,) = selections.values()
     assert selection.values == {"beta": 3.0} and not selection.guarded
     assert "no candidate passed the clean-accuracy guard" in selection.describe()
+    assert selection.reference_runs == [runs[3]]  # fgsm + none on tuning seed 7: the guard's reference
+
+    # the suite leaderboard marks the value that failed the guard; the tuning table names the reference run
+    cells = suite.cells(catalogue, chosen=chosen_values(selections))
+    for cell in cells:
+        _fake_run(store, cell, test_clean_acc=0.8, test_pgd_acc=0.4, aa_acc=0.3, co=0.0)
+    def text(table) -> list[str]:
+        console = Console(width=300, record=True, color_system=None)
+        console.print(table)
+        return console.export_text().splitlines()
+
+    board = text(render_suite(group_cells(store, cells, selections), "Suite s"))
+    assert "beta=3 (failed guard)" in next(line for line in board if "│ der " in line)
+    assert "failed guard" not in next(line for line in board if "│ none " in line)
+    chosen_row = next(line for line in text(render_tuning(selections, suite.spec.tuning)) if "<-" in line)
+    assert "beta=3" in chosen_row and runs[3] in chosen_row and "<- (failed guard)" in chosen_row
 
 
 def test_a_tuned_suite_runs_both_stages_end_to_end_without_touching_the_test_split(tmp_path, capsys, monkeypatch):

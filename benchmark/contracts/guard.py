@@ -93,8 +93,10 @@ def _logits_problem(field: str, logits: Any, n: int, num_classes: int) -> str | 
     return None
 
 
-def train_output_problem(out: Any, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> str | None:
-    """What breaks the ``TrainOutput`` contract (benchmark.trainer) in a step's output, or None."""
+def train_output_problem(out: Any, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                         start_needed_by: str | None = None) -> str | None:
+    """What breaks the ``TrainOutput`` contract (benchmark.trainer) in a step's output, or None; with
+    ``start_needed_by`` (a regularizer's name), missing ``logits_start`` breaks it too."""
     from energybench.contracts.trainer import TrainOutput
 
     if not isinstance(out, TrainOutput):
@@ -110,6 +112,10 @@ def train_output_problem(out: Any, x: torch.Tensor, y: torch.Tensor, num_classes
         problem = _logits_problem(field, getattr(out, field), len(y), num_classes)
         if problem:
             return problem
+    if start_needed_by is not None and out.logits_start is None:
+        return (f"it returned no TrainOutput.logits_start (the logits at its attack's starting point, which a "
+                f"single-step trainer reports), and regularizer {start_needed_by!r} needs them to find abnormal "
+                "adversarial examples")
     if isinstance(out.passes, bool) or not isinstance(out.passes, (int, float)) or out.passes < 0:
         return f"TrainOutput.passes must be a non-negative number, got {_describe(out.passes)}"
     return None

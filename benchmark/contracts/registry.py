@@ -245,11 +245,13 @@ def create_trainer(name: str, *, eps: float, norm: str = "Linf", **params: Any) 
 
 
 def create_regularizer(name: str, *, trainer_eps: float | None = None, trainer_norm: str = "Linf",
-                       **params: Any) -> Regularizer:
+                       trainer_single_step: bool | None = None, **params: Any) -> Regularizer:
     """The regularizer ``name`` with hyper-parameters ``params``; it learns the trainer's budget (``eps`` and
-    ``norm`` attributes) for regularizers that follow it (GradAlign's noise radius)."""
+    ``norm`` attributes) for regularizers that follow it (GradAlign's noise radius), and whether the trainer is
+    single-step (``trainer_single_step``: DER's abnormal-example mask with ``aae="auto"``)."""
     regularizer = get_plugin("regularizer", name)(**params)
     regularizer.eps, regularizer.norm = trainer_eps, trainer_norm
+    regularizer.trainer_single_step = trainer_single_step
     return regularizer
 
 

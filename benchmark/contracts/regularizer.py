@@ -26,8 +26,10 @@ class Regularizer(ABC):
     steers dE itself, which makes the CO monitor (it watches dE) unreliable: the run says so.
     ``requires_attack_start`` means it reads ``out.logits_start`` (abnormal adversarial examples),
     which only single-step trainers (``Trainer.single_step``) report; the harness refuses other
-    trainers. Each forward call the penalty makes on the model counts as one more forward+backward
-    pass per example in the run's cost.
+    trainers, and stops a run whose single-step trainer does not report them. ``trainer_single_step``
+    tells the regularizer whether its trainer is single-step (set by the harness through
+    ``create_regularizer``; None when it was built without one). Each forward call the penalty makes on
+    the model counts as one more forward+backward pass per example in the run's cost.
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
@@ -36,13 +38,15 @@ class Regularizer(ABC):
     requires_attack_start: ClassVar[bool] = False
     acts_on_energy: ClassVar[bool] = False
     name: ClassVar[str] = ""
+    trainer_single_step: bool | None = None
 
     def __init__(self, **params):
         self.params = parse_params(self.Params, params, f"regularizer {self.name or type(self).__name__!r}")
 
     @property
     def needs_attack_start(self) -> bool:
-        """Whether these hyper-parameters need ``out.logits_start`` (default: ``requires_attack_start``)."""
+        """Whether these hyper-parameters, with this trainer (``trainer_single_step``), need ``out.logits_start``
+        (default: ``requires_attack_start``)."""
         return self.requires_attack_start
 
     @classmethod

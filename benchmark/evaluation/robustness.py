@@ -16,6 +16,7 @@ from energybench.config import EvalProtocol
 from energybench.contracts.registry import get_plugin
 from energybench.data.datasets import Split
 from energybench.evaluation.autoattack import run_autoattack
+from energybench.evaluation.statistics import decrease_p
 from energybench.ops.energy import EnergyTrace
 from energybench.ops.modes import eval_mode
 
@@ -94,20 +95,34 @@ def autoattack_accuracy(model: nn.Module, split: Split, *, n: int, eps: float, n
     return Measurement(metrics, {"aa": result.robust.cpu()})
 
 
-def catastrophic_overfitting(history: list[dict[str, float]], protocol: EvalProtocol) -> list[bool]:
-    """The CO flag of every epoch of ``history`` (per-epoch validation metrics, oldest first).
+def catastrophic_overfitting(history: list[dict[str, float]], protocol: EvalProtocol, n: int) -> list[bool]:
+    """The CO flag of every epoch of ``history`` (per-epoch validation metrics, oldest first, measured on ``n``
+    validation points).
 
     An epoch is flagged when its PGD accuracy is below ``co_ratio`` times its FGSM accuracy (the model
     resists the single-step attack it trained on far better than the multi-step one: its loss surface
-    has become locally non-linear) AND either FGSM exceeds PGD by at least ``co_gap``, or PGD fell
-    below ``co_drop`` times its best value in an earlier epoch. The second clause catches a collapse
-    when FGSM accuracy itself is low (large eps, harder data), which the absolute gap misses.
+    has become locally non-linear) AND either FGSM exceeds PGD by at least ``co_gap``, or PGD fell from
+    its best value in the k earlier epochs (``_fell``). The second clause catches a collapse when FGSM
+    accuracy itself is low (large eps, harder data), which the absolute gap misses.
     """
     flags, best = [], None
-    for metrics in history:
+    for earlier, metrics in enumerate(history):
         fgsm, pgd = metrics["val_fgsm_acc"], metrics["val_pgd_acc"]
         gap = fgsm - pgd >= protocol.co_gap
-        drop = best is not None and pgd < protocol.co_drop * best
-        flags.append(pgd < protocol.co_ratio * fgsm and (gap or drop))
+        flags.append(pgd < protocol.co_ratio * fgsm and (gap or _fell(fgsm, pgd, best, earlier, n, protocol)))
         best = pgd if best is None else max(best, pgd)
     return flags
+
+
+def _fell(fgsm: float, pgd: float, best: float | None, earlier: int, n: int, protocol: EvalProtocol) -> bool:
+    """The drop clause of the CO flag: PGD accuracy ``pgd`` fell below ``co_drop`` times ``best``, the best of the
+    ``earlier`` epochs; by at least ``co_drop_min``, with FGSM still at least ``co_drop_min`` above it (a model that
+    never was robust, whose FGSM and PGD accuracy sink together near 0, does not collapse); and significantly: the
+    one-sided Fisher exact test of the fall on the n points, Bonferroni-corrected for the earlier epochs ``best`` is
+    the best of, gives p x earlier at most ``co_drop_alpha``. Counted in points of the n, so no rounding decides."""
+    if best is None or not pgd < protocol.co_drop * best:
+        return False
+    before, now, lead = round(best * n), round(pgd * n), round(fgsm * n) - round(pgd * n)
+    if min(before - now, lead) < protocol.co_drop_min * n - 1e-9:
+        return False
+    return min(1.0, earlier * decrease_p(before, now, n)) <= protocol.co_drop_alpha

@@ -6,15 +6,22 @@ Every interval is two-sided at ``LEVEL`` (95 %) and every test two-sided at ``AL
   honest at small n and near 0 or 1, where the normal approximation is not.
 - ``paired_difference``: two classifiers on the SAME test points, from their per-point correctness:
   the exact McNemar test (a binomial test at 1/2 of the points only one of them gets right) and
-  Newcombe's hybrid score interval for the difference of paired proportions (Newcombe 1998,
-  Statistics in Medicine 17:2635, method 10: the two Wilson intervals and their phi correlation).
+  Newcombe's hybrid score interval for the difference of paired proportions without continuity
+  correction (Newcombe 1998, Statistics in Medicine 17:2635, method 10: the two Wilson intervals and
+  their phi correlation, phi = 0 when a margin of the 2x2 table is empty). When no point is
+  discordant, method 10 has phi = 1 and its interval shrinks to (nearly) nothing, [0, 0] at 50 %
+  accuracy, although the data only bound how often the two could disagree: Tango's score interval
+  (Tango 1998, Statistics in Medicine 17:891) is used there, +-z^2 / (n + z^2).
 - ``unpaired_difference``: accuracies on different points, or runs without per-point data: Fisher's
-  exact test and Newcombe's hybrid score interval for independent proportions (Newcombe 1998,
-  Statistics in Medicine 17:873, method 10).
+  exact test and Newcombe's hybrid score interval for independent proportions without continuity
+  correction (Newcombe 1998, Statistics in Medicine 17:873, method 10).
 - ``seed_summary``: mean, sample standard deviation (ddof 1) and the t interval of the mean over
   seeds; ``seed_difference``: Welch's t-test of two groups of seeds (Student's with pooled variance
   when one group has a single seed).
-- ``rank_with_ties``: ranks that only change where a difference is significant.
+- ``rank_with_ties``: ranks in tie blocks: a row joins the block above only if no test separates it from
+  the block's first row (so ties cannot chain).
+- ``verdict``: what a difference and its interval support, in words, with an equivalence margin.
+- ``decrease_p``: one-sided Fisher exact p-value that an accuracy fell between two measurements.
 
 The tests give the p-values that decide significance; the score intervals say how large a
 difference may be (they agree with the tests except, rarely, at the edge of significance).
@@ -117,13 +124,17 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> Difference:
-    """Accuracy of A minus that of B on the same points, from their per-point correctness (bool vectors)."""
+    """Accuracy of A minus that of B on the same points, from their per-point correctness (bool vectors):
+    Newcombe's method 10, or Tango's score interval when no point is discordant (see the module's docstring)."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     if a.shape != b.shape or a.ndim != 1 or not len(a):
         raise EnergybenchError(f"paired correctness needs two vectors over the same points, got shapes {a.shape} "
                                f"and {b.shape}")
     n = len(a)
     both, only_a, only_b = int((a & b).sum()), int((a & ~b).sum()), int((~a & b).sum())
+    if only_a == only_b == 0:  # Tango's score interval, closed form for no discordant point
+        half = _z(level) ** 2 / (n + _z(level) ** 2)
+        return Difference(0.0, -half, half, 1.0, PAIRED_TEST)
     neither = n - both - only_a - only_b
     margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
     phi = (both * neither - only_a * only_b) / math.sqrt(margins) if margins else 0.0
@@ -165,9 +176,31 @@ def seed_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL
 
 
 def rank_with_ties(items: Sequence[T], differs: Callable[[T, T], bool]) -> list[int]:
-    """Competition ranks of ``items``, already in order, best first: an item shares the rank of the item
-    above it unless ``differs(above, item)`` (a significant difference); then it takes its position (1, 1, 3)."""
+    """Competition ranks of ``items``, already in order, best first, in tie blocks: walking down, an item joins
+    the block above (shares its rank) unless ``differs(first, item)``, ``first`` being the block's first item
+    (a significant difference); then it opens a new block at its own position (1, 1, 3).
+
+    Every item of a block is thus not separated from the block's first item, so ties cannot chain: a row is
+    never tied with a row it differs from through a ladder of small steps. The block's first item has index
+    ``rank - 1``, which is how callers find what each item was compared with."""
     ranks: list[int] = []
     for i, item in enumerate(items):
-        ranks.append(1 if i == 0 else i + 1 if differs(items[i - 1], item) else ranks[-1])
+        ranks.append(1 if i == 0 else i + 1 if differs(items[ranks[-1] - 1], item) else ranks[-1])
     return ranks
+
+
+def verdict(difference: Difference, margin: float) -> str:
+    """What ``difference`` (A - B) supports, in words: ``A higher``/``B higher`` when the test separates them;
+    ``same within +-margin`` only when the whole interval lies inside [-margin, +margin]; else ``not told
+    apart``, which is no claim of equality. ``margin`` is a fraction (0.01: one point)."""
+    points = f"{100 * margin:g} point" + ("" if 100 * margin == 1 else "s")
+    inside = -margin <= difference.low and difference.high <= margin
+    if difference.significant:
+        return f"{'A' if difference.value > 0 else 'B'} higher" + (f" (by less than {points})" if inside else "")
+    return f"same within ±{points}" if inside else f"not told apart (interval wider than ±{points})"
+
+
+def decrease_p(before: int, after: int, n: int) -> float:
+    """One-sided Fisher exact p-value that an accuracy measured as ``before`` then ``after`` correct out of
+    ``n`` points each fell (small when ``after`` is well below ``before``)."""
+    return float(stats.fisher_exact([[before, n - before], [after, n - after]], alternative="greater").pvalue)

@@ -11,7 +11,9 @@ The test (``compare_rows``, also what the leaderboards rank with):
 
 ``energybench compare REF_A REF_B`` (``compare``): a REF is a run id, or ``group:RUN_ID`` for every
 completed run of that run's configuration except the seed (as ``leaderboard --group-seeds`` groups).
-Runs of different datasets, threat models or eps are never compared.
+Runs of different datasets, threat models or eps are never compared. Each difference comes with a
+verdict in words (``energybench.evaluation.statistics.verdict``): a test that separates the two, or
+"same within" the equivalence margin only when the whole interval lies inside it, else "not told apart".
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ from energybench.evaluation.statistics import (
     paired_difference,
     seed_difference,
     unpaired_difference,
+    verdict,
 )
 from energybench.reporting.rows import ACCURACIES, LABELS, Row, SeedGroup, group_key, group_seeds, load_row
 from energybench.storage.store import Store
 
 GROUP_PREFIX = "group:"
+#: The equivalence margin of ``compare`` verdicts by default (a fraction: one percentage point).
+MARGIN = 0.01
 
 
 @dataclass
@@ -144,22 +149,30 @@ def _check_comparable(ref_a: str, a: Row, ref_b: str, b: Row) -> None:
 
 @dataclass
 class RowComparison:
-    """``energybench compare``: the two rows named and one comparison per accuracy either measured."""
+    """``energybench compare``: the two rows named, one comparison per accuracy either measured, and the
+    equivalence margin (a fraction) the verdicts use."""
 
     refs: tuple[str, str]
     rows: tuple[Row, Row]
     comparisons: list[Comparison]
+    margin: float = MARGIN
+
+    def verdict(self, comparison: Comparison) -> str:
+        """What the comparison supports in words (``statistics.verdict``), or why there is no test."""
+        d = comparison.difference
+        return comparison.note if d is None else verdict(d, self.margin)
 
 
-def compare(store: Store, ref_a: str, ref_b: str, checkpoint: str = "last") -> RowComparison:
-    """Compare ``ref_a`` with ``ref_b`` (run ids or ``group:RUN_ID``) on every accuracy at ``checkpoint``."""
+def compare(store: Store, ref_a: str, ref_b: str, checkpoint: str = "last", margin: float = MARGIN) -> RowComparison:
+    """Compare ``ref_a`` with ``ref_b`` (run ids or ``group:RUN_ID``) on every accuracy at ``checkpoint``; verdicts
+    call a difference negligible only when its interval lies inside +-``margin`` (a fraction)."""
     if checkpoint not in ("best", "last"):
         raise EnergybenchError(f"unknown checkpoint {checkpoint!r} (use best or last)")
     a, b = resolve(store, ref_a), resolve(store, ref_b)
     _check_comparable(ref_a, a, ref_b, b)
     metrics = [m for m in ACCURACIES.values() if not (math.isnan(a.get(checkpoint, m)) and
                                                      math.isnan(b.get(checkpoint, m)))]
-    return RowComparison((ref_a, ref_b), (a, b), [compare_rows(a, b, checkpoint, m) for m in metrics])
+    return RowComparison((ref_a, ref_b), (a, b), [compare_rows(a, b, checkpoint, m) for m in metrics], margin)
 
 
 def _describe(row: Row) -> str:
@@ -194,16 +207,18 @@ def comparison_table(result: RowComparison) -> Table:
     table = Table(title=f"A = {ref_a}: {_describe(a)}\nB = {ref_b}: {_describe(b)}\n{setting(a)}, {checkpoint} "
                         "checkpoint", title_justify="left", header_style="bold", caption_justify="left",
                   caption=f"accuracy % [95% Wilson interval] on n test points{group_note}; A - B in points with "
-                          f"its 95% interval and the two-sided p-value; significant (*) at {ALPHA:.0%}")
-    for header in ("metric", "A", "B", "A - B", f"{LEVEL:.0%} interval", "p", "test"):
-        table.add_column(header, justify="left" if header in ("metric", "test") else "right")
+                          f"its 95% interval and the two-sided p-value; significant (*) at {ALPHA:.0%}; verdict: "
+                          f"'same within ±{100 * result.margin:g} points' (the equivalence margin, --margin) only "
+                          "when the whole interval lies inside it; 'not told apart' claims no equality")
+    for header in ("metric", "A", "B", "A - B", f"{LEVEL:.0%} interval", "p", "verdict", "test"):
+        table.add_column(header, justify="left" if header in ("metric", "verdict", "test") else "right")
     for c in result.comparisons:
         d = c.difference
         table.add_row(LABELS[c.metric], _cell(c.a, c.n_a), _cell(c.b, c.n_b),
                       "-" if d is None else f"{100 * d.value:+.1f}",
                       "-" if d is None else f"[{100 * d.low:+.1f}, {100 * d.high:+.1f}]",
                       "-" if d is None else p_text(d.p) + (" *" if d.significant else ""),
-                      c.note if d is None else f"{d.test}: {c.note}")
+                      "-" if d is None else result.verdict(c), c.note if d is None else f"{d.test}: {c.note}")
     return table
 
 
@@ -232,6 +247,7 @@ def comparison_json(result: RowComparison) -> str:
                         "difference": None if d is None else d.value, "low": None if d is None else d.low,
                         "high": None if d is None else d.high, "p": None if d is None else d.p,
                         "test": None if d is None else d.test, "paired": c.paired,
-                        "significant": c.significant, "note": c.note})
+                        "significant": c.significant, "verdict": None if d is None else result.verdict(c),
+                        "note": c.note})
     return json.dumps({"a": row_json(result.refs[0], result.rows[0]), "b": row_json(result.refs[1], result.rows[1]),
-                       "level": LEVEL, "metrics": metrics}, indent=2) + "\n"
+                       "level": LEVEL, "margin": result.margin, "metrics": metrics}, indent=2) + "\n"

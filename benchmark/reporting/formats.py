@@ -216,8 +216,8 @@ def _heading(board: Leaderboard, ranking: Ranking) -> str:
 
 
 def _cells(board: Leaderboard, entry: Entry) -> list[str]:
-    """One row of a ranking table as text: rank, the display columns (the heading names the setting), p-value
-    against the row above."""
+    """One row of a ranking table as text: rank, the display columns (the heading names the setting), the p-value
+    of the test that decided the rank."""
     return [rank_text(entry), *(c.fmt(c.value(entry.row)) for c in columns(settings=False, grouped=board.grouped)),
             versus_text(entry)]
 
@@ -309,17 +309,20 @@ def _plain(value: Any) -> Any:
 
 
 def _ranking_fields(ranking: Ranking, entry: Entry) -> dict[str, Any]:
-    """Where a measured row stands: its rank, setting, what ranks it, the test against the row above."""
+    """Where a measured row stands: its rank, setting, what ranks it, and the test that decided its rank (against
+    ``compared_with``, the first row of the tie block above it)."""
     difference = entry.versus.difference if entry.versus else None
     return {"rank": entry.rank, "setting": ranking.setting.label, "ranked_by": ranking.order or (
                 next(k for k, v in ACCURACY_FIELDS.items() if v == (ranking.checkpoint, ranking.metric))),
             "p_above": None if difference is None else difference.p,
-            "test_above": None if difference is None else difference.test}
+            "test_above": None if difference is None else difference.test,
+            "compared_with": None if entry.leader is None else entry.leader.run.id}
 
 
 def records(board: Leaderboard) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Measured and reference rows as flat dicts: rank (None for references), setting, ranked_by, p_above and
-    test_above (the test against the row above), then the fields."""
+    """Measured and reference rows as flat dicts: rank (None for references), setting, ranked_by, p_above,
+    test_above and compared_with (the test that decided the rank, against the first row of the tie block above),
+    then the fields."""
     names = _field_names(board)
     measured = [{**_ranking_fields(ranking, entry), **{n: _plain(field_value(entry.row, n)) for n in names}}
                 for ranking in board.rankings for entry in ranking.entries]
@@ -367,7 +370,8 @@ _REFERENCE_FIELDS = ["method", "source", "link", "secondary"]
 def to_csv(board: Leaderboard) -> str:
     """One csv table: ``kind`` says measured or reference; references have rank ``-``; numbers unrounded."""
     measured, refs = records(board)
-    names = ["rank", "kind", "setting", "ranked_by", "p_above", "test_above"] + _field_names(board) + _REFERENCE_FIELDS
+    names = (["rank", "kind", "setting", "ranked_by", "p_above", "test_above", "compared_with"] + _field_names(board)
+             + _REFERENCE_FIELDS)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=names, lineterminator="\n")
     writer.writeheader()

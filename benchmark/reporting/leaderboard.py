@@ -3,10 +3,11 @@
 A ``Ranking`` holds the rows of one setting (dataset, model, threat model, eps), sorted by one
 accuracy of the last checkpoint: AutoAttack when every row has it on at least ``AA_RANKING_POINTS``
 test points, else PGD (on the protocol's test points, usually many more), with AutoAttack and its
-interval shown beside it. Walking down, a row shares the rank of the row above unless their
-difference is significant at 5 % (``energybench.reporting.compare.compare_rows`` picks the test: exact
-McNemar on the same points, Fisher's exact test as the unpaired fallback, Welch's t-test for seed
-groups). Every accuracy is shown with its 95 % interval.
+interval shown beside it. Ranks come in tie blocks: walking down, a row is tested against the first row
+of the block above and shares its rank unless their difference is significant at 5 %; then it opens a
+new block (``energybench.evaluation.statistics.rank_with_ties``; ``energybench.reporting.compare.compare_rows``
+picks the test: exact McNemar on the same points, Fisher's exact test as the unpaired fallback, Welch's
+t-test for seed groups). Every accuracy is shown with its 95 % interval.
 """
 
 from __future__ import annotations
@@ -68,11 +69,13 @@ def setting_of(row: Row) -> Setting:
 
 @dataclass
 class Entry:
-    """A row with its rank (None when it lacks the ranking accuracy) and its comparison with the row above."""
+    """A row with its rank (None when it lacks the ranking accuracy) and the test that decided it: its comparison
+    (``versus``) with ``leader``, the first row of the tie block above it."""
 
     row: Row
     rank: int | None
     versus: Comparison | None = None
+    leader: Row | None = None
 
 
 @dataclass
@@ -102,8 +105,8 @@ def ranking_metric(rows: list[Row]) -> str:
 
 def rank(rows: list[Row], metric: str, checkpoint: str = "last", reverse: bool = False) -> list[Entry]:
     """``rows`` sorted by ``metric`` at ``checkpoint`` (highest first; ``reverse``: lowest), the other of PGD/AA
-    breaking exact ties; each row shares the rank of the row above unless their difference is significant.
-    Rows without ``metric`` come last, unranked."""
+    breaking exact ties; each row shares the rank of the first row of the tie block above it unless their
+    difference is significant (``rank_with_ties``). Rows without ``metric`` come last, unranked."""
     other = {"aa_acc": "test_pgd_acc", "test_pgd_acc": "aa_acc"}.get(metric, metric)
     sign = 1 if reverse else -1
 
@@ -112,9 +115,15 @@ def rank(rows: list[Row], metric: str, checkpoint: str = "last", reverse: bool =
         return sign * row.get(checkpoint, metric), sign * (second if not math.isnan(second) else -1)
 
     measured = sorted((r for r in rows if not math.isnan(r.get(checkpoint, metric))), key=key)
-    versus = [None] + [compare_rows(above, row, checkpoint, metric) for above, row in zip(measured, measured[1:])]
-    ranks = rank_with_ties(range(len(measured)), lambda _, i: versus[i].significant)
-    return ([Entry(row, r, v) for row, r, v in zip(measured, ranks, versus)]
+    versus: dict[int, Comparison] = {}
+
+    def differs(first: int, i: int) -> bool:
+        versus[i] = compare_rows(measured[first], measured[i], checkpoint, metric)
+        return versus[i].significant
+
+    ranks = rank_with_ties(range(len(measured)), differs)
+    leaders = [None] + [measured[ranks[i - 1] - 1] for i in range(1, len(measured))]
+    return ([Entry(row, r, versus.get(i), leader) for i, (row, r, leader) in enumerate(zip(measured, ranks, leaders))]
             + [Entry(row, None) for row in rows if math.isnan(row.get(checkpoint, metric))])
 
 
@@ -184,6 +193,15 @@ def _points(row: Row) -> str:
     return "/".join("-" if (n := row.n("last", m)) is None else str(n) for m in ("test_pgd_acc", "aa_acc"))
 
 
+def co_text(row: Row) -> str:
+    """Catastrophic overfitting in the run (``yes``/``no``) or, for a seed group, in how many of its seeds (``1/3``)."""
+    if isinstance(row, SeedGroup):
+        flags = row.values("last", "co")
+        return f"{sum(bool(f) for f in flags)}/{len(flags)}" if flags else "-"
+    flag = row.get("last", "co")
+    return "-" if math.isnan(flag) else ("yes" if flag else "no")
+
+
 def _sd(row: Row, metric: str) -> str:
     """The sample standard deviation over seeds of ``metric`` (last checkpoint), in percentage points."""
     sd = row.sd("last", metric) if isinstance(row, SeedGroup) else math.nan
@@ -205,7 +223,7 @@ COLUMNS: list[Column] = [
     _pair("test_pgd_acc"),
     _pair("aa_acc"),
     Column("n PGD/AA", _points),
-    Column("CO", lambda r: r.get("last", "co"), lambda v: "-" if math.isnan(v) else ("yes" if v else "no")),
+    Column("CO", co_text),
     Column("dE", lambda r: r.get("last", "train_dE_mean"), _num),
     Column("time", lambda r: r.run.wall_time, lambda v: "-" if v is None else f"{v:.0f}s"),
     Column("checks", lambda r: r.warnings(), lambda v: "-" if v is None else (f"{len(v)} warn" if v else "ok")),
@@ -233,7 +251,8 @@ def rank_text(entry: Entry) -> str:
 
 
 def versus_text(entry: Entry) -> str:
-    """The p-value of the difference from the row above, marked by its test (see ``caption``)."""
+    """The p-value of the test that decided the row's rank (against the first row of the tie block above it),
+    marked by its test (see ``caption``)."""
     difference = entry.versus.difference if entry.versus else None
     if difference is None:
         return "-"
@@ -253,16 +272,20 @@ def caption(ranking: Ranking, grouped: bool = False) -> str:
             ranked += (f" (AutoAttack ran on fewer than {AA_RANKING_POINTS} points for some row: it is shown beside "
                        "PGD with its interval)")
         tests = ranking.tests()
-        ranked += (f"; a row shares the rank of the row above unless their difference is significant at "
-                   f"{ALPHA:.0%}, two-sided (p: its p-value): exact McNemar test on per-point correctness "
-                   "over the same test points")
+        ranked += (f"; ranks come in tie blocks: walking down, a row is tested against the first row of the block "
+                   f"above and shares its rank unless their difference is significant at {ALPHA:.0%}, two-sided, "
+                   "else it opens a new block (rows sharing a rank: none told apart from the block's first row; "
+                   "a lower rank: told apart from the first row of the block above, not necessarily from every "
+                   "row in it; p: that test's p-value): exact McNemar test on per-point correctness over the same "
+                   "test points")
         if UNPAIRED_TEST in tests:
             ranked += (f"; {UNPAIRED_MARK} unpaired fallback, Fisher's exact test (an older run without per-point "
                        "correctness, or other test points)")
         if tests & set(SEED_TESTS):
             ranked += f"; {SEED_MARK} Welch's t-test over seeds (Student's when one side has one seed)"
     seeds = ("; seed groups: means ± their 95% t interval over seeds (at least the Wilson interval of the mean on "
-             "the shared test points), sd PGD/AA: sample standard deviation over seeds (ddof 1)" if grouped else "")
+             "the shared test points), sd PGD/AA: sample standard deviation over seeds (ddof 1), CO: seeds with "
+             "catastrophic overfitting / seeds" if grouped else "")
     return (f"{ranked}. Accuracy % on the test set, best/last checkpoint, ± the larger distance to a bound of "
             f"either's 95% Wilson interval on n test points (n PGD/AA){seeds}; AA: AutoAttack, the point-wise worst "
             "case over its attacks; dE: final train E(x) - E(x*); checks: evaluation sanity warnings (their text "
@@ -271,7 +294,7 @@ def caption(ranking: Ranking, grouped: bool = False) -> str:
 
 def ranking_table(ranking: Ranking, title: str, *, settings: bool = True, grouped: bool = False,
                   highlight: str | None = None) -> Table:
-    """A rich table of one ranking: rank, the columns, and the p-value against the row above."""
+    """A rich table of one ranking: rank, the columns, and the p-value of the test that decided the rank."""
     cols = columns(settings=settings, grouped=grouped)
     table = Table(title=title, header_style="bold", title_justify="left", caption=caption(ranking, grouped),
                   caption_justify="left")

@@ -4,6 +4,8 @@ Per cell: mean ± sample standard deviation (ddof 1) over the seeds, and the 95 
 last checkpoint's mean PGD and AutoAttack accuracy (``SeedGroup.estimate``: the t interval over the
 seeds, at least the Wilson interval of the mean on the shared test points; one seed: the run's
 Wilson interval). A matrix, not a ranking: nothing is ranked, the intervals say which differences are real.
+A tuned value that no candidate's clean accuracy let through the tuning stage's guard is marked
+``(failed guard)``: it was taken as the most accurate candidate, not as the best eligible one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from rich.table import Table
 
 from energybench.config import format_eps
-from energybench.reporting.leaderboard import Column
+from energybench.reporting.leaderboard import Column, co_text
 from energybench.reporting.rows import Row, SeedGroup, group_seeds, load_row
 from energybench.storage.store import Store
 from energybench.suites.spec import Cell, Tuning, format_values, latest_runs
@@ -30,6 +32,7 @@ class CellGroup:
     regularizer: str
     eps: float
     tuned: str = ""
+    guarded: bool = True  # False: no candidate passed the tuning stage's clean-accuracy guard
     planned: int = 0
     failed: int = 0
     rows: list[Row] = field(default_factory=list)
@@ -43,12 +46,16 @@ class CellGroup:
         return self.seeds.get(checkpoint, metric) if self.rows else math.nan
 
 
-def group_cells(store: Store, cells: list[Cell]) -> list[CellGroup]:
-    """The suite's cells grouped over seeds, in matrix order, with the latest completed run of each."""
+def group_cells(store: Store, cells: list[Cell], selections: dict[tuple[str, str, float], Selection] | None = None
+                ) -> list[CellGroup]:
+    """The suite's cells grouped over seeds, in matrix order, with the latest completed run of each; with the
+    tuning stage's ``selections``, each tuned group knows whether its value passed the guard."""
     latest = latest_runs(store, cells)
     groups: dict[tuple[str, str, float], CellGroup] = {}
     for cell in cells:
-        group = groups.setdefault(cell.group, CellGroup(*cell.group, tuned=format_values(cell.tuned)))
+        selection = (selections or {}).get(cell.group)
+        group = groups.setdefault(cell.group, CellGroup(*cell.group, tuned=format_values(cell.tuned),
+                                                        guarded=selection is None or selection.guarded))
         group.planned += 1
         record = latest[cell.config_hash]
         if record is not None and record.status == "done":
@@ -91,7 +98,7 @@ def _number(value: float, pattern: str) -> str:
 COLUMNS: list[Column] = [
     Column("trainer", lambda g: g.trainer, justify="left"),
     Column("reg", lambda g: g.regularizer, justify="left"),
-    Column("tuned", lambda g: g.tuned or "-", justify="left"),
+    Column("tuned", lambda g: (g.tuned or "-") + ("" if g.guarded else " (failed guard)"), justify="left"),
     Column("eps", lambda g: format_eps(g.eps)),
     Column("seeds", _seeds),
     _pair("clean", "test_clean_acc"),
@@ -99,7 +106,7 @@ COLUMNS: list[Column] = [
     Column("PGD 95% CI", lambda g: interval(g, "test_pgd_acc")),
     _pair("AA", "aa_acc"),
     Column("AA 95% CI", lambda g: interval(g, "aa_acc")),
-    Column("CO", lambda g: "-" if not g.rows else f"{round(g.mean('last', 'co') * len(g.rows))}/{len(g.rows)}"),
+    Column("CO", lambda g: co_text(g.seeds) if g.rows else "-"),
     Column("PGD gap", lambda g: g.mean("best", "test_pgd_acc") - g.mean("last", "test_pgd_acc"),
            lambda v: _number(100 * v, "{:+.1f}")),
     Column("dE", lambda g: mean_std(g, "last", "train_dE_mean", scale=1.0, digits=2)),
@@ -114,7 +121,10 @@ def render_suite(groups: list[CellGroup], title: str) -> Table:
     table = Table(title=title, header_style="bold", title_justify="left", caption_justify="left",
                   caption="test accuracy % (mean±sample SD over seeds), best/last checkpoint by validation PGD; "
                           "95% CI: t interval of the last checkpoint's mean over seeds, at least the Wilson interval "
-                          "of the mean on the test points (one seed: the run's); seeds: completed/planned; "
+                          "of the mean on the test points (one seed: the run's); seeds: completed/planned; tuned: the "
+                          "value chosen on validation metrics of the tuning seeds, '(failed guard)': no candidate "
+                          "reached the clean-accuracy guard against the trainer without regularizer (runs in the "
+                          "tuning table), the most accurate was taken; "
                           "CO: seeds with catastrophic overfitting; PGD gap: best - last (robust overfitting); "
                           "dE: final train E(x) - E(x*); time: wall time per run; passes: forward+backward "
                           "passes per example per epoch")
@@ -131,15 +141,20 @@ def render_tuning(selections: dict[tuple[str, str, float], Selection], tuning: T
     table = Table(title="Tuning stage: validation accuracy % of each candidate (mean over tuning seeds "
                         f"{', '.join(map(str, tuning.seeds))}; {tuning.checkpoint} epoch)", header_style="bold",
                   title_justify="left", caption_justify="left",
-                  caption=f"eligible: validation clean accuracy at least {tuning.min_clean:.0%} of the same trainer "
-                          "without regularizer (ref clean); the chosen candidate has the best validation PGD "
-                          "among the eligible ones")
-    for header in ("trainer", "reg", "eps", "candidate", "val PGD", "val clean", "ref clean", "eligible", "chosen"):
-        table.add_column(header, justify="left" if header in ("trainer", "reg", "candidate") else "right")
+                  caption=f"eligible: validation clean accuracy at least {tuning.min_clean:.0%} of the guard's "
+                          "reference (ref clean), the same trainer without regularizer at its own hyper-parameters "
+                          "on the same tuning seeds and eps (ref runs); the chosen candidate has the best "
+                          "validation PGD among the eligible ones, else (failed guard) the highest clean accuracy")
+    headers = ("trainer", "reg", "eps", "candidate", "val PGD", "val clean", "ref clean", "ref runs", "eligible",
+               "chosen")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("trainer", "reg", "candidate", "ref runs") else "right")
     for (trainer, regularizer, eps), selection in selections.items():
+        chosen = "<-" if selection.guarded else "<- (failed guard)"
         for i, c in enumerate(selection.candidates):
             table.add_row(trainer, regularizer, format_eps(eps), format_values(c.values), f"{100 * c.pgd:.1f}",
                           f"{100 * c.clean:.1f}", f"{100 * selection.reference_clean:.1f}",
-                          "yes" if c.eligible else "no", "<-" if c.values == selection.values else "",
+                          ", ".join(selection.reference_runs), "yes" if c.eligible else "no",
+                          chosen if c.values == selection.values else "",
                           end_section=i == len(selection.candidates) - 1)
     return table

@@ -42,7 +42,7 @@ def _step_passes(key: str) -> float:
     model = create_model(config.model, dataset=config.dataset, **config.model_params).train()
     trainer = create_trainer(config.trainer, eps=config.eps, norm=config.norm, **config.trainer_params)
     regularizer = create_regularizer(config.regularizer, trainer_eps=config.eps, trainer_norm=config.norm,
-                                     **config.regularizer_params)
+                                     trainer_single_step=trainer.single_step, **config.regularizer_params)
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(2, info.in_channels, info.image_size, info.image_size, generator=generator)
     return TrainingStep(trainer, regularizer, num_classes=info.num_classes)(model, x, torch.tensor([0, 1])).passes

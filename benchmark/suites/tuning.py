@@ -2,12 +2,14 @@
 
 Every candidate ran on the tuning seeds (``Suite.tuning_cells``); the candidates are ranked by the
 validation PGD accuracy of the epoch ``tuning.checkpoint`` names (``last``, or ``best``), averaged
-over the tuning seeds. The guard against degenerate winners (NOTES.md section 2: a regularizer
-strong enough to make the classifier constant beats a collapsed model on PGD): a candidate is
-eligible only if its validation clean accuracy (same epoch, averaged over seeds) reaches
-``tuning.min_clean`` times that of the same trainer without regularizer; when no candidate is
-eligible, the one with the highest clean accuracy is chosen and the selection says so. Only
-``Store.epochs`` (validation metrics) is read: tuning runs never evaluate on the test split.
+over the tuning seeds. The guard against degenerate winners (a regularizer strong enough to make
+the classifier constant beats a collapsed model on PGD): a candidate is eligible only if its
+validation clean accuracy (same epoch, averaged over seeds) reaches ``tuning.min_clean`` times that
+of the guard's reference, the same trainer without regularizer at its own hyper-parameters (for a
+tuned trainer such as N-FGSM: its default values) on the same tuning seeds and eps; its runs are
+``Selection.reference_runs``. When no candidate is eligible, the one with the highest clean accuracy
+is chosen and the selection says so (``guarded`` False). Only ``Store.epochs`` (validation metrics)
+is read: tuning runs never evaluate on the test split.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Selection:
     candidates: list[Candidate] = field(default_factory=list)
     reference_clean: float = float("nan")
     guarded: bool = True  # False when no candidate passed the guard
+    reference_runs: list[str] = field(default_factory=list)  # the guard's reference: the trainer alone, tuning seeds
 
     def describe(self) -> str:
         note = "" if self.guarded else " (no candidate passed the clean-accuracy guard: most accurate taken)"
@@ -82,6 +85,7 @@ def choose(store: Store, suite: Suite, catalogue: Catalogue, *, cells: list[Cell
         if not all(c.config_hash in done for c in group + reference):
             continue
         ref_clean = statistics.fmean(_validation_scores(store, c, tuning.checkpoint)[1] for c in reference)
+        reference_runs = [record.id for record in latest_runs(store, reference).values() if record is not None]
         per_values: dict[str, list[tuple[float, float]]] = {}
         order: dict[str, dict[str, Any]] = {}
         for cell in group:
@@ -96,7 +100,8 @@ def choose(store: Store, suite: Suite, catalogue: Catalogue, *, cells: list[Cell
         eligible = [c for c in candidates if c.eligible]
         # ties go to the earlier candidate in the grid, so the choice never depends on dict order
         best = (max(eligible, key=lambda c: c.pgd) if eligible else max(candidates, key=lambda c: c.clean))
-        selections[key] = Selection(key, best.values, candidates, ref_clean, guarded=bool(eligible))
+        selections[key] = Selection(key, best.values, candidates, ref_clean, guarded=bool(eligible),
+                                    reference_runs=reference_runs)
     return selections
 
 

@@ -18,6 +18,7 @@ from energybench.config import RunConfig, select_device
 from energybench.contracts.callback import Batch, Callback
 from energybench.contracts.guard import call_plugin
 from energybench.contracts.registry import create_callback, create_model, create_regularizer, create_trainer
+from energybench.contracts.trainer import Trainer
 from energybench.data.augment import crop_flip, crop_flip_draws
 from energybench.data.datasets import ImageData, load_dataset
 from energybench.errors import EnergybenchError
@@ -56,11 +57,7 @@ class Run:
         self.model = self.fast.prepare_model(create_model(
             config.model, num_classes=info.num_classes, in_channels=info.in_channels, mean=info.mean,
             std=info.std, **config.model_params).to(self.device))
-        self.trainer = create_trainer(config.trainer, eps=config.eps, norm=config.norm, **config.trainer_params)
-        self.regularizer = create_regularizer(config.regularizer, trainer_eps=config.eps, trainer_norm=config.norm,
-                                              **config.regularizer_params)
-        self.step = TrainingStep(self.trainer, self.regularizer, num_classes=info.num_classes,
-                                 timeout=config.plugin_timeout)
+        self._train_with(create_trainer(config.trainer, eps=config.eps, norm=config.norm, **config.trainer_params))
         self.optimizer = self.fast.optimizer(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                              weight_decay=config.weight_decay)
         self.batches_per_epoch = max(1, len(self.data.train) // config.batch_size)
@@ -103,9 +100,16 @@ class Run:
 
     def use_trainer(self, name: str) -> None:
         """Train with trainer ``name`` (default hyper-parameters) from now on."""
-        self.trainer = create_trainer(name, eps=self.config.eps, norm=self.config.norm)
-        self.step = TrainingStep(self.trainer, self.regularizer, num_classes=self.data.info.num_classes,
-                                 timeout=self.config.plugin_timeout)
+        self._train_with(create_trainer(name, eps=self.config.eps, norm=self.config.norm))
+
+    def _train_with(self, trainer: Trainer) -> None:
+        """``trainer``, the run's regularizer built for it (its budget, whether it is single-step) and their step."""
+        cfg = self.config
+        self.trainer = trainer
+        self.regularizer = create_regularizer(cfg.regularizer, trainer_eps=cfg.eps, trainer_norm=cfg.norm,
+                                              trainer_single_step=trainer.single_step, **cfg.regularizer_params)
+        self.step = TrainingStep(trainer, self.regularizer, num_classes=self.data.info.num_classes,
+                                 timeout=cfg.plugin_timeout)
 
     # ----- state ----------------------------------------------------------------------------
 
@@ -211,7 +215,8 @@ class Run:
                 raise EnergybenchError(f"training loss became {metrics['train_loss']} in epoch {self.epoch + 1}; "
                                        f"run stopped, last good checkpoint kept (epoch {self.epoch})")
             metrics.update(self.validate())
-            metrics["co"] = catastrophic_overfitting([*self.store.epochs(self.run_id), metrics], self.config.eval)[-1]
+            metrics["co"] = catastrophic_overfitting([*self.store.epochs(self.run_id), metrics], self.config.eval,
+                                                     n=min(self.config.eval.val_points, len(self.data.val)))[-1]
             metrics["epoch_time"] = time.perf_counter() - start
             self.improved = metrics["val_pgd_acc"] > self.best_pgd
             if self.improved:

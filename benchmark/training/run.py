@@ -14,7 +14,7 @@ import torch
 
 from energybench.config import Catalogue, RunConfig
 from energybench.contracts.params import parse_params
-from energybench.contracts.registry import get_registry
+from energybench.contracts.registry import create_regularizer, get_registry
 from energybench.errors import EnergybenchError, Interrupted
 from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.sanity import evaluation_warnings
@@ -42,7 +42,9 @@ def prepare(config: RunConfig, catalogue: Catalogue) -> RunConfig:
                                   | config.trainer_params, f"trainer {config.trainer!r}")
     reg_params = parse_params(reg_cls.Params, catalogue.defaults_for("regularizer", config.regularizer)
                               | config.regularizer_params, f"regularizer {config.regularizer!r}")
-    if reg_cls(**reg_params.model_dump(by_alias=True)).needs_attack_start and not trainer_cls.single_step:
+    regularizer = create_regularizer(config.regularizer, trainer_single_step=trainer_cls.single_step,
+                                     **reg_params.model_dump(by_alias=True))
+    if regularizer.needs_attack_start and not trainer_cls.single_step:
         single = [n for n in registry.names("trainer") if getattr(registry.load("trainer", n), "single_step", False)]
         raise EnergybenchError(f"regularizer {config.regularizer!r} needs the loss at the attack's starting point, "
                                f"which only single-step trainers report; trainer {config.trainer!r} is not one "

@@ -29,7 +29,8 @@ class TrainingStep:
     When the regularizer reads clean logits (``uses_clean_logits``) that the trainer did not keep, one
     more forward pass computes them, with BatchNorm running statistics frozen so the regularizer adds
     no BatchNorm update that the unregularized run lacks. Every plugin call goes through
-    ``call_plugin`` (failures, ``timeout`` and broken contracts name the plugin). Passes per example:
+    ``call_plugin`` (failures, ``timeout`` and broken contracts name the plugin; a trainer that leaves out
+    ``TrainOutput.logits_start`` when the regularizer needs it breaks its contract). Passes per example:
     the trainer's ``TrainOutput.passes``, one for the extra clean pass, one per forward call the
     penalty makes (counted on the first step: the cost is the same every step).
     """
@@ -39,12 +40,15 @@ class TrainingStep:
         self.trainer, self.regularizer = trainer, regularizer
         self.num_classes, self.timeout = num_classes, timeout
         self.penalty_passes: int | None = None
+        self.start_needed_by = (regularizer.name or type(regularizer).__name__) if regularizer.needs_attack_start \
+            else None
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         trainer, regularizer = self.trainer, self.regularizer
         out = call_plugin("trainer", trainer.name or type(trainer).__name__, trainer.step, model, x, y,
                           timeout=self.timeout, keep_clean_logits=regularizer.uses_clean_logits,
-                          check=partial(train_output_problem, x=x, y=y, num_classes=self.num_classes))
+                          check=partial(train_output_problem, x=x, y=y, num_classes=self.num_classes,
+                                        start_needed_by=self.start_needed_by))
         passes = out.passes
         if regularizer.uses_clean_logits and out.logits is None:
             with frozen_batchnorm_stats(model):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_serializer, model_validator
 
 from energybench import PluginParams, Regularizer
+from energybench.errors import EnergybenchError
 from energybench.ops.energy import delta_energy
 
 #: Hyper-parameters of the published form, and of the ablation forms (squared, absolute, huber).
@@ -26,8 +27,10 @@ class DeltaEnergyRegularizer(Regularizer):
     From the first author's write-up of Mirza et al. (2025) (NOTES.md section 2). In single-step
     training the paper applies it only to abnormal adversarial examples (AAE: samples whose loss went
     down after the attack's step, as in AAER). ``aae="auto"`` does that for single-step trainers
-    (their ``TrainOutput.logits_start`` gives the loss at the attack's start at no extra forward pass)
-    and applies it to every sample for multi-step ones; ``"always"`` and ``"never"`` force the choice.
+    (``Trainer.single_step``, which ``trainer_single_step`` carries; their ``TrainOutput.logits_start``
+    gives the loss at the attack's start at no extra forward pass, and the harness stops a run whose
+    single-step trainer leaves it out) and applies it to every sample for multi-step ones; ``"always"``
+    and ``"never"`` force the choice.
     Our choices where the source is silent: x* is detached (an input), gradients flow through both
     E(x) and E(x*); the norm is per sample; the mean is over the whole batch (samples outside the
     mask count as 0, so the penalty scales with the share of AAEs).
@@ -74,7 +77,15 @@ class DeltaEnergyRegularizer(Regularizer):
 
     @property
     def needs_attack_start(self) -> bool:
-        return self.params.form == "hinge" and self.params.aae == "always"
+        """The abnormal-example mask: published form with ``aae="always"``, or ``"auto"`` and a single-step trainer."""
+        p = self.params
+        if p.form != "hinge" or p.aae == "never":
+            return False
+        if p.aae == "auto" and self.trainer_single_step is None:
+            raise EnergybenchError("der with aae='auto' masks abnormal examples only with a single-step trainer, but "
+                                   "was built without one: use energybench.create_regularizer('der', "
+                                   "trainer_single_step=True|False, ...) or set aae to 'always' or 'never'")
+        return p.aae == "always" or self.trainer_single_step
 
     @classmethod
     def variant(cls, params: dict[str, Any]) -> str | None:
@@ -89,7 +100,7 @@ class DeltaEnergyRegularizer(Regularizer):
         if p.form == "hinge":
             d = torch.stack([delta_energy(out.logits, out.logits_adv), delta_energy(out.logits, out.logits_adv, y)], 1)
             per_sample = F.relu(torch.linalg.vector_norm(d, dim=1) - p.gamma)
-            if p.aae == "always" or (p.aae == "auto" and out.logits_start is not None):
+            if self.needs_attack_start:
                 per_sample = per_sample * out.abnormal(y)
             return p.beta * per_sample.mean()
         total = out.loss.new_zeros(())
