@@ -14,7 +14,8 @@ import torch
 
 from energybench.config import Catalogue, RunConfig
 from energybench.contracts.params import parse_params
-from energybench.contracts.registry import get_registry
+from energybench.contracts.registry import create_regularizer, get_registry
+from energybench.data.counts import fit_counts
 from energybench.errors import EnergybenchError, Interrupted
 from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.sanity import evaluation_warnings
@@ -42,7 +43,8 @@ def prepare(config: RunConfig, catalogue: Catalogue) -> RunConfig:
                                   | config.trainer_params, f"trainer {config.trainer!r}")
     reg_params = parse_params(reg_cls.Params, catalogue.defaults_for("regularizer", config.regularizer)
                               | config.regularizer_params, f"regularizer {config.regularizer!r}")
-    if reg_cls(**reg_params.model_dump(by_alias=True)).needs_attack_start and not trainer_cls.single_step:
+    regularizer = create_regularizer(config.regularizer, **reg_params.model_dump(by_alias=True))
+    if regularizer.needs_attack_start and not trainer_cls.single_step:
         single = [n for n in registry.names("trainer") if getattr(registry.load("trainer", n), "single_step", False)]
         raise EnergybenchError(f"regularizer {config.regularizer!r} needs the loss at the attack's starting point, "
                                f"which only single-step trainers report; trainer {config.trainer!r} is not one "
@@ -85,31 +87,42 @@ def execute(config: RunConfig, store: Store, *, reporter: Reporter | None = None
             suite: str | None = None) -> str:
     """Train and evaluate ``config`` (or resume run ``resume``); return the run id.
 
-    Bad input (data, batch size, device, plugins) fails before anything is stored. The run is
-    stored with status 'running' from the start, 'done' at the end, 'interrupted' on Ctrl-C and
-    'failed' (with the error) otherwise; a resumed run continues after its last completed epoch.
-    A process killed outright leaves its run 'running': it may be resumed as soon as no live
-    process holds the run (``Store.claim``).
+    A damaged store and bad input (data, batch size, device, plugins) fail before anything is stored;
+    counts larger than the dataset's splits are fitted to them (``fit_counts``), so the stored config
+    says what ran. The run is stored with status 'running' from the start, 'done' at the end,
+    'interrupted' on Ctrl-C and 'failed' (with the error) otherwise; a resumed run continues after its
+    last completed epoch, once this process holds it: a process killed outright leaves its run
+    'running', and it may be resumed as soon as no live process holds it (``Store.claim``).
     """
     reporter = reporter or Reporter()
+    store.check_integrity()
     if resume is not None:
         record = store.get_run(resume)
         if record.status == "done":
             raise EnergybenchError(f"run {resume} is already complete")
-        config = RunConfig(**record.config)
-    run = Run(config, store, resume, reporter)
-    if resume is not None and (run.dir / "state.pt").is_file():
-        run.restore()  # a damaged or mismatched state file fails here, before the run's record changes
-    if resume is None:
-        run.run_id = store.create_run(config.model_dump(), config.config_hash(), suite=suite)
+        claim = store.claim(record.id)  # first: a run in use is refused before its data and state load
+        try:
+            run = Run(RunConfig(**record.config), store, record.id, reporter)
+            if (run.dir / "state.pt").is_file():
+                run.restore()  # a damaged or mismatched state file fails here, before the run's record changes
+        except BaseException:
+            claim.release()
+            raise
+        elapsed = record.wall_time or 0.0
+    else:
+        run = Run(config, store, None, reporter)
+        run.config, warnings = fit_counts(config, run.data)
+        for warning in warnings:
+            reporter.alert(warning)
+        run.run_id = store.create_run(run.config.model_dump(), run.config.config_hash(), suite=suite)
+        claim = store.claim(run.run_id)
+        elapsed = 0.0
     run_id = run.run_id
-    claim = store.claim(run_id)
     start = time.perf_counter()
-    elapsed = 0.0 if resume is None else (record.wall_time or 0.0)
     try:
         store.set_status(run_id, "running")
         run.fit()
-        if config.eval.test:
+        if run.config.eval.test:
             with run.fast.final_evaluation():
                 evaluate_checkpoints(run)
     except KeyboardInterrupt:
