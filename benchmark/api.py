@@ -57,8 +57,8 @@ class StoredRun:
         return load_trained(self.id, self.store, checkpoint=checkpoint).model
 
 
-def _store(store: str | Path | Store | None) -> Store:
-    return store if isinstance(store, Store) else Store(store)
+def _store(store: str | Path | Store | None, *, readonly: bool = False) -> Store:
+    return store if isinstance(store, Store) else Store(store, readonly=readonly)
 
 
 @validated
@@ -138,7 +138,7 @@ def load(ref: str, *, checkpoint: str = "best", dataset: str | None = None, arch
          store: str | Path | Store | None = None) -> nn.Module:
     """The trained model of a run id (its ``best`` or ``last`` checkpoint) or of a checkpoint file, in eval
     mode; a file outside a run folder needs ``dataset`` and ``arch`` (a registered architecture)."""
-    return load_trained(ref, _store(store), checkpoint=checkpoint, dataset=dataset, model=arch).model
+    return load_trained(ref, _store(store, readonly=True), checkpoint=checkpoint, dataset=dataset, model=arch).model
 
 
 @validated
@@ -155,8 +155,8 @@ def leaderboard(*, dataset: str | None = None, model: str | None = None, eps: fl
         eps_value = parse_eps(eps) if eps is not None else None
     except ValueError as exc:
         raise EnergybenchError(str(exc)) from None
-    board = build_leaderboard(_store(store), load_catalogue(registry), dataset=dataset, model=model, eps=eps_value,
-                              norm=norm, track=track, suite=suite, trainer=trainer, group=group_seeds,
+    board = build_leaderboard(_store(store, readonly=True), load_catalogue(registry), dataset=dataset, model=model,
+                              eps=eps_value, norm=norm, track=track, suite=suite, trainer=trainer, group=group_seeds,
                               references=references)
     measured, refs = records(board)
     return measured + (refs if references else [])

@@ -614,10 +614,12 @@ def test_reading_commands_work_on_a_read_only_store(tmp_path, populated):
     repo = Path(__file__).resolve().parents[1]
     env = os.environ | {"PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     try:
-        for argv in (["leaderboard"], ["compare", ids["done"], ids["done"]],
-                     ["export", ids["done"], "-o", str(out / "info.json")]):
-            result = subprocess.run([sys.executable, "-m", "energybench.cli", *argv, "--store", str(store)], env=env,
-                                    capture_output=True, text=True,
+        api_call = f"import energybench; print([r['id'] for r in energybench.leaderboard(store={str(store)!r})])"
+        for argv in (["-m", "energybench.cli", "leaderboard", "--store", str(store)],
+                     ["-m", "energybench.cli", "compare", ids["done"], ids["done"], "--store", str(store)],
+                     ["-m", "energybench.cli", "export", ids["done"], "-o", str(out / "info.json"), "--store",
+                      str(store)], ["-c", api_call]):
+            result = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True,
                                     preexec_fn=_without_write_permission if os.geteuid() == 0 else None)
             assert result.returncode == 0, (argv, result.stderr)
             assert ids["done"] in result.stdout or "AutoAttack 25.0%" in result.stdout, (argv, result.stdout)
