@@ -160,8 +160,7 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
         if eps or track or trainer:
             raise EnergybenchError("--eps, --track and --trainer filter runs; with --generative use --dataset/--model")
         for table in generative_tables(Store(store_path, readonly=True), load_catalogue(registry_path), dataset=dataset,
-                                       model=model,
-                                       references=not no_references):
+                                       model=model, references=not no_references):
             out.print(table)
         return
     try:
@@ -424,8 +423,7 @@ def export_run(run_id, output, checkpoint, name, authors, link, venue, store_pat
     from energybench.storage.store import Store
 
     info = export_model_info(Store(store_path, readonly=True), run_id, output, checkpoint=checkpoint, name=name,
-                             authors=authors,
-                             link=link, venue=venue)
+                             authors=authors, link=link, venue=venue)
     out.print(f"{output}: clean {info['clean_acc']}%, AutoAttack {info['autoattack_acc']}% ({info['dataset']}, "
               f"eps {info['eps']})")
 

@@ -17,7 +17,9 @@ printed again for any stored run. The checks and their thresholds follow AutoAtt
 - Square beats white-box: the black-box Square attack lowers AutoAttack's accuracy after the
   white-box attacks have run (aa_square_acc below the accuracy before it).
 
-A weaker attack (FGSM) leaving a higher accuracy than PGD is normal, and is not flagged.
+A weaker attack (FGSM) leaving a higher accuracy than PGD is normal, and is not flagged. Logits
+that are not finite are no warning here: no accuracy can be measured from them, so they fail the
+evaluation itself (``energybench.evaluation.robustness.robustness``) and such a model is never ranked.
 """
 
 from __future__ import annotations
