@@ -34,6 +34,17 @@ def parse_assignments(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
     return values
 
 
+def save_figure(figure, path: str | Path) -> None:
+    """Write a matplotlib figure as a PNG file (atomically; a path that cannot be written is one clear line)."""
+    import io
+
+    from energybench.storage.checkpoint import atomic_write
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    atomic_write(Path(path), buffer.getvalue())
+
+
 def store_option(f):
     return click.option("--store", "store_path", type=click.Path(file_okay=False),
                         help="Run store folder (default: $ENERGYBENCH_HOME or ~/.local/share/energybench).")(f)
@@ -91,6 +102,13 @@ def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epoch
 
     for name in loggers:
         get_registry().entry("callback", name)  # an unknown logger is one clear line, before anything runs
+    if resume:
+        ctx = click.get_current_context()
+        given = [p.opts[0] for p in ctx.command.params
+                 if p.name not in ("resume", "store_path") and ctx.params[p.name] not in (None, ())]
+        if given:
+            raise EnergybenchError(f"--resume continues run {resume} with the settings it was started with, so "
+                                   f"{', '.join(given)} cannot apply; drop them, or start a new run to change them")
     store = Store(store_path)
     if resume:
         run_id = api.resume(resume, store=store, reporter=RichReporter(err)).id
@@ -145,17 +163,17 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
 
         if eps or track or trainer:
             raise EnergybenchError("--eps, --track and --trainer filter runs; with --generative use --dataset/--model")
-        for table in generative_tables(Store(store_path), load_catalogue(registry_path), dataset=dataset, model=model,
-                                       references=not no_references):
+        for table in generative_tables(Store(store_path, readonly=True), load_catalogue(registry_path), dataset=dataset,
+                                       model=model, references=not no_references):
             out.print(table)
         return
     try:
         eps_value = parse_eps(eps) if eps is not None else None
     except ValueError as exc:
         raise EnergybenchError(str(exc)) from None
-    board = build_leaderboard(Store(store_path), load_catalogue(registry_path), dataset=dataset, model=model,
-                              eps=eps_value, norm=norm, track=track, suite=suite, trainer=trainer, sort=sort,
-                              reverse=reverse, group=group_seeds, references=not no_references)
+    board = build_leaderboard(Store(store_path, readonly=True), load_catalogue(registry_path), dataset=dataset,
+                              model=model, eps=eps_value, norm=norm, track=track, suite=suite, trainer=trainer,
+                              sort=sort, reverse=reverse, group=group_seeds, references=not no_references)
     if not board.rows:
         raise EnergybenchError("no completed runs match these filters; start one with `energybench run`")
     if output:
@@ -377,7 +395,8 @@ def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points,
         stored = api.evaluate(model_ref, dataset=dataset, eps=eps, norm=norm, n=test_points, aa_points=aa_points,
                               track=track, seed=seed, device=device, checkpoint=checkpoint, arch=arch,
                               model_dir=model_dir, data_root=data_root, store=store, registry=registry_path,
-                              on_stage=lambda text: status.update(text))
+                              on_stage=lambda text: status.update(text),
+                              on_warning=lambda text: err.print(f"[yellow]warning[/]: {text}", highlight=False))
     config, run_id = stored.config, stored.id
     err.print(f"[bold]energybench eval[/]: {config.model} on {config.dataset}, {config.norm} eps "
               f"{format_eps(config.eps)}" + (f", protocol of track {config.track}" if config.track else ""))
@@ -404,7 +423,7 @@ def compare(ref_a, ref_b, checkpoint, fmt, margin, store_path) -> None:
     from energybench.reporting.compare import comparison_json, comparison_table
     from energybench.storage.store import Store
 
-    result = compare_refs(Store(store_path), ref_a, ref_b, checkpoint=checkpoint, margin=margin / 100)
+    result = compare_refs(Store(store_path, readonly=True), ref_a, ref_b, checkpoint=checkpoint, margin=margin / 100)
     if fmt == "json":
         click.echo(comparison_json(result), nl=False)
     else:
@@ -426,8 +445,8 @@ def export_run(run_id, output, checkpoint, name, authors, link, venue, store_pat
     from energybench.storage.references import export_model_info
     from energybench.storage.store import Store
 
-    info = export_model_info(Store(store_path), run_id, output, checkpoint=checkpoint, name=name, authors=authors,
-                             link=link, venue=venue)
+    info = export_model_info(Store(store_path, readonly=True), run_id, output, checkpoint=checkpoint, name=name,
+                             authors=authors, link=link, venue=venue)
     out.print(f"{output}: clean {info['clean_acc']}%, AutoAttack {info['autoattack_acc']}% ({info['dataset']}, "
               f"eps {info['eps']})")
 
@@ -463,8 +482,22 @@ def report(refs, output, title, store_path, registry_path) -> None:
     from energybench.storage.store import Store
 
     with err.status("writing the report"):
-        path = write_report(Store(store_path), load_catalogue(registry_path), refs, output, title=title)
+        path = write_report(Store(store_path, readonly=True), load_catalogue(registry_path), refs, output, title=title)
     out.print(f"report written to {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+@cli.group("store")
+def store_group() -> None:
+    """Look after a run store."""
+
+
+@store_group.command()
+@store_option
+def repair(store_path) -> None:
+    """Rebuild a missing, empty or damaged store database from the run folders (the old file is kept)."""
+    from energybench.storage.repair import repair_store
+
+    out.print(repair_store(store_path).summary(), highlight=False, soft_wrap=True)
 
 
 @cli.group()
@@ -511,10 +544,10 @@ def histograms(model_ref, attacks, n, eps, norm, checkpoint, dataset, model_arch
                                eps=eps_value, norm=norm, checkpoint=checkpoint, dataset=dataset, arch=model_arch,
                                model_dir=model_dir, data_root=data_root, device=device)
     with err.status("loading the model") as status:
-        data, title = model_histograms(request, Store(store_path),
+        data, title = model_histograms(request, Store(store_path, readonly=True),
                                        on_attack=lambda name: status.update(f"energies under {name}"))
     path = Path(out_path or f"energy-histograms-{Path(model_ref).stem.replace(':', '-')}.png")
-    histogram_figure(data, title=title).savefig(path, dpi=120)
+    save_figure(histogram_figure(data, title=title), path)
     out.print(stats_table(energy_stats(data), title))
     out.print(f"figure written to {path}")
 
@@ -529,8 +562,8 @@ def trace(run_ids, out_path, store_path) -> None:
     from energybench.reporting.energy_figures import load_traces, trace_figure, trace_table
     from energybench.storage.store import Store
 
-    traces = load_traces(Store(store_path), list(run_ids))
-    trace_figure(traces).savefig(out_path, dpi=120)
+    traces = load_traces(Store(store_path, readonly=True), list(run_ids))
+    save_figure(trace_figure(traces), out_path)
     out.print(trace_table(traces))
     out.print(f"figure written to {out_path}")
 
@@ -543,7 +576,7 @@ def select(run_ids, store_path) -> None:
     from energybench.evaluation.selection import CRITERIA, select_epoch
     from energybench.storage.store import Store
 
-    store = Store(store_path)
+    store = Store(store_path, readonly=True)
     table = Table(title="checkpoint selection: epoch (validation PGD accuracy)", title_justify="left",
                   header_style="bold")
     for column in ("run", *CRITERIA, "dE = val-pgd"):

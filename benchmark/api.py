@@ -2,7 +2,8 @@
 
 Every function stores what it measures in the same run store the CLI uses (``store``: a folder, or
 by default ``$ENERGYBENCH_HOME`` or ``~/.local/share/energybench``), so runs made from a notebook
-show up on ``energybench leaderboard`` and the other way round.
+show up on ``energybench leaderboard`` and the other way round. Arguments are checked against their
+annotations, as the command line checks its flags: a wrong one raises one ``EnergybenchError`` line.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from energybench.config import RunConfig, load_catalogue, resolve_config
+from energybench.config import RunConfig, Seed, load_catalogue, parse_eps, resolve_config
+from energybench.contracts.params import validated
 from energybench.data.datasets import get_dataset
 from energybench.errors import EnergybenchError
 from energybench.evaluation.external import ExternalModel, eval_config, evaluate_external, resolve_model
@@ -55,13 +57,14 @@ class StoredRun:
         return load_trained(self.id, self.store, checkpoint=checkpoint).model
 
 
-def _store(store: str | Path | Store | None) -> Store:
-    return store if isinstance(store, Store) else Store(store)
+def _store(store: str | Path | Store | None, *, readonly: bool = False) -> Store:
+    return store if isinstance(store, Store) else Store(store, readonly=readonly)
 
 
+@validated
 def train(trainer: str | None = None, regularizer: str | None = None, *, track: str | None = None,
           config: str | Path | None = None, trainer_params: dict[str, Any] | None = None,
-          regularizer_params: dict[str, Any] | None = None, callbacks: Sequence[str] = (),
+          regularizer_params: dict[str, Any] | None = None, callbacks: str | Sequence[str] = (),
           store: str | Path | Store | None = None, reporter: Reporter | None = None,
           registry: str | Path | None = None, **settings: Any) -> StoredRun:
     """Train, evaluate and store one run, exactly as ``energybench run`` does, and return it.
@@ -69,16 +72,18 @@ def train(trainer: str | None = None, regularizer: str | None = None, *, track: 
     Settings resolve as on the command line: the track (default: the catalogue's default track),
     then the TOML file ``config``, then ``settings`` (any ``RunConfig`` field: ``dataset``, ``model``,
     ``eps`` (a number or ``"8/255"``), ``epochs``, ``n_train``, ``eval={"aa_points": 0}``, ...).
-    ``callbacks`` names extra training-loop callbacks (e.g. ``["tensorboard"]``).
+    ``callbacks`` names extra training-loop callbacks (e.g. ``"tensorboard"`` or ``["tensorboard"]``).
     """
     catalogue = load_catalogue(registry)
+    names = [callbacks] if isinstance(callbacks, str) else list(callbacks)
     overrides = settings | {"trainer": trainer, "regularizer": regularizer, "trainer_params": trainer_params,
-                            "regularizer_params": regularizer_params, "callbacks": list(callbacks) or None}
+                            "regularizer_params": regularizer_params, "callbacks": names or None}
     resolved = prepare(resolve_config(catalogue, track=track, config_file=config, overrides=overrides), catalogue)
     target = _store(store)
     return StoredRun.of(target, execute(resolved, target, reporter=reporter))
 
 
+@validated
 def resume(run_id: str, *, store: str | Path | Store | None = None, reporter: Reporter | None = None) -> StoredRun:
     """Continue an interrupted or failed run after its last completed epoch, as ``energybench run --resume``."""
     target = _store(store)
@@ -95,20 +100,23 @@ def _module_source(model: nn.Module) -> dict[str, Any]:
             "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()[:16]}
 
 
+@validated
 def evaluate(model: nn.Module | str, *, dataset: str | None = None, eps: float | str | None = None,
              norm: str | None = None, n: int | None = None, aa_points: int | None = None, track: str | None = None,
-             seed: int | None = None, device: str = "auto", checkpoint: str = "best", arch: str | None = None,
+             seed: Seed | None = None, device: str = "auto", checkpoint: str = "best", arch: str | None = None,
              model_dir: str | Path | None = None, data_root: str | Path | None = None,
              store: str | Path | Store | None = None, registry: str | Path | None = None,
-             on_stage: Callable[[str], None] | None = None) -> StoredRun:
+             on_stage: Callable[[str], None] | None = None,
+             on_warning: Callable[[str], None] | None = None) -> StoredRun:
     """Evaluate any model under a track's protocol and store the result: the equivalent of RobustBench's
     ``benchmark(model, dataset=..., threat_model=...)``, with energies.
 
     ``model`` is an ``nn.Module`` mapping images in [0, 1] to logits (``dataset`` needed), or a reference:
     a run id, a checkpoint file (``arch`` names its registered architecture when it is not in a run folder),
     a TorchScript file, or ``robustbench:NAME``. ``n`` test points for clean/FGSM/PGD and ``aa_points`` for
-    AutoAttack override the protocol of ``track`` (default: the first track on the dataset). The stored
-    run's ``results["last"]`` holds the metrics.
+    AutoAttack override the protocol of ``track`` (default: the first track on the dataset); counts larger
+    than the test set are fitted to it and reported to ``on_warning``. The stored run's ``results["last"]``
+    holds the metrics.
     """
     target = _store(store)
     if isinstance(model, nn.Module):
@@ -116,24 +124,24 @@ def evaluate(model: nn.Module | str, *, dataset: str | None = None, eps: float |
         if info is None:
             raise EnergybenchError("evaluating a module needs dataset= (the data it classifies)")
         external = ExternalModel(model.eval(), info, type(model).__name__, _module_source(model))
-    elif isinstance(model, str):
+    else:
         external = resolve_model(model, target, dataset=dataset, model=arch, norm=norm, checkpoint=checkpoint,
                                  model_dir=model_dir)
-    else:
-        raise EnergybenchError(f"model must be an nn.Module or a reference (run id, file, robustbench:NAME), "
-                               f"got {type(model).__name__}")
     config = eval_config(load_catalogue(registry), external, track=track, eps=eps, norm=norm, aa_points=aa_points,
                          test_points=n, seed=seed, device=device, data_root=str(data_root) if data_root else None)
-    return StoredRun.of(target, evaluate_external(external, config, target, on_stage=on_stage))
+    return StoredRun.of(target, evaluate_external(external, config, target, on_stage=on_stage,
+                                                  on_warning=on_warning))
 
 
+@validated
 def load(ref: str, *, checkpoint: str = "best", dataset: str | None = None, arch: str | None = None,
          store: str | Path | Store | None = None) -> nn.Module:
     """The trained model of a run id (its ``best`` or ``last`` checkpoint) or of a checkpoint file, in eval
     mode; a file outside a run folder needs ``dataset`` and ``arch`` (a registered architecture)."""
-    return load_trained(ref, _store(store), checkpoint=checkpoint, dataset=dataset, model=arch).model
+    return load_trained(ref, _store(store, readonly=True), checkpoint=checkpoint, dataset=dataset, model=arch).model
 
 
+@validated
 def leaderboard(*, dataset: str | None = None, model: str | None = None, eps: float | str | None = None,
                 norm: str | None = None, track: str | None = None, suite: str | None = None,
                 trainer: str | None = None, group_seeds: bool = False, references: bool = False,
@@ -141,19 +149,22 @@ def leaderboard(*, dataset: str | None = None, model: str | None = None, eps: fl
     """The leaderboard's rows as plain dicts (ranked; accuracies as fractions; the fields of
     ``energybench leaderboard --format json``). ``pandas.DataFrame(rows)`` makes a table of them.
     ``references=True`` appends the published reference rows (rank None)."""
-    from energybench.config import parse_eps
     from energybench.reporting.formats import build_leaderboard, records
 
-    eps_value = parse_eps(eps) if eps is not None else None
-    board = build_leaderboard(_store(store), load_catalogue(registry), dataset=dataset, model=model, eps=eps_value,
-                              norm=norm, track=track, suite=suite, trainer=trainer, group=group_seeds,
+    try:
+        eps_value = parse_eps(eps) if eps is not None else None
+    except ValueError as exc:
+        raise EnergybenchError(str(exc)) from None
+    board = build_leaderboard(_store(store, readonly=True), load_catalogue(registry), dataset=dataset, model=model,
+                              eps=eps_value, norm=norm, track=track, suite=suite, trainer=trainer, group=group_seeds,
                               references=references)
     measured, refs = records(board)
     return measured + (refs if references else [])
 
 
+@validated
 def sample(model: str, *, sampler: str | Sequence[str] = "local-pca", n: int = 1000, params: dict | None = None,
-           seed: int = 0, checkpoint: str = "best", features: str = "auto", dataset: str | None = None,
+           seed: Seed = 0, checkpoint: str = "best", features: str = "auto", dataset: str | None = None,
            arch: str | None = None, inception_weights: str | Path | None = None, out_dir: str | Path | None = None,
            batch_size: int = 250, device: str = "auto", data_root: str | Path | None = None,
            store: str | Path | Store | None = None, registry: str | Path | None = None,

@@ -15,11 +15,12 @@ import re
 import sys
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from energybench.errors import EnergybenchError, unknown_name
+from energybench.files import read_text
 
 if TYPE_CHECKING:
     import torch
@@ -51,8 +52,12 @@ def format_eps(eps: float) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{eps:g}"
 
 
+#: A seed: at most what torch's generators and SQLite's integers both hold.
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class EvalProtocol(_Strict):
@@ -159,7 +164,7 @@ class RunConfig(_Strict):
     augment: bool = False
     n_train: int | None = Field(None, ge=1)
     val_size: int = Field(5000, ge=1)
-    seed: int = 0
+    seed: Seed = 0
     eval: EvalProtocol = Field(default_factory=EvalProtocol)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     fast: FastPath = Field(default_factory=FastPath)
@@ -247,8 +252,8 @@ class Catalogue:
     def __init__(self, path: Path):
         self.path = path
         try:
-            data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            data = tomllib.loads(read_text(path, "catalogue"))
+        except tomllib.TOMLDecodeError as exc:
             raise EnergybenchError(f"cannot read catalogue {path}: {exc}") from None
         self.default_track: str = data.get("default_track", "")
         self.tracks: dict[str, Track] = {}
@@ -326,8 +331,8 @@ def resolve_config(catalogue: Catalogue, *, track: str | None = None, config_fil
         settings["track"] = track
     if config_file is not None:
         try:
-            settings = _merge(settings, tomllib.loads(Path(config_file).read_text()))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            settings = _merge(settings, tomllib.loads(read_text(config_file, "config file")))
+        except tomllib.TOMLDecodeError as exc:
             raise EnergybenchError(f"cannot read config file {config_file}: {exc}") from None
     settings = _merge(settings, overrides)
     try:

@@ -192,8 +192,9 @@ def write_small_eval(folder: Path) -> Path:
     return path
 
 
-def test_a_run_on_your_own_image_folder(tree, capsys):
-    code, out, err = run_cli(capsys, "run", "--dataset", tree, "--model", "small-cnn", "--trainer", "fgsm",
+def test_a_run_on_your_own_image_folder(tree, capsys, monkeypatch):
+    monkeypatch.chdir(tree.parent)  # a relative path is recorded as the absolute one
+    code, out, err = run_cli(capsys, "run", "--dataset", "mydata", "--model", "small-cnn", "--trainer", "fgsm",
                              "--eps", "8/255", "--epochs", "1", "--config", write_small_eval(tree.parent),
                              "--store", tree.parent / "store")
     assert code == 0, err

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from energybench.contracts.guard import attack_output_problem
-from energybench.contracts.params import PluginParams, parse_params
+from energybench.contracts.params import PluginParams, budget, parse_params
 from energybench.errors import EnergybenchError, PluginError
 
 
@@ -35,11 +35,12 @@ class Attack(ABC):
         if norm not in self.norms:
             raise PluginError(f"attack {self.name or type(self).__name__!r} does not support norm {norm!r} "
                               f"(supported: {', '.join(self.norms)})")
+        label = f"attack {self.name or type(self).__name__!r}"
         self.model = model
-        self.eps = float(eps)
+        self.eps = budget(eps, label)
         self.norm = norm
         self.seed = seed
-        self.params = parse_params(self.Params, params, f"attack {self.name or type(self).__name__!r}")
+        self.params = parse_params(self.Params, params, label)
 
     @abstractmethod
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

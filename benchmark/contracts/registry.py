@@ -20,8 +20,11 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from pydantic import Field
+
+from energybench.contracts.params import validated
 from energybench.errors import EnergybenchError, PluginError, unknown_name
 
 if TYPE_CHECKING:
@@ -233,39 +236,54 @@ def get_plugin(kind: str, name: str) -> Any:
 
 # ----- building plugins by name: one way for every kind (timm's create_model) ----------------------
 
+def _build(kind: str, name: str, *args: Any, **params: Any) -> Any:
+    """An instance of plugin ``name`` of ``kind``; an exception in its constructor becomes a PluginError
+    naming it."""
+    from energybench.contracts.guard import call_plugin
+
+    return call_plugin(kind, name, get_plugin(kind, name), *args, **params)
+
+
 def create_attack(name: str, model: nn.Module, *, eps: float, norm: str = "Linf", seed: int | None = None,
                   **params: Any) -> Attack:
     """The attack ``name`` on ``model`` in the ``norm`` ball of radius ``eps`` with hyper-parameters ``params``."""
-    return get_plugin("attack", name)(model, eps=eps, norm=norm, seed=seed, **params)
+    return _build("attack", name, model, eps=eps, norm=norm, seed=seed, **params)
 
 
+@validated
 def create_trainer(name: str, *, eps: float, norm: str = "Linf", **params: Any) -> Trainer:
     """The trainer ``name`` for budget ``eps`` of ``norm`` with hyper-parameters ``params``."""
-    return get_plugin("trainer", name)(eps=eps, norm=norm, **params)
+    return _build("trainer", name, eps=eps, norm=norm, **params)
 
 
+@validated
 def create_regularizer(name: str, *, trainer_eps: float | None = None, trainer_norm: str = "Linf",
                        trainer_single_step: bool | None = None, **params: Any) -> Regularizer:
     """The regularizer ``name`` with hyper-parameters ``params``; it learns the trainer's budget (``eps`` and
     ``norm`` attributes) for regularizers that follow it (GradAlign's noise radius), and whether the trainer is
     single-step (``trainer_single_step``: DER's abnormal-example mask with ``aae="auto"``)."""
-    regularizer = get_plugin("regularizer", name)(**params)
+    regularizer = _build("regularizer", name, **params)
     regularizer.eps, regularizer.norm = trainer_eps, trainer_norm
     regularizer.trainer_single_step = trainer_single_step
     return regularizer
 
 
+@validated
 def create_sampler(name: str, **params: Any) -> Sampler:
     """The sampler ``name`` with hyper-parameters ``params``."""
-    return get_plugin("sampler", name)(**params)
+    return _build("sampler", name, **params)
 
 
-def create_model(name: str, *, dataset: str | None = None, num_classes: int | None = None,
-                 in_channels: int | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, **params: Any) -> nn.Module:
+Count = Annotated[int, Field(ge=1)]
+
+
+@validated
+def create_model(name: str, *, dataset: str | None = None, num_classes: Count | None = None,
+                 in_channels: Count | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[Annotated[float, Field(gt=0)]] | None = None, **params: Any) -> nn.Module:
     """An untrained model ``name`` sized for ``dataset`` (its classes, channels and normalisation), or for
-    the given ``num_classes``/``in_channels``/``mean``/``std``; ``params`` are the model's own keyword
-    arguments (``width=16``)."""
+    the given ``num_classes``/``in_channels``/``mean``/``std`` (one value per channel); ``params`` are the
+    model's own keyword arguments (``width=16``)."""
     if dataset is not None:
         from energybench.data.datasets import get_dataset
 
@@ -276,19 +294,31 @@ def create_model(name: str, *, dataset: str | None = None, num_classes: int | No
         raise EnergybenchError(f"model {name!r} needs a dataset or num_classes and in_channels")
     mean = mean if mean is not None else (0.5,) * in_channels
     std = std if std is not None else (0.5,) * in_channels
-    cls = get_plugin("model", name)
-    try:
-        return cls(num_classes=num_classes, in_channels=in_channels, mean=tuple(mean), std=tuple(std), **params)
-    except TypeError as exc:
-        if not params:
-            raise
-        raise EnergybenchError(f"model {name!r} does not take {', '.join(f'{k}={v!r}' for k, v in params.items())} "
-                               f"({exc})") from None
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise EnergybenchError(f"model {name!r}: mean and std need one value per channel ({in_channels}), "
+                               f"got {len(mean)} and {len(std)}")
+    unknown = set(params) - model_params(get_plugin("model", name))
+    if unknown:
+        given = ", ".join(f"{k}={params[k]!r}" for k in sorted(unknown))
+        accepted = ", ".join(sorted(model_params(get_plugin("model", name)))) or "none"
+        raise EnergybenchError(f"model {name!r} does not take {given} (its parameters: {accepted})")
+    return _build("model", name, num_classes=num_classes, in_channels=in_channels, mean=tuple(mean), std=tuple(std),
+                  **params)
 
 
+def model_params(cls: type) -> set[str]:
+    """The keyword arguments a model plugin takes besides ``num_classes``, ``in_channels``, ``mean`` and ``std``."""
+    import inspect
+
+    signature = inspect.signature(cls.__init__).parameters.values()
+    return {p.name for p in signature if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {
+        "self", "num_classes", "in_channels", "mean", "std"}
+
+
+@validated
 def create_callback(name: str, **params: Any) -> Callback:
     """The training-loop callback ``name`` with hyper-parameters ``params``."""
-    return get_plugin("callback", name)(**params)
+    return _build("callback", name, **params)
 
 
 def create_dataset(name: str) -> Dataset:

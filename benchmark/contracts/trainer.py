@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from energybench.contracts.params import PluginParams, parse_params
+from energybench.contracts.params import PluginParams, budget, parse_params
 
 
 @dataclass
@@ -62,9 +62,10 @@ class Trainer(ABC):
     name: ClassVar[str] = ""
 
     def __init__(self, *, eps: float, norm: str = "Linf", **params):
-        self.eps = float(eps)
+        label = f"trainer {self.name or type(self).__name__!r}"
+        self.eps = budget(eps, label)
         self.norm = norm
-        self.params = parse_params(self.Params, params, f"trainer {self.name or type(self).__name__!r}")
+        self.params = parse_params(self.Params, params, label)
 
     @abstractmethod
     def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, keep_clean_logits: bool) -> TrainOutput:

@@ -76,7 +76,9 @@ def get_dataset(name: str) -> Dataset:
 
 
 def dataset_name(name: str) -> str:
-    """How a run records dataset ``name``: the plugin name, or the absolute path of an image folder."""
+    """How a run records dataset ``name``: the plugin name, or the absolute path of an image folder (checked)."""
+    if name in get_registry().names("dataset") or not is_path(name):
+        return name
     return get_dataset(name).name
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from energybench.config import Catalogue, RunConfig, parse_eps, readable, select_device
 from energybench.contracts.dataset import Dataset
+from energybench.data.counts import fit_counts
 from energybench.data.datasets import get_dataset, load_dataset
 from energybench.errors import EnergybenchError
 from energybench.evaluation.protocol import test_evaluation
@@ -183,20 +184,32 @@ def _check_outputs(model: nn.Module, x: torch.Tensor, info: Dataset, label: str)
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise EnergybenchError(f"model {label} returns {shape} for {len(x)} {info.name} images; expected logits "
                                f"of shape ({len(x)}, {info.num_classes})")
+    if not torch.isfinite(out).all():
+        raise EnergybenchError(f"model {label} returns non-finite logits (nan or inf) for {info.name} images: "
+                               "no accuracy can be measured from them")
 
 
 def evaluate_external(external: ExternalModel, config: RunConfig, store: Store, *,
-                      on_stage: Callable[[str], None] | None = None) -> str:
-    """Evaluate ``external`` with ``config``'s protocol on the test set; store it as a run; return its id."""
+                      on_stage: Callable[[str], None] | None = None,
+                      on_warning: Callable[[str], None] | None = None) -> str:
+    """Evaluate ``external`` with ``config``'s protocol on the test set; store it as a run; return its id.
+
+    A damaged store, the data, the device and the model's outputs on two test images are checked
+    before the run is stored: a refused input stores nothing. ``on_warning`` hears the counts fitted
+    to the test set (``fit_counts``)."""
     stage = on_stage or (lambda text: None)
+    store.check_integrity()
+    device = select_device(config.device)
+    model = external.model.to(device)
+    data = load_dataset(config.dataset, data_root=config.data_root, val_size=1)  # only its test split is used
+    with eval_mode(model):
+        _check_outputs(model, as_float(data.test.x[:2], device), external.info, external.label)
+    config, warnings = fit_counts(config, data, validation=False)
+    for warning in warnings:
+        (on_warning or (lambda text: None))(warning)
     run_id = store.create_run(config.model_dump(), config.config_hash())
     start = time.perf_counter()
     try:
-        device = select_device(config.device)
-        model = external.model.to(device)
-        data = load_dataset(config.dataset, data_root=config.data_root, val_size=1)  # only its test split is used
-        with eval_mode(model):
-            _check_outputs(model, as_float(data.test.x[:2], device), external.info, external.label)
         torch.manual_seed(config.seed)
         measured = test_evaluation(model, data.test, config, device, stage)
         for tag in ("last", "best"):

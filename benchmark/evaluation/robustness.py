@@ -15,10 +15,14 @@ from torch import nn
 from energybench.config import EvalProtocol
 from energybench.contracts.registry import get_plugin
 from energybench.data.datasets import Split
+from energybench.errors import EnergybenchError
 from energybench.evaluation.autoattack import run_autoattack
 from energybench.evaluation.statistics import decrease_p
 from energybench.ops.energy import EnergyTrace
 from energybench.ops.modes import eval_mode
+
+#: What the metric prefixes of ``robustness`` measure, for messages.
+SPLIT_NAMES = {"val_": "validation", "test_": "test"}
 
 
 def as_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -57,7 +61,10 @@ class Measurement:
 def robustness(model: nn.Module, split: Split, *, n: int | None, eps: float, norm: str, pgd_steps: int,
                pgd_restarts: int = 1, with_fgsm: bool = False, batch_size: int = 500,
                device: torch.device, prefix: str = "") -> Measurement:
-    """Clean, (FGSM,) and PGD accuracy on the first ``n`` points, and dE statistics against PGD."""
+    """Clean, (FGSM,) and PGD accuracy on the first ``n`` points, and dE statistics against PGD.
+
+    Logits that are not finite (nan, inf) make every accuracy meaningless: they fail the evaluation.
+    """
     fgsm = get_plugin("attack", "fgsm")(model, eps=eps, norm=norm) if with_fgsm else None
     pgd = pgd_attack(model, eps, norm, pgd_steps, pgd_restarts)
     correct: dict[str, list[torch.Tensor]] = {name: [] for name in ("clean", "pgd") + (("fgsm",) if fgsm else ())}
@@ -66,6 +73,11 @@ def robustness(model: nn.Module, split: Split, *, n: int | None, eps: float, nor
         for x, y in _batches(split, n, batch_size, device):
             with torch.no_grad():
                 logits = model(x)
+            bad = int((~torch.isfinite(logits).all(1)).sum())  # one host read per batch, as every attack call makes
+            if bad:
+                raise EnergybenchError(f"the model returns non-finite logits (nan or inf) for {bad} of {len(y)} "
+                                       f"{SPLIT_NAMES.get(prefix, 'evaluated')} points: no accuracy can be measured "
+                                       "from them")
             x_pgd = pgd(x, y)
             x_fgsm = fgsm(x, y) if fgsm is not None else None
             with torch.no_grad():

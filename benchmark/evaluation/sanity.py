@@ -20,7 +20,9 @@ printed again for any stored run. The checks and their thresholds follow AutoAtt
   share, the points PGD leaves robust that AutoAttack breaks. A few are normal (AutoAttack is the
   stronger attack); many mean the PGD number, and whatever was chosen by it, overstates robustness.
 
-A weaker attack (FGSM) leaving a higher accuracy than PGD is normal, and is not flagged.
+A weaker attack (FGSM) leaving a higher accuracy than PGD is normal, and is not flagged. Logits
+that are not finite are no warning here: no accuracy can be measured from them, so they fail the
+evaluation itself (``energybench.evaluation.robustness.robustness``) and such a model is never ranked.
 """
 
 from __future__ import annotations

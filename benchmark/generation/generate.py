@@ -21,6 +21,7 @@ and validation splits together: every image of the training files). Metrics (``S
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable
@@ -38,12 +39,14 @@ from energybench.config import Catalogue, select_device
 from energybench.contracts.dataset import Dataset
 from energybench.contracts.guard import call_plugin
 from energybench.contracts.params import parse_params
-from energybench.contracts.registry import get_registry
+from energybench.contracts.registry import create_sampler, get_registry
 from energybench.contracts.sampler import SampleBatch, Sampler
 from energybench.data.datasets import Split, load_dataset, offline
 from energybench.errors import EnergybenchError
+from energybench.files import write_error
 from energybench.generation.feature_extractors import DomainExtractor, domain_extractor, inception_cache_path
 from energybench.generation.metrics import domain_metrics, inception_metrics, to_uint8, within_class_diversity
+from energybench.storage.checkpoint import atomic_write
 from energybench.storage.store import GenerativeRecord, Store, new_id
 from energybench.storage.trained import load_trained
 from energybench.training.progress import Reporter
@@ -116,7 +119,9 @@ def save_grid(path: Path, x: torch.Tensor, y: torch.Tensor, num_classes: int, co
     grid = make_grid(torch.stack(cells).float() / 255, nrow=columns, padding=2, pad_value=1.0)
     image = Image.fromarray((grid * 255).round().byte().permute(1, 2, 0).numpy())
     scale = max(1, 64 // x.shape[-1])
-    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+    buffer = io.BytesIO()
+    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(buffer, format="PNG")
+    atomic_write(path, buffer.getvalue())
 
 
 def feature_sets(features: str, info: Dataset, inception_weights: str | None) -> list[str]:
@@ -201,17 +206,20 @@ def generate(ref: str, store: Store, catalogue: Catalogue, *, samplers: list[str
     dev = select_device(device)
     net = trained.model.to(dev).eval()
 
+    folder = Path(out_dir) if out_dir else store.home / "generative" / new_id()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
     data = load_dataset(info.name, data_root=data_root, val_size=1)
     real = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
     measure = SampleMetrics(real, info, store.home, n=n, seed=seed, features=chosen,
                             inception_weights=inception_weights, device=dev, data_root=data_root, reporter=reporter)
     x_fit = real.x.float() / 255
     labels = balanced_labels(n, info.num_classes)
-    folder = Path(out_dir) if out_dir else store.home / "generative" / new_id()
-    folder.mkdir(parents=True, exist_ok=True)
     records = []
     for name in samplers:
-        sampler = get_registry().load("sampler", name)(**settings[name])
+        sampler = create_sampler(name, **settings[name])
         call_plugin("sampler", name, sampler.fit, net, x_fit, real.y)
         start = time.perf_counter()
         batch = draw(sampler, net, labels, seed, batch_size)
@@ -225,14 +233,16 @@ def generate(ref: str, store: Store, catalogue: Catalogue, *, samplers: list[str
             metrics=measure(x, batch.y), steps_mean=float(batch.steps.float().mean()), wall_time=wall_time,
             out_dir=str(folder))
         save_grid(folder / f"{name}.png", x, batch.y, info.num_classes)
-        np.savez_compressed(folder / f"{name}.npz", x=x.numpy(), y=batch.y.numpy(), steps=batch.steps.numpy(),
+        arrays = io.BytesIO()
+        np.savez_compressed(arrays, x=x.numpy(), y=batch.y.numpy(), steps=batch.steps.numpy(),
                             energy=batch.energy.numpy())
+        atomic_write(folder / f"{name}.npz", arrays.getvalue())
         extractor = measure.extractor
         summary = asdict(record) | {"model_source": trained.source, "features": chosen,
                                     "feature_extractor": None if extractor is None else {
                                         "name": extractor.name, "weights": str(extractor.path),
                                         "test_clean_acc": extractor.test_acc}}
-        (folder / f"{name}.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        atomic_write(folder / f"{name}.json", json.dumps(summary, indent=2, sort_keys=True).encode())
         store.add_generative(record)
         records.append(record)
     return records

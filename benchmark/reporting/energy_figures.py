@@ -18,7 +18,7 @@ from rich.table import Table
 from torch import nn
 
 from energybench.config import select_device
-from energybench.contracts.registry import get_plugin
+from energybench.contracts.registry import create_attack, get_plugin
 from energybench.data.datasets import Split, load_dataset
 from energybench.errors import EnergybenchError
 from energybench.evaluation.external import resolve_model
@@ -62,7 +62,7 @@ def attack_energies(model: nn.Module, split: Split, *, attacks: list[str], n: in
         for source in ["clean", *attacks]:
             if on_attack is not None:
                 on_attack(source)
-            attack = None if source == "clean" else get_plugin("attack", source)(model, eps=eps, norm=norm, seed=seed)
+            attack = None if source == "clean" else create_attack(source, model, eps=eps, norm=norm, seed=seed)
             parts: dict[str, list[torch.Tensor]] = {e: [] for e in ENERGIES}
             for start in range(0, n, batch_size):
                 x, y = x_all[start:start + batch_size], y_all[start:start + batch_size]

@@ -14,20 +14,29 @@ from typing import Any
 import torch
 
 from energybench.errors import EnergybenchError
+from energybench.files import write_error
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename: never a half-written file.
+
+    Any OS error (a parent that is a file, no permission, a full disk) raises one line naming ``path``.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
         folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -42,7 +51,8 @@ def save_checkpoint(path: str | Path, obj: Any) -> str:
 
     The sidecar lists the hashes a valid ``path`` may have: first the new one plus the old ones,
     then, once ``path`` is replaced, the new one only. A process killed at any moment thus leaves
-    a checkpoint whose hash is listed, while any corruption of the file is still detected.
+    a checkpoint whose hash is listed, while any corruption of the file is still detected. A write
+    that fails (a full disk) leaves no sidecar of a checkpoint that does not exist.
     """
     path = Path(path)
     buffer = io.BytesIO()
@@ -52,12 +62,21 @@ def save_checkpoint(path: str | Path, obj: Any) -> str:
     sidecar = path.with_name(path.name + ".sha256")
     previous = []
     if path.is_file():
-        previous = (sidecar.read_text().split() if sidecar.is_file()
-                    else [hashlib.sha256(path.read_bytes()).hexdigest()])
+        previous = (_hashes(sidecar) if sidecar.is_file() else [hashlib.sha256(path.read_bytes()).hexdigest()])
     atomic_write(sidecar, "\n".join([digest, *previous]).encode())
-    atomic_write(path, data)
+    try:
+        atomic_write(path, data)
+    except BaseException:
+        if not previous:
+            sidecar.unlink(missing_ok=True)
+        raise
     atomic_write(sidecar, digest.encode())
     return digest
+
+
+def _hashes(sidecar: Path) -> list[str]:
+    """The hashes a sidecar lists (a damaged, non-text sidecar lists none that match)."""
+    return sidecar.read_text(encoding="utf-8", errors="replace").split()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
@@ -68,7 +87,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except OSError as exc:
         raise EnergybenchError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.is_file() and hashlib.sha256(data).hexdigest() not in sidecar.read_text().split():
+    if sidecar.is_file() and hashlib.sha256(data).hexdigest() not in _hashes(sidecar):
         raise EnergybenchError(f"checkpoint {path} is corrupted: its SHA-256 does not match {sidecar.name}")
     try:
         with warnings.catch_warnings():  # e.g. about pickle protocols: the outcome is reported below

@@ -17,6 +17,7 @@ from typing import Any
 
 from energybench.config import Catalogue, format_eps, parse_eps
 from energybench.errors import EnergybenchError
+from energybench.files import read_text
 from energybench.storage.checkpoint import atomic_write
 from energybench.storage.store import Store
 
@@ -115,9 +116,15 @@ def imported_references(store: Store) -> list[Reference]:
     """Model-info files imported into ``store``, oldest file name first."""
     refs = []
     for path in sorted(_reference_dir(store).glob("*/*/*.json")):
-        refs.append(from_model_info(json.loads(path.read_text()), id=path.stem, norm=path.parent.name,
-                                    source=str(path)))
+        refs.append(from_model_info(_read_json(path), id=path.stem, norm=path.parent.name, source=str(path)))
     return refs
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(read_text(path, "model-info file"))
+    except json.JSONDecodeError as exc:
+        raise EnergybenchError(f"{path} is not JSON: {exc}") from None
 
 
 def import_model_info(paths: list[str | Path], store: Store, *, norm: str | None = None) -> list[Reference]:
@@ -129,12 +136,7 @@ def import_model_info(paths: list[str | Path], store: Store, *, norm: str | None
     refs = []
     for raw in paths:
         path = Path(raw)
-        try:
-            data = json.loads(path.read_text())
-        except OSError as exc:
-            raise EnergybenchError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise EnergybenchError(f"{path} is not JSON: {exc}") from None
+        data = _read_json(path)
         threat = norm or (path.parent.name if path.parent.name in THREAT_MODELS else "Linf")
         refs.append((path, data, from_model_info(data, id=path.stem, norm=threat, source=str(path))))
     for _, data, ref in refs:

@@ -10,12 +10,14 @@ timeout, so several processes may write to it at once.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,26 +91,43 @@ class RunRecord:
 class Store:
     """Runs, their per-epoch metrics and final results, in SQLite, with one folder per run."""
 
-    def __init__(self, home: str | Path | None = None):
+    def __init__(self, home: str | Path | None = None, *, readonly: bool = False):
+        """Open (or create) the store at ``home``. ``readonly`` opens it for reading only: nothing is created or
+        written, so a store on a read-only folder or mount can be read (a missing one reads as empty).
+
+        A database that is missing or empty while run folders exist is refused, never re-initialised: it
+        must be rebuilt from them (``energybench store repair``)."""
         self.home = Path(home).expanduser() if home else default_home()
         self.db_path = self.home / "store.sqlite"
         try:
-            (self.home / "runs").mkdir(parents=True, exist_ok=True)
-            probe = self.home / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-            self._db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
+            if readonly:
+                self._db = self._open_readonly()
+            else:
+                (self.home / "runs").mkdir(parents=True, exist_ok=True)
+                probe = self.home / f".write-test-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+                self._db = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA busy_timeout = 30000")
-            self._db.execute("PRAGMA journal_mode = WAL")
             version = self._schema_version()
-            if version is None or version <= SCHEMA_VERSION:  # idempotent: older stores gain new tables
+            if version is None:
+                self._refuse_orphaned_runs()
+            if readonly and version is None:  # nothing stored yet: read as an empty store
+                self._db.close()
+                self._db = sqlite3.connect(":memory:", isolation_level=None)
+                self._db.row_factory = sqlite3.Row
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode = WAL")
+            if version is None or (version <= SCHEMA_VERSION and not readonly):  # older stores gain new tables
                 self._db.executescript(_SCHEMA)
                 self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except OSError as exc:
             raise EnergybenchError(f"store {self.home} is not writable: {exc.strerror or exc}") from None
         except sqlite3.DatabaseError as exc:
-            raise EnergybenchError(f"store {self.db_path} is not a usable SQLite database: {exc}") from None
+            raise EnergybenchError(f"store {self.db_path} is not a usable SQLite database: {exc}; if its run "
+                                   f"folders are intact, rebuild it with `energybench store repair --store "
+                                   f"{self.home}`") from None
         version = self._schema_version()
         if version is not None and version > SCHEMA_VERSION:
             raise EnergybenchError(f"store {self.db_path} has schema version {version}, newer than this "
@@ -121,22 +140,73 @@ class Store:
             return None
         return int(row[0]) if row else None
 
+    def _open_readonly(self) -> sqlite3.Connection:
+        """The database opened for reading; on a folder it cannot write (where SQLite cannot share the
+        write-ahead log), as an immutable file."""
+        if not self.db_path.is_file():
+            return sqlite3.connect(":memory:", isolation_level=None)
+        uri = "file:" + urllib.parse.quote(str(self.db_path.resolve()))
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30.0, isolation_level=None)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+            return sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+
+    def _refuse_orphaned_runs(self) -> None:
+        """Refuse a database with no tables (missing or empty) beside run folders: opening it would hide them."""
+        folders = list((self.home / "runs").glob("*/config.json"))
+        if folders:
+            self._db.close()
+            raise EnergybenchError(f"store {self.db_path} is missing or empty, but {self.home / 'runs'} holds "
+                                   f"{len(folders)} run folders: rebuild the database from them with "
+                                   f"`energybench store repair --store {self.home}`")
+
+    def _failure(self, exc: sqlite3.DatabaseError) -> Exception:
+        """The one-line error for a database error: a damaged file says how to rebuild it."""
+        if type(exc) is sqlite3.DatabaseError:  # SQLITE_CORRUPT, SQLITE_NOTADB
+            return self._damaged(str(exc))
+        if isinstance(exc, sqlite3.OperationalError):  # locked, full disk, read-only, I/O error
+            return EnergybenchError(f"store {self.db_path}: {exc}")
+        return exc
+
+    def _damaged(self, detail: str) -> EnergybenchError:
+        return EnergybenchError(f"store {self.db_path} is damaged ({detail}); its run folders hold every run: "
+                                f"rebuild the database from them with `energybench store repair --store {self.home}`")
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Every row of a query; database errors as one line (``_failure``)."""
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._failure(exc) from None
+
+    def check_integrity(self) -> None:
+        """Refuse a damaged database (SQLite's ``PRAGMA quick_check``), naming it and how to rebuild it."""
+        problems = [row[0] for row in self._rows("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise self._damaged(problems[0])
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        for attempt in range(50):
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 49:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            for attempt in range(50):
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 49:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise self._failure(exc) from None
 
     def close(self) -> None:
         self._db.close()
@@ -160,25 +230,52 @@ class Store:
             run_id = new_id()
             try:
                 with self._tx() as db:
-                    db.execute(
-                        "INSERT INTO runs (id, created, status, track, suite, trainer, regularizer, dataset, model, "
-                        "eps, norm, seed, config_hash, config) "
-                        "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (run_id, time.time(), config.get("track"), suite, config["trainer"], config["regularizer"],
-                         config["dataset"], config["model"], config["eps"], config["norm"], config["seed"],
-                         config_hash, json.dumps(config, sort_keys=True)))
+                    _insert_run(db, run_id, time.time(), "running", config, config_hash, suite)
                 break
             except sqlite3.IntegrityError:  # the id drawn is taken (another run in the same minute): draw again
                 if attempt == 9:
                     raise
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
         _write_text(self.run_dir(run_id) / "config.json", json.dumps(config, indent=2, sort_keys=True))
+        self._write_record(run_id)
         return run_id
 
     def set_status(self, run_id: str, status: str, *, error: str | None = None, wall_time: float | None = None) -> None:
         with self._tx() as db:
             db.execute("UPDATE runs SET status = ?, error = ?, wall_time = COALESCE(?, wall_time) WHERE id = ?",
                        (status, error, wall_time, run_id))
+        self._write_record(run_id)
+
+    def _write_record(self, run_id: str) -> None:
+        """``runs/<id>/record.json``: the run's row (config aside), final results and per-point correctness.
+        With ``config.json`` and ``metrics.jsonl`` the folder holds all the database knows of the run."""
+        (row,) = self._rows("SELECT * FROM runs WHERE id = ?", (run_id,))
+        record = {k: row[k] for k in row.keys() if k not in ("config", "epochs_done")}
+        record["results"] = self.results(run_id)
+        record["points"] = {}
+        for checkpoint, metric, n, blob in self._rows(
+                "SELECT checkpoint, metric, n, correct FROM points WHERE run_id = ?", (run_id,)):
+            record["points"].setdefault(checkpoint, {})[metric] = {"n": n, "packed": base64.b64encode(blob).decode()}
+        _write_text(self.run_dir(run_id) / "record.json", json.dumps(record, indent=2, sort_keys=True))
+
+    def restore_run(self, record: dict[str, Any], config: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
+        """Insert a run read back from its folder (``record.json`` as ``_write_record`` writes it, the
+        config and the epochs' metrics), for ``energybench store repair``; no file is written."""
+        with self._tx() as db:
+            _insert_run(db, record["id"], record["created"], record["status"], config, record["config_hash"],
+                        record.get("suite"))
+            db.execute("UPDATE runs SET epochs_done = ?, wall_time = ?, error = ? WHERE id = ?",
+                       (max((e["epoch"] + 1 for e in epochs), default=0), record.get("wall_time"),
+                        record.get("error"), record["id"]))
+            db.executemany("INSERT INTO epochs VALUES (?, ?, ?)",
+                           [(record["id"], e["epoch"], json.dumps(e, sort_keys=True)) for e in epochs])
+            db.executemany("INSERT INTO results VALUES (?, ?, ?, ?)",
+                           [(record["id"], checkpoint, k, v)
+                            for checkpoint, metrics in record.get("results", {}).items() for k, v in metrics.items()])
+            db.executemany("INSERT INTO points VALUES (?, ?, ?, ?, ?)",
+                           [(record["id"], checkpoint, metric, p["n"], base64.b64decode(p["packed"]))
+                            for checkpoint, by_metric in record.get("points", {}).items()
+                            for metric, p in by_metric.items()])
 
     def add_epoch(self, run_id: str, epoch: int, metrics: dict[str, Any]) -> None:
         """Record one epoch's metrics (idempotent: a resumed run may record an epoch again)."""
@@ -205,19 +302,19 @@ class Store:
     def points(self, run_id: str) -> dict[str, dict[str, np.ndarray]]:
         """Per-point correctness by checkpoint and metric (empty for runs stored before it was recorded)."""
         out: dict[str, dict[str, np.ndarray]] = {}
-        for checkpoint, metric, n, blob in self._db.execute(
+        for checkpoint, metric, n, blob in self._rows(
                 "SELECT checkpoint, metric, n, correct FROM points WHERE run_id = ?", (run_id,)):
             out.setdefault(checkpoint, {})[metric] = unpack_points(n, blob)
         return out
 
     def get_run(self, run_id: str) -> RunRecord:
-        row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if row is None:
+        rows = self._rows("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows:
             from energybench.errors import unknown_name
 
-            recent = [r[0] for r in self._db.execute("SELECT id FROM runs ORDER BY created DESC LIMIT 50")]
+            recent = [r[0] for r in self._rows("SELECT id FROM runs ORDER BY created DESC LIMIT 50")]
             raise unknown_name("run", run_id, recent)
-        return _record(row)
+        return _record(rows[0])
 
     def runs(self, *, status: str | None = "done", **filters: Any) -> list[RunRecord]:
         """Runs matching column filters (None values ignored), oldest first."""
@@ -236,16 +333,16 @@ class Store:
                 raise ValueError(f"cannot filter runs by {column!r}")
             args.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return [_record(r) for r in self._db.execute(f"SELECT * FROM runs {where} ORDER BY created", args)]
+        return [_record(r) for r in self._rows(f"SELECT * FROM runs {where} ORDER BY created", args)]
 
     def epochs(self, run_id: str) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT metrics FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))
+        rows = self._rows("SELECT metrics FROM epochs WHERE run_id = ? ORDER BY epoch", (run_id,))
         return [json.loads(r[0]) for r in rows]
 
     def results(self, run_id: str) -> dict[str, dict[str, float]]:
         """Final metrics by checkpoint: ``{"best": {...}, "last": {...}}``."""
         out: dict[str, dict[str, float]] = {}
-        for row in self._db.execute("SELECT checkpoint, metric, value FROM results WHERE run_id = ?", (run_id,)):
+        for row in self._rows("SELECT checkpoint, metric, value FROM results WHERE run_id = ?", (run_id,)):
             out.setdefault(row[0], {})[row[1]] = row[2]
         return out
 
@@ -264,7 +361,7 @@ class Store:
         """Stored generative results, oldest first, optionally for one dataset and/or architecture."""
         clauses = [(c, v) for c, v in (("dataset", dataset), ("model", model)) if v is not None]
         where = f"WHERE {' AND '.join(f'{c} = ?' for c, _ in clauses)}" if clauses else ""
-        rows = self._db.execute(f"SELECT * FROM generative {where} ORDER BY created", [v for _, v in clauses])
+        rows = self._rows(f"SELECT * FROM generative {where} ORDER BY created", [v for _, v in clauses])
         return [GenerativeRecord(**(dict(r) | {"params": json.loads(r["params"]), "metrics": json.loads(r["metrics"])}))
                 for r in rows]
 
@@ -342,6 +439,15 @@ class GenerativeRecord:
     steps_mean: float
     wall_time: float
     out_dir: str | None
+
+
+def _insert_run(db: sqlite3.Connection, run_id: str, created: float, status: str, config: dict[str, Any],
+                config_hash: str, suite: str | None) -> None:
+    db.execute("INSERT INTO runs (id, created, status, track, suite, trainer, regularizer, dataset, model, eps, norm, "
+               "seed, config_hash, config) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (run_id, created, status, config.get("track"), suite, config["trainer"], config["regularizer"],
+                config["dataset"], config["model"], config["eps"], config["norm"], config["seed"], config_hash,
+                json.dumps(config, sort_keys=True)))
 
 
 def _record(row: sqlite3.Row) -> RunRecord:

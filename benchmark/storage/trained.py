@@ -13,6 +13,7 @@ from energybench.contracts.dataset import Dataset
 from energybench.contracts.registry import create_model
 from energybench.data.datasets import get_dataset
 from energybench.errors import EnergybenchError
+from energybench.files import read_text
 from energybench.storage.checkpoint import load_checkpoint, model_state
 from energybench.storage.store import Store
 
@@ -43,7 +44,11 @@ def load_trained(ref: str, store: Store, *, checkpoint: str = "best", dataset: s
             raise EnergybenchError(f"checkpoint file {ref} does not exist")
         beside = path.parent / "config.json"
         if beside.is_file() and not (dataset and model):
-            config = RunConfig(**json.loads(beside.read_text()))
+            try:
+                config = RunConfig(**json.loads(read_text(beside, "run config")))
+            except (ValueError, TypeError) as exc:  # JSONDecodeError and ValidationError are ValueErrors
+                raise EnergybenchError(f"{beside} beside checkpoint {ref} is not an energybench run config "
+                                       f"({type(exc).__name__}); give --dataset and --model") from None
         source, weights = str(path), path
     else:
         record = store.get_run(ref)

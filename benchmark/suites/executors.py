@@ -118,7 +118,7 @@ class RunExport:
     def of(cls, store: Store, run_id: str) -> RunExport:
         record = store.get_run(run_id)
         folder = store.run_dir(run_id)
-        rewritten = {"config.json", "metrics.jsonl"}  # by the importing store; dot files are run locks
+        rewritten = {"config.json", "metrics.jsonl", "record.json"}  # by the importing store; dot files: run locks
         files = {p.name: p.read_bytes() for p in sorted(folder.iterdir())
                  if p.is_file() and p.name not in rewritten and not p.name.startswith(".")}
         return cls(record.config, record.config_hash, record.status, record.error, record.wall_time,

@@ -212,8 +212,10 @@ class Run:
                 self._halt, self._rollback = None, None
                 continue
             if not math.isfinite(metrics["train_loss"]):
+                kept = (f"the checkpoints of its {self.epoch} completed epochs are kept" if self.epoch
+                        else "no epoch completed, so no checkpoint was written")
                 raise EnergybenchError(f"training loss became {metrics['train_loss']} in epoch {self.epoch + 1}; "
-                                       f"run stopped, last good checkpoint kept (epoch {self.epoch})")
+                                       f"run stopped: {kept}")
             metrics.update(self.validate())
             metrics["co"] = catastrophic_overfitting([*self.store.epochs(self.run_id), metrics], self.config.eval,
                                                      n=min(self.config.eval.val_points, len(self.data.val)))[-1]

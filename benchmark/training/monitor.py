@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from energybench.config import MonitorConfig
+from energybench.files import read_text
 from energybench.storage.checkpoint import atomic_write
 
 
@@ -208,7 +209,7 @@ class COMonitor:
 
 def read_log(path: Path) -> MonitorLog | None:
     """The ``MonitorLog`` a run wrote to ``path`` (``monitor.json`` in its folder), or None if absent."""
-    return MonitorLog(**json.loads(path.read_text())) if path.is_file() else None
+    return MonitorLog(**json.loads(read_text(path, "monitor log"))) if path.is_file() else None
 
 
 def replay(log: MonitorLog, settings: MonitorConfig, last_iter: int | None = None) -> int | None:

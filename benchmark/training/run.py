@@ -15,6 +15,8 @@ import torch
 from energybench.config import Catalogue, RunConfig
 from energybench.contracts.params import parse_params
 from energybench.contracts.registry import create_regularizer, get_registry
+from energybench.data.counts import fit_counts
+from energybench.data.datasets import dataset_name
 from energybench.errors import EnergybenchError, Interrupted
 from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.sanity import evaluation_warnings
@@ -25,7 +27,8 @@ from energybench.training.progress import Reporter
 
 
 def prepare(config: RunConfig, catalogue: Catalogue) -> RunConfig:
-    """Check plugin names and their combination, and fill in every plugin hyper-parameter."""
+    """Check plugin names and their combination, fill in every plugin hyper-parameter, and record an image-folder
+    dataset by its absolute path."""
     registry = get_registry()
     trainer_cls = registry.load("trainer", config.trainer)
     reg_cls = registry.load("regularizer", config.regularizer)
@@ -50,7 +53,8 @@ def prepare(config: RunConfig, catalogue: Catalogue) -> RunConfig:
                                f"which only single-step trainers report; trainer {config.trainer!r} is not one "
                                f"(use one of: {', '.join(single)})")
     return config.model_copy(update={"trainer_params": trainer_params.model_dump(by_alias=True),
-                                     "regularizer_params": reg_params.model_dump(by_alias=True)})
+                                     "regularizer_params": reg_params.model_dump(by_alias=True),
+                                     "dataset": dataset_name(config.dataset)})
 
 
 def evaluate_checkpoints(run: Run) -> dict[str, dict[str, float]]:
@@ -87,31 +91,42 @@ def execute(config: RunConfig, store: Store, *, reporter: Reporter | None = None
             suite: str | None = None) -> str:
     """Train and evaluate ``config`` (or resume run ``resume``); return the run id.
 
-    Bad input (data, batch size, device, plugins) fails before anything is stored. The run is
-    stored with status 'running' from the start, 'done' at the end, 'interrupted' on Ctrl-C and
-    'failed' (with the error) otherwise; a resumed run continues after its last completed epoch.
-    A process killed outright leaves its run 'running': it may be resumed as soon as no live
-    process holds the run (``Store.claim``).
+    A damaged store and bad input (data, batch size, device, plugins) fail before anything is stored;
+    counts larger than the dataset's splits are fitted to them (``fit_counts``), so the stored config
+    says what ran. The run is stored with status 'running' from the start, 'done' at the end,
+    'interrupted' on Ctrl-C and 'failed' (with the error) otherwise; a resumed run continues after its
+    last completed epoch, once this process holds it: a process killed outright leaves its run
+    'running', and it may be resumed as soon as no live process holds it (``Store.claim``).
     """
     reporter = reporter or Reporter()
+    store.check_integrity()
     if resume is not None:
         record = store.get_run(resume)
         if record.status == "done":
             raise EnergybenchError(f"run {resume} is already complete")
-        config = RunConfig(**record.config)
-    run = Run(config, store, resume, reporter)
-    if resume is not None and (run.dir / "state.pt").is_file():
-        run.restore()  # a damaged or mismatched state file fails here, before the run's record changes
-    if resume is None:
-        run.run_id = store.create_run(config.model_dump(), config.config_hash(), suite=suite)
+        claim = store.claim(record.id)  # first: a run in use is refused before its data and state load
+        try:
+            run = Run(RunConfig(**record.config), store, record.id, reporter)
+            if (run.dir / "state.pt").is_file():
+                run.restore()  # a damaged or mismatched state file fails here, before the run's record changes
+        except BaseException:
+            claim.release()
+            raise
+        elapsed = record.wall_time or 0.0
+    else:
+        run = Run(config, store, None, reporter)
+        run.config, warnings = fit_counts(config, run.data)
+        for warning in warnings:
+            reporter.alert(warning)
+        run.run_id = store.create_run(run.config.model_dump(), run.config.config_hash(), suite=suite)
+        claim = store.claim(run.run_id)
+        elapsed = 0.0
     run_id = run.run_id
-    claim = store.claim(run_id)
     start = time.perf_counter()
-    elapsed = 0.0 if resume is None else (record.wall_time or 0.0)
     try:
         store.set_status(run_id, "running")
         run.fit()
-        if config.eval.test:
+        if run.config.eval.test:
             with run.fast.final_evaluation():
                 evaluate_checkpoints(run)
     except KeyboardInterrupt:
