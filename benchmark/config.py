@@ -80,6 +80,9 @@ class EvalProtocol(_Strict):
     co_drop_alpha: float = Field(0.05, gt=0, le=1, description="...and significantly: one-sided Fisher exact test of "
                                  "the fall on the validation points, Bonferroni-corrected for the earlier epochs, "
                                  "p at most this (1: no test)")
+    val_margin: bool = Field(False, description="also attack the validation subset with PGD on the CW margin loss "
+                             "and record the point-wise worst case of both PGDs (val_worst_acc): a selection measure "
+                             "that saturated cross-entropy (gradient masking) cannot inflate as easily")
     test: bool = Field(True, description="evaluate the best and last checkpoints on the test set after training "
                        "(suite tuning runs skip it: they are ranked on validation metrics only)")
 
@@ -221,7 +224,7 @@ class RunConfig(_Strict):
 #: Settings that enter the config hash only when they differ from these defaults (added after runs were stored).
 UNHASHED_DEFAULTS: dict[str, Any] = {"keep_epochs": False, "early_stop": None, "eval.co_drop": 0.5,
                                      "eval.test": True, "eval.co_drop_min": 0.05, "eval.co_drop_alpha": 0.05,
-                                     "model_params": {}}
+                                     "model_params": {}, "eval.val_margin": False}
 
 
 def select_device(name: str) -> torch.device:

@@ -223,6 +223,29 @@ def test_harness_pgd_with_restarts_is_the_worst_case_over_its_restarts():
     assert int((survives[0] & ~worst).sum()) > 0  # restarts matter here
 
 
+def test_harness_margin_pgd_and_the_worst_case_of_both_pgds():
+    """``with_margin``: PGD on the CW margin loss, run right after cross-entropy PGD on each batch, equals
+    ``ops.perturb.pgd(loss="margin")`` from the same random state, and ``worst`` is the point-wise AND of both."""
+    model, x, y = digits_mlp()
+    n, eps, steps = 200, 0.06, 5
+    split = Split((x[:n] * 255).round().to(torch.uint8), y[:n])
+    x = split.x.float() / 255
+
+    torch.manual_seed(3)
+    measured = robustness(model, split, n=n, eps=eps, norm="Linf", pgd_steps=steps, with_margin=True,
+                          batch_size=n, device=torch.device("cpu"), prefix="val_")
+    torch.manual_seed(3)
+    by_hand = []
+    for loss in ("ce", "margin"):
+        x_adv = pgd(model, x, y[:n], eps=eps, step_size=2.5 * eps / steps, steps=steps, norm="Linf", loss=loss)
+        with torch.no_grad():
+            by_hand.append(model(x_adv).argmax(1) == y[:n])
+    assert torch.equal(measured.correct["val_pgd"], by_hand[0])
+    assert torch.equal(measured.correct["val_margin"], by_hand[1])
+    assert torch.equal(measured.correct["val_worst"], by_hand[0] & by_hand[1])
+    assert measured.metrics["val_worst_acc"] <= min(measured.metrics["val_pgd_acc"], measured.metrics["val_margin_acc"])
+
+
 @pytest.mark.parametrize("name", ["apgd-t", "fab-t"])
 def test_targeted_attack_plugins_aim_at_k_minus_1_classes(monkeypatch, name):
     """The `apgd-t` and `fab-t` attack plugins on the 4-class model return pyautoattack's own adversarial

@@ -309,11 +309,14 @@ tuning = { seeds = [7] }
 '''
 
 
-def _validation_run(store, cell, pgd, clean, best_pgd=None):
-    """A finished tuning run: two epochs of validation metrics (the first may have the best PGD)."""
+def _validation_run(store, cell, pgd, clean, best_pgd=None, worst=None):
+    """A finished tuning run: two epochs of validation metrics (the first may have the best PGD); the worst case of
+    PGD and margin PGD is ``worst`` in the last epoch (default: PGD's, an unmasked model) and PGD's in the first."""
     run_id = store.create_run(cell.config.model_dump(), cell.config_hash, suite="s")
-    store.add_epoch(run_id, 0, {"val_pgd_acc": best_pgd if best_pgd is not None else pgd / 2, "val_clean_acc": clean})
-    store.add_epoch(run_id, 1, {"val_pgd_acc": pgd, "val_clean_acc": clean})
+    first = best_pgd if best_pgd is not None else pgd / 2
+    store.add_epoch(run_id, 0, {"val_pgd_acc": first, "val_worst_acc": first, "val_clean_acc": clean})
+    store.add_epoch(run_id, 1, {"val_pgd_acc": pgd, "val_worst_acc": pgd if worst is None else worst,
+                                "val_clean_acc": clean})
     store.set_status(run_id, "done")
     return run_id
 
@@ -349,6 +352,29 @@ def test_tuning_picks_the_best_validation_pgd_among_candidates_that_pass_the_gua
     best_epoch = catalogue_with(tmp_path, TUNED.replace("seeds = [7] }", 'seeds = [7], checkpoint = "best" }'))
     (selection,) = choose(store, load_suite(best_epoch, "s"), best_epoch).values()
     assert selection.values == {"beta": 1.0}  # ranked by each run's best epoch (0.60) instead of its last
+
+
+def test_tuning_runs_measure_margin_pgd_and_rank_by_the_worst_case_so_a_masked_candidate_loses(tmp_path):
+    """A candidate whose cross-entropy is saturated (gradient masking) keeps a high validation PGD accuracy that PGD on
+    the CW margin loss breaks: ranked by the point-wise worst case it loses to an honest one; by PGD alone it won."""
+    from energybench.suites.tuning import choose
+
+    catalogue = catalogue_with(tmp_path, TUNED)
+    suite = load_suite(catalogue, "s")
+    tuning = suite.tuning_cells(catalogue)
+    assert all(c.config.eval.val_margin and not c.config.eval.test for c in tuning)
+    assert not any(c.config.eval.val_margin for c in suite.cells(catalogue))  # evaluation runs: the protocol's own
+    store = Store(tmp_path / "store")
+    # beta 10: PGD 0.50 but worst case 0.20 (margin PGD breaks most of what CE-PGD left); beta 3: 0.40 and 0.38
+    for cell, (pgd, worst) in zip(tuning, [(0.30, 0.29), (0.40, 0.38), (0.50, 0.20)]):
+        _validation_run(store, cell, pgd, 0.70, worst=worst)
+    _validation_run(store, tuning[3], 0.10, 0.75)
+    (selection,) = choose(store, suite, catalogue).values()
+    assert selection.values == {"beta": 3.0}
+    assert [round(c.robust, 2) for c in selection.candidates] == [0.29, 0.38, 0.20]
+    (tmp_path / "pgd").mkdir()
+    by_pgd = catalogue_with(tmp_path / "pgd", TUNED.replace("seeds = [7]", 'seeds = [7], measure = "pgd"'))
+    assert not any(c.config.eval.val_margin for c in load_suite(by_pgd, "s").tuning_cells(by_pgd))
 
 
 def test_when_no_candidate_passes_the_guard_the_most_accurate_is_taken_and_said(tmp_path):

@@ -38,10 +38,10 @@ def _batches(split: Split, n: int | None, batch_size: int, device: torch.device)
         yield as_float(x[start:start + batch_size], device), y[start:start + batch_size]
 
 
-def pgd_attack(model: nn.Module, eps: float, norm: str, steps: int, restarts: int = 1):
-    """The registered `pgd` attack with Madry's step-size rule."""
+def pgd_attack(model: nn.Module, eps: float, norm: str, steps: int, restarts: int = 1, loss: str = "ce"):
+    """The registered `pgd` attack with Madry's step-size rule, on cross-entropy or the CW margin ``loss``."""
     return get_plugin("attack", "pgd")(model, eps=eps, norm=norm, steps=steps, step_size=2.5 * eps / steps,
-                                        restarts=restarts)
+                                        restarts=restarts, loss=loss)
 
 
 @dataclass
@@ -59,15 +59,18 @@ class Measurement:
 
 
 def robustness(model: nn.Module, split: Split, *, n: int | None, eps: float, norm: str, pgd_steps: int,
-               pgd_restarts: int = 1, with_fgsm: bool = False, batch_size: int = 500,
+               pgd_restarts: int = 1, with_fgsm: bool = False, with_margin: bool = False, batch_size: int = 500,
                device: torch.device, prefix: str = "") -> Measurement:
-    """Clean, (FGSM,) and PGD accuracy on the first ``n`` points, and dE statistics against PGD.
+    """Clean, (FGSM,) and PGD accuracy on the first ``n`` points, and dE statistics against PGD. ``with_margin``
+    adds PGD on the CW margin loss (``margin_acc``) and the point-wise worst case of both PGDs (``worst_acc``).
 
     Logits that are not finite (nan, inf) make every accuracy meaningless: they fail the evaluation.
     """
     fgsm = get_plugin("attack", "fgsm")(model, eps=eps, norm=norm) if with_fgsm else None
     pgd = pgd_attack(model, eps, norm, pgd_steps, pgd_restarts)
-    correct: dict[str, list[torch.Tensor]] = {name: [] for name in ("clean", "pgd") + (("fgsm",) if fgsm else ())}
+    margin = pgd_attack(model, eps, norm, pgd_steps, pgd_restarts, loss="margin") if with_margin else None
+    names = ("clean", "pgd") + (("fgsm",) if fgsm else ()) + (("margin",) if margin else ())
+    correct: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     trace = EnergyTrace()
     with eval_mode(model):
         for x, y in _batches(split, n, batch_size, device):
@@ -86,7 +89,13 @@ def robustness(model: nn.Module, split: Split, *, n: int | None, eps: float, nor
                 correct["pgd"].append(logits_pgd.argmax(1) == y)
                 if x_fgsm is not None:
                     correct["fgsm"].append(model(x_fgsm).argmax(1) == y)
+            if margin is not None:
+                x_margin = margin(x, y)
+                with torch.no_grad():
+                    correct["margin"].append(model(x_margin).argmax(1) == y)
             trace.add(logits, logits_pgd, y)
+    if margin is not None:
+        correct["worst"] = [p & m for p, m in zip(correct["pgd"], correct["margin"])]
     vectors = {f"{prefix}{k}": torch.cat(v).cpu() for k, v in correct.items()}
     metrics = {f"{name}_acc": float(v.float().mean()) for name, v in vectors.items()}
     metrics.update(trace.summary(prefix=prefix))

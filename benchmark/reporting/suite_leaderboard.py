@@ -136,6 +136,10 @@ def render_suite(groups: list[CellGroup], title: str) -> Table:
     return table
 
 
+#: How the tuning table names each ``tuning.measure``.
+MEASURE_LABELS = {"worst": "val worst(PGD, margin)", "pgd": "val PGD"}
+
+
 def render_tuning(selections: dict[tuple[str, str, float], Selection], tuning: Tuning) -> Table:
     """Every candidate of the tuning stage with its validation scores; the chosen one marked."""
     table = Table(title="Tuning stage: validation accuracy % of each candidate (mean over tuning seeds "
@@ -144,15 +148,16 @@ def render_tuning(selections: dict[tuple[str, str, float], Selection], tuning: T
                   caption=f"eligible: validation clean accuracy at least {tuning.min_clean:.0%} of the guard's "
                           "reference (ref clean), the same trainer without regularizer at its own hyper-parameters "
                           "on the same tuning seeds and eps (ref runs); the chosen candidate has the best "
-                          "validation PGD among the eligible ones, else (failed guard) the highest clean accuracy")
-    headers = ("trainer", "reg", "eps", "candidate", "val PGD", "val clean", "ref clean", "ref runs", "eligible",
-               "chosen")
+                          f"{MEASURE_LABELS[tuning.measure]} among the eligible ones, else (failed guard) the highest "
+                          "clean accuracy")
+    headers = ("trainer", "reg", "eps", "candidate", MEASURE_LABELS[tuning.measure], "val clean", "ref clean",
+               "ref runs", "eligible", "chosen")
     for header in headers:
         table.add_column(header, justify="left" if header in ("trainer", "reg", "candidate", "ref runs") else "right")
     for (trainer, regularizer, eps), selection in selections.items():
         chosen = "<-" if selection.guarded else "<- (failed guard)"
         for i, c in enumerate(selection.candidates):
-            table.add_row(trainer, regularizer, format_eps(eps), format_values(c.values), f"{100 * c.pgd:.1f}",
+            table.add_row(trainer, regularizer, format_eps(eps), format_values(c.values), f"{100 * c.robust:.1f}",
                           f"{100 * c.clean:.1f}", f"{100 * selection.reference_clean:.1f}",
                           ", ".join(selection.reference_runs), "yes" if c.eligible else "no",
                           chosen if c.values == selection.values else "",

@@ -85,6 +85,9 @@ class Tuning(_Strict):
         "last", description="rank candidates by the validation PGD accuracy of the last epoch, or of the best one")
     min_clean: float = Field(0.8, ge=0, le=1, description="guard: a candidate's validation clean accuracy must "
                              "reach this fraction of the same trainer's run without regularizer")
+    measure: Literal["worst", "pgd"] = Field(
+        "worst", description="rank by the point-wise worst case of PGD on cross-entropy and on the CW margin loss "
+                             "(validation), which gradient masking cannot inflate as easily, or by PGD alone")
 
 
 class Resources(_Strict):
@@ -231,7 +234,8 @@ class Suite:
         reg_params = regularizer.params | (tuned if target is regularizer else {})
         settings = spec.settings
         if stage == "tuning":  # ranked on validation metrics only: the test split is never read
-            settings = settings | {"eval": settings.get("eval", {}) | {"test": False}}
+            extra = {"test": False, "val_margin": spec.tuning.measure == "worst"}
+            settings = settings | {"eval": settings.get("eval", {}) | extra}
         overrides = settings | {
             "trainer": trainer.plugin, "trainer_params": trainer_params, "regularizer": regularizer.plugin,
             "regularizer_params": reg_params, "eps": eps, "seed": seed, "data_root": data_root, "device": device}

@@ -1,15 +1,17 @@
 """The tuning stage of a suite: one value per (trainer, regularizer, eps) chosen on validation metrics only.
 
 Every candidate ran on the tuning seeds (``Suite.tuning_cells``); the candidates are ranked by the
-validation PGD accuracy of the epoch ``tuning.checkpoint`` names (``last``, or ``best``), averaged
-over the tuning seeds. The guard against degenerate winners (a regularizer strong enough to make
-the classifier constant beats a collapsed model on PGD): a candidate is eligible only if its
-validation clean accuracy (same epoch, averaged over seeds) reaches ``tuning.min_clean`` times that
-of the guard's reference, the same trainer without regularizer at its own hyper-parameters (for a
-tuned trainer such as N-FGSM: its default values) on the same tuning seeds and eps; its runs are
-``Selection.reference_runs``. When no candidate is eligible, the one with the highest clean accuracy
-is chosen and the selection says so (``guarded`` False). Only ``Store.epochs`` (validation metrics)
-is read: tuning runs never evaluate on the test split.
+validation robust accuracy (``tuning.measure``: by default ``worst``, the point-wise worst case of PGD
+on cross-entropy and PGD on the CW margin loss, which a candidate that saturates its cross-entropy, i.e.
+masks its gradients, cannot inflate as easily as PGD alone; or ``pgd``) of the epoch
+``tuning.checkpoint`` names (``last``, or ``best``), averaged over the tuning seeds. The guard against
+degenerate winners (a regularizer strong enough to make the classifier constant beats a collapsed model
+on PGD): a candidate is eligible only if its validation clean accuracy (same epoch, averaged over seeds)
+reaches ``tuning.min_clean`` times that of the guard's reference, the same trainer without regularizer
+at its own hyper-parameters (for a tuned trainer such as N-FGSM: its default values) on the same tuning
+seeds and eps; its runs are ``Selection.reference_runs``. When no candidate is eligible, the one with
+the highest clean accuracy is chosen and the selection says so (``guarded`` False). Only
+``Store.epochs`` (validation metrics) is read: tuning runs never evaluate on the test split.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class Candidate:
     """One candidate's validation scores, averaged over the tuning seeds."""
 
     values: dict[str, Any]
-    pgd: float
+    robust: float  # the tuning measure: validation worst-case (or PGD) accuracy
     clean: float
     eligible: bool
 
@@ -50,17 +52,21 @@ class Selection:
         return format_values(self.values) + note
 
 
-def _validation_scores(store: Store, cell: Cell, epoch_of: str) -> tuple[float, float]:
-    """(validation PGD, validation clean) accuracy of a completed tuning run at its last or best epoch."""
+#: The validation metric each ``tuning.measure`` ranks by.
+MEASURES = {"worst": "val_worst_acc", "pgd": "val_pgd_acc"}
+
+
+def _validation_scores(store: Store, cell: Cell, epoch_of: str, measure: str) -> tuple[float, float]:
+    """(validation robust, validation clean) accuracy of a completed tuning run at its last or best epoch."""
     record = latest_runs(store, [cell])[cell.config_hash]
     if record is None or record.status != "done":
         raise EnergybenchError(f"tuning cell {cell.describe()} has not completed")
     history = store.epochs(record.id)
     if epoch_of == "best":
-        epoch = max(range(len(history)), key=lambda e: (history[e]["val_pgd_acc"], -e))
+        epoch = max(range(len(history)), key=lambda e: (history[e][MEASURES[measure]], -e))
     else:
         epoch = len(history) - 1
-    return history[epoch]["val_pgd_acc"], history[epoch]["val_clean_acc"]
+    return history[epoch][MEASURES[measure]], history[epoch]["val_clean_acc"]
 
 
 def choose(store: Store, suite: Suite, catalogue: Catalogue, *, cells: list[Cell] | None = None
@@ -84,22 +90,23 @@ def choose(store: Store, suite: Suite, catalogue: Catalogue, *, cells: list[Cell
         reference = references.get((trainer, eps), [])
         if not all(c.config_hash in done for c in group + reference):
             continue
-        ref_clean = statistics.fmean(_validation_scores(store, c, tuning.checkpoint)[1] for c in reference)
+        ref_clean = statistics.fmean(_validation_scores(store, c, tuning.checkpoint, tuning.measure)[1]
+                                     for c in reference)
         reference_runs = [record.id for record in latest_runs(store, reference).values() if record is not None]
         per_values: dict[str, list[tuple[float, float]]] = {}
         order: dict[str, dict[str, Any]] = {}
         for cell in group:
             tag = format_values(cell.tuned)
             order.setdefault(tag, cell.tuned)
-            per_values.setdefault(tag, []).append(_validation_scores(store, cell, tuning.checkpoint))
+            per_values.setdefault(tag, []).append(_validation_scores(store, cell, tuning.checkpoint, tuning.measure))
         candidates = []
         for tag, scores in per_values.items():
-            pgd = statistics.fmean(s[0] for s in scores)
+            robust = statistics.fmean(s[0] for s in scores)
             clean = statistics.fmean(s[1] for s in scores)
-            candidates.append(Candidate(order[tag], pgd, clean, clean >= tuning.min_clean * ref_clean))
+            candidates.append(Candidate(order[tag], robust, clean, clean >= tuning.min_clean * ref_clean))
         eligible = [c for c in candidates if c.eligible]
         # ties go to the earlier candidate in the grid, so the choice never depends on dict order
-        best = (max(eligible, key=lambda c: c.pgd) if eligible else max(candidates, key=lambda c: c.clean))
+        best = (max(eligible, key=lambda c: c.robust) if eligible else max(candidates, key=lambda c: c.clean))
         selections[key] = Selection(key, best.values, candidates, ref_clean, guarded=bool(eligible),
                                     reference_runs=reference_runs)
     return selections

@@ -196,7 +196,8 @@ class Run:
         """Clean, FGSM and PGD accuracy and dE on the fixed validation subset."""
         p = self.config.eval
         return robustness(self.model, self.data.val, n=p.val_points, eps=self.config.eps, norm=self.config.norm,
-                          pgd_steps=p.val_pgd_steps, with_fgsm=True, batch_size=p.batch_size, device=self.device,
+                          pgd_steps=p.val_pgd_steps, with_fgsm=True, with_margin=p.val_margin,
+                          batch_size=p.batch_size, device=self.device,
                           prefix="val_").metrics
 
     def fit(self) -> None:
