@@ -91,6 +91,22 @@ def _seeds(group: CellGroup) -> str:
     return f"{text} ({group.failed} failed)" if group.failed else text
 
 
+def _aa_breaks(group: CellGroup) -> str:
+    """``k/m``: over the seeds, the shared test points PGD left robust (m) that AutoAttack broke (k)."""
+    counts = [(r.get("last", "shared_aa_breaks"), r.get("last", "shared_pgd_robust")) for r in group.rows]
+    counts = [(k, m) for k, m in counts if not (math.isnan(k) or math.isnan(m))]
+    if not counts:
+        return "-"
+    broken, robust = (sum(c) for c in zip(*counts))
+    return f"{broken:.0f}/{robust:.0f}" + (f" ({broken / robust:.0%})" if robust else "")
+
+
+def _checks(group: CellGroup) -> str:
+    """How many seeds' evaluations carry sanity warnings (``ok`` when none do)."""
+    warned = sum(bool(r.warnings()) for r in group.rows)
+    return f"{warned}/{len(group.rows)} warn" if warned else ("ok" if group.rows else "-")
+
+
 def _number(value: float, pattern: str) -> str:
     return "-" if math.isnan(value) else pattern.format(value)
 
@@ -106,6 +122,8 @@ COLUMNS: list[Column] = [
     Column("PGD 95% CI", lambda g: interval(g, "test_pgd_acc")),
     _pair("AA", "aa_acc"),
     Column("AA 95% CI", lambda g: interval(g, "aa_acc")),
+    Column("AA breaks", _aa_breaks),
+    Column("checks", _checks),
     Column("CO", lambda g: co_text(g.seeds) if g.rows else "-"),
     Column("PGD gap", lambda g: g.mean("best", "test_pgd_acc") - g.mean("last", "test_pgd_acc"),
            lambda v: _number(100 * v, "{:+.1f}")),
@@ -125,9 +143,11 @@ def render_suite(groups: list[CellGroup], title: str) -> Table:
                           "value chosen on validation metrics of the tuning seeds, '(failed guard)': no candidate "
                           "reached the clean-accuracy guard against the trainer without regularizer (runs in the "
                           "tuning table), the most accurate was taken; "
-                          "CO: seeds with catastrophic overfitting; PGD gap: best - last (robust overfitting); "
-                          "dE: final train E(x) - E(x*); time: wall time per run; passes: forward+backward "
-                          "passes per example per epoch")
+                          "AA breaks: shared test points (first n) PGD left robust that AutoAttack broke, summed "
+                          "over seeds; checks: seeds whose evaluation has sanity warnings (leaderboard json/csv "
+                          "carry their text); CO: seeds with catastrophic overfitting; PGD gap: best - last (robust "
+                          "overfitting); dE: final train E(x) - E(x*); time: wall time per run; passes: "
+                          "forward+backward passes per example per epoch")
     for col in COLUMNS:
         table.add_column(col.header, justify=col.justify)
     for i, group in enumerate(groups):
