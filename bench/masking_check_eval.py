@@ -25,9 +25,9 @@ from energybench.contracts.registry import create_attack
 from energybench.data.datasets import load_dataset
 from energybench.evaluation.robustness import as_float
 from energybench.ops.modes import eval_mode
-from energybench.reporting.leaderboard import regularizer_label
 from energybench.storage.store import Store
 from energybench.storage.trained import load_trained
+from energybench.suites.spec import format_values
 
 
 def robust_under(model: torch.nn.Module, attack, x: torch.Tensor, y: torch.Tensor, batch: int = 200) -> torch.Tensor:
@@ -92,7 +92,9 @@ def main() -> None:
         extra = pgd & ~aa
         found_margin, found_square = int((extra & ~margin).sum()), int((extra & ~square).sum())
         either = int((extra & ~(margin & square)).sum())
-        method = f"{record.trainer}+{regularizer_label(record)}"
+        params = {k: record.config["regularizer_params"][k] for k in ("aae", "beta", "lambda", "lambda3")
+                  if k in record.config["regularizer_params"]}
+        method = f"{record.trainer}+{record.regularizer}" + (f" ({format_values(params)})" if params else "")
         table.add_row(record.id, method, f"{record.eps:g}", str(n), str(int(pgd.sum())), str(int(extra.sum())),
                       str(found_margin), str(found_square), str(either), f"{margin_s:.0f}", f"{square_s:.0f}")
         total = sums[(method, record.eps)]
