@@ -8,7 +8,8 @@ FGSM run (no regularizer, cyclic LR, no augmentation) on the protocol of ``BASE`
 FGSM and PGD-10 accuracy on 500 points after every epoch, PGD-20 on 1,000 test points at the end, no
 AutoAttack. ``--run`` trains the settings the store does not hold yet (same config hash: skipped), in
 order; without it the script only prints, per setting, the per-epoch validation curves, the CO
-epochs and the wall time. docs/suites.md reports the search.
+epochs (the CO flag's rule as it is now, recomputed from the stored curves) and the wall time.
+docs/suites.md reports the search.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.table import Table
 
 import energybench
 from energybench.config import format_eps, load_catalogue, resolve_config
+from energybench.evaluation.robustness import catastrophic_overfitting
 from energybench.storage.store import Store
 from energybench.training.run import prepare
 
@@ -79,7 +81,8 @@ def main() -> None:
             history = store.epochs(record.id)
             curve = "  ".join(f"{m['val_clean_acc']:.0%}/{m['val_fgsm_acc']:.0%}/{m['val_pgd_acc']:.0%}"
                               for m in history)
-            co = ",".join(str(m["epoch"] + 1) for m in history if m.get("co")) or "-"
+            flags = catastrophic_overfitting(history, config.eval, n=config.eval.val_points)  # today's rule
+            co = ",".join(str(m["epoch"] + 1) for m, flag in zip(history, flags) if flag) or "-"
             last = store.results(record.id).get("last", {}).get("test_pgd_acc", float("nan"))
             table.add_row(f"{tag} ({format_eps(record.eps)})", record.id, curve, co, f"{last:.1%}",
                           f"{record.wall_time or 0:.0f}s")
