@@ -61,8 +61,10 @@ def test_plugins_lists_every_kind_with_source_and_hyper_parameters(capsys):
     code, out, _ = run_cli(capsys, "plugins")
     assert code == 0
     for text in ("attacks", "trainers", "regularizers", "samplers", "models", "der", "lambda=1.0",
-                 "energybench 0.1.0", "autoattack", "steps=10"):
+                 "energybench 0.1.0", "autoattack", "steps=10", "datasets", "cifar10-jpeg", "width=64"):
         assert text in out, text
+    code, out, _ = run_cli(capsys, "plugins", "--kind", "dataset")
+    assert code == 0 and "10 classes, 3x32x32, 50000/10000 train/test" in out and "trainers" not in out
 
 
 def test_tracks_lists_the_catalogue(capsys):
@@ -77,6 +79,8 @@ def test_tracks_lists_the_catalogue(capsys):
     (["run", "--reg", "der", "-R", "lambda=big"], "invalid hyper-parameters for regularizer 'der'"),
     (["run", "--trainer-opt", "steps"], "--trainer-opt expects KEY=VALUE"),
     (["run", "--dataset", "cifar10", "--model", "preact-resnet18"], "dataset 'cifar10' not found"),
+    (["run", "--dataset", "cifar10-jpeg", "--model", "small-cnn"], "dataset 'cifar10-jpeg' not found"),
+    (["run", "--dataset", "cifar", "--model", "small-cnn"], "or give the path of an image folder"),
     (["run", "--nonsense"], "No such option '--nonsense'"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, message):

@@ -221,3 +221,25 @@ def test_the_shared_cifar10_jpeg_archive_end_to_end():
     assert torch.bincount(data.test.y).tolist() == [1000] * 10
     assert torch.bincount(data.test.y[:1000]).tolist() == [100] * 10
     assert data.train.x.shape[1:] == (3, 32, 32) and data.train.x.dtype == torch.uint8
+
+
+def test_the_dataset_plugin_example_of_docs_datasets_md(tmp_path, monkeypatch):
+    """docs/datasets.md's `Blobs` plugin, exactly as written there, registered and read from a data root."""
+    import re
+
+    from energybench.contracts import registry as reg
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", doc, re.S) if "class Blobs" in block)
+    namespace: dict = {}
+    exec(compile(code, "docs/datasets.md", "exec"), namespace)
+    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+    reg.register_dataset("blobs")(namespace["Blobs"])
+    (tmp_path / "blobs").mkdir()
+    rng = np.random.default_rng(0)
+    splits = {f"x_{s}": rng.integers(0, 256, (n, 1, 16, 16), dtype=np.uint8) for s, n in (("train", 40), ("test", 8))}
+    np.savez(tmp_path / "blobs" / "blobs.npz", **splits, y_train=rng.integers(0, 4, 40), y_test=rng.integers(0, 4, 8))
+    data = load_dataset("blobs", data_root=tmp_path, val_size=5)
+    assert data.train.x.shape == (35, 1, 16, 16) and len(data.test) == 8 and data.info.num_classes == 4
+    with pytest.raises(EnergybenchError, match=r"dataset 'blobs' not found; put blobs.npz"):
+        load_dataset("blobs", data_root=tmp_path / "blobs" / "nothing-here", val_size=5)
