@@ -274,6 +274,8 @@ class Catalogue:
         self.plugin_defaults: dict[str, dict[str, dict[str, Any]]] = data.get("defaults", {})
         self.suites: dict[str, dict[str, Any]] = data.get("suites", {})
         self.references: dict[str, list[dict[str, Any]]] = data.get("references", {})
+        #: Per dataset, how its domain feature extractor is trained differently (energybench.generation).
+        self.feature_extractors: dict[str, dict[str, Any]] = data.get("feature_extractors", {})
 
     def track(self, name: str) -> Track:
         if name not in self.tracks:

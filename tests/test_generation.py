@@ -134,6 +134,22 @@ def test_compare_runs_every_sampler_on_the_same_labels_and_seed(capsys, home, tm
     assert np.array_equal(np.load(tmp_path / "alone" / "sgld.npz")["x"], np.load(tmp_path / "all" / "sgld.npz")["x"])
 
 
+def test_a_dataset_can_train_its_domain_extractor_its_own_way(tmp_path, monkeypatch):
+    """registry.toml's ``[feature_extractors.<dataset>]`` changes how the extractor is trained; its weights file
+    then carries a hash of the settings, so the default extractor's file is never taken for it."""
+    from energybench.config import default_catalogue_path
+
+    registry = tmp_path / "registry.toml"
+    registry.write_text(default_catalogue_path().read_text()
+                        + "\n[feature_extractors.digits]\nepochs = 1\nn_train = 300\nmodel_params = { width = 8 }\n")
+    monkeypatch.setenv("ENERGYBENCH_REGISTRY", str(registry))
+    extractor = domain_extractor("digits", tmp_path / "home")
+    assert extractor.path.name.startswith("digits-small-cnn-") and extractor.name == "digits-cnn"
+    (run,) = Store(tmp_path / "home" / "feature-extractors").runs()
+    assert (run.config["epochs"], run.config["n_train"], run.config["model_params"]) == (1, 300, {"width": 8})
+    assert extractor.model.features[0].out_channels == 8
+
+
 def test_domain_extractor_is_trained_once_and_names_its_results(home, monkeypatch, tmp_path):
     store_dir, _ = home
     weights = store_dir / "feature-extractors" / "digits-small-cnn.pt"

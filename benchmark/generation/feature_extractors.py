@@ -1,21 +1,27 @@
 """Feature extractors for generative metrics: the reference Inception weights when present, else a domain CNN.
 
-The domain extractor of a dataset is a ``small-cnn`` that energybench trains itself with the
-``standard`` trainer, once per store home (fixed seed, the short schedule ``EXTRACTOR_SETTINGS``).
-Its training run is kept in ``<home>/feature-extractors/`` (a store of its own, so it never shows
-on the robustness leaderboard) and its weights in ``<home>/feature-extractors/<dataset>-small-cnn.pt``,
-reused by every later call. Results in its feature space carry its name, e.g. ``FID[fmnist-cnn]``.
+The domain extractor of a dataset is a classifier that energybench trains itself with the ``standard``
+trainer, once per store home (fixed seed): by default a ``small-cnn`` on the short schedule
+``EXTRACTOR_SETTINGS``, with a dataset's own changes from the catalogue's ``[feature_extractors.<dataset>]``
+table (registry.toml: CIFAR-10 (JPEG) gets more epochs and augmentation). Its training run is kept in
+``<home>/feature-extractors/`` (a store of its own, so it never shows on the robustness leaderboard) and
+its weights in ``<home>/feature-extractors/<dataset>-<model>[-<settings hash>].pt`` (the hash only for
+settings other than the defaults), reused by every later call. Results in its feature space carry its
+name, e.g. ``FID[fmnist-cnn]``, ``FID[cifar10-jpeg-cnn]``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from energybench.config import RunConfig, load_catalogue
+from energybench.config import Catalogue, RunConfig, load_catalogue
 from energybench.contracts.registry import create_model
 from energybench.storage.checkpoint import load_checkpoint, model_state, save_checkpoint
 from energybench.storage.store import Store
@@ -56,14 +62,22 @@ class DomainExtractor:
     test_acc: float
 
 
+def extractor_settings(dataset: str, catalogue: Catalogue) -> dict[str, Any]:
+    """How ``dataset``'s domain extractor is trained: ``EXTRACTOR_SETTINGS`` with the catalogue's changes."""
+    return EXTRACTOR_SETTINGS | catalogue.feature_extractors.get(dataset, {})
+
+
 def domain_extractor(dataset: str, home: Path, *, data_root: str | None = None, device: str = "auto",
                      reporter: Reporter | None = None) -> DomainExtractor:
     """Load ``dataset``'s domain extractor from the store ``home``, training it first if it is not there."""
+    catalogue = load_catalogue()
+    settings = extractor_settings(dataset, catalogue)
     folder = Path(home) / "feature-extractors"
-    path = folder / f"{dataset}-small-cnn.pt"
+    suffix = "" if settings == EXTRACTOR_SETTINGS else "-" + hashlib.sha256(
+        json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    path = folder / f"{dataset}-{settings['model']}{suffix}.pt"
     if not path.is_file():
-        config = prepare(RunConfig(dataset=dataset, data_root=data_root, device=device, **EXTRACTOR_SETTINGS),
-                         load_catalogue())
+        config = prepare(RunConfig(dataset=dataset, data_root=data_root, device=device, **settings), catalogue)
         store = Store(folder)
         run_id = execute(config, store, reporter=reporter)
         last = store.results(run_id)["last"]
@@ -71,6 +85,6 @@ def domain_extractor(dataset: str, home: Path, *, data_root: str | None = None, 
                                "test_clean_acc": last["test_clean_acc"], "run_id": run_id})
         store.close()
     saved = load_checkpoint(path)
-    model = create_model(EXTRACTOR_SETTINGS["model"], dataset=dataset)
+    model = create_model(settings["model"], dataset=dataset, **settings.get("model_params", {}))
     model.load_state_dict(model_state(saved))
     return DomainExtractor(domain_name(dataset), model.eval(), path, float(saved["test_clean_acc"]))
