@@ -71,6 +71,7 @@ def test_second_load_comes_from_the_cache_and_a_changed_source_is_decoded_again(
     calls = []
     real_decode = image_folder.decode
     monkeypatch.setattr(image_folder, "decode", lambda *a, **k: calls.append(a) or real_decode(*a, **k))
+    monkeypatch.setattr(image_folder, "_LAST", {})  # as in a new process: nothing read yet
     again = load_dataset(str(tree), val_size=10)
     assert calls == [] and torch.equal(first.test.x, again.test.x)
     # change one image: the source's fingerprint changes, so it is decoded again (a new cache file)
@@ -84,10 +85,13 @@ def test_second_load_comes_from_the_cache_and_a_changed_source_is_decoded_again(
     assert len(cache_files()) == 2
 
 
-def test_a_damaged_cache_file_is_decoded_again(tree):
+def test_a_damaged_cache_file_is_decoded_again(tree, monkeypatch):
+    import energybench.data.image_folder as image_folder
+
     first = load_dataset(str(tree), val_size=10)
     (cache,) = cache_files()
     cache.write_bytes(b"garbage")
+    monkeypatch.setattr(image_folder, "_LAST", {})  # as in a new process: nothing read yet
     assert torch.equal(load_dataset(str(tree), val_size=10).train.x, first.train.x)
     assert cache.read_bytes() != b"garbage"
 

@@ -173,19 +173,34 @@ def decode(source: Path, channels: int | None = None) -> FolderData:
     return FolderData(Arrays(*tensors), classes, mean, std)
 
 
+#: The last source read in this process, by cache key: a run reads its dataset's facts and then its images.
+_LAST: dict[str, FolderData] = {}
+
+
 def read_image_folder(source: Path, cache_dir: Path, channels: int | None = None) -> FolderData:
     """``source`` decoded (``decode``), from the cache in ``cache_dir`` when it holds this version of it."""
-    from energybench.storage.checkpoint import atomic_write
-
     key = hashlib.sha256(f"{fingerprint(source)}:{channels}".encode()).hexdigest()[:24]
+    if key in _LAST:
+        return _LAST[key]
     cache = cache_dir / f"imagefolder-{key}.pt"
+    data = None
     if cache.is_file():
         try:
             saved = torch.load(cache, map_location="cpu", weights_only=True)
-            return FolderData(Arrays(*(saved[k] for k in Arrays._fields)), list(saved["classes"]),
+            data = FolderData(Arrays(*(saved[k] for k in Arrays._fields)), list(saved["classes"]),
                               tuple(saved["mean"]), tuple(saved["std"]))
         except Exception:  # a damaged cache file is decoded again and replaced
             pass
+    if data is None:
+        data = _decode_into(cache, source, channels)
+    _LAST.clear()
+    _LAST[key] = data
+    return data
+
+
+def _decode_into(cache: Path, source: Path, channels: int | None) -> FolderData:
+    from energybench.storage.checkpoint import atomic_write
+
     data = decode(source, channels)
     buffer = io.BytesIO()
     torch.save(data.arrays._asdict() | {"classes": data.classes, "mean": list(data.mean), "std": list(data.std),
