@@ -223,8 +223,11 @@ class ImageFolderDataset(Dataset):
     files_hint = "a folder (or a .tar/.tar.gz of one) holding train/<class>/* and test/<class>/*"
     cache_dir: Path | None = None  # default: $ENERGYBENCH_HOME/datasets
     source: Path | None = None  # the folder or archive of an unnamed dataset
+    data: FolderData | None = None  # its images, as from_path read them
 
     def read(self, location: Path) -> Arrays | None:
+        if location == self.source and self.data is not None:
+            return self.data.arrays  # read moments ago by from_path
         if not looks_like_image_folder(location):
             return None
         channels = None if self.source is not None else self.in_channels  # unnamed: as its images are
@@ -251,7 +254,7 @@ class ImageFolderDataset(Dataset):
         dataset = cls()
         data = read_image_folder(path, dataset._cache_dir())
         arrays = data.arrays
-        dataset.name, dataset.source = str(path), path
+        dataset.name, dataset.source, dataset.data = str(path), path, data
         dataset.classes = tuple(data.classes)
         dataset.num_classes, dataset.in_channels = len(data.classes), int(arrays.x_train.shape[1])
         dataset.image_size, dataset.mean, dataset.std = int(arrays.x_train.shape[-1]), data.mean, data.std
