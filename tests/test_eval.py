@@ -57,12 +57,13 @@ def test_eval_of_a_run_repeats_its_test_evaluation_and_joins_the_leaderboard(cap
     assert evaluated["best"] == evaluated["last"]
     # Same weights, seed and protocol: clean and AutoAttack (seeded) repeat exactly; PGD has a random start.
     assert evaluated["last"]["test_clean_acc"] == original["test_clean_acc"]
-    assert evaluated["last"]["aa_acc"] == original["aa_acc"] and evaluated["last"]["aa_points"] == 8
+    assert evaluated["last"]["test_aa_acc"] == original["test_aa_acc"] and evaluated["last"]["test_aa_points"] == 8
     assert abs(evaluated["last"]["test_pgd_acc"] - original["test_pgd_acc"]) <= 0.1
     for metric in ("test_fgsm_acc", "test_dE_mean", "test_energy_q50", "test_energy_adv_q95"):
         assert metric in evaluated["last"], metric
-    assert {k for k in evaluated["last"] if k.startswith("aa_")} == {k for k in original if k.startswith("aa_")}
-    for check in ("check_randomized", "check_probability_outputs", "check_zero_grad_frac"):  # the same sanity checks
+    assert {k for k in evaluated["last"] if k.startswith("test_aa_")} == {k for k in original
+                                                                          if k.startswith("test_aa_")}
+    for check in ("test_check_randomized", "test_check_probability_outputs", "test_check_zero_grad_frac"):  # the same
         assert evaluated["last"][check] == original[check], check
     code, out, _ = run_cli(capsys, "leaderboard", "--format", "json", "--trainer", "external", "--store", home)
     assert code == 0
@@ -192,7 +193,7 @@ def test_robustbench_model_loads_offline_from_a_local_checkpoint_file(capsys, tm
     assert record.config["trainer_params"] == {"kind": "robustbench", "name": "Wong2020Fast", "threat_model": "Linf"}
     results = Store(home).results(record.id)["last"]
     assert results["test_clean_acc"] == pytest.approx(clean_accuracy(net, 8, "cifar10", cifar10_root))
-    assert "test_pgd_acc" in results and "test_dE_mean" in results and "aa_acc" not in results
+    assert "test_pgd_acc" in results and "test_dE_mean" in results and "test_aa_acc" not in results
 
     code, _, err = run_cli(capsys, "eval", "robustbench:Wong2020Fst", "--model-dir", model_dir, "--store", home)
     assert code == 2 and "did you mean 'Wong2020Fast'?" in err

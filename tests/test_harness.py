@@ -43,10 +43,10 @@ def test_a_run_trains_evaluates_and_stores_everything(tmp_path):
         assert key in epochs[-1], key
     results = store.results(run_id)
     assert set(results) == {"best", "last"}
-    for metric in ("test_clean_acc", "test_pgd_acc", "aa_acc", "aa_apgd-ce_acc", "co", "passes_per_example"):
+    for metric in ("test_clean_acc", "test_pgd_acc", "test_aa_acc", "test_aa_apgd-ce_acc", "co", "passes_per_example"):
         assert metric in results["last"], metric
     last = results["last"]
-    assert 0 <= last["aa_acc"] <= last["test_pgd_acc"] + 0.2 and last["test_clean_acc"] > 0.5
+    assert 0 <= last["test_aa_acc"] <= last["test_pgd_acc"] + 0.2 and last["test_clean_acc"] > 0.5
     assert last["passes_per_example"] == pytest.approx(2.0)  # FGSM+DER: DER reused the clean forward pass
     folder = store.run_dir(run_id)
     assert json.loads((folder / "config.json").read_text())["regularizer_params"]["form"] == "hinge"
@@ -131,7 +131,7 @@ def test_resume_after_interruption_or_an_early_kill_matches_an_uninterrupted_run
         assert [e["epoch"] for e in store.epochs(run_id)] == [0, 1]  # no epoch stored twice
         resumed = store.results(run_id)
         for tag in ("best", "last"):
-            for metric in ("test_clean_acc", "test_pgd_acc", "aa_acc", "test_dE_mean", "passes_per_example"):
+            for metric in ("test_clean_acc", "test_pgd_acc", "test_aa_acc", "test_dE_mean", "passes_per_example"):
                 assert resumed[tag][metric] == reference[tag][metric], (run.status, tag, metric)
 
 
@@ -336,7 +336,7 @@ def test_a_batchnorm_model_trains_while_trace_and_evaluation_leave_its_running_s
                          monitor={"enabled": False}, eval={"aa_points": 2, "val_points": 8, "test_points": 8,
                                                            "val_pgd_steps": 2, "pgd_steps": 2, "batch_size": 8})
     run_id = execute(config, store)
-    assert store.get_run(run_id).status == "done" and "aa_acc" in store.results(run_id)["last"]
+    assert store.get_run(run_id).status == "done" and "test_aa_acc" in store.results(run_id)["last"]
     assert any(key.endswith("running_mean") for key in moved)  # the trainer's passes do update them
     assert traced and all(traced)  # the trace ran its own clean passes
     assert changed == {"trace": [], "validation": [], "test evaluation": []}

@@ -30,7 +30,7 @@ def add_run(store: Store, *, trainer: str, seed: int, suite: str | None, epochs:
         store.add_epoch(run_id, epoch, {"train_dE_mean": -0.1 * epoch, "val_dE_mean": -0.2 * epoch,
                                         "val_clean_acc": 0.5 + 0.1 * epoch, "val_fgsm_acc": 0.3 + 0.1 * epoch,
                                         "val_pgd_acc": 0.3 - 0.1 * epoch, "co": epoch == epochs - 1})
-    last = {"test_clean_acc": 0.8, "test_pgd_acc": 0.4, "aa_acc": 0.38 + 0.01 * seed}
+    last = {"test_clean_acc": 0.8, "test_pgd_acc": 0.4, "test_aa_acc": 0.38 + 0.01 * seed}
     for key, center in (("test_energy", -8.0), ("test_energy_adv", -6.5), ("test_dE", -1.5), ("test_dE_joint", -3.0)):
         last[f"{key}_mean"] = center
         last.update({f"{key}_q{round(q * 100):02d}": center + 4 * (q - 0.5) for q in QUANTILES})

@@ -196,11 +196,11 @@ def test_the_suite_leaderboard_aggregates_seeds(tmp_path):
     catalogue = load_catalogue()
     cells = load_suite(catalogue, "tiny").cells(catalogue)  # fgsm x (none, der) x seeds 0, 1
     store = Store(tmp_path)
-    _fake_run(store, cells[0], test_clean_acc=0.8, test_pgd_acc=(0.5, 0.4), aa_acc=0.3, co=1.0, train_dE_mean=0.5,
+    _fake_run(store, cells[0], test_clean_acc=0.8, test_pgd_acc=(0.5, 0.4), test_aa_acc=0.3, co=1.0, train_dE_mean=0.5,
               passes_per_example=2.0)
-    _fake_run(store, cells[1], test_clean_acc=0.9, test_pgd_acc=(0.5, 0.2), aa_acc=0.3, co=0.0, train_dE_mean=0.7,
+    _fake_run(store, cells[1], test_clean_acc=0.9, test_pgd_acc=(0.5, 0.2), test_aa_acc=0.3, co=0.0, train_dE_mean=0.7,
               passes_per_example=2.0, wall_time=20.0)
-    _fake_run(store, cells[2], test_clean_acc=0.7, test_pgd_acc=0.45, aa_acc=0.4, co=0.0, train_dE_mean=0.1,
+    _fake_run(store, cells[2], test_clean_acc=0.7, test_pgd_acc=0.45, test_aa_acc=0.4, co=0.0, train_dE_mean=0.1,
               passes_per_example=2.0)
     _fake_run(store, cells[3], status="failed")
     groups = group_cells(store, cells)
@@ -372,7 +372,7 @@ def test_when_no_candidate_passes_the_guard_the_most_accurate_is_taken_and_said(
     # the suite leaderboard marks the value that failed the guard; the tuning table names the reference run
     cells = suite.cells(catalogue, chosen=chosen_values(selections))
     for cell in cells:
-        _fake_run(store, cell, test_clean_acc=0.8, test_pgd_acc=0.4, aa_acc=0.3, co=0.0)
+        _fake_run(store, cell, test_clean_acc=0.8, test_pgd_acc=0.4, test_aa_acc=0.3, co=0.0)
     def text(table) -> list[str]:
         console = Console(width=300, record=True, color_system=None)
         console.print(table)

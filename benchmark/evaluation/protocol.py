@@ -16,7 +16,7 @@ from energybench.evaluation.sanity import attack_disagreement, model_checks
 def test_evaluation(model: nn.Module, test: Split, config: RunConfig, device: torch.device,
                     stage: Callable[[str], None] = lambda text: None) -> Measurement:
     """Clean, FGSM and PGD-k (with restarts) accuracy on the protocol's test points, AutoAttack on the
-    first ``aa_points``, and the sanity checks of ``energybench.evaluation.sanity``; ``stage`` hears
+    first ``eval.aa_points``, and the sanity checks of ``energybench.evaluation.sanity``; ``stage`` hears
     which part runs. The same for runs energybench trained and for external models."""
     p = config.eval
     stage(f"clean, FGSM and PGD-{p.pgd_steps} on {min(p.test_points or len(test), len(test))} test points")

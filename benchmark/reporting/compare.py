@@ -170,7 +170,7 @@ def compare(store: Store, ref_a: str, ref_b: str, checkpoint: str = "last", marg
         raise EnergybenchError(f"unknown checkpoint {checkpoint!r} (use best or last)")
     a, b = resolve(store, ref_a), resolve(store, ref_b)
     _check_comparable(ref_a, a, ref_b, b)
-    metrics = [m for m in ACCURACIES.values() if not (math.isnan(a.get(checkpoint, m)) and
+    metrics = [m for m in ACCURACIES if not (math.isnan(a.get(checkpoint, m)) and
                                                      math.isnan(b.get(checkpoint, m)))]
     return RowComparison((ref_a, ref_b), (a, b), [compare_rows(a, b, checkpoint, m) for m in metrics], margin)
 
@@ -242,7 +242,7 @@ def comparison_json(result: RowComparison) -> str:
     metrics = []
     for c in result.comparisons:
         d = c.difference
-        metrics.append({"metric": next(k for k, v in ACCURACIES.items() if v == c.metric), "checkpoint": c.checkpoint,
+        metrics.append({"metric": c.metric, "checkpoint": c.checkpoint,
                         "a": _estimate_json(c.a, c.n_a), "b": _estimate_json(c.b, c.n_b),
                         "difference": None if d is None else d.value, "low": None if d is None else d.low,
                         "high": None if d is None else d.high, "p": None if d is None else d.p,

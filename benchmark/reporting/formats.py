@@ -41,10 +41,10 @@ from energybench.reporting.leaderboard import (
     rankings,
     versus_text,
 )
-from energybench.reporting.rows import ACCURACIES, Row, SeedGroup, group_seeds
+from energybench.reporting.rows import ACCURACIES, LABELS, Row, SeedGroup, group_seeds
 from energybench.reporting.templating import render
 from energybench.storage.references import Reference, load_references
-from energybench.storage.store import Store, pack_points, unpack_points
+from energybench.storage.store import Store, pack_points, stored_value, unpack_points
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
 REFERENCE_STYLE = "italic magenta"
@@ -59,10 +59,16 @@ def _joined(texts: list[str] | None) -> str | None:
     return None if texts is None else "; ".join(texts)
 
 
-#: The accuracy fields of the exports: name -> (checkpoint, result key). Each has ``<name>_low``,
-#: ``<name>_high`` (95 % interval), ``<name>_n`` (test points) and, for seed groups, ``<name>_std``.
-ACCURACY_FIELDS = ({name: ("last", metric) for name, metric in ACCURACIES.items()}
-                   | {f"{name}_best": ("best", ACCURACIES[name]) for name in ("clean", "pgd", "aa")})
+#: The accuracy fields of the exports: name -> (checkpoint, result key): the result key itself for the last checkpoint,
+#: ``best_`` and the key for the best one. Each has ``<name>_low``, ``<name>_high`` (95 % interval), ``<name>_n`` (test
+#: points) and, for seed groups, ``<name>_std``.
+_BEST = ("test_clean_acc", "test_pgd_acc", "test_aa_acc")  # the accuracies exported for the best checkpoint too
+ACCURACY_FIELDS = ({metric: ("last", metric) for metric in ACCURACIES}
+                   | {f"best_{metric}": ("best", metric) for metric in _BEST})
+#: Short names ``--sort`` also accepts (the column headers' words): short name -> field.
+SORT_ALIASES = ({LABELS[metric].lower(): metric for metric in ACCURACIES}
+                | {f"{LABELS[metric].lower()}_best": f"best_{metric}" for metric in _BEST}
+                | {"dE": "train_dE_mean", "test_dE": "test_dE_mean", "time": "wall_time"})
 
 
 def _bound(checkpoint: str, metric: str, side: str) -> Callable[[Row], float]:
@@ -81,7 +87,8 @@ def _interval_fields() -> list[Column]:
     return fields
 
 
-#: Machine-readable fields of a measured row (csv/json); accuracies are fractions of the test points.
+#: Machine-readable fields of a measured row (csv/json); accuracies are fractions of the test points. Metrics carry
+#: their result keys (``energybench.storage.result_keys``).
 FIELDS: list[Column] = [
     Column("id", lambda r: r.run.id),
     Column("trainer", lambda r: r.run.trainer),
@@ -95,11 +102,10 @@ FIELDS: list[Column] = [
     Column("suite", lambda r: r.run.suite),
     *(Column(name, _metric(checkpoint, metric)) for name, (checkpoint, metric) in ACCURACY_FIELDS.items()),
     *_interval_fields(),
-    Column("aa_points", _metric("last", "aa_points")),
     Column("co", _metric("last", "co")),
-    Column("dE", _metric("last", "train_dE_mean")),
-    Column("test_dE", _metric("last", "test_dE_mean")),
-    Column("time", lambda r: r.run.wall_time),
+    Column("train_dE_mean", _metric("last", "train_dE_mean")),
+    Column("test_dE_mean", _metric("last", "test_dE_mean")),
+    Column("wall_time", lambda r: r.run.wall_time),
     Column("warnings", lambda r: _joined(r.warnings())),
 ]
 _TEXT_FIELDS = {"id", "trainer", "regularizer", "dataset", "model", "norm", "track", "suite", "source", "link",
@@ -140,14 +146,22 @@ def field_value(row: Row, name: str) -> Any:
 
 
 def sort_fields() -> list[str]:
-    """The field names ``--sort`` accepts."""
+    """The field names ``--sort`` accepts (besides the short names of ``SORT_ALIASES``)."""
     return [c.header for c in FIELDS] + [f"{n}_std" for n in ACCURACY_FIELDS] + ["n_seeds"]
+
+
+def sort_field(by: str) -> str:
+    """The field ``--sort BY`` means: a field name, or a short name such as ``aa`` or ``pgd_best``."""
+    by = SORT_ALIASES.get(by, by)
+    if by not in sort_fields():
+        raise EnergybenchError(f"cannot sort by {by!r}; use one of: {', '.join(sort_fields())} (or the short "
+                               f"names {', '.join(SORT_ALIASES)})")
+    return by
 
 
 def sort_rows(rows: list[Row], by: str, reverse: bool = False) -> list[Row]:
     """Rows sorted by field ``by``: numbers highest first, text A to Z (``reverse`` flips); gaps last."""
-    if by not in sort_fields():
-        raise EnergybenchError(f"cannot sort by {by!r}; use one of: {', '.join(sort_fields())}")
+    by = sort_field(by)
     text = by in _TEXT_FIELDS or by == "seed"
 
     def missing(v: Any) -> bool:
@@ -162,8 +176,7 @@ def sort_rows(rows: list[Row], by: str, reverse: bool = False) -> list[Row]:
 def sorted_rankings(rows: list[Row], by: str, reverse: bool = False) -> list[Ranking]:
     """One ranking per setting ordered by field ``by``: an accuracy ranks with ties (tested differences),
     any other field only orders (ranks are positions)."""
-    if by not in sort_fields():
-        raise EnergybenchError(f"cannot sort by {by!r}; use one of: {', '.join(sort_fields())}")
+    by = sort_field(by)
     out = []
     for setting, members in by_setting(rows).items():
         if by in ACCURACY_FIELDS:
@@ -304,8 +317,12 @@ def _field_names(board: Leaderboard) -> list[str]:
     return names
 
 
-def _plain(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isnan(value) else value
+def _plain(value: Any, name: str = "") -> Any:
+    """A value as csv/json carry it: NaN as null, measured numbers to the store's significant digits (0.6, not the
+    0.6000000238418579 of a float32), settings (eps) exactly."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value if name == "eps" else stored_value(value)
 
 
 def _ranking_fields(ranking: Ranking, entry: Entry) -> dict[str, Any]:
@@ -314,7 +331,7 @@ def _ranking_fields(ranking: Ranking, entry: Entry) -> dict[str, Any]:
     difference = entry.versus.difference if entry.versus else None
     return {"rank": entry.rank, "setting": ranking.setting.label, "ranked_by": ranking.order or (
                 next(k for k, v in ACCURACY_FIELDS.items() if v == (ranking.checkpoint, ranking.metric))),
-            "p_above": None if difference is None else difference.p,
+            "p_above": None if difference is None else _plain(difference.p),
             "test_above": None if difference is None else difference.test,
             "compared_with": None if entry.leader is None else entry.leader.run.id}
 
@@ -324,10 +341,11 @@ def records(board: Leaderboard) -> tuple[list[dict[str, Any]], list[dict[str, An
     test_above and compared_with (the test that decided the rank, against the first row of the tie block above),
     then the fields."""
     names = _field_names(board)
-    measured = [{**_ranking_fields(ranking, entry), **{n: _plain(field_value(entry.row, n)) for n in names}}
+    measured = [{**_ranking_fields(ranking, entry), **{n: _plain(field_value(entry.row, n), n) for n in names}}
                 for ranking in board.rankings for entry in ranking.entries]
     refs = [{"rank": None, "id": r.id, "method": r.method, "dataset": r.dataset, "model": r.architecture,
-             "norm": r.norm, "eps": r.eps, "clean": r.clean, "aa": r.aa, "source": r.source, "link": r.link,
+             "norm": r.norm, "eps": r.eps, "test_clean_acc": r.clean, "test_aa_acc": r.aa, "source": r.source,
+             "link": r.link,
              "secondary": r.secondary} for r in board.references]
     return measured, refs
 

@@ -99,15 +99,15 @@ class Ranking:
 
 def ranking_metric(rows: list[Row]) -> str:
     """AutoAttack accuracy when every row has it on at least ``AA_RANKING_POINTS`` points, else PGD accuracy."""
-    enough = all((n := r.n("last", "aa_acc")) is not None and n >= AA_RANKING_POINTS for r in rows)
-    return "aa_acc" if rows and enough else "test_pgd_acc"
+    enough = all((n := r.n("last", "test_aa_acc")) is not None and n >= AA_RANKING_POINTS for r in rows)
+    return "test_aa_acc" if rows and enough else "test_pgd_acc"
 
 
 def rank(rows: list[Row], metric: str, checkpoint: str = "last", reverse: bool = False) -> list[Entry]:
     """``rows`` sorted by ``metric`` at ``checkpoint`` (highest first; ``reverse``: lowest), the other of PGD/AA
     breaking exact ties; each row shares the rank of the first row of the tie block above it unless their
     difference is significant (``rank_with_ties``). Rows without ``metric`` come last, unranked."""
-    other = {"aa_acc": "test_pgd_acc", "test_pgd_acc": "aa_acc"}.get(metric, metric)
+    other = {"test_aa_acc": "test_pgd_acc", "test_pgd_acc": "test_aa_acc"}.get(metric, metric)
     sign = 1 if reverse else -1
 
     def key(row: Row) -> tuple[float, float]:
@@ -190,7 +190,7 @@ def _pair(metric: str) -> Column:
 
 
 def _points(row: Row) -> str:
-    return "/".join("-" if (n := row.n("last", m)) is None else str(n) for m in ("test_pgd_acc", "aa_acc"))
+    return "/".join("-" if (n := row.n("last", m)) is None else str(n) for m in ("test_pgd_acc", "test_aa_acc"))
 
 
 def co_text(row: Row) -> str:
@@ -221,7 +221,7 @@ COLUMNS: list[Column] = [
     Column("reg", lambda r: regularizer_label(r.run), justify="left"),
     _pair("test_clean_acc"),
     _pair("test_pgd_acc"),
-    _pair("aa_acc"),
+    _pair("test_aa_acc"),
     Column("n PGD/AA", _points),
     Column("CO", co_text),
     Column("dE", lambda r: r.get("last", "train_dE_mean"), _num),
@@ -231,7 +231,7 @@ COLUMNS: list[Column] = [
 #: Added for seed groups.
 SEED_COLUMNS: list[Column] = [
     Column("seeds", lambda r: len(r.members) if isinstance(r, SeedGroup) else 1),
-    Column("sd PGD/AA", lambda r: "/".join(_sd(r, m) for m in ("test_pgd_acc", "aa_acc"))),
+    Column("sd PGD/AA", lambda r: "/".join(_sd(r, m) for m in ("test_pgd_acc", "test_aa_acc"))),
 ]
 
 
