@@ -66,6 +66,8 @@ def cli() -> None:
 @click.option("--seed", type=int)
 @click.option("--n-train", type=int, help="Train on a subset of this many points.")
 @click.option("--aa-points", type=int, help="Test points attacked by AutoAttack (0 skips it).")
+@click.option("--aa-version", type=click.Choice(["standard", "fast", "plus", "rand"]),
+              help="AutoAttack's version; fast: APGD-CE and APGD-T only (an upper bound of standard's accuracy).")
 @click.option("--trainer-opt", "-T", multiple=True, metavar="KEY=VALUE", help="Trainer hyper-parameter.")
 @click.option("--reg-opt", "-R", multiple=True, metavar="KEY=VALUE", help="Regularizer hyper-parameter.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of RunConfig fields.")
@@ -79,7 +81,7 @@ def cli() -> None:
 @store_option
 @catalogue_option
 def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epochs, batch_size, lr, seed, n_train,
-        aa_points, trainer_opt, reg_opt, config_file, data_root, device, fast, loggers, resume, store_path,
+        aa_points, aa_version, trainer_opt, reg_opt, config_file, data_root, device, fast, loggers, resume, store_path,
         registry_path) -> None:
     """Train a classifier with a trainer (+ regularizer), evaluate it, store it, show the leaderboard."""
     from energybench import api
@@ -99,7 +101,8 @@ def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epoch
                     "model_params": parse_assignments(model_opt, "--model-opt") or None, "batch_size": batch_size,
                     "lr": lr, "seed": seed, "n_train": n_train, "data_root": data_root,
                     "device": device, "fast": {"enabled": fast} if fast else None,
-                    "eval": {"aa_points": aa_points} if aa_points is not None else None}
+                    "eval": {k: v for k, v in (("aa_points", aa_points), ("aa_version", aa_version))
+                             if v is not None} or None}
         run_id = api.train(trainer, regularizer, track=track, config=config_file, callbacks=loggers,
                            trainer_params=parse_assignments(trainer_opt, "--trainer-opt") or None,
                            regularizer_params=parse_assignments(reg_opt, "--reg-opt") or None, store=store,

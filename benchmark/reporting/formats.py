@@ -31,6 +31,7 @@ from energybench.reporting.leaderboard import (
     Column,
     Entry,
     Ranking,
+    aa_version,
     by_setting,
     caption,
     collect,
@@ -100,16 +101,18 @@ FIELDS: list[Column] = [
     Column("seed", lambda r: r.run.seed),
     Column("track", lambda r: r.run.track),
     Column("suite", lambda r: r.run.suite),
+    Column("aa_version", aa_version),
     *(Column(name, _metric(checkpoint, metric)) for name, (checkpoint, metric) in ACCURACY_FIELDS.items()),
     *_interval_fields(),
     Column("co", _metric("last", "co")),
     Column("train_dE_mean", _metric("last", "train_dE_mean")),
     Column("test_dE_mean", _metric("last", "test_dE_mean")),
+    *(Column(key, _metric("last", key)) for key in ("train_reg_penalty", "train_reg_acted", "train_reg_active")),
     Column("wall_time", lambda r: r.run.wall_time),
     Column("warnings", lambda r: _joined(r.warnings())),
 ]
-_TEXT_FIELDS = {"id", "trainer", "regularizer", "dataset", "model", "norm", "track", "suite", "source", "link",
-                "warnings"}
+_TEXT_FIELDS = {"id", "trainer", "regularizer", "dataset", "model", "norm", "track", "suite", "aa_version", "source",
+                "link", "warnings"}
 
 
 @dataclass

@@ -28,6 +28,11 @@ from energybench.reporting.compare import Comparison, compare_rows, p_text
 from energybench.reporting.rows import LABELS, Row, SeedGroup, load_row
 from energybench.storage.store import RunRecord, Store
 
+#: What the AutoAttack versions other than standard are, for captions.
+AA_VERSIONS = {"fast": "AutoAttack's fast subset, the standard version's APGD-CE and APGD-T only (no FAB-T, no "
+                       "Square), an upper bound of standard AutoAttack's accuracy",
+               "plus": "AutoAttack+ (more restarts and attacks than standard)",
+               "rand": "AutoAttack for randomised defenses (APGD-CE and APGD-DLR with expectation over 20 draws)"}
 #: AutoAttack ranks a setting only when every row has it on at least this many test points (95 % Wilson
 #: interval at most about +-3.1 points); otherwise PGD on the protocol's test points ranks.
 AA_RANKING_POINTS = 1000
@@ -97,10 +102,16 @@ class Ranking:
         return {e.versus.difference.test for e in self.entries if e.versus and e.versus.difference}
 
 
+def aa_version(row: Row) -> str:
+    """The AutoAttack version of the row's protocol (``standard``, ``fast``, ``plus`` or ``rand``)."""
+    return (row.run.config.get("eval") or {}).get("aa_version", "standard")
+
+
 def ranking_metric(rows: list[Row]) -> str:
-    """AutoAttack accuracy when every row has it on at least ``AA_RANKING_POINTS`` points, else PGD accuracy."""
+    """AutoAttack accuracy when every row has it on at least ``AA_RANKING_POINTS`` points, by one AutoAttack version,
+    else PGD accuracy."""
     enough = all((n := r.n("last", "test_aa_acc")) is not None and n >= AA_RANKING_POINTS for r in rows)
-    return "test_aa_acc" if rows and enough else "test_pgd_acc"
+    return "test_aa_acc" if rows and enough and len({aa_version(r) for r in rows}) == 1 else "test_pgd_acc"
 
 
 def rank(rows: list[Row], metric: str, checkpoint: str = "last", reverse: bool = False) -> list[Entry]:
@@ -184,9 +195,13 @@ def pair_text(best: Estimate | None, last: Estimate | None) -> str:
 
 
 def _pair(metric: str) -> Column:
-    """best/last of ``metric`` with their intervals in one cell, e.g. ``84.1/78.6 ±2.5``."""
-    return Column(f"{LABELS[metric]} b/l", lambda r: pair_text(r.estimate("best", metric), r.estimate("last", metric)),
-                  no_wrap=True)
+    """best/last of ``metric`` with their intervals in one cell, e.g. ``84.1/78.6 ±2.5``; AutoAttack other than the
+    standard version says which, e.g. ``50.0/50.0 ±14.8 (fast)``."""
+    def text(row: Row) -> str:
+        cell = pair_text(row.estimate("best", metric), row.estimate("last", metric))
+        version = aa_version(row) if metric == "test_aa_acc" and cell != "-" else "standard"
+        return cell if version == "standard" else f"{cell} ({version})"
+    return Column(f"{LABELS[metric]} b/l", text, no_wrap=True)
 
 
 def _points(row: Row) -> str:
@@ -218,7 +233,8 @@ SETTING_COLUMNS: list[Column] = [
 COLUMNS: list[Column] = [
     Column("run", lambda r: r.run.id, justify="left", no_wrap=True),
     Column("trainer", lambda r: r.run.trainer, justify="left"),
-    Column("reg", lambda r: regularizer_label(r.run), justify="left"),
+    Column("reg", lambda r: regularizer_label(r.run) + (" (never acted)" if r.get("last", "train_reg_active") == 0
+                                                         else ""), justify="left"),
     _pair("test_clean_acc"),
     _pair("test_pgd_acc"),
     _pair("test_aa_acc"),
@@ -286,10 +302,14 @@ def caption(ranking: Ranking, grouped: bool = False) -> str:
     seeds = ("; seed groups: means ± their 95% t interval over seeds (at least the Wilson interval of the mean on "
              "the shared test points), sd PGD/AA: sample standard deviation over seeds (ddof 1), CO: seeds with "
              "catastrophic overfitting / seeds" if grouped else "")
+    versions = {aa_version(r) for r in ranking.rows if not math.isnan(r.get("last", "test_aa_acc"))}
+    other = "".join(f"; AA ({v}): {AA_VERSIONS[v]}" for v in sorted(versions - {"standard"}))
+    if any(r.get("last", "train_reg_active") == 0 for r in ranking.rows):
+        other += "; reg (never acted): the regularizer's penalty was 0 in every batch, the trainer alone trained"
     return (f"{ranked}. Accuracy % on the test set, best/last checkpoint, ± the larger distance to a bound of "
             f"either's 95% Wilson interval on n test points (n PGD/AA){seeds}; AA: AutoAttack, the point-wise worst "
-            "case over its attacks; dE: final train E(x) - E(x*); checks: evaluation sanity warnings (their text "
-            "is in the json and csv formats)")
+            f"case over its attacks (standard version){other}; dE: final train E(x) - E(x*); checks: evaluation "
+            "sanity warnings (their text is in the json and csv formats)")
 
 
 def ranking_table(ranking: Ranking, title: str, *, settings: bool = True, grouped: bool = False,

@@ -171,6 +171,10 @@ def model_info(store: Store, run_id: str, *, checkpoint: str = "last", name: str
         raise EnergybenchError(f"run {run_id} ({checkpoint}) has no {' or '.join(missing)}; RobustBench needs "
                                "clean and AutoAttack accuracy (evaluate with --aa-points > 0)")
     protocol = record.config.get("eval", {})
+    if protocol.get("aa_version") == "fast":
+        raise EnergybenchError(f"run {run_id} ran AutoAttack's fast subset (APGD-CE, APGD-T), not the standard "
+                               "version RobustBench reports; evaluate it with the standard version first: "
+                               f"energybench eval {run_id} --aa-version standard")
     points = int(results.get("test_aa_points", protocol.get("aa_points", 0)))
     label = record.trainer if record.regularizer == "none" else f"{record.trainer} + {record.regularizer}"
     return {"link": link, "name": name or f"energybench {label}", "authors": authors, "additional_data": False,
