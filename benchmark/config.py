@@ -144,6 +144,8 @@ class RunConfig(_Strict):
     """Everything that determines a run's result (plus where to find data and which device)."""
 
     track: str | None = None
+    name: str | None = Field(None, min_length=1, description="what leaderboards call an evaluated model (`energybench "
+                             "eval --name`); a label, not part of the config hash")
     dataset: str = "fashion-mnist"
     model: str = "small-cnn"
     model_params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model plugin, "
@@ -194,14 +196,14 @@ class RunConfig(_Strict):
         return self
 
     def config_hash(self) -> str:
-        """Hash of the settings that determine results (not the track name, device, CPU threads, fast path, data
-        path, plugin timeout, callbacks, or a monitor that only warns).
+        """Hash of the settings that determine results (not the track name, an evaluated model's name, device, CPU
+        threads, fast path, data path, plugin timeout, callbacks, or a monitor that only warns).
 
         Settings added after runs were first stored count only when they differ from their default
         (``UNHASHED_DEFAULTS``), so the hash of every earlier run stays what it was.
         """
         passive = not self.monitor.enabled or self.monitor.action == "warn"
-        ignored: dict[str, Any] = {k: True for k in ("track", "device", "threads", "fast", "data_root",
+        ignored: dict[str, Any] = {k: True for k in ("track", "name", "device", "threads", "fast", "data_root",
                                                      "plugin_timeout", "callbacks")}
         if passive:
             ignored["monitor"] = True

@@ -22,15 +22,15 @@ def test_run_prints_the_leaderboard_and_leaderboard_reprints_it(capsys, tmp_path
     assert set(results) == {"best", "last"} and results["last"]["test_aa_points"] == 2
     for metric in ("test_clean_acc", "test_pgd_acc", "test_aa_acc"):
         assert 0 <= results["last"][metric] <= 1
-    assert "Leaderboard: digits, small-cnn, Linf eps 0.1" in out and record.id in out
+    assert "Leaderboard: digits, Linf eps 0.1" in out and record.id in out
     row = next(line for line in out.splitlines() if record.id in line)
     clean = results["best"]["test_clean_acc"], results["last"]["test_clean_acc"]
-    assert "│ fgsm" in row and "│ der " in row and f"{100 * clean[0]:.1f}/{100 * clean[1]:.1f}" in row
+    assert "│ fgsm + der (never acted) │ small-cnn │" in row and f"{100 * clean[0]:.1f}/{100 * clean[1]:.1f}" in row
     assert "energybench run --track cifar10-co" in out
     assert "epoch 2:" in err and "PGD" in err
     code, out, _ = run_cli(capsys, "leaderboard", "--dataset", "digits", "--eps", "0.1", "--store", store)
     again = next(line for line in out.splitlines() if record.id in line)
-    assert code == 0 and "│ der " in again and f"{100 * clean[0]:.1f}/{100 * clean[1]:.1f}" in again
+    assert code == 0 and "│ fgsm + der " in again and f"{100 * clean[0]:.1f}/{100 * clean[1]:.1f}" in again
     code, _, err = run_cli(capsys, "leaderboard", "--dataset", "cifar10", "--store", store)
     assert code == 2 and "no completed runs match" in err
 
@@ -56,7 +56,7 @@ def test_run_with_a_der_ablation_stores_its_form_and_terms(capsys, tmp_path):
     assert results["passes_per_example"] == pytest.approx(2.0)  # FGSM's clean logits serve DER too
     code, out, _ = run_cli(capsys, "leaderboard", "--format", "markdown", "--store", store)
     row = next(line for line in out.splitlines() if record.id in line)
-    assert code == 0 and "| der [squared joint dE, lambda 2] |" in row  # labelled as the ablation it is
+    assert code == 0 and "| fgsm + der [squared joint dE, lambda 2] |" in row  # labelled as the ablation it is
 
 
 def test_plugins_lists_every_kind_with_source_and_hyper_parameters(capsys):

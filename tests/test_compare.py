@@ -150,9 +150,9 @@ def test_settings_are_never_ranked_together(capsys, tmp_path):
     other_eps = add_run(store, correct(range(900)), dataset="fashion-mnist", eps=0.1)
     digits = add_run(store, correct(range(800)), dataset="digits", eps=0.3)
     data = leaderboard_json(capsys, tmp_path)
-    assert [s["setting"] for s in data["settings"]] == ["digits, small-cnn, Linf eps 0.3",
-                                                        "fashion-mnist, small-cnn, Linf eps 0.1",
-                                                        "fashion-mnist, small-cnn, Linf eps 0.3"]
+    assert [s["setting"] for s in data["settings"]] == ["digits, Linf eps 0.3",
+                                                        "fashion-mnist, Linf eps 0.1",
+                                                        "fashion-mnist, Linf eps 0.3"]
     assert [(r["id"], r["rank"]) for r in data["measured"]] == [(digits, 1), (other_eps, 1), (fmnist, 1)]
     code, out, _ = run_cli(capsys, "leaderboard", "--format", "markdown", "--store", tmp_path, "--no-references")
     assert code == 0 and out.count("### ") == 3 and out.count("| # |") == 3

@@ -21,11 +21,12 @@ EPS = 8 / 255
 
 def add_run(store: Store, *, aa: float, pgd: float, clean: float, seed: int = 0, trainer: str = "fgsm",
             dataset: str = "cifar10", eps: float = EPS, suite: str | None = None, track: str | None = None,
-            wall_time: float = 10.0, norm: str = "Linf", status: str = "done") -> str:
+            wall_time: float = 10.0, norm: str = "Linf", status: str = "done", model: str = "preact-resnet18",
+            name: str | None = None) -> str:
     """A run with these (last-checkpoint) results, completed unless ``status`` says otherwise; best is 1 point
     better everywhere."""
-    config = RunConfig(dataset=dataset, model="preact-resnet18", trainer=trainer, eps=eps, seed=seed, track=track,
-                       norm=norm)
+    config = RunConfig(dataset=dataset, model=model, trainer=trainer, eps=eps, seed=seed, track=track, norm=norm,
+                       name=name)
     run_id = store.create_run(config.model_dump(), config.config_hash(), suite=suite)
     last = {"test_clean_acc": clean, "test_pgd_acc": pgd, "test_aa_acc": aa, "test_aa_points": 1000.0, "co": 0.0,
             "train_dE_mean": -0.0123456789}
@@ -144,7 +145,7 @@ def test_every_format_carries_the_same_numbers(capsys, home, tmp_path):
     parser.feed(export(capsys, home, "html"))
     html_rows = next(rows for cls, rows in parser.tables if "measured" in cls)
     for table in (md, html_rows):
-        header, body = table[0], table[1:]
+        header, body = table[0], [row for row in table[1:] if row[0].strip("*") != "-"]  # the measured rows
         assert [r[header.index("run")] for r in body] == order and [r[0] for r in body] == ["1", "1", "3"]
         for row in body:
             for name, text in shown(row[header.index("run")]).items():
@@ -172,20 +173,56 @@ def test_reference_rows_are_shown_apart_and_never_ranked(capsys, home):
     assert [r["kind"] for r in rows] == ["measured"] * 3 + ["reference"] * 7
     assert {r["rank"] for r in rows if r["kind"] == "reference"} == {"-"}
 
-    md = export(capsys, home, "markdown")
-    ranked, published = markdown_tables(md)
-    assert md.index("Published reference rows (not measured here, never ranked)") > md.index(ranked[1][1])
-    assert [r[0] for r in published[1:]] == ["-"] * 7 and published[1][1] == "*Rice2020Overfitting*"
-    assert [r[0] for r in ranked[1:]] == ["1", "1", "3"]
-
+    # in every human format, the references sit in the setting's table, in italics, below its ranked rows
+    assert {r["setting"] for r in data["references"]} == {r["setting"] for r in data["measured"]}
+    (table,) = markdown_tables(export(capsys, home, "markdown"))
+    assert [r[0] for r in table[1:]] == ["1", "1", "3"] + ["*-*"] * 7
+    assert table[4][1] == "*Rice2020Overfitting*" and table[4][2] == "*PGD-AT + early stopping*"
     parser = Tables()
-    parser.feed(export(capsys, home, "html"))
-    classes = [cls for cls, _ in parser.tables]
-    assert classes == ["leaderboard measured", "leaderboard references"]
-    assert [r[0] for r in parser.tables[1][1][1:]] == ["-"] * 7
-    assert "Published reference rows" in export(capsys, home, "table")
+    html = export(capsys, home, "html")
+    parser.feed(html)
+    ((cls, rows),) = parser.tables
+    assert cls == "leaderboard measured" and [r[0] for r in rows[1:]] == ["1", "1", "3"] + ["-"] * 7
+    assert html.count('<tr class="reference"') == 7
+    text = export(capsys, home, "table")
+    lines = text.splitlines()
+    assert lines.index(next(line for line in lines if "Wong2020Fast" in line)) > max(
+        i for i, line in enumerate(lines) if any(r["id"] in line for r in data["measured"]))
+    assert "│ Wong2020Fast " in text and "43.21" in text and "italic rows, rank -: published results" in " ".join(
+        text.split())
 
     assert json.loads(export(capsys, home, "json", "--no-references"))["references"] == []
+
+
+def test_every_architecture_and_the_references_of_a_setting_meet_in_one_table(capsys, tmp_path):
+    """Rows rank per dataset, threat model and eps, the architecture a column (RobustBench's way): a trained run, a
+    run of another architecture and a named model of one's own share one ranking, and the setting's published
+    references sit below them; ``--per-arch`` ranks each architecture apart (each table keeps the references).
+    cifar10-jpeg is another dataset: its runs never meet cifar10's rows or references."""
+    store = Store(tmp_path)
+    ids = {"fgsm": add_run(store, aa=0.40, pgd=0.45, clean=0.80),
+           "pgd": add_run(store, aa=0.42, pgd=0.47, clean=0.85, trainer="pgd", model="wrn-28-10"),
+           "my-net": add_run(store, aa=0.41, pgd=0.46, clean=0.82, trainer="external", model="Sequential",
+                             name="my-net"),
+           "jpeg": add_run(store, aa=0.5, pgd=0.55, clean=0.9, dataset="cifar10-jpeg")}
+    data = json.loads(export(capsys, tmp_path, "json"))
+    cifar, jpeg = "cifar10, Linf eps 8/255", "cifar10-jpeg, Linf eps 8/255"
+    assert [s["setting"] for s in data["settings"]] == [cifar, jpeg]
+    rows = {r["id"]: r for r in data["measured"]}
+    assert [(r["method"], r["model"], r["setting"]) for r in data["measured"] if r["setting"] == cifar] == [
+        ("pgd", "wrn-28-10", cifar), ("my-net", "Sequential", cifar), ("fgsm", "preact-resnet18", cifar)]
+    assert [rows[ids[k]]["rank"] for k in ("pgd", "my-net", "fgsm")] == [1, 1, 1]  # one ranking, tested together
+    assert rows[ids["my-net"]]["name"] == "my-net" and rows[ids["fgsm"]]["name"] is None
+    assert len(data["references"]) == 7 and {r["setting"] for r in data["references"]} == {cifar}
+    text = export(capsys, tmp_path, "table")
+    cifar_table, jpeg_table = text.split(f"Leaderboard: {jpeg}")
+    assert all(ids[k] in cifar_table for k in ("fgsm", "pgd", "my-net")) and "Wong2020Fast" in cifar_table
+    assert ids["jpeg"] in jpeg_table and "Wong2020Fast" not in jpeg_table and "RobustBench" not in jpeg_table
+    per_arch = json.loads(export(capsys, tmp_path, "json", "--per-arch"))
+    assert [s["setting"] for s in per_arch["settings"]] == [
+        "cifar10, Sequential, Linf eps 8/255", "cifar10, preact-resnet18, Linf eps 8/255",
+        "cifar10, wrn-28-10, Linf eps 8/255", "cifar10-jpeg, preact-resnet18, Linf eps 8/255"]
+    assert all(r["rank"] == 1 for r in per_arch["measured"]) and len(per_arch["references"]) == 3 * 7
 
 
 def test_references_follow_the_filters(capsys, tmp_path):
@@ -319,7 +356,7 @@ def test_sort_by_any_column_and_filter(capsys, tmp_path):
     assert len(by_track) == 7 and {r["dataset"] for r in by_track} == {"cifar10"}  # the track's dataset and eps
     assert trainers("--trainer", "weat", "--eps", "8/255", "--model", "preact-resnet18") == ["weat"]
     code, _, err = run_cli(capsys, "leaderboard", "--sort", "robustness", "--store", tmp_path)
-    assert code == 2 and "cannot sort by 'robustness'; use one of: id, trainer" in err
+    assert code == 2 and "cannot sort by 'robustness'; use one of: id, name, method, trainer" in err
 
 
 def test_export_and_import_round_trip_as_robustbench_model_info(capsys, home, tmp_path):

@@ -5,7 +5,9 @@ A model is named by reference: ``robustbench:NAME`` (RobustBench's model zoo, th
 name, an energybench checkpoint file, or a run id. It is evaluated like a run's final test
 evaluation (clean, FGSM and PGD accuracy, AutoAttack, energy statistics) and stored as a run of
 trainer ``external`` whose ``trainer_params`` record where the weights came from. Its ``best``
-and ``last`` results are the same numbers, so it takes part in every leaderboard.
+and ``last`` results are the same numbers, so it takes part in every leaderboard. Its stored config holds
+what applies to an evaluation (``EVALUATION_FIELDS``), none of the training settings; the same weights under
+the same protocol (the same config hash) are evaluated once (``stored_evaluation``).
 """
 
 from __future__ import annotations
@@ -23,19 +25,24 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from energybench.config import Catalogue, RunConfig, parse_eps, readable, select_device
+from energybench.config import Catalogue, RunConfig, cpu_threads, parse_eps, readable, select_device
 from energybench.contracts.dataset import Dataset
 from energybench.data.datasets import get_dataset, load_dataset
 from energybench.errors import EnergybenchError
 from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.robustbench_compat import ZOO_PREFIX, load_zoo_model
-from energybench.evaluation.robustness import as_float
+from energybench.evaluation.robustness import Measurement, as_float
 from energybench.ops.modes import eval_mode
-from energybench.storage.store import Store
+from energybench.storage.store import RunRecord, Store
 from energybench.storage.trained import load_trained
 
 #: The trainer name of runs that evaluate a model trained elsewhere.
 EXTERNAL = "external"
+#: What an evaluation's stored config holds: where the model came from and the test protocol, no training setting.
+EVALUATION_FIELDS: dict[str, Any] = {
+    **{k: True for k in ("track", "name", "dataset", "model", "trainer", "trainer_params", "regularizer", "eps",
+                         "norm", "seed", "device", "threads", "data_root")},
+    "eval": {"test_points", "pgd_steps", "pgd_restarts", "aa_points", "aa_version", "batch_size"}}
 
 
 @dataclass
@@ -138,23 +145,24 @@ def _from_source(source: dict[str, Any], store: Store, dataset: str, label: str,
     return resolve_model(source["path"], store, dataset=dataset, model=source.get("model"))
 
 
-def _default_track(catalogue: Catalogue, dataset: str) -> str | None:
+def default_track(catalogue: Catalogue, dataset: str) -> str | None:
     """The first track of the catalogue on ``dataset``, whose protocol evaluates its models."""
     return next((name for name, t in catalogue.tracks.items() if t.settings.get("dataset") == dataset), None)
 
 
 def eval_config(catalogue: Catalogue, external: ExternalModel, *, track: str | None = None,
                 eps: str | float | None = None, norm: str | None = None, aa_points: int | None = None,
-                test_points: int | None = None, seed: int | None = None, device: str = "auto",
-                data_root: str | None = None) -> RunConfig:
-    """The stored config of an evaluation: the track's eps, norm and protocol, then explicit options."""
-    track = track or external.track or _default_track(catalogue, external.info.name)
+                aa_version: str | None = None, test_points: int | None = None, seed: int | None = None,
+                device: str = "auto", data_root: str | None = None, name: str | None = None) -> RunConfig:
+    """The config of an evaluation: the track's eps, norm, protocol and CPU threads, then explicit options."""
+    track = track or external.track or default_track(catalogue, external.info.name)
     settings = catalogue.track(track).settings if track else {}
     if track and settings.get("dataset") != external.info.name:
         raise EnergybenchError(f"track {track!r} is on {settings.get('dataset')!r} but the model is evaluated on "
                                f"{external.info.name!r}; pick a track on that dataset or none")
     protocol = dict(settings.get("eval", {}))
-    protocol.update({k: v for k, v in {"aa_points": aa_points, "test_points": test_points}.items() if v is not None})
+    protocol.update({k: v for k, v in {"aa_points": aa_points, "aa_version": aa_version,
+                                       "test_points": test_points}.items() if v is not None})
     if eps is None and "eps" not in settings:
         raise EnergybenchError(f"no track on {external.info.name!r} gives an eps: pass --eps (e.g. 8/255)")
     if eps is None and norm is not None and norm != settings.get("norm", "Linf"):
@@ -164,8 +172,9 @@ def eval_config(catalogue: Catalogue, external: ExternalModel, *, track: str | N
         eps_value = parse_eps(eps if eps is not None else settings["eps"])
         fields = {"track": track, "dataset": external.info.name, "model": external.label, "trainer": EXTERNAL,
                   "trainer_params": external.source, "regularizer": "none", "eps": eps_value,
-                  "norm": norm or settings.get("norm", "Linf"), "eval": protocol,
-                  "seed": external.seed if seed is None else seed, "device": device, "data_root": data_root}
+                  "norm": norm or settings.get("norm", "Linf"), "eval": protocol, "name": name,
+                  "seed": external.seed if seed is None else seed, "device": device, "data_root": data_root,
+                  "threads": settings.get("threads")}
         return RunConfig(**fields)
     except ValueError as exc:
         message = readable(exc) if isinstance(exc, ValidationError) else str(exc)
@@ -185,20 +194,36 @@ def _check_outputs(model: nn.Module, x: torch.Tensor, info: Dataset, label: str)
                                f"of shape ({len(x)}, {info.num_classes})")
 
 
-def evaluate_external(external: ExternalModel, config: RunConfig, store: Store, *,
-                      on_stage: Callable[[str], None] | None = None) -> str:
-    """Evaluate ``external`` with ``config``'s protocol on the test set; store it as a run; return its id."""
-    stage = on_stage or (lambda text: None)
-    run_id = store.create_run(config.model_dump(), config.config_hash())
-    start = time.perf_counter()
-    try:
+def stored_evaluation(store: Store, config: RunConfig) -> RunRecord | None:
+    """The completed evaluation of the same weights under the same protocol (``config``'s hash), if ``store`` has one
+    (the latest)."""
+    done = store.runs(config_hash=config.config_hash())
+    return done[-1] if done else None
+
+
+def measure_external(external: ExternalModel, config: RunConfig, *, stage: Callable[[str], None] = lambda text: None,
+                     note: Callable[[str], None] = lambda text: None) -> Measurement:
+    """Evaluate ``external`` with ``config``'s protocol on the test set (``test_evaluation``), on its CPU threads;
+    nothing is stored."""
+    with cpu_threads(config.threads):
         device = select_device(config.device)
         model = external.model.to(device)
         data = load_dataset(config.dataset, data_root=config.data_root, val_size=1)  # only its test split is used
         with eval_mode(model):
             _check_outputs(model, as_float(data.test.x[:2], device), external.info, external.label)
         torch.manual_seed(config.seed)
-        measured = test_evaluation(model, data.test, config, device, stage)
+        return test_evaluation(model, data.test, config, device, stage, note)
+
+
+def evaluate_external(external: ExternalModel, config: RunConfig, store: Store, *,
+                      stage: Callable[[str], None] = lambda text: None,
+                      note: Callable[[str], None] = lambda text: None) -> str:
+    """Evaluate ``external`` (``measure_external``) and store it as a run (its config: ``EVALUATION_FIELDS``);
+    return its id."""
+    run_id = store.create_run(config.model_dump(include=EVALUATION_FIELDS), config.config_hash())
+    start = time.perf_counter()
+    try:
+        measured = measure_external(external, config, stage=stage, note=note)
         for tag in ("last", "best"):
             store.add_results(run_id, tag, measured.metrics)
             store.add_points(run_id, tag, measured.correct)

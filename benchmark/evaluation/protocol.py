@@ -70,6 +70,7 @@ def test_evaluation(model: nn.Module, test: Split, config: RunConfig, device: to
     measured = robustness(model, test, n=p.test_points, eps=config.eps, norm=config.norm, pgd_steps=p.pgd_steps,
                           pgd_restarts=p.pgd_restarts, with_fgsm=True, batch_size=p.batch_size, device=device,
                           prefix="test_")
+    measured.metrics["test_points"] = float(n)
     if p.aa_points:
         attacked = min(p.aa_points, len(test))
         m = measured.metrics

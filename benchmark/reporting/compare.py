@@ -18,7 +18,6 @@ verdict in words (``energybench.evaluation.statistics.verdict``): a test that se
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -231,8 +230,9 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def comparison_json(result: RowComparison) -> str:
-    """The comparison as JSON: both rows (their runs), then per accuracy the estimates, difference, interval, test."""
+def comparison_dict(result: RowComparison) -> dict:
+    """The comparison as plain data: both rows (their runs), then per accuracy the estimates, difference, interval,
+    test and verdict."""
     def row_json(ref: str, row: Row) -> dict:
         runs = row.runs if isinstance(row, SeedGroup) else [row.run]
         return {"ref": ref, "runs": [r.id for r in runs], "seeds": [r.seed for r in runs],
@@ -249,5 +249,6 @@ def comparison_json(result: RowComparison) -> str:
                         "test": None if d is None else d.test, "paired": c.paired,
                         "significant": c.significant, "verdict": None if d is None else result.verdict(c),
                         "note": c.note})
-    return json.dumps({"a": row_json(result.refs[0], result.rows[0]), "b": row_json(result.refs[1], result.rows[1]),
-                       "level": LEVEL, "margin": result.margin, "metrics": metrics}, indent=2) + "\n"
+    return {"a": row_json(result.refs[0], result.rows[0]), "b": row_json(result.refs[1], result.rows[1]),
+            "level": LEVEL, "margin": result.margin, "metrics": metrics}
+

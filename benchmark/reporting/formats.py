@@ -25,7 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from energybench.config import Catalogue, format_eps, parse_eps
+from energybench.config import Catalogue, parse_eps
 from energybench.errors import EnergybenchError
 from energybench.reporting.leaderboard import (
     Column,
@@ -36,11 +36,13 @@ from energybench.reporting.leaderboard import (
     caption,
     collect,
     columns,
+    method_label,
     rank,
     rank_text,
     ranking_table,
     rankings,
     versus_text,
+    with_references,
 )
 from energybench.reporting.rows import ACCURACIES, LABELS, Row, SeedGroup, group_seeds
 from energybench.reporting.templating import render
@@ -48,8 +50,6 @@ from energybench.storage.references import Reference, load_references
 from energybench.storage.store import Store, pack_points, stored_value, unpack_points
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
-REFERENCE_STYLE = "italic magenta"
-REFERENCE_TITLE = "Published reference rows (not measured here, never ranked)"
 
 
 def _metric(checkpoint: str, name: str) -> Callable[[Row], float]:
@@ -92,6 +92,8 @@ def _interval_fields() -> list[Column]:
 #: their result keys (``energybench.storage.result_keys``).
 FIELDS: list[Column] = [
     Column("id", lambda r: r.run.id),
+    Column("name", lambda r: r.run.config.get("name")),
+    Column("method", method_label),
     Column("trainer", lambda r: r.run.trainer),
     Column("regularizer", lambda r: r.run.regularizer),
     Column("dataset", lambda r: r.run.dataset),
@@ -111,21 +113,24 @@ FIELDS: list[Column] = [
     Column("wall_time", lambda r: r.run.wall_time),
     Column("warnings", lambda r: _joined(r.warnings())),
 ]
-_TEXT_FIELDS = {"id", "trainer", "regularizer", "dataset", "model", "norm", "track", "suite", "aa_version", "source",
-                "link", "warnings"}
+_TEXT_FIELDS = {"id", "name", "method", "trainer", "regularizer", "dataset", "model", "norm", "track", "suite",
+                "aa_version", "source", "link", "warnings"}
 
 
 @dataclass
 class Leaderboard:
-    """One ranking per setting, and reference rows, ready to format."""
+    """One ranking per setting, each with the setting's reference rows, ready to format."""
 
     title: str
     rankings: list[Ranking]
-    references: list[Reference]
 
     @property
     def rows(self) -> list[Row]:
         return [row for ranking in self.rankings for row in ranking.rows]
+
+    @property
+    def references(self) -> list[Reference]:
+        return list(dict.fromkeys(ref for ranking in self.rankings for ref in ranking.references))
 
     @property
     def grouped(self) -> bool:
@@ -176,12 +181,12 @@ def sort_rows(rows: list[Row], by: str, reverse: bool = False) -> list[Row]:
     return sorted(present, key=key, reverse=(not text) != reverse) + absent
 
 
-def sorted_rankings(rows: list[Row], by: str, reverse: bool = False) -> list[Ranking]:
+def sorted_rankings(rows: list[Row], by: str, reverse: bool = False, per_arch: bool = False) -> list[Ranking]:
     """One ranking per setting ordered by field ``by``: an accuracy ranks with ties (tested differences),
     any other field only orders (ranks are positions)."""
     by = sort_field(by)
     out = []
-    for setting, members in by_setting(rows).items():
+    for setting, members in by_setting(rows, per_arch).items():
         if by in ACCURACY_FIELDS:
             checkpoint, metric = ACCURACY_FIELDS[by]
             out.append(Ranking(setting, rank(members, metric, checkpoint, reverse), metric, checkpoint, order=by))
@@ -195,9 +200,10 @@ def build_leaderboard(store: Store, catalogue: Catalogue, *, dataset: str | None
                       eps: float | None = None, norm: str | None = None, track: str | None = None,
                       suite: str | None = None, trainer: str | None = None, sort: str | None = None,
                       reverse: bool = False, group: bool = False, references: bool = True,
-                      run_ids: Collection[str] | None = None, title: str = "Leaderboard") -> Leaderboard:
+                      per_arch: bool = False, run_ids: Collection[str] | None = None,
+                      title: str = "Leaderboard") -> Leaderboard:
     """Completed runs matching the filters (and in ``run_ids`` if given; seed-grouped if ``group``), ranked
-    per setting; plus matching references.
+    per setting (dataset, threat model, eps; and architecture with ``per_arch``), each with its references.
 
     References are filtered by dataset, eps and norm (a track's when ``track`` is given); without a
     dataset filter, only those on a dataset, eps and norm of a measured row are kept.
@@ -208,7 +214,7 @@ def build_leaderboard(store: Store, catalogue: Catalogue, *, dataset: str | None
         rows = [r for r in rows if r.run.id in run_ids]
     if group:
         rows = group_seeds(rows)
-    ranked = sorted_rankings(rows, sort, reverse) if sort else rankings(rows, reverse)
+    ranked = sorted_rankings(rows, sort, reverse, per_arch) if sort else rankings(rows, reverse, per_arch)
     refs: list[Reference] = []
     if references:
         if track is not None:
@@ -221,7 +227,7 @@ def build_leaderboard(store: Store, catalogue: Catalogue, *, dataset: str | None
         if dataset is None and rows:
             settings_seen = {(r.run.dataset, round(r.run.eps, 9), r.run.norm) for r in rows}
             refs = [r for r in refs if (r.dataset, round(r.eps, 9), r.norm) in settings_seen]
-    return Leaderboard(title, ranked, refs)
+    return Leaderboard(title, with_references(ranked, refs))
 
 
 # ----- human formats --------------------------------------------------------------------------
@@ -234,47 +240,26 @@ def _heading(board: Leaderboard, ranking: Ranking) -> str:
 def _cells(board: Leaderboard, entry: Entry) -> list[str]:
     """One row of a ranking table as text: rank, the display columns (the heading names the setting), the p-value
     of the test that decided the rank."""
-    return [rank_text(entry), *(c.fmt(c.value(entry.row)) for c in columns(settings=False, grouped=board.grouped)),
+    return [rank_text(entry), *(c.fmt(c.value(entry.row)) for c in columns(grouped=board.grouped)),
             versus_text(entry)]
+
+
+def _reference_cells(board: Leaderboard, ref: Reference) -> list[str]:
+    """A reference row as text: rank ``-``, what it publishes in the same columns, ``-`` for the rest."""
+    return ["-", *(c.reference(ref) for c in columns(grouped=board.grouped)), "-"]
 
 
 def _headers(board: Leaderboard) -> list[tuple[str, str]]:
     """(header, justify) of a ranking table's columns."""
-    return [("#", "right"), *((c.header, c.justify) for c in columns(settings=False, grouped=board.grouped)),
-            ("p", "right")]
+    return [("#", "right"), *((c.header, c.justify) for c in columns(grouped=board.grouped)), ("p", "right")]
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
-#: Columns of reference rows: (header, justify, text of a reference).
-REFERENCE_COLUMNS: list[tuple[str, str, Callable[[Reference], str]]] = [
-    ("reference", "left", lambda r: r.id),
-    ("method", "left", lambda r: r.method),
-    ("dataset", "left", lambda r: r.dataset),
-    ("architecture", "left", lambda r: r.architecture),
-    ("eps", "left", lambda r: f"{r.norm} {format_eps(r.eps)}"),
-    ("clean", "right", lambda r: _pct(r.clean)),
-    ("AA", "right", lambda r: _pct(r.aa)),
-    ("source", "left", lambda r: r.source + (" [secondary source]" if r.secondary else "")),
-]
-_REFERENCE_CAPTION = "published accuracy %, AutoAttack; rank '-': context, not a measurement of this benchmark"
-
-
-def rich_tables(board: Leaderboard) -> list[Table]:
-    """The leaderboard as rich tables: one ranking per setting, then the references in their own style."""
-    tables = [ranking_table(r, _heading(board, r), settings=False, grouped=board.grouped) for r in board.rankings]
-    if board.references:
-        table = Table(title=REFERENCE_TITLE, header_style="bold", title_justify="left", style=REFERENCE_STYLE,
-                      caption=_REFERENCE_CAPTION, caption_justify="left")
-        table.add_column("#", justify="right")
-        for header, justify, _ in REFERENCE_COLUMNS:
-            table.add_column(header, justify=justify)
-        for ref in board.references:
-            table.add_row("-", *(text(ref) for _, _, text in REFERENCE_COLUMNS), style=REFERENCE_STYLE)
-        tables.append(table)
-    return tables
+def rich_tables(board: Leaderboard, highlight: str | None = None, only: str | None = None) -> list[Table]:
+    """The leaderboard as rich tables, one per setting, its references in italics below its ranked rows;
+    ``highlight`` a run in bold, or ``only`` that run's row (``ranking_table``)."""
+    rankings = [r for r in board.rankings if only is None or only in {row.run.id for row in r.rows}]
+    return [ranking_table(r, _heading(board, r), grouped=board.grouped, highlight=highlight, only=only)
+            for r in rankings]
 
 
 def to_text(board: Leaderboard, width: int = 200) -> str:
@@ -286,23 +271,21 @@ def to_text(board: Leaderboard, width: int = 200) -> str:
 
 
 def template_context(board: Leaderboard) -> dict[str, Any]:
-    """What the markdown and HTML templates (reporting/templates) show of a leaderboard."""
+    """What the markdown and HTML templates (reporting/templates) show of a leaderboard: per setting its ranked
+    rows, then its reference rows."""
     return {
         "title": board.title,
         "headers": _headers(board),
         "tables": [{"label": r.setting.label, "caption": caption(r, board.grouped),
-                    "rows": [{"id": e.row.run.id, "cells": _cells(board, e)} for e in r.entries]}
+                    "rows": [{"id": e.row.run.id, "cells": _cells(board, e)} for e in r.entries],
+                    "references": [{"id": ref.id, "cells": _reference_cells(board, ref)} for ref in r.references]}
                    for r in board.rankings],
-        "reference_title": REFERENCE_TITLE,
-        "reference_headers": [(header, justify) for header, justify, _ in REFERENCE_COLUMNS],
-        "references": [{"id": ref.id, "cells": [text(ref) for _, _, text in REFERENCE_COLUMNS]}
-                       for ref in board.references],
     }
 
 
 def to_markdown(board: Leaderboard) -> str:
-    """GitHub markdown: one ranked table per setting with its caption, then the references (in italics,
-    rank ``-``) under their own heading."""
+    """GitHub markdown: one ranked table per setting, its references in italics (rank ``-``) below its ranked rows,
+    with its caption."""
     return render("leaderboard.md", board=template_context(board))
 
 
@@ -346,10 +329,10 @@ def records(board: Leaderboard) -> tuple[list[dict[str, Any]], list[dict[str, An
     names = _field_names(board)
     measured = [{**_ranking_fields(ranking, entry), **{n: _plain(field_value(entry.row, n), n) for n in names}}
                 for ranking in board.rankings for entry in ranking.entries]
-    refs = [{"rank": None, "id": r.id, "method": r.method, "dataset": r.dataset, "model": r.architecture,
+    refs = [{"rank": None, "setting": ranking.setting.label, "id": r.id, "method": r.method, "dataset": r.dataset,
+             "model": r.architecture,
              "norm": r.norm, "eps": r.eps, "test_clean_acc": r.clean, "test_aa_acc": r.aa, "source": r.source,
-             "link": r.link,
-             "secondary": r.secondary} for r in board.references]
+             "link": r.link, "secondary": r.secondary} for ranking in board.rankings for r in ranking.references]
     return measured, refs
 
 

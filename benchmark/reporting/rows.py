@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from energybench.config import RunConfig
 from energybench.data.datasets import split_sizes
 from energybench.evaluation.sanity import evaluation_warnings
 from energybench.evaluation.statistics import Estimate, SeedSummary, accuracy, seed_summary, wilson
@@ -125,8 +126,10 @@ def load_row(store: Store, run: RunRecord) -> Row:
 
 
 def group_key(run: RunRecord) -> str:
-    """What runs of one seed group share: the config without seed, track name, device, data path and speed options."""
-    config = {k: v for k, v in run.config.items() if k not in ("seed", "track", "device", "data_root", "fast")}
+    """What runs of one seed group share: the config (with today's defaults for settings an older run did not store)
+    without seed, track, name, device, CPU threads, data path and speed options."""
+    config = RunConfig(**run.config).model_dump(exclude={"seed", "track", "name", "device", "threads", "data_root",
+                                                         "fast"})
     return json.dumps(config, sort_keys=True, default=str)
 
 
