@@ -530,32 +530,16 @@ def energy() -> None:
 def histograms(model_ref, attacks, n, eps, norm, checkpoint, dataset, model_arch, model_dir, out_path, data_root,
                device, store_path) -> None:
     """E(x) and E(x,y) of clean test points and of their adversarial counterparts under each attack."""
-    from pathlib import Path
+    from energybench import api
+    from energybench.reporting.energy_figures import stats_table
+    from energybench.training.progress import RichReporter
 
-    from energybench.config import parse_eps
-    from energybench.reporting.energy_figures import (
-        HistogramRequest,
-        energy_stats,
-        histogram_figure,
-        model_histograms,
-        stats_table,
-    )
-    from energybench.storage.store import Store
-
-    try:
-        eps_value = parse_eps(eps) if eps is not None else None
-    except ValueError as exc:
-        raise EnergybenchError(str(exc)) from None
-    request = HistogramRequest(ref=model_ref, attacks=[a.strip() for a in attacks.split(",") if a.strip()], n=n,
-                               eps=eps_value, norm=norm, checkpoint=checkpoint, dataset=dataset, arch=model_arch,
-                               model_dir=model_dir, data_root=data_root, device=device)
-    with err.status("loading the model") as status:
-        data, title = model_histograms(request, Store(store_path),
-                                       on_attack=lambda name: status.update(f"energies under {name}"))
-    path = Path(out_path or f"energy-histograms-{Path(model_ref).stem.replace(':', '-')}.png")
-    histogram_figure(data, title=title).savefig(path, dpi=120)
-    out.print(stats_table(energy_stats(data), title))
-    out.print(f"figure written to {path}")
+    result = api.energy_histograms(model_ref, attacks=[a.strip() for a in attacks.split(",") if a.strip()], n=n,
+                                   eps=eps, norm=norm, checkpoint=checkpoint, dataset=dataset, arch=model_arch,
+                                   model_dir=model_dir, output=out_path, data_root=data_root, device=device,
+                                   store=store_path, progress=RichReporter(err))
+    out.print(stats_table(result.stats, result.title))
+    out.print(f"figure written to {result.figure}")
 
 
 @energy.command()
@@ -565,12 +549,10 @@ def histograms(model_ref, attacks, n, eps, norm, checkpoint, dataset, model_arch
 @store_option
 def trace(run_ids, out_path, store_path) -> None:
     """Per-epoch train and validation dE beside PGD and FGSM validation accuracy, several runs overlaid."""
-    from energybench.reporting.energy_figures import load_traces, trace_figure, trace_table
-    from energybench.storage.store import Store
+    from energybench import api
+    from energybench.reporting.energy_figures import trace_table
 
-    traces = load_traces(Store(store_path), list(run_ids))
-    trace_figure(traces).savefig(out_path, dpi=120)
-    out.print(trace_table(traces))
+    out.print(trace_table(api.energy_trace(run_ids, out_path, store=store_path)))
     out.print(f"figure written to {out_path}")
 
 
@@ -579,7 +561,8 @@ def trace(run_ids, out_path, store_path) -> None:
 @store_option
 def select(run_ids, store_path) -> None:
     """The epoch each criterion picks (val-pgd needs an attack per epoch, dE none) and its validation PGD."""
-    from energybench.evaluation.selection import CRITERIA, select_epoch
+    from energybench import api
+    from energybench.evaluation.selection import CRITERIA
     from energybench.storage.store import Store
 
     store = Store(store_path)
@@ -587,9 +570,8 @@ def select(run_ids, store_path) -> None:
                   header_style="bold")
     for column in ("run", *CRITERIA, "dE = val-pgd"):
         table.add_column(column)
-    for run_id in run_ids:
-        history = store.epochs(store.get_run(run_id).id)
-        picks = {c: select_epoch(history, c) for c in CRITERIA}
+    for run_id, picks in api.select_epochs(run_ids, store=store).items():
+        history = store.epochs(run_id)
         table.add_row(run_id, *(f"{picks[c] + 1} ({history[picks[c]]['val_pgd_acc']:.1%})" for c in CRITERIA),
                       "yes" if picks["dE"] == picks["val-pgd"] else "no")
     out.print(table)

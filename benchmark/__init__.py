@@ -22,6 +22,8 @@ from importlib.metadata import PackageNotFoundError, version
 from energybench.api import (
     StoredRun,
     compare,
+    energy_histograms,
+    energy_trace,
     evaluate,
     export,
     get_run,
@@ -33,6 +35,7 @@ from energybench.api import (
     resume,
     run_suite,
     sample,
+    select_epochs,
     suite_plan,
     tracks,
     train,
@@ -75,8 +78,10 @@ except PackageNotFoundError:  # pragma: no cover - a checkout used without insta
 __all__ = ["Arrays", "Attack", "Batch", "Callback", "Classifier", "Dataset", "EnergybenchError", "ImageFolderDataset",
            "PluginError", "PluginParams", "Regularizer", "Reporter", "RichReporter", "SampleBatch", "Sampler",
            "StoredRun", "TrainOutput", "Trainer", "__version__", "compare", "create_attack", "create_callback",
+           "energy_histograms", "energy_trace",
            "create_dataset", "create_model", "create_regularizer", "create_sampler", "create_trainer", "evaluate",
            "export", "get_plugin", "get_run", "import_reference", "leaderboard", "list_plugins", "load", "load_data",
            "register_attack", "register_callback", "register_dataset", "register_model", "register_regularizer",
-           "register_sampler", "register_trainer", "report", "resume", "run_suite", "sample", "suite_plan", "tracks",
+           "register_sampler", "register_trainer", "report", "resume", "run_suite", "sample", "select_epochs",
+           "suite_plan", "tracks",
            "train"]

@@ -313,3 +313,61 @@ def sample(model: str, *, sampler: str | Sequence[str] = "local-pca", n: int = 1
                     data_root=data_root, out_dir=out_dir, features=features, inception_weights=inception_weights,
                     batch_size=batch_size, device=device, reporter=reporter_of(progress),
                     log=log or (lambda line: None))
+
+
+@dataclass
+class EnergyHistograms:
+    """``energy_histograms``' result: what was attacked (``title``), per energy and source its quantiles and shift
+    from clean (``stats``, ``energybench.reporting.energy_figures.EnergyStats``), and the PNG written."""
+
+    title: str
+    stats: list
+    figure: Path
+
+
+def energy_histograms(model: str, *, attacks: Sequence[str] = ("pgd", "apgd-t", "cw", "square", "fgsm"),
+                      n: int = 500, eps: float | str | None = None, norm: str | None = None, checkpoint: str = "best",
+                      dataset: str | None = None, arch: str | None = None, model_dir: str | Path | None = None,
+                      output: str | Path | None = None, data_root: str | Path | None = None, device: str = "auto",
+                      store: StoreLike = None, progress: bool | Reporter = True) -> EnergyHistograms:
+    """``energybench energy histograms``: E(x) and E(x,y) of the first ``n`` clean test points and of their attacked
+    counterparts under each attack, as a PNG (``output``, default ``energy-histograms-REF.png``) and quantiles."""
+    from energybench.config import parse_eps
+    from energybench.reporting.energy_figures import HistogramRequest, energy_stats, histogram_figure, model_histograms
+
+    reporter = reporter_of(progress)
+    try:
+        eps_value = parse_eps(eps) if eps is not None else None
+    except ValueError as exc:
+        raise EnergybenchError(str(exc)) from None
+    request = HistogramRequest(ref=model, attacks=list(attacks), n=n, eps=eps_value, norm=norm, checkpoint=checkpoint,
+                               dataset=dataset, arch=arch, model_dir=str(model_dir) if model_dir else None,
+                               data_root=str(data_root) if data_root else None, device=device)
+    try:
+        data, title = model_histograms(request, _store(store), on_attack=lambda name: reporter.stage(
+            f"energies under {name}"))
+    finally:
+        reporter.finish()
+    path = Path(output or f"energy-histograms-{Path(model).stem.replace(':', '-')}.png")
+    histogram_figure(data, title=title).savefig(path, dpi=120)
+    return EnergyHistograms(title, energy_stats(data), path)
+
+
+def energy_trace(run_ids: Sequence[str], output: str | Path = "energy-trace.png", *, store: StoreLike = None) -> list:
+    """``energybench energy trace``: per-epoch train and validation dE beside PGD and FGSM validation accuracy of the
+    runs, overlaid in a PNG (``output``); returns each run's series (``RunTrace``)."""
+    from energybench.reporting.energy_figures import load_traces, trace_figure
+
+    traces = load_traces(_store(store), list(run_ids))
+    trace_figure(traces).savefig(output, dpi=120)
+    return traces
+
+
+def select_epochs(run_ids: Sequence[str], *, store: StoreLike = None) -> dict[str, dict[str, int]]:
+    """``energybench energy select``: per run, the epoch (0-based) each checkpoint-selection criterion picks
+    (``val-pgd``: best validation PGD accuracy; ``dE``: attack-free, from the CO monitor's alarms)."""
+    from energybench.evaluation.selection import CRITERIA, select_epoch
+
+    target = _store(store)
+    return {run_id: {c: select_epoch(target.epochs(target.get_run(run_id).id), c) for c in CRITERIA}
+            for run_id in run_ids}

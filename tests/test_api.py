@@ -154,3 +154,25 @@ def test_train_and_evaluate_show_progress_by_default_and_progress_false_silences
     energybench.train("fgsm", progress=hook, **settings)
     energybench.evaluate(net, dataset="digits", test_points=10, aa_points=0, store=False, progress=hook)
     assert "epoch 1" in hook.heard and "clean, FGSM and PGD-10 on 10 test points" in hook.heard
+
+
+#: Each command of the CLI and the function of the API that does its work.
+COMMAND_FUNCTIONS = {"run": "train", "leaderboard": "leaderboard", "sample": "sample", "plugins": "list_plugins",
+                     "tracks": "tracks", "suite": "run_suite", "eval": "evaluate", "compare": "compare",
+                     "export": "export", "import-reference": "import_reference", "report": "report",
+                     "energy histograms": "energy_histograms", "energy trace": "energy_trace",
+                     "energy select": "select_epochs"}
+
+
+def test_every_command_is_a_function_of_the_api():
+    import click
+
+    from energybench.cli import cli
+
+    commands = {f"{name} {sub}" if isinstance(command, click.Group) else name
+                for name, command in cli.commands.items()
+                for sub in (command.commands if isinstance(command, click.Group) else [None])}
+    assert commands == set(COMMAND_FUNCTIONS)
+    for function in [*COMMAND_FUNCTIONS.values(), "resume", "suite_plan", "get_run", "load", "load_data"]:
+        assert callable(getattr(energybench, function)) and function in energybench.__all__, function
+    assert energybench.__version__ == energybench_version()

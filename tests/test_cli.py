@@ -85,3 +85,19 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, message):
     code, out, err = run_cli(capsys, *argv, "--store", str(tmp_path / "s"))
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_piped_table_keeps_every_row_on_one_line(capsys, tmp_path):
+    """Piped into a file, the leaderboard is as wide as it needs: no cell is wrapped onto a second line, however
+    long a method's name (rich alone would squeeze the table into 80 columns)."""
+    from energybench.config import RunConfig
+
+    store = Store(tmp_path)
+    config = RunConfig(dataset="digits", trainer="external", model="a-rather-long-architecture-name", eps=0.1,
+                       name="a model with a long descriptive name, as researchers give them")
+    run_id = store.create_run(config.model_dump(), config.config_hash())
+    store.add_results(run_id, "last", {"test_clean_acc": 0.9, "test_pgd_acc": 0.5, "test_points": 360.0})
+    store.set_status(run_id, "done", wall_time=1.0)
+    code, out, _ = run_cli(capsys, "leaderboard", "--store", tmp_path)
+    (row,) = [line for line in out.splitlines() if line.startswith("│")]
+    assert code == 0 and run_id in row and "a model with a long descriptive name, as researchers give them" in row

@@ -73,6 +73,24 @@ def test_eval_of_a_run_repeats_its_test_evaluation_and_joins_the_leaderboard(cap
     assert [row["id"] for row in json.loads(out)["measured"]] == [new_id]
 
 
+def test_an_evaluations_stored_config_holds_what_applies_to_it_and_keeps_its_hash(trained):
+    """An external evaluation stores its source, setting and test protocol, none of the training settings (epochs,
+    lr, schedule, validation, monitor...); its config hash is still computed from what it stores."""
+    from energybench.config import RunConfig
+    from energybench.evaluation.external import EVALUATION_FIELDS
+
+    home, _ = trained
+    result = energybench.evaluate(linear_digits_model(), dataset="digits", test_points=20, aa_points=0, store=home,
+                                  progress=False)
+    record = Store(home).get_run(result.id)
+    stored = json.loads((Store(home).run_dir(result.id) / "config.json").read_text())
+    assert stored == record.config and set(stored) <= set(EVALUATION_FIELDS)
+    assert not {"epochs", "lr", "batch_size", "schedule", "monitor", "fast", "val_size", "n_train"} & set(stored)
+    assert set(stored["eval"]) == {"test_points", "pgd_steps", "pgd_restarts", "aa_points", "aa_version",
+                                   "batch_size"}
+    assert record.config_hash == RunConfig(**stored).config_hash()
+
+
 def test_eval_of_torchscript_and_state_dict_files(capsys, trained, tmp_path):
     home, run_id = trained
     model = load_trained(run_id, Store(home)).model

@@ -38,7 +38,8 @@ from energybench.storage.trained import load_trained
 
 #: The trainer name of runs that evaluate a model trained elsewhere.
 EXTERNAL = "external"
-#: What an evaluation's stored config holds: where the model came from and the test protocol, no training setting.
+#: What an evaluation's stored config holds: where the model came from and the test protocol, no training setting
+#: (every other field keeps its default, so the config hash is recomputed from what is stored).
 EVALUATION_FIELDS: dict[str, Any] = {
     **{k: True for k in ("track", "name", "dataset", "model", "trainer", "trainer_params", "regularizer", "eps",
                          "norm", "seed", "device", "threads", "data_root")},
@@ -160,7 +161,7 @@ def eval_config(catalogue: Catalogue, external: ExternalModel, *, track: str | N
     if track and settings.get("dataset") != external.info.name:
         raise EnergybenchError(f"track {track!r} is on {settings.get('dataset')!r} but the model is evaluated on "
                                f"{external.info.name!r}; pick a track on that dataset or none")
-    protocol = dict(settings.get("eval", {}))
+    protocol = {k: v for k, v in settings.get("eval", {}).items() if k in EVALUATION_FIELDS["eval"]}
     protocol.update({k: v for k, v in {"aa_points": aa_points, "aa_version": aa_version,
                                        "test_points": test_points}.items() if v is not None})
     if eps is None and "eps" not in settings:
