@@ -5,7 +5,7 @@ Loads ``cifar10-jpeg`` (60,000 JPEG images) from its archive, or from an unpacke
 cached tensor file, each a whole ``load_dataset`` call (cache key, read, stratified order,
 validation split). Target: a cached load <= 2 s on 2 cores.
 
-    python bench/dataset_cache.py --source ../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz
+    python bench/dataset_cache.py --source ~/data/cifar10-jpeg.tar.gz
     python bench/dataset_cache.py --source /tmp/cifar10-jpeg          # the unpacked folder
 """
 

@@ -159,7 +159,7 @@ def test_every_format_carries_the_same_numbers(capsys, home, tmp_path):
 def test_reference_rows_are_shown_apart_and_never_ranked(capsys, home):
     data = json.loads(export(capsys, home, "json", "--sort", "aa"))
     refs = {r["id"]: r for r in data["references"]}
-    # NOTES.md section 7 (RobustBench) and section 5 (WEAT, secondary source), CIFAR-10 Linf 8/255 only
+    # docs/references.md: RobustBench's rows and WEAT's (secondary source), CIFAR-10 Linf 8/255 only
     assert set(refs) == {"Wong2020Fast", "Andriushchenko2020Understanding", "Madry2018Towards",
                          "Zhang2019Theoretically", "Rice2020Overfitting", "WEAT-cifar10", "WEAT-TRADES-cifar10"}
     wong = refs["Wong2020Fast"]

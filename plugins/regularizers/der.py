@@ -24,7 +24,7 @@ class DeltaEnergyRegularizer(Regularizer):
 
         beta * max(||(dE(x), dE(x, y))||_2 - gamma, 0)      dE(x) = E(x) - E(x*),  dE(x, y) = E(x, y) - E(x*, y)
 
-    From the first author's write-up of Mirza et al. (2025) (NOTES.md section 2). In single-step
+    From the first author's write-up of Mirza et al. (2025) (docs/references.md, "The paper"). In single-step
     training the paper applies it only to abnormal adversarial examples (AAE: samples whose loss went
     down after the attack's step, as in AAER). ``aae="auto"`` does that for single-step trainers
     (``Trainer.single_step``, which ``trainer_single_step`` carries; their ``TrainOutput.logits_start``
