@@ -1,13 +1,14 @@
 """Leaderboards to share: filtered, sorted, seed-grouped, as a table, markdown, csv, json or html.
 
-A ``Leaderboard`` holds one ``Ranking`` per setting (dataset, model, threat model, eps: rows are
-only ever ranked against rows of the same setting, see ``energybench.reporting.leaderboard``) and
-published reference rows (``energybench.storage.references.Reference``). The human formats (table,
-markdown, html) show one table per setting with the terminal leaderboard's columns, every accuracy
-with its 95 % interval; csv and json carry the same numbers unrounded (accuracies as fractions, with
-their interval bounds and n) under the field names of ``FIELDS``, and json also each run's per-point
-correctness. Reference rows always come apart, after the measured ones, with rank ``-`` (null in
-json): they are never ranked.
+A ``Leaderboard`` holds one ``Ranking`` per setting (dataset, threat model, eps, and the architecture with
+``per_arch``: rows are only ever ranked against rows of the same setting, see
+``energybench.reporting.leaderboard``), each with its published reference rows
+(``energybench.storage.references.Reference``). The human formats (table, markdown, html) show one table per
+setting with the terminal leaderboard's columns, every accuracy with its 95 % interval, the references in
+italics below the ranked rows; csv and json carry the same numbers as stored (7 significant digits; accuracies
+as fractions, with their interval bounds and n) under the field names of ``FIELDS`` (the result keys), and json
+also each run's per-point correctness. Reference rows always come after the measured ones, with rank ``-``
+(null in json): they are never ranked.
 """
 
 from __future__ import annotations
