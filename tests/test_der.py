@@ -98,7 +98,7 @@ def test_der_that_never_acts_in_a_run_is_said_so(capsys, tmp_path):
     first = store.epochs(run.id)[0]
     assert (first["train_reg_penalty"], first["train_reg_acted"], first["train_reg_active"]) == (0.0, 0.0, 0.0)
     assert store.results(run.id)["last"]["train_reg_active"] == 0.0
-    assert "│ der (never acted)" in next(line for line in out.splitlines() if run.id in line)
+    assert "│ fgsm + der (never acted) │" in next(line for line in out.splitlines() if run.id in line)
     code, out, err = run_cli(capsys, "run", *common)
     (plain,) = [r for r in store.runs() if r.regularizer == "none"]
     alone, with_der = store.results(plain.id)["last"], store.results(run.id)["last"]

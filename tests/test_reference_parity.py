@@ -152,7 +152,7 @@ def test_autoattack_on_fewer_than_ten_classes_is_pyautoattacks_with_k_minus_1_ta
     test = load_dataset(info.name, val_size=1).test
     model = FourClasses()
     eps, seed = 0.1, 3
-    run = energybench.evaluate(model, dataset=info.name, eps=eps, n=AA_POINTS, aa_points=AA_POINTS, seed=seed,
+    run = energybench.evaluate(model, dataset=info.name, eps=eps, test_points=AA_POINTS, aa_points=AA_POINTS, seed=seed,
                                store=tmp_path / "home")
     x, y = test.x.float() / 255, test.y
     expected = reference_autoattack(model, x, y, eps=eps, norm="Linf", seed=seed, version="standard",
@@ -169,8 +169,8 @@ def test_points_pgd_leaves_robust_and_autoattack_breaks_are_counted_and_warned(m
     stored count of PGD-robust points AutoAttack breaks equals the per-point vectors' count, and the evaluation
     warns once it is at least half of them: at eps 0.3 class 3 is in reach of every image, at 0.1 of 3 in 8."""
     info = four_class_images(monkeypatch)
-    run = energybench.evaluate(FourClasses(), dataset=info.name, eps=eps, n=AA_POINTS, aa_points=AA_POINTS, seed=0,
-                               store=tmp_path / "home")
+    run = energybench.evaluate(FourClasses(), dataset=info.name, eps=eps, test_points=AA_POINTS, aa_points=AA_POINTS,
+                               seed=0, store=tmp_path / "home")
     points = run.store.points(run.id)["last"]
     pgd, aa = torch.from_numpy(points["test_pgd"]), torch.from_numpy(points["test_aa"])
     results = run.results["last"]
