@@ -13,9 +13,11 @@ from rich.table import Table
 
 from energybench.errors import EnergybenchError, Interrupted
 
-#: Tables keep a readable width when stdout is piped to a file (rich would assume 80 columns).
-out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 150)
-err = Console(stderr=True)
+#: Piped into a file or a pager, stdout is as wide as a table needs (rich would assume 80 columns and squeeze every
+#: cell into wrapped lines); ``COLUMNS`` still sets a width. Lines on stderr wrap where the terminal wraps them.
+PIPED_WIDTH = 400
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else PIPED_WIDTH)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def parse_assignments(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
@@ -32,17 +34,6 @@ def parse_assignments(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
         except tomllib.TOMLDecodeError:
             values[key.strip()] = raw
     return values
-
-
-def save_figure(figure, path: str | Path) -> None:
-    """Write a matplotlib figure as a PNG file (atomically; a path that cannot be written is one clear line)."""
-    import io
-
-    from energybench.storage.checkpoint import atomic_write
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    atomic_write(Path(path), buffer.getvalue())
 
 
 def store_option(f):
@@ -77,6 +68,8 @@ def cli() -> None:
 @click.option("--seed", type=int)
 @click.option("--n-train", type=int, help="Train on a subset of this many points.")
 @click.option("--aa-points", type=int, help="Test points attacked by AutoAttack (0 skips it).")
+@click.option("--aa-version", type=click.Choice(["standard", "fast", "plus", "rand"]),
+              help="AutoAttack's version; fast: APGD-CE and APGD-T only (an upper bound of standard's accuracy).")
 @click.option("--trainer-opt", "-T", multiple=True, metavar="KEY=VALUE", help="Trainer hyper-parameter.")
 @click.option("--reg-opt", "-R", multiple=True, metavar="KEY=VALUE", help="Regularizer hyper-parameter.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of RunConfig fields.")
@@ -90,13 +83,11 @@ def cli() -> None:
 @store_option
 @catalogue_option
 def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epochs, batch_size, lr, seed, n_train,
-        aa_points, trainer_opt, reg_opt, config_file, data_root, device, fast, loggers, resume, store_path,
+        aa_points, aa_version, trainer_opt, reg_opt, config_file, data_root, device, fast, loggers, resume, store_path,
         registry_path) -> None:
     """Train a classifier with a trainer (+ regularizer), evaluate it, store it, show the leaderboard."""
     from energybench import api
-    from energybench.config import format_eps
     from energybench.contracts.registry import get_registry
-    from energybench.reporting.leaderboard import collect, render
     from energybench.storage.store import Store
     from energybench.training.progress import RichReporter
 
@@ -111,30 +102,42 @@ def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epoch
                                    f"{', '.join(given)} cannot apply; drop them, or start a new run to change them")
     store = Store(store_path)
     if resume:
-        run_id = api.resume(resume, store=store, reporter=RichReporter(err)).id
+        run_id = api.resume(resume, store=store, progress=RichReporter(err)).id
     else:
         settings = {"dataset": dataset, "model": model, "eps": eps, "norm": norm, "epochs": epochs,
                     "model_params": parse_assignments(model_opt, "--model-opt") or None, "batch_size": batch_size,
                     "lr": lr, "seed": seed, "n_train": n_train, "data_root": data_root,
                     "device": device, "fast": {"enabled": fast} if fast else None,
-                    "eval": {"aa_points": aa_points} if aa_points is not None else None}
+                    "eval": {k: v for k, v in (("aa_points", aa_points), ("aa_version", aa_version))
+                             if v is not None} or None}
         run_id = api.train(trainer, regularizer, track=track, config=config_file, callbacks=loggers,
                            trainer_params=parse_assignments(trainer_opt, "--trainer-opt") or None,
                            regularizer_params=parse_assignments(reg_opt, "--reg-opt") or None, store=store,
-                           reporter=RichReporter(err), registry=registry_path, **settings).id
+                           progress=RichReporter(err), registry=registry_path, **settings).id
     record = store.get_run(run_id)
-    rows = collect(store, dataset=record.dataset, model=record.model, eps=record.eps, norm=record.norm)
-    title = f"Leaderboard: {record.dataset}, {record.model}, {record.norm} eps {format_eps(record.eps)}"
-    out.print(render(rows, title, highlight=run_id, settings=False))
+    print_board(store, registry_path, record, highlight=run_id)
     out.print(f"run {run_id} stored in {store.run_dir(run_id)}")
     if record.dataset != "cifar10":
         out.print("[dim]Paper-scale protocols (GPU + CIFAR-10 files): energybench run --track cifar10-co "
                   "(catastrophic overfitting) or --track cifar10-ro (robust overfitting).[/]")
 
 
+def print_board(store, registry_path, record, *, highlight: str | None = None, only: str | None = None):
+    """Print the leaderboard of ``record``'s setting (dataset, threat model, eps: every architecture, the published
+    references), with the run in bold (``highlight``) or alone (``only``); return its ranking."""
+    from energybench.config import load_catalogue
+    from energybench.reporting.formats import build_leaderboard, rich_tables
+
+    board = build_leaderboard(store, load_catalogue(registry_path), dataset=record.dataset, eps=record.eps,
+                              norm=record.norm)
+    for table in rich_tables(board, highlight=highlight, only=only):
+        out.print(table)
+    return next(r for r in board.rankings if record.id in {row.run.id for row in r.rows})
+
+
 @cli.command()
 @click.option("--dataset")
-@click.option("--model")
+@click.option("--model", help="Only this architecture's runs.")
 @click.option("--eps", help="A number or a fraction such as 8/255.")
 @click.option("--track")
 @click.option("--trainer")
@@ -144,6 +147,8 @@ def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epoch
 @click.option("--sort", metavar="COLUMN", help="Rank by this column (e.g. aa, pgd, clean_best, dE, time, trainer).")
 @click.option("--reverse", is_flag=True, help="Reverse the order (numbers ascending, text Z to A).")
 @click.option("--group-seeds", is_flag=True, help="One row per configuration: mean and std over seeds.")
+@click.option("--per-arch", is_flag=True, help="One ranking per architecture (default: one per dataset, threat model "
+              "and eps, the architecture a column, as RobustBench ranks).")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json", "html"]), default="table",
               show_default=True)
 @click.option("-o", "--out", "--output", "output", type=click.Path(dir_okay=False),
@@ -151,8 +156,8 @@ def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epoch
 @click.option("--no-references", is_flag=True, help="Leave out the published reference rows.")
 @store_option
 @catalogue_option
-def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, sort, reverse, group_seeds, fmt, output,
-                no_references, store_path, registry_path) -> None:
+def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, sort, reverse, group_seeds, per_arch, fmt,
+                output, no_references, store_path, registry_path) -> None:
     """Print the robustness leaderboard of stored runs, or with --generative the generative one."""
     from energybench.config import load_catalogue, parse_eps
     from energybench.reporting.formats import build_leaderboard, export, rich_tables
@@ -173,7 +178,8 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
         raise EnergybenchError(str(exc)) from None
     board = build_leaderboard(Store(store_path, readonly=True), load_catalogue(registry_path), dataset=dataset,
                               model=model, eps=eps_value, norm=norm, track=track, suite=suite, trainer=trainer,
-                              sort=sort, reverse=reverse, group=group_seeds, references=not no_references)
+                              sort=sort, reverse=reverse, group=group_seeds, per_arch=per_arch,
+                              references=not no_references)
     if not board.rows:
         raise EnergybenchError("no completed runs match these filters; start one with `energybench run`")
     if output:
@@ -193,7 +199,8 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which checkpoint of a run.")
 @click.option("--dataset", help="Dataset of a checkpoint file outside a run folder.")
-@click.option("--model", "model_arch", help="Architecture (model plugin) of a checkpoint file outside a run folder.")
+@click.option("--arch", "--model", "model_arch", help="Architecture (model plugin) of a checkpoint file outside a run "
+              "folder.")
 @click.option("--sampler", help="Sampler plugin, e.g. local-pca (see `energybench plugins --kind sampler`).")
 @click.option("--compare", metavar="A,B,...", help="Several samplers on the same model and seeds, "
               "e.g. sgld,class-gaussian,class-pca,local-pca (added to --sampler).")
@@ -227,7 +234,7 @@ def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, samp
                          params=parse_assignments(sampler_opt, "--sampler-opt"), dataset=dataset, arch=model_arch,
                          data_root=data_root, out_dir=out_dir, features=features, inception_weights=inception_weights,
                          batch_size=batch_size, device=device, store=store, registry=registry_path,
-                         reporter=RichReporter(err), log=err.print)
+                         progress=RichReporter(err), log=err.print)
     for space, group in rankings(records).items():
         out.print(ranking_table(space, group, model_names(store, group)))
     out.print(f"grids, samples (.npz) and metrics (.json) in {records[0].out_dir}")
@@ -274,17 +281,16 @@ def plugins(kind) -> None:
 @catalogue_option
 def tracks(registry_path) -> None:
     """List the benchmark tracks of the catalogue."""
-    from energybench.config import RunConfig, format_eps, load_catalogue
+    from energybench import api
+    from energybench.config import format_eps, load_catalogue
 
-    catalogue = load_catalogue(registry_path)
-    table = Table(title=f"tracks ({catalogue.path})", title_justify="left", header_style="bold")
+    table = Table(title=f"tracks ({load_catalogue(registry_path).path})", title_justify="left", header_style="bold")
     for column in ("track", "dataset", "model", "trainer", "eps", "epochs", "description"):
         table.add_column(column)
-    for name, track in catalogue.tracks.items():
-        cfg = RunConfig(**track.settings)
-        label = f"{name} (default)" if name == catalogue.default_track else name
-        table.add_row(label, cfg.dataset, cfg.model, cfg.trainer, format_eps(cfg.eps), str(cfg.epochs),
-                      track.description)
+    for name, track in api.tracks(registry=registry_path).items():
+        cfg = track["settings"]
+        table.add_row(f"{name} (default)" if track["default"] else name, cfg["dataset"], cfg["model"], cfg["trainer"],
+                      format_eps(cfg["eps"]), str(cfg["epochs"]), track["description"])
     out.print(table)
 
 
@@ -300,14 +306,12 @@ def tracks(registry_path) -> None:
 @catalogue_option
 def suite(name, dry_run, executor, ray_address, data_root, device, store_path, registry_path) -> None:
     """Run the cells of suite NAME not yet done in the store, then show the suite's leaderboard."""
+    from energybench import api
     from energybench.config import load_catalogue
     from energybench.reporting.suite_leaderboard import group_cells, render_suite, render_tuning
     from energybench.storage.store import Store
-    from energybench.suites.executors import LocalExecutor, RayExecutor
-    from energybench.suites.plan import render_plan
-    from energybench.suites.runner import run_suite
-    from energybench.suites.spec import load_suite, unique
-    from energybench.suites.tuning import choose, chosen_values
+    from energybench.suites.plan import render_plan, suite_stages
+    from energybench.suites.spec import load_suite
     from energybench.training.progress import RichReporter
 
     if ray_address and executor != "ray":
@@ -316,15 +320,11 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
     spec = load_suite(catalogue, name)
     store = Store(store_path)
     if dry_run:
-        tuning = spec.tuning_cells(catalogue, data_root=data_root, device=device)
-        chosen = chosen_values(choose(store, spec, catalogue, cells=tuning))
-        stages = [("tuning", unique(tuning))] if tuning else []
-        stages.append(("evaluation", spec.cells(catalogue, chosen=chosen, data_root=data_root, device=device)))
-        table, summary = render_plan(spec, stages, store)
+        table, summary = render_plan(spec, suite_stages(catalogue, spec, store, data_root=data_root, device=device),
+                                     store)
         out.print(table)
         out.print(summary)
         return
-    runner = RayExecutor(ray_address) if executor == "ray" else LocalExecutor(lambda: RichReporter(err))
     finished, stage_size = [], [0]
 
     def announce(stage: str, cells: int, todo: int) -> None:
@@ -340,8 +340,9 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
         err.print(f"[{len(finished)}/{stage_size[0]}] {outcome.cell.describe()}: {result}", highlight=False)
 
     try:
-        result = run_suite(spec, catalogue, store, runner, data_root=data_root, device=device, on_stage=announce,
-                           on_done=report_cell)
+        result = api.run_suite(name, executor=executor, ray_address=ray_address, data_root=data_root, device=device,
+                               store=store, registry=registry_path, progress=RichReporter(err), on_stage=announce,
+                               on_done=report_cell)
     except KeyboardInterrupt:
         raise Interrupted(f"energybench suite {name}" + (f" --store {store_path}" if store_path else "")) from None
     if result.selections:
@@ -365,13 +366,16 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
 
 @cli.command("eval")
 @click.argument("model_ref", metavar="CHECKPOINT|RUN_ID|robustbench:NAME")
+@click.option("--name", help="What the leaderboard calls this model (default: external).")
 @click.option("--dataset", help="Dataset to evaluate on (files outside run folders need it; robustbench: cifar10).")
 @click.option("--eps", help="Perturbation budget: a number or a fraction such as 8/255 (default: the track's).")
-@click.option("--model", "arch", help="Registered architecture of a state-dict file, e.g. preact-resnet18.")
+@click.option("--arch", "--model", "arch", help="Registered architecture of a state-dict file, e.g. preact-resnet18.")
 @click.option("--track", help="Track whose evaluation protocol runs (default: the first track on the dataset).")
 @click.option("--norm", type=click.Choice(["Linf", "L2"]), help="Threat model (default: the track's).")
-@click.option("--aa-points", type=int, help="Test points attacked by AutoAttack (0 skips it).")
 @click.option("--test-points", type=int, help="Test points for clean/FGSM/PGD accuracy (default: the track's).")
+@click.option("--aa-points", type=int, help="Test points attacked by AutoAttack (0 skips it).")
+@click.option("--aa-version", type=click.Choice(["standard", "fast", "plus", "rand"]),
+              help="AutoAttack's version (default: the track's); fast: APGD-CE and APGD-T only.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="Which checkpoint of an energybench run.")
 @click.option("--model-dir", type=click.Path(file_okay=False),
@@ -379,33 +383,56 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
 @click.option("--seed", type=int, help="Seed of the attacks (default: the run's seed for a run, else 0).")
 @click.option("--data-root", type=click.Path(), help="Folder (or archive) holding the dataset files.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--no-store", is_flag=True, help="Print the numbers only; store nothing.")
 @store_option
 @catalogue_option
-def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points, checkpoint, model_dir, seed, data_root,
-             device, store_path, registry_path) -> None:
-    """Evaluate a model energybench did not train (clean, PGD, AutoAttack, energies) and add it to the store."""
+def evaluate(model_ref, name, dataset, eps, arch, track, norm, test_points, aa_points, aa_version, checkpoint,
+             model_dir, seed, data_root, device, no_store, store_path, registry_path) -> None:
+    """Evaluate a model energybench did not train (clean, PGD, AutoAttack, energies) and add it to the leaderboard."""
     from energybench import api
     from energybench.config import format_eps
     from energybench.evaluation.sanity import evaluation_warnings
-    from energybench.reporting.leaderboard import collect, render
     from energybench.storage.store import Store
+    from energybench.training.progress import RichReporter
 
-    store = Store(store_path)
-    with err.status(f"evaluating {model_ref}") as status:
-        stored = api.evaluate(model_ref, dataset=dataset, eps=eps, norm=norm, n=test_points, aa_points=aa_points,
-                              track=track, seed=seed, device=device, checkpoint=checkpoint, arch=arch,
-                              model_dir=model_dir, data_root=data_root, store=store, registry=registry_path,
-                              on_stage=lambda text: status.update(text),
-                              on_warning=lambda text: err.print(f"[yellow]warning[/]: {text}", highlight=False))
-    config, run_id = stored.config, stored.id
-    err.print(f"[bold]energybench eval[/]: {config.model} on {config.dataset}, {config.norm} eps "
-              f"{format_eps(config.eps)}" + (f", protocol of track {config.track}" if config.track else ""))
-    for warning in evaluation_warnings(store.results(run_id)["last"]):
+    store = False if no_store else Store(store_path)
+    result = api.evaluate(model_ref, name=name, dataset=dataset, eps=eps, norm=norm, test_points=test_points,
+                          aa_points=aa_points, aa_version=aa_version, track=track, seed=seed, device=device,
+                          checkpoint=checkpoint, arch=arch, model_dir=model_dir, data_root=data_root, store=store,
+                          progress=RichReporter(err), registry=registry_path)
+    metrics = result if no_store else result.results["last"]
+    for warning in evaluation_warnings(metrics):
         err.print(f"[yellow]warning[/]: {warning}", highlight=False)
-    rows = collect(store, dataset=config.dataset, eps=config.eps, norm=config.norm)
-    title = f"Leaderboard: {config.dataset}, {config.norm} eps {format_eps(config.eps)}"
-    out.print(render(rows, title, highlight=run_id))
-    out.print(f"stored as run {run_id}; share it with `energybench export {run_id} -o {run_id}.json`")
+    if no_store:
+        out.print(f"{model_ref}: evaluated, not stored", highlight=False)
+        out.print(numbers_table(metrics))
+        return
+    record = store.get_run(result.id)
+    ranking = print_board(store, registry_path, record, only=result.id)
+    rank = next(e.rank for e in ranking.entries if e.row.run.id == record.id)
+    out.print(f"run {record.id}: rank {rank if rank is not None else '-'} of {len(ranking.entries)} on "
+              f"{ranking.setting.label}, beside {len(ranking.references)} published results (the whole table: "
+              f"energybench leaderboard --dataset {record.dataset} --norm {record.norm} --eps {format_eps(record.eps)}"
+              f"); share it: energybench export {record.id} -o {record.id}.json", highlight=False)
+
+
+def numbers_table(metrics: dict[str, float]) -> Table:
+    """An evaluation's accuracies with their 95 % Wilson intervals and test points, for ``eval --no-store``."""
+    from energybench.evaluation.statistics import accuracy
+    from energybench.reporting.rows import LABELS
+
+    table = Table(header_style="bold", caption_justify="left",
+                  caption="accuracy % on the first n test points, with its 95% Wilson interval; AA: AutoAttack, the "
+                          "point-wise worst case over its attacks")
+    for header in ("accuracy", "%", "95% interval", "n"):
+        table.add_column(header, justify="left" if header == "accuracy" else "right")
+    for key, label in LABELS.items():
+        n = metrics.get("test_aa_points" if key == "test_aa_acc" else "test_points")
+        if key in metrics and n:
+            estimate = accuracy(round(metrics[key] * n), int(n))
+            table.add_row(label, f"{100 * estimate.value:.1f}",
+                          f"[{100 * estimate.low:.1f}, {100 * estimate.high:.1f}]", str(int(n)))
+    return table
 
 
 @cli.command()
@@ -419,15 +446,19 @@ def evaluate(model_ref, dataset, eps, arch, track, norm, aa_points, test_points,
 def compare(ref_a, ref_b, checkpoint, fmt, margin, store_path) -> None:
     """Per accuracy: A - B, its 95% interval, the p-value of a paired test and a verdict (REF: RUN_ID or
     group:RUN_ID)."""
+    import json
+
+    from energybench import api
     from energybench.reporting.compare import compare as compare_refs
-    from energybench.reporting.compare import comparison_json, comparison_table
+    from energybench.reporting.compare import comparison_table
     from energybench.storage.store import Store
 
-    result = compare_refs(Store(store_path, readonly=True), ref_a, ref_b, checkpoint=checkpoint, margin=margin / 100)
     if fmt == "json":
-        click.echo(comparison_json(result), nl=False)
+        click.echo(json.dumps(api.compare(ref_a, ref_b, checkpoint=checkpoint, margin=margin, store=store_path),
+                              indent=2))
     else:
-        out.print(comparison_table(result))
+        out.print(comparison_table(compare_refs(Store(store_path, readonly=True), ref_a, ref_b, checkpoint=checkpoint,
+                                                margin=margin / 100)))
 
 
 @cli.command("export")
@@ -442,11 +473,10 @@ def compare(ref_a, ref_b, checkpoint, fmt, margin, store_path) -> None:
 @store_option
 def export_run(run_id, output, checkpoint, name, authors, link, venue, store_path) -> None:
     """Write a run's result as a RobustBench model-info JSON file (their field names), ready to submit."""
-    from energybench.storage.references import export_model_info
-    from energybench.storage.store import Store
+    from energybench import api
 
-    info = export_model_info(Store(store_path, readonly=True), run_id, output, checkpoint=checkpoint, name=name,
-                             authors=authors, link=link, venue=venue)
+    info = api.export(run_id, output, checkpoint=checkpoint, name=name, authors=authors, link=link, venue=venue,
+                      store=store_path)
     out.print(f"{output}: clean {info['clean_acc']}%, AutoAttack {info['autoattack_acc']}% ({info['dataset']}, "
               f"eps {info['eps']})")
 
@@ -458,14 +488,13 @@ def export_run(run_id, output, checkpoint, name, authors, link, venue, store_pat
 @store_option
 def import_reference(files, norm, store_path) -> None:
     """Add RobustBench-style model-info JSON files to the leaderboard as (unranked) reference rows."""
+    from energybench import api
     from energybench.config import format_eps
-    from energybench.storage.references import import_model_info
-    from energybench.storage.store import Store
 
-    for ref in import_model_info(list(files), Store(store_path), norm=norm):
-        clean = "-" if ref.clean is None else f"{100 * ref.clean:.2f}%"
-        out.print(f"reference {ref.id}: {ref.dataset} {ref.norm} eps {format_eps(ref.eps)}, clean {clean}, "
-                  f"AutoAttack {100 * ref.aa:.2f}%")
+    for ref in api.import_reference(files, norm=norm, store=store_path):
+        clean = "-" if ref["clean"] is None else f"{100 * ref['clean']:.2f}%"
+        out.print(f"reference {ref['id']}: {ref['dataset']} {ref['norm']} eps {format_eps(ref['eps'])}, clean {clean}, "
+                  f"AutoAttack {100 * ref['aa']:.2f}%")
 
 
 @cli.command()
@@ -477,12 +506,10 @@ def import_reference(files, norm, store_path) -> None:
 @catalogue_option
 def report(refs, output, title, store_path, registry_path) -> None:
     """Write one self-contained HTML page: leaderboard, dE traces, energies, samples, configs, environment."""
-    from energybench.config import load_catalogue
-    from energybench.reporting.report import write_report
-    from energybench.storage.store import Store
+    from energybench import api
 
     with err.status("writing the report"):
-        path = write_report(Store(store_path, readonly=True), load_catalogue(registry_path), refs, output, title=title)
+        path = api.report(refs, output, title=title, store=store_path, registry=registry_path)
     out.print(f"report written to {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
@@ -495,9 +522,9 @@ def store_group() -> None:
 @store_option
 def repair(store_path) -> None:
     """Rebuild a missing, empty or damaged store database from the run folders (the old file is kept)."""
-    from energybench.storage.repair import repair_store
+    from energybench import api
 
-    out.print(repair_store(store_path).summary(), highlight=False, soft_wrap=True)
+    out.print(api.repair_store(store_path), highlight=False, soft_wrap=True)
 
 
 @cli.group()
@@ -514,7 +541,8 @@ def energy() -> None:
 @click.option("--norm", type=click.Choice(["Linf", "L2"]), help="Threat model (default: the run's, else Linf).")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--dataset", help="Dataset of a checkpoint file outside a run folder.")
-@click.option("--model", "model_arch", help="Architecture (model plugin) of a checkpoint file outside a run folder.")
+@click.option("--arch", "--model", "model_arch", help="Architecture (model plugin) of a checkpoint file outside a run "
+              "folder.")
 @click.option("--model-dir", type=click.Path(file_okay=False), help="RobustBench model_dir (see `energybench eval`).")
 @click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False),
               help="PNG file (default: energy-histograms-REF.png).")
@@ -524,32 +552,16 @@ def energy() -> None:
 def histograms(model_ref, attacks, n, eps, norm, checkpoint, dataset, model_arch, model_dir, out_path, data_root,
                device, store_path) -> None:
     """E(x) and E(x,y) of clean test points and of their adversarial counterparts under each attack."""
-    from pathlib import Path
+    from energybench import api
+    from energybench.reporting.energy_figures import stats_table
+    from energybench.training.progress import RichReporter
 
-    from energybench.config import parse_eps
-    from energybench.reporting.energy_figures import (
-        HistogramRequest,
-        energy_stats,
-        histogram_figure,
-        model_histograms,
-        stats_table,
-    )
-    from energybench.storage.store import Store
-
-    try:
-        eps_value = parse_eps(eps) if eps is not None else None
-    except ValueError as exc:
-        raise EnergybenchError(str(exc)) from None
-    request = HistogramRequest(ref=model_ref, attacks=[a.strip() for a in attacks.split(",") if a.strip()], n=n,
-                               eps=eps_value, norm=norm, checkpoint=checkpoint, dataset=dataset, arch=model_arch,
-                               model_dir=model_dir, data_root=data_root, device=device)
-    with err.status("loading the model") as status:
-        data, title = model_histograms(request, Store(store_path, readonly=True),
-                                       on_attack=lambda name: status.update(f"energies under {name}"))
-    path = Path(out_path or f"energy-histograms-{Path(model_ref).stem.replace(':', '-')}.png")
-    save_figure(histogram_figure(data, title=title), path)
-    out.print(stats_table(energy_stats(data), title))
-    out.print(f"figure written to {path}")
+    result = api.energy_histograms(model_ref, attacks=[a.strip() for a in attacks.split(",") if a.strip()], n=n,
+                                   eps=eps, norm=norm, checkpoint=checkpoint, dataset=dataset, arch=model_arch,
+                                   model_dir=model_dir, output=out_path, data_root=data_root, device=device,
+                                   store=store_path, progress=RichReporter(err))
+    out.print(stats_table(result.stats, result.title))
+    out.print(f"figure written to {result.figure}")
 
 
 @energy.command()
@@ -559,12 +571,10 @@ def histograms(model_ref, attacks, n, eps, norm, checkpoint, dataset, model_arch
 @store_option
 def trace(run_ids, out_path, store_path) -> None:
     """Per-epoch train and validation dE beside PGD and FGSM validation accuracy, several runs overlaid."""
-    from energybench.reporting.energy_figures import load_traces, trace_figure, trace_table
-    from energybench.storage.store import Store
+    from energybench import api
+    from energybench.reporting.energy_figures import trace_table
 
-    traces = load_traces(Store(store_path, readonly=True), list(run_ids))
-    save_figure(trace_figure(traces), out_path)
-    out.print(trace_table(traces))
+    out.print(trace_table(api.energy_trace(run_ids, out_path, store=store_path)))
     out.print(f"figure written to {out_path}")
 
 
@@ -573,7 +583,8 @@ def trace(run_ids, out_path, store_path) -> None:
 @store_option
 def select(run_ids, store_path) -> None:
     """The epoch each criterion picks (val-pgd needs an attack per epoch, dE none) and its validation PGD."""
-    from energybench.evaluation.selection import CRITERIA, select_epoch
+    from energybench import api
+    from energybench.evaluation.selection import CRITERIA
     from energybench.storage.store import Store
 
     store = Store(store_path, readonly=True)
@@ -581,9 +592,8 @@ def select(run_ids, store_path) -> None:
                   header_style="bold")
     for column in ("run", *CRITERIA, "dE = val-pgd"):
         table.add_column(column)
-    for run_id in run_ids:
-        history = store.epochs(store.get_run(run_id).id)
-        picks = {c: select_epoch(history, c) for c in CRITERIA}
+    for run_id, picks in api.select_epochs(run_ids, store=store).items():
+        history = store.epochs(run_id)
         table.add_row(run_id, *(f"{picks[c] + 1} ({history[picks[c]]['val_pgd_acc']:.1%})" for c in CRITERIA),
                       "yes" if picks["dE"] == picks["val-pgd"] else "no")
     out.print(table)

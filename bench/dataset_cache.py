@@ -6,7 +6,7 @@ times from the cached tensor file, each a whole ``load_dataset`` call (cache key
 order, validation split) in a new process, as a run makes it (the interpreter's start and imports not
 counted). Target: a cached load <= 2 s on 2 cores.
 
-    python bench/dataset_cache.py --source ../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz
+    python bench/dataset_cache.py --source ~/data/cifar10-jpeg.tar.gz
     python bench/dataset_cache.py --source /tmp/cifar10-jpeg          # the unpacked folder
 """
 

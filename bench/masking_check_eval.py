@@ -69,10 +69,10 @@ def main() -> None:
     tests: dict[str, object] = {}
     for record in store.runs():
         points = store.points(record.id).get("last", {})
-        if "aa" not in points or "test_pgd" not in points:
+        if "test_aa" not in points or "test_pgd" not in points:
             continue
-        n = min(len(points["aa"]), len(points["test_pgd"]))
-        pgd, aa = torch.from_numpy(points["test_pgd"][:n]), torch.from_numpy(points["aa"][:n])
+        n = min(len(points["test_aa"]), len(points["test_pgd"]))
+        pgd, aa = torch.from_numpy(points["test_pgd"][:n]), torch.from_numpy(points["test_aa"][:n])
         if record.dataset not in tests:
             tests[record.dataset] = load_dataset(record.dataset, data_root=record.config.get("data_root")
                                                  or args.data_root, val_size=1).test

@@ -1,9 +1,13 @@
-"""The Python API: train, evaluate, load, leaderboard and sample; the CLI is a thin layer over these.
+"""The Python API: every command of the ``energybench`` command line is a function here, and the CLI is a thin layer
+over them (it parses arguments and prints what they return).
 
-Every function stores what it measures in the same run store the CLI uses (``store``: a folder, or
-by default ``$ENERGYBENCH_HOME`` or ``~/.local/share/energybench``), so runs made from a notebook
-show up on ``energybench leaderboard`` and the other way round. Arguments are checked against their
-annotations, as the command line checks its flags: a wrong one raises one ``EnergybenchError`` line.
+Every function reads and writes the same run store the CLI uses (``store``: a folder, or by default
+``$ENERGYBENCH_HOME`` or ``~/.local/share/energybench``), so runs made from a notebook show up on ``energybench
+leaderboard`` and the other way round. Arguments are named as the command line's options are (``test_points`` for
+``--test-points``, ``arch`` for ``--arch``) and checked against their annotations as the command line checks its
+flags: a wrong one raises one ``EnergybenchError`` line. ``train``, ``resume``, ``evaluate``, ``sample`` and
+``run_suite`` show progress on stderr unless ``progress=False`` (or take any ``Reporter``, the one progress hook of
+them all).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +26,22 @@ from energybench.config import RunConfig, Seed, load_catalogue, parse_eps, resol
 from energybench.contracts.params import validated
 from energybench.data.datasets import get_dataset
 from energybench.errors import EnergybenchError
-from energybench.evaluation.external import ExternalModel, eval_config, evaluate_external, resolve_model
-from energybench.storage.store import GenerativeRecord, Store
+from energybench.evaluation.external import (
+    ExternalModel,
+    default_track,
+    eval_config,
+    evaluate_external,
+    measure_external,
+    resolve_model,
+)
+from energybench.files import make_folder
+from energybench.storage.store import GenerativeRecord, Store, stored_value
 from energybench.storage.trained import load_trained
-from energybench.training.progress import Reporter
+from energybench.training.progress import Reporter, reporter_of
 from energybench.training.run import execute, prepare
+
+#: Where the API's functions find the run store: a folder, an open ``Store``, or None for the default one.
+StoreLike = str | Path | Store | None
 
 
 @dataclass
@@ -34,8 +49,8 @@ class StoredRun:
     """A run in the store: its settings, status, per-epoch metrics and final test results.
 
     ``results`` maps ``best`` and ``last`` (the checkpoints) to their test metrics, accuracies as
-    fractions (``test_clean_acc``, ``test_pgd_acc``, ``aa_acc``, ...); ``epochs`` lists each epoch's
-    training and validation metrics; ``model()`` loads a checkpoint's weights.
+    fractions (``test_clean_acc``, ``test_pgd_acc``, ``test_aa_acc``, ...: ``energybench.storage.result_keys``);
+    ``epochs`` lists each epoch's training and validation metrics; ``model()`` loads a checkpoint's weights.
     """
 
     id: str
@@ -57,16 +72,22 @@ class StoredRun:
         return load_trained(self.id, self.store, checkpoint=checkpoint).model
 
 
-def _store(store: str | Path | Store | None, *, readonly: bool = False) -> Store:
+def _store(store: StoreLike, *, readonly: bool = False) -> Store:
     return store if isinstance(store, Store) else Store(store, readonly=readonly)
+
+
+@validated
+def get_run(run_id: str, *, store: StoreLike = None) -> StoredRun:
+    """The stored run ``run_id``: settings, status, per-epoch metrics, test results (``StoredRun``)."""
+    return StoredRun.of(_store(store, readonly=True), run_id)
 
 
 @validated
 def train(trainer: str | None = None, regularizer: str | None = None, *, track: str | None = None,
           config: str | Path | None = None, trainer_params: dict[str, Any] | None = None,
           regularizer_params: dict[str, Any] | None = None, callbacks: str | Sequence[str] = (),
-          store: str | Path | Store | None = None, reporter: Reporter | None = None,
-          registry: str | Path | None = None, **settings: Any) -> StoredRun:
+          store: StoreLike = None, progress: bool | Reporter = True, registry: str | Path | None = None,
+          **settings: Any) -> StoredRun:
     """Train, evaluate and store one run, exactly as ``energybench run`` does, and return it.
 
     Settings resolve as on the command line: the track (default: the catalogue's default track),
@@ -80,14 +101,14 @@ def train(trainer: str | None = None, regularizer: str | None = None, *, track: 
                             "regularizer_params": regularizer_params, "callbacks": names or None}
     resolved = prepare(resolve_config(catalogue, track=track, config_file=config, overrides=overrides), catalogue)
     target = _store(store)
-    return StoredRun.of(target, execute(resolved, target, reporter=reporter))
+    return StoredRun.of(target, execute(resolved, target, reporter=reporter_of(progress)))
 
 
 @validated
-def resume(run_id: str, *, store: str | Path | Store | None = None, reporter: Reporter | None = None) -> StoredRun:
+def resume(run_id: str, *, store: StoreLike = None, progress: bool | Reporter = True) -> StoredRun:
     """Continue an interrupted or failed run after its last completed epoch, as ``energybench run --resume``."""
     target = _store(store)
-    return StoredRun.of(target, execute(None, target, reporter=reporter, resume=run_id))
+    return StoredRun.of(target, execute(None, target, reporter=reporter_of(progress), resume=run_id))
 
 
 def _module_source(model: nn.Module) -> dict[str, Any]:
@@ -102,64 +123,195 @@ def _module_source(model: nn.Module) -> dict[str, Any]:
 
 @validated
 def evaluate(model: nn.Module | str, *, dataset: str | None = None, eps: float | str | None = None,
-             norm: str | None = None, n: int | None = None, aa_points: int | None = None, track: str | None = None,
-             seed: Seed | None = None, device: str = "auto", checkpoint: str = "best", arch: str | None = None,
+             norm: str | None = None, test_points: int | None = None, aa_points: int | None = None,
+             aa_version: str | None = None, track: str | None = None, seed: Seed | None = None, device: str = "auto",
+             checkpoint: str = "best", arch: str | None = None, name: str | None = None,
              model_dir: str | Path | None = None, data_root: str | Path | None = None,
-             store: str | Path | Store | None = None, registry: str | Path | None = None,
-             on_stage: Callable[[str], None] | None = None,
-             on_warning: Callable[[str], None] | None = None) -> StoredRun:
+             store: StoreLike | bool = None, progress: bool | Reporter = True,
+             registry: str | Path | None = None) -> StoredRun | dict[str, float]:
     """Evaluate any model under a track's protocol and store the result: the equivalent of RobustBench's
-    ``benchmark(model, dataset=..., threat_model=...)``, with energies.
+    ``benchmark(model, dataset=..., threat_model=...)``, with energies; as ``energybench eval``.
 
-    ``model`` is an ``nn.Module`` mapping images in [0, 1] to logits (``dataset`` needed), or a reference:
-    a run id, a checkpoint file (``arch`` names its registered architecture when it is not in a run folder),
-    a TorchScript file, or ``robustbench:NAME``. ``n`` test points for clean/FGSM/PGD and ``aa_points`` for
-    AutoAttack override the protocol of ``track`` (default: the first track on the dataset); counts larger
-    than the test set are fitted to it and reported to ``on_warning``. The stored run's ``results["last"]``
-    holds the metrics.
+    ``model`` is an ``nn.Module`` mapping images in [0, 1] to logits (``dataset`` needed; see ``load_data``), or a
+    reference: a run id, a checkpoint file (``arch`` names its registered architecture when it is not in a run
+    folder), a TorchScript file, or ``robustbench:NAME``. ``test_points`` for clean/FGSM/PGD and ``aa_points`` (and
+    ``aa_version``) for AutoAttack override the protocol of ``track`` (default: the first track on the dataset);
+    counts larger than the test set are fitted to it, with a note. ``name`` is what leaderboards call it. Returns
+    the stored run (its ``results["last"]`` holds the metrics); the same weights evaluated again under the same
+    protocol are not evaluated twice: the run that holds the result is returned (and ``progress`` says so).
+    ``store=False`` stores nothing and returns the metrics only.
     """
-    target = _store(store)
+    reporter = reporter_of(progress)
+    target = None if store is False else _store(store)
     if isinstance(model, nn.Module):
         info = get_dataset(dataset) if dataset else None
         if info is None:
             raise EnergybenchError("evaluating a module needs dataset= (the data it classifies)")
         external = ExternalModel(model.eval(), info, type(model).__name__, _module_source(model))
+    elif isinstance(model, str):
+        external = resolve_model(model, target or _store(None), dataset=dataset, model=arch, norm=norm,
+                                 checkpoint=checkpoint, model_dir=model_dir)
     else:
-        external = resolve_model(model, target, dataset=dataset, model=arch, norm=norm, checkpoint=checkpoint,
-                                 model_dir=model_dir)
+        raise EnergybenchError(f"model must be an nn.Module or a reference (run id, file, robustbench:NAME), "
+                               f"got {type(model).__name__}")
     config = eval_config(load_catalogue(registry), external, track=track, eps=eps, norm=norm, aa_points=aa_points,
-                         test_points=n, seed=seed, device=device, data_root=str(data_root) if data_root else None)
-    return StoredRun.of(target, evaluate_external(external, config, target, on_stage=on_stage,
-                                                  on_warning=on_warning))
+                         aa_version=aa_version, test_points=test_points, seed=seed, device=device,
+                         data_root=str(data_root) if data_root else None, name=name)
+    try:
+        if target is None:
+            measured = measure_external(external, config, stage=reporter.stage, note=reporter.note)
+            return {key: stored_value(value) for key, value in measured.metrics.items()}
+        return StoredRun.of(target, evaluate_external(external, config, target, stage=reporter.stage,
+                                                      note=reporter.note))
+    finally:
+        reporter.finish()
 
 
 @validated
 def load(ref: str, *, checkpoint: str = "best", dataset: str | None = None, arch: str | None = None,
-         store: str | Path | Store | None = None) -> nn.Module:
+         store: StoreLike = None) -> nn.Module:
     """The trained model of a run id (its ``best`` or ``last`` checkpoint) or of a checkpoint file, in eval
     mode; a file outside a run folder needs ``dataset`` and ``arch`` (a registered architecture)."""
     return load_trained(ref, _store(store, readonly=True), checkpoint=checkpoint, dataset=dataset, model=arch).model
 
 
 @validated
+def load_data(dataset: str, split: str = "test", *, track: str | None = None, data_root: str | Path | None = None,
+              registry: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images and labels of one split exactly as runs and evaluations use them: ``x`` float in [0, 1], shape
+    (N, C, H, W), unnormalised (models normalise inside), and ``y`` int64 labels.
+
+    ``split`` is ``train`` (what remains after the validation split is carved out, and the track's ``n_train``
+    subset), ``val`` (the validation split, for model selection; epochs validate on its first ``val_points``) or
+    ``test`` (the final evaluation reads its first ``test_points``, AutoAttack its first ``aa_points``). Train and
+    validation depend on the track's ``val_size`` and ``n_train`` (default: the first track on the dataset).
+    """
+    from energybench.data.datasets import load_dataset
+
+    if split not in ("train", "val", "test"):
+        raise EnergybenchError(f"unknown split {split!r} (use train, val or test)")
+    catalogue = load_catalogue(registry)
+    name = track or default_track(catalogue, get_dataset(dataset).name)
+    settings = catalogue.track(name).settings if name else {}
+    if name and settings.get("dataset") != get_dataset(dataset).name:
+        raise EnergybenchError(f"track {name!r} is on {settings.get('dataset')!r}, not {dataset!r}")
+    config = RunConfig(**{k: v for k, v in settings.items() if k in ("dataset", "val_size", "n_train")})
+    data = load_dataset(dataset, data_root=data_root, val_size=config.val_size, n_train=config.n_train)
+    part = getattr(data, split)
+    return part.x.float().div_(255), part.y
+
+
+@validated
 def leaderboard(*, dataset: str | None = None, model: str | None = None, eps: float | str | None = None,
                 norm: str | None = None, track: str | None = None, suite: str | None = None,
-                trainer: str | None = None, group_seeds: bool = False, references: bool = False,
-                store: str | Path | Store | None = None, registry: str | Path | None = None) -> list[dict[str, Any]]:
-    """The leaderboard's rows as plain dicts (ranked; accuracies as fractions; the fields of
-    ``energybench leaderboard --format json``). ``pandas.DataFrame(rows)`` makes a table of them.
-    ``references=True`` appends the published reference rows (rank None)."""
-    from energybench.reporting.formats import build_leaderboard, records
+                trainer: str | None = None, sort: str | None = None, reverse: bool = False, group_seeds: bool = False,
+                per_arch: bool = False, references: bool = False, format: str | None = None,
+                store: StoreLike = None, registry: str | Path | None = None) -> list[dict[str, Any]] | str:
+    """The leaderboard, as ``energybench leaderboard`` ranks it: one ranking per (dataset, threat model, eps), the
+    architecture a column (``per_arch``: one ranking per architecture too). Returns the ranked rows as plain dicts
+    (accuracies as fractions; the fields of ``--format json``, named as the result keys), with
+    ``references=True`` also the published reference rows (rank None); ``pandas.DataFrame(rows)`` makes a table. With
+    ``format`` (table, markdown, csv, json, html) it returns the text the command prints instead, references
+    included unless ``references`` is False."""
+    from energybench.reporting.formats import build_leaderboard, export, records
 
     try:
         eps_value = parse_eps(eps) if eps is not None else None
     except ValueError as exc:
         raise EnergybenchError(str(exc)) from None
     board = build_leaderboard(_store(store, readonly=True), load_catalogue(registry), dataset=dataset, model=model,
-                              eps=eps_value, norm=norm, track=track, suite=suite, trainer=trainer, group=group_seeds,
-                              references=references)
+                              eps=eps_value, norm=norm, track=track, suite=suite, trainer=trainer, sort=sort,
+                              reverse=reverse, group=group_seeds, per_arch=per_arch,
+                              references=format is not None or references)
+    if format is not None:
+        if not board.rows:
+            raise EnergybenchError("no completed runs match these filters; start one with `energybench run`")
+        return export(board, format)
     measured, refs = records(board)
     return measured + (refs if references else [])
+
+
+@validated
+def compare(ref_a: str, ref_b: str, *, checkpoint: str = "last", margin: float = 1.0,
+            store: StoreLike = None) -> dict[str, Any]:
+    """``energybench compare``: per accuracy, A - B with its 95 % interval, the paired test's p-value and a verdict
+    (``margin``: the equivalence margin in accuracy points). A REF is a run id or ``group:RUN_ID``; the dict is
+    ``--format json``'s."""
+    from energybench.reporting.compare import compare as compare_rows
+    from energybench.reporting.compare import comparison_dict
+
+    return comparison_dict(compare_rows(_store(store, readonly=True), ref_a, ref_b, checkpoint=checkpoint,
+                                        margin=margin / 100))
+
+
+@validated
+def export(run_id: str, output: str | Path, *, checkpoint: str = "last", name: str | None = None, authors: str = "",
+           link: str = "", venue: str = "", store: StoreLike = None) -> dict[str, Any]:
+    """``energybench export``: write the run's result as a RobustBench model-info JSON file; return its fields."""
+    from energybench.storage.references import export_model_info
+
+    return export_model_info(_store(store, readonly=True), run_id, output, checkpoint=checkpoint, name=name,
+                             authors=authors, link=link, venue=venue)
+
+
+@validated
+def import_reference(files: Sequence[str | Path], *, norm: str | None = None,
+                     store: StoreLike = None) -> list[dict[str, Any]]:
+    """``energybench import-reference``: add RobustBench model-info files as (never ranked) reference rows."""
+    from energybench.storage.references import import_model_info
+
+    return [asdict(ref) for ref in import_model_info(list(files), _store(store), norm=norm)]
+
+
+@validated
+def report(refs: Sequence[str], output: str | Path = "report.html", *, title: str | None = None,
+           store: StoreLike = None, registry: str | Path | None = None) -> Path:
+    """``energybench report``: one self-contained HTML page of suites and runs; returns its path."""
+    from energybench.reporting.report import write_report
+
+    return write_report(_store(store, readonly=True), load_catalogue(registry), list(refs), output, title=title)
+
+
+@validated
+def tracks(*, registry: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """``energybench tracks``: every track of the catalogue, its description and settings (the default track first
+    is named by ``default``)."""
+    catalogue = load_catalogue(registry)
+    return {name: {"description": t.description, "default": name == catalogue.default_track,
+                   "settings": RunConfig(**t.settings).model_dump()} for name, t in catalogue.tracks.items()}
+
+
+@validated
+def suite_plan(name: str, *, data_root: str | Path | None = None, device: str | None = None, store: StoreLike = None,
+               registry: str | Path | None = None) -> list[dict[str, Any]]:
+    """``energybench suite NAME --dry-run``: every cell of the suite (tuning, then evaluation), whether the store
+    holds it, its estimated example passes and seconds (None until a speed is known)."""
+    from energybench.suites.plan import plan_cells
+
+    catalogue = load_catalogue(registry)
+    return [asdict(cell) for cell in plan_cells(catalogue, name, _store(store, readonly=True), data_root=data_root,
+                                                device=device)]
+
+
+@validated
+def run_suite(name: str, *, executor: str = "local", ray_address: str | None = None,
+              data_root: str | Path | None = None, device: str | None = None, store: StoreLike = None,
+              registry: str | Path | None = None, progress: bool | Reporter = True,
+              on_stage: Callable[[str, int, int], None] = lambda stage, cells, todo: None,
+              on_done: Callable[[Any], None] = lambda outcome: None):
+    """``energybench suite NAME``: run the cells not done yet (tuning, then evaluation; ``executor`` local or ray);
+    returns the ``SuiteResult`` (every cell's outcome, the tuning selections, the evaluation cells)."""
+    from energybench.suites.executors import LocalExecutor, RayExecutor
+    from energybench.suites.runner import run_suite as run_cells
+    from energybench.suites.spec import load_suite
+
+    if ray_address and executor != "ray":
+        raise EnergybenchError("ray_address needs the ray executor")
+    catalogue = load_catalogue(registry)
+    runner = RayExecutor(ray_address) if executor == "ray" else LocalExecutor(lambda: reporter_of(progress))
+    return run_cells(load_suite(catalogue, name), catalogue, _store(store), runner,
+                     data_root=str(data_root) if data_root else None, device=device, on_stage=on_stage,
+                     on_done=on_done)
 
 
 @validated
@@ -167,8 +319,8 @@ def sample(model: str, *, sampler: str | Sequence[str] = "local-pca", n: int = 1
            seed: Seed = 0, checkpoint: str = "best", features: str = "auto", dataset: str | None = None,
            arch: str | None = None, inception_weights: str | Path | None = None, out_dir: str | Path | None = None,
            batch_size: int = 250, device: str = "auto", data_root: str | Path | None = None,
-           store: str | Path | Store | None = None, registry: str | Path | None = None,
-           reporter: Reporter | None = None, log: Callable[[str], None] | None = None) -> list[GenerativeRecord]:
+           store: StoreLike = None, registry: str | Path | None = None, progress: bool | Reporter = True,
+           log: Callable[[str], None] | None = None) -> list[GenerativeRecord]:
     """Generate ``n`` class-conditional samples per sampler from a trained classifier (a run id or checkpoint
     file), measure them (IS/FID and the rest, see ``energybench.generation``), store and return the results,
     one record per sampler; ``params`` are sampler hyper-parameters (``KEY`` or ``SAMPLER.KEY``)."""
@@ -178,4 +330,82 @@ def sample(model: str, *, sampler: str | Sequence[str] = "local-pca", n: int = 1
     return generate(model, _store(store), load_catalogue(registry), samplers=samplers, n=n,
                     assignments=params or {}, seed=seed, checkpoint=checkpoint, dataset=dataset, model=arch,
                     data_root=data_root, out_dir=out_dir, features=features, inception_weights=inception_weights,
-                    batch_size=batch_size, device=device, reporter=reporter, log=log or (lambda line: None))
+                    batch_size=batch_size, device=device, reporter=reporter_of(progress),
+                    log=log or (lambda line: None))
+
+
+@dataclass
+class EnergyHistograms:
+    """``energy_histograms``' result: what was attacked (``title``), per energy and source its quantiles and shift
+    from clean (``stats``, ``energybench.reporting.energy_figures.EnergyStats``), and the PNG written."""
+
+    title: str
+    stats: list
+    figure: Path
+
+
+@validated
+def energy_histograms(model: str, *, attacks: Sequence[str] = ("pgd", "apgd-t", "cw", "square", "fgsm"),
+                      n: int = 500, eps: float | str | None = None, norm: str | None = None, checkpoint: str = "best",
+                      dataset: str | None = None, arch: str | None = None, model_dir: str | Path | None = None,
+                      output: str | Path | None = None, data_root: str | Path | None = None, device: str = "auto",
+                      store: StoreLike = None, progress: bool | Reporter = True) -> EnergyHistograms:
+    """``energybench energy histograms``: E(x) and E(x,y) of the first ``n`` clean test points and of their attacked
+    counterparts under each attack, as a PNG (``output``, default ``energy-histograms-REF.png``) and quantiles."""
+    from energybench.config import parse_eps
+    from energybench.reporting.energy_figures import (
+        HistogramRequest,
+        energy_stats,
+        histogram_figure,
+        model_histograms,
+        save_figure,
+    )
+
+    reporter = reporter_of(progress)
+    try:
+        eps_value = parse_eps(eps) if eps is not None else None
+    except ValueError as exc:
+        raise EnergybenchError(str(exc)) from None
+    request = HistogramRequest(ref=model, attacks=list(attacks), n=n, eps=eps_value, norm=norm, checkpoint=checkpoint,
+                               dataset=dataset, arch=arch, model_dir=str(model_dir) if model_dir else None,
+                               data_root=str(data_root) if data_root else None, device=device)
+    path = Path(output or f"energy-histograms-{Path(model).stem.replace(':', '-')}.png")
+    make_folder(path.parent, path)  # a path that cannot be written fails before the attacks run
+    try:
+        data, title = model_histograms(request, _store(store, readonly=True), on_attack=lambda name: reporter.stage(
+            f"energies under {name}"))
+    finally:
+        reporter.finish()
+    save_figure(histogram_figure(data, title=title), path)
+    return EnergyHistograms(title, energy_stats(data), path)
+
+
+@validated
+def energy_trace(run_ids: Sequence[str], output: str | Path = "energy-trace.png", *, store: StoreLike = None) -> list:
+    """``energybench energy trace``: per-epoch train and validation dE beside PGD and FGSM validation accuracy of the
+    runs, overlaid in a PNG (``output``); returns each run's series (``RunTrace``)."""
+    from energybench.reporting.energy_figures import load_traces, save_figure, trace_figure
+
+    traces = load_traces(_store(store, readonly=True), list(run_ids))
+    save_figure(trace_figure(traces), output)
+    return traces
+
+
+@validated
+def select_epochs(run_ids: Sequence[str], *, store: StoreLike = None) -> dict[str, dict[str, int]]:
+    """``energybench energy select``: per run, the epoch (0-based) each checkpoint-selection criterion picks
+    (``val-pgd``: best validation PGD accuracy; ``dE``: attack-free, from the CO monitor's alarms)."""
+    from energybench.evaluation.selection import CRITERIA, select_epoch
+
+    target = _store(store, readonly=True)
+    return {run_id: {c: select_epoch(target.epochs(target.get_run(run_id).id), c) for c in CRITERIA}
+            for run_id in run_ids}
+
+
+@validated
+def repair_store(store: StoreLike = None) -> str:
+    """``energybench store repair``: rebuild a missing, empty or damaged store database from the run folders (the
+    old file is kept); returns what was done, in words."""
+    from energybench.storage.repair import repair_store as rebuild
+
+    return rebuild(store.home if isinstance(store, Store) else store).summary()

@@ -13,6 +13,8 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -69,7 +71,9 @@ class EvalProtocol(_Strict):
     pgd_steps: int = Field(20, ge=1, description="PGD steps of the final evaluation")
     pgd_restarts: int = Field(1, ge=1, description="PGD restarts of the final evaluation")
     aa_points: int = Field(1000, ge=0, description="test points attacked by AutoAttack (0 = skip)")
-    aa_version: Literal["standard", "plus", "rand"] = "standard"
+    aa_version: Literal["standard", "plus", "rand", "fast"] = Field(
+        "standard", description="AutoAttack's version (pyautoattack): standard, plus or rand; fast: the standard "
+        "version's APGD-CE and APGD-T only (no FAB-T, no Square), an upper bound of standard AutoAttack's accuracy")
     batch_size: int = Field(500, ge=1, description="batch size for evaluation")
     co_gap: float = Field(0.3, ge=0, le=1, description="CO: FGSM minus PGD validation accuracy at least this")
     co_ratio: float = Field(0.5, gt=0, le=1, description="CO: PGD accuracy below this fraction of FGSM accuracy")
@@ -148,6 +152,8 @@ class RunConfig(_Strict):
     """Everything that determines a run's result (plus where to find data and which device)."""
 
     track: str | None = None
+    name: str | None = Field(None, min_length=1, description="what leaderboards call an evaluated model (`energybench "
+                             "eval --name`); a label, not part of the config hash")
     dataset: str = "fashion-mnist"
     model: str = "small-cnn"
     model_params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model plugin, "
@@ -172,6 +178,8 @@ class RunConfig(_Strict):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     fast: FastPath = Field(default_factory=FastPath)
     device: str = "auto"
+    threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads while the run trains and "
+                                "evaluates (None: torch's default); small models run faster on one")
     data_root: str | None = None
     plugin_timeout: float | None = Field(None, gt=0, description="seconds one trainer step or regularizer "
                                          "penalty may take before its run fails (None = no limit; Unix only)")
@@ -196,15 +204,15 @@ class RunConfig(_Strict):
         return self
 
     def config_hash(self) -> str:
-        """Hash of the settings that determine results (not the track name, device, fast path, data path,
-        plugin timeout, callbacks, or a monitor that only warns).
+        """Hash of the settings that determine results (not the track name, an evaluated model's name, device, CPU
+        threads, fast path, data path, plugin timeout, callbacks, or a monitor that only warns).
 
         Settings added after runs were first stored count only when they differ from their default
         (``UNHASHED_DEFAULTS``), so the hash of every earlier run stays what it was.
         """
         passive = not self.monitor.enabled or self.monitor.action == "warn"
-        ignored: dict[str, Any] = {k: True for k in ("track", "device", "fast", "data_root", "plugin_timeout",
-                                                     "callbacks")}
+        ignored: dict[str, Any] = {k: True for k in ("track", "name", "device", "threads", "fast", "data_root",
+                                                     "plugin_timeout", "callbacks")}
         if passive:
             ignored["monitor"] = True
         for path, default in UNHASHED_DEFAULTS.items():
@@ -240,6 +248,23 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise EnergybenchError(f"device {name!r} requested but CUDA is not available here (use auto or cpu)")
     return device
+
+
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``n`` inside the block (None: left as they are), restored after.
+
+    Small models on a few cores run several times faster on one thread: thread start-up and synchronisation
+    cost more than the work they share (measured in README, Tracks)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Track(_Strict):

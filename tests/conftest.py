@@ -13,9 +13,9 @@ from datafiles import class_images, write_mnist_folder
 # One thread: with only 2 cores, intra-op threading of these tiny models costs more than it saves,
 # and pyautoattack slows down sharply when its threads compete with another process.
 torch.set_num_threads(1)
-# The tests read tables as the CLI prints them into a pipe (150 columns); pytest-xdist's workers would
+# The tests read tables as the CLI prints them into a pipe (as wide as a table needs); pytest-xdist's workers would
 # otherwise announce an 80-column terminal through COLUMNS.
-os.environ["COLUMNS"] = "150"
+os.environ.pop("COLUMNS", None)
 
 
 @pytest.fixture(autouse=True)

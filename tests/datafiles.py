@@ -53,10 +53,10 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 def stored_run(out: str) -> str:
-    """The run id in `energybench eval`'s "stored as run ID;" line."""
+    """The run id in `energybench eval`'s last line, "run ID: rank K of N on SETTING ..."."""
     import re
 
-    match = re.search(r"stored as run (\S+);", out)
+    match = re.search(r"^run (\S+): rank ", out, flags=re.M)
     assert match, out
     return match.group(1)
 

@@ -25,17 +25,27 @@ def energybench_version() -> str:
     return version("energybench")
 
 
-def test_the_python_api_walkthrough_runs_as_written(monkeypatch, tmp_path):
+def test_the_python_api_walkthrough_runs_as_written_in_a_store_that_holds_other_runs(monkeypatch, tmp_path):
+    """The walkthrough's code, in order, in a store that already holds a digits run of its setting (its claims hold
+    in any store, not only an empty one)."""
+    from energybench.config import RunConfig
+
     monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())  # the walkthrough registers a callback
+    store = Store(tmp_path / "home")
+    config = RunConfig(dataset="digits", trainer="pgd", eps=0.1, eval={"test_points": 100, "aa_points": 0})
+    earlier = store.create_run(config.model_dump(), config.config_hash())
+    store.add_results(earlier, "last", {"test_clean_acc": 0.9, "test_pgd_acc": 0.7})
+    store.set_status(earlier, "done", wall_time=1.0)
     text = (REPO / "docs" / "python-api.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) >= 6
+    assert len(blocks) >= 8
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "docs/python-api.md", "exec"), namespace)  # noqa: S102 - the documentation's code
     rows = namespace["rows"]
+    assert earlier in {row["id"] for row in rows}
     assert [row["rank"] for row in rows] == sorted(row["rank"] for row in rows)
-    assert Store(tmp_path / "home").get_run(namespace["run"].id).status == "done"
+    assert store.get_run(namespace["run"].id).status == "done"
 
 
 def test_the_tensorboard_logger_writes_every_epochs_metrics(tmp_path):
@@ -108,3 +118,61 @@ def test_the_installed_package_is_importable_as_energybench_only(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
     where, missing = result.stdout.splitlines()
     assert Path(where).parent.name in ("benchmark", "energybench") and missing == "[True, True, True]"
+
+
+def test_train_and_evaluate_show_progress_by_default_and_progress_false_silences_them(capsys, monkeypatch, tmp_path):
+    """One progress hook (``energybench.Reporter``) for both: by default rich progress on stderr (the run's header and
+    epoch lines; an evaluation's estimates), nothing with ``progress=False``, and a custom reporter hears both."""
+    from datafiles import SMALL_EVAL
+
+    from energybench.evaluation import protocol
+
+    settings = {"track": "digits-tiny", "epochs": 1, "n_train": 256, "eval": SMALL_EVAL, "store": tmp_path}
+    run = energybench.train("fgsm", **settings)
+    err = capsys.readouterr().err
+    assert f"energybench run {run.id}: fgsm + none on digits" in err and "epoch 1: loss" in err
+    energybench.train("fgsm", progress=False, **settings)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(protocol, "pass_seconds", lambda *args: 1.0)  # as slow as a big model: estimates are noted
+    net = run.model()
+    energybench.evaluate(net, dataset="digits", test_points=20, aa_points=0, store=tmp_path)
+    assert "clean, FGSM and PGD-10 on 20 test points: about 4 min" in capsys.readouterr().err
+    energybench.evaluate(net, dataset="digits", test_points=20, aa_points=0, store=False, progress=False)
+    assert capsys.readouterr().err == ""
+
+    class Heard(energybench.Reporter):
+        def __init__(self):
+            self.heard: list[str] = []
+
+        def epoch_done(self, epoch, metrics):
+            self.heard.append(f"epoch {epoch + 1}")
+
+        def stage(self, text):
+            self.heard.append(text)
+
+    hook = Heard()
+    energybench.train("fgsm", progress=hook, **settings)
+    energybench.evaluate(net, dataset="digits", test_points=10, aa_points=0, store=False, progress=hook)
+    assert "epoch 1" in hook.heard and "clean, FGSM and PGD-10 on 10 test points" in hook.heard
+
+
+#: Each command of the CLI and the function of the API that does its work.
+COMMAND_FUNCTIONS = {"run": "train", "leaderboard": "leaderboard", "sample": "sample", "plugins": "list_plugins",
+                     "tracks": "tracks", "suite": "run_suite", "eval": "evaluate", "compare": "compare",
+                     "export": "export", "import-reference": "import_reference", "report": "report",
+                     "energy histograms": "energy_histograms", "energy trace": "energy_trace",
+                     "energy select": "select_epochs", "store repair": "repair_store"}
+
+
+def test_every_command_is_a_function_of_the_api():
+    import click
+
+    from energybench.cli import cli
+
+    commands = {f"{name} {sub}" if isinstance(command, click.Group) else name
+                for name, command in cli.commands.items()
+                for sub in (command.commands if isinstance(command, click.Group) else [None])}
+    assert commands == set(COMMAND_FUNCTIONS)
+    for function in [*COMMAND_FUNCTIONS.values(), "resume", "suite_plan", "get_run", "load", "load_data"]:
+        assert callable(getattr(energybench, function)) and function in energybench.__all__, function
+    assert energybench.__version__ == energybench_version()

@@ -44,7 +44,7 @@ class _StopAfterFirstEpoch(Reporter):
 def populated(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A store holding a completed run and a run interrupted after its first epoch."""
     home = tmp_path_factory.mktemp("populated")
-    config = tiny_config(epochs=2, eval={"aa_points": 0, "val_points": 20, "test_points": 20})
+    config = tiny_config(epochs=2, eval={"aa_points": 0, "aa_version": "standard", "val_points": 20, "test_points": 20})
     store = Store(home)
     done = execute(config.model_copy(update={"epochs": 1}), store)
     with pytest.raises(KeyboardInterrupt):
@@ -432,11 +432,12 @@ class _NaNLogits(torch.nn.Module):
 def test_a_model_with_non_finite_logits_is_never_a_clean_result(tmp_path):
     store = Store(tmp_path)
     with pytest.raises(EnergybenchError, match=r"returns non-finite logits \(nan or inf\) for digits images"):
-        energybench.evaluate(_NaNLogits(), dataset="digits", eps=0.1, n=20, aa_points=0, store=store)
+        energybench.evaluate(_NaNLogits(), dataset="digits", eps=0.1, test_points=20, aa_points=0, store=store)
     assert store.runs(status=None) == []  # refused before it was stored
     # finite on the two probe images, nan on the test set: the evaluation fails and nothing is ranked
     with pytest.raises(EnergybenchError, match="non-finite logits .* for 20 of 20 test points"):
-        energybench.evaluate(_NaNLogits(finite_calls=1), dataset="digits", eps=0.1, n=20, aa_points=0, store=store)
+        energybench.evaluate(_NaNLogits(finite_calls=1), dataset="digits", eps=0.1, test_points=20, aa_points=0,
+                             store=store)
     (failed,) = store.runs(status=None)
     assert failed.status == "failed" and "non-finite logits" in failed.error
     assert energybench.leaderboard(dataset="digits", store=store) == []

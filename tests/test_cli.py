@@ -16,20 +16,21 @@ def test_run_prints_the_leaderboard_and_leaderboard_reprints_it(capsys, tmp_path
     (record,) = Store(store).runs()
     assert (record.trainer, record.regularizer, record.track) == ("fgsm", "der", "digits-tiny")
     assert record.config["regularizer_params"] == {"form": "hinge", "beta": 2.5, "gamma": 0.1, "aae": "auto"}
-    assert record.config["eval"]["aa_points"] == 2 and record.config["epochs"] == 2 and record.config["n_train"] == 512
+    config = record.config
+    assert config["eval"]["aa_points"] == 2 and config["epochs"] == 2 and config["n_train"] == 512
     results = Store(store).results(record.id)
-    assert set(results) == {"best", "last"} and results["last"]["aa_points"] == 2
-    for metric in ("test_clean_acc", "test_pgd_acc", "aa_acc"):
+    assert set(results) == {"best", "last"} and results["last"]["test_aa_points"] == 2
+    for metric in ("test_clean_acc", "test_pgd_acc", "test_aa_acc"):
         assert 0 <= results["last"][metric] <= 1
-    assert "Leaderboard: digits, small-cnn, Linf eps 0.1" in out and record.id in out
+    assert "Leaderboard: digits, Linf eps 0.1" in out and record.id in out
     row = next(line for line in out.splitlines() if record.id in line)
     clean = results["best"]["test_clean_acc"], results["last"]["test_clean_acc"]
-    assert "│ fgsm" in row and "│ der " in row and f"{100 * clean[0]:.1f}/{100 * clean[1]:.1f}" in row
+    assert "│ fgsm + der (never acted) │ small-cnn │" in row and f"{100 * clean[0]:.1f}/{100 * clean[1]:.1f}" in row
     assert "energybench run --track cifar10-co" in out
     assert "epoch 2:" in err and "PGD" in err
     code, out, _ = run_cli(capsys, "leaderboard", "--dataset", "digits", "--eps", "0.1", "--store", store)
     again = next(line for line in out.splitlines() if record.id in line)
-    assert code == 0 and "│ der " in again and f"{100 * clean[0]:.1f}/{100 * clean[1]:.1f}" in again
+    assert code == 0 and "│ fgsm + der " in again and f"{100 * clean[0]:.1f}/{100 * clean[1]:.1f}" in again
     code, _, err = run_cli(capsys, "leaderboard", "--dataset", "cifar10", "--store", store)
     assert code == 2 and "no completed runs match" in err
 
@@ -48,13 +49,14 @@ def test_run_with_a_der_ablation_stores_its_form_and_terms(capsys, tmp_path):
     assert (record.status, record.trainer, record.regularizer) == ("done", "fgsm", "der")
     assert record.config["regularizer_params"] == {"form": "squared", "terms": "joint", "lambda": 2.0,
                                                    "huber_delta": 1.0}
-    assert record.config["epochs"] == 1 and record.config["n_train"] == 256 and record.config["eval"]["aa_points"] == 0
+    config = record.config
+    assert config["epochs"] == 1 and config["n_train"] == 256 and config["eval"]["aa_points"] == 0
     results = Store(store).results(record.id)["last"]
-    assert "aa_acc" not in results and 0 <= results["test_pgd_acc"] <= results["test_clean_acc"] + 0.2
+    assert "test_aa_acc" not in results and 0 <= results["test_pgd_acc"] <= results["test_clean_acc"] + 0.2
     assert results["passes_per_example"] == pytest.approx(2.0)  # FGSM's clean logits serve DER too
     code, out, _ = run_cli(capsys, "leaderboard", "--format", "markdown", "--store", store)
     row = next(line for line in out.splitlines() if record.id in line)
-    assert code == 0 and "| der [squared joint dE, lambda 2] |" in row  # labelled as the ablation it is
+    assert code == 0 and "| fgsm + der [squared joint dE, lambda 2] |" in row  # labelled as the ablation it is
 
 
 def test_plugins_lists_every_kind_with_source_and_hyper_parameters(capsys):
@@ -87,3 +89,19 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, argv, message):
     code, out, err = run_cli(capsys, *argv, "--store", str(tmp_path / "s"))
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_piped_table_keeps_every_row_on_one_line(capsys, tmp_path):
+    """Piped into a file, the leaderboard is as wide as it needs: no cell is wrapped onto a second line, however
+    long a method's name (rich alone would squeeze the table into 80 columns)."""
+    from energybench.config import RunConfig
+
+    store = Store(tmp_path)
+    config = RunConfig(dataset="digits", trainer="external", model="a-rather-long-architecture-name", eps=0.1,
+                       name="a model with a long descriptive name, as researchers give them")
+    run_id = store.create_run(config.model_dump(), config.config_hash())
+    store.add_results(run_id, "last", {"test_clean_acc": 0.9, "test_pgd_acc": 0.5, "test_points": 360.0})
+    store.set_status(run_id, "done", wall_time=1.0)
+    code, out, _ = run_cli(capsys, "leaderboard", "--store", tmp_path)
+    (row,) = [line for line in out.splitlines() if line.startswith("│")]
+    assert code == 0 and run_id in row and "a model with a long descriptive name, as researchers give them" in row

@@ -34,9 +34,9 @@ def add_run(store: Store, pgd: np.ndarray, *, trainer: str = "fgsm", seed: int =
     clean = np.ones(len(pgd), dtype=bool)
     for checkpoint in ("best", "last"):
         store.add_results(run_id, checkpoint, {"test_clean_acc": 1.0, "test_pgd_acc": float(pgd.mean()),
-                                               "aa_acc": float(aa.mean()), "aa_points": float(len(aa))})
+                                               "test_aa_acc": float(aa.mean()), "test_aa_points": float(len(aa))})
         if points:
-            store.add_points(run_id, checkpoint, {"test_clean": clean, "test_pgd": pgd, "aa": aa})
+            store.add_points(run_id, checkpoint, {"test_clean": clean, "test_pgd": pgd, "test_aa": aa})
     store.set_status(run_id, "done", wall_time=1.0)
     return run_id
 
@@ -66,15 +66,17 @@ def test_rows_share_a_rank_unless_a_paired_test_separates_them(capsys, store_dir
     measured = data["measured"]
     assert [r["id"] for r in measured] == [ids[k] for k in "ABCD"]
     assert [r["rank"] for r in measured] == [1, 2, 2, 4]
-    assert {r["ranked_by"] for r in measured} == {"pgd"}  # AutoAttack ran on 100 points only
+    assert {r["ranked_by"] for r in measured} == {"test_pgd_acc"}  # AutoAttack ran on 100 points only
     assert [r["test_above"] for r in measured] == [None] + ["exact McNemar"] * 3
     assert measured[2]["p_above"] == pytest.approx(stats.binomtest(15, 25, 0.5).pvalue)
     # D is tested against the first row of the tie block above it (B), not against C: 45 vs 10 discordant points
     assert [r["compared_with"] for r in measured] == [None, ids["A"], ids["B"], ids["B"]]
     assert measured[3]["p_above"] == pytest.approx(stats.binomtest(45, 55, 0.5).pvalue)
     low, high = stats.binomtest(700, N).proportion_ci(method="wilson")
-    assert (measured[0]["pgd_low"], measured[0]["pgd_high"], measured[0]["pgd_n"]) == pytest.approx((low, high, N))
-    assert measured[0]["aa_n"] == 100
+    first = measured[0]
+    bounds = (first["test_pgd_acc_low"], first["test_pgd_acc_high"], first["test_pgd_acc_n"])
+    assert bounds == pytest.approx((low, high, N))
+    assert measured[0]["test_aa_acc_n"] == 100
     (setting,) = data["settings"]
     assert "ranked by PGD accuracy" in setting["caption"] and "exact McNemar" in setting["caption"]
     assert "AutoAttack ran on fewer than 1000 points" in setting["caption"]
@@ -86,7 +88,7 @@ def test_rows_share_a_rank_unless_a_paired_test_separates_them(capsys, store_dir
 
     # --sort by an accuracy ranks with the same tests; by anything else it only orders
     by_clean = leaderboard_json(capsys, home, "--sort", "clean")["measured"]
-    assert [r["rank"] for r in by_clean] == [1, 1, 1, 1] and by_clean[0]["ranked_by"] == "clean"
+    assert [r["rank"] for r in by_clean] == [1, 1, 1, 1] and by_clean[0]["ranked_by"] == "test_clean_acc"
     by_trainer = leaderboard_json(capsys, home, "--sort", "trainer")["measured"]
     assert [r["trainer"] for r in by_trainer] == ["fgsm", "n-fgsm", "pgd", "trades"]
     assert [r["rank"] for r in by_trainer] == [1, 2, 3, 4] and {r["p_above"] for r in by_trainer} == {None}
@@ -105,7 +107,7 @@ def test_an_old_store_without_per_point_data_opens_and_ranks_with_the_unpaired_f
     # without the pairing, 49.5% vs 46.5% on 1000 points is no longer a significant difference
     assert [r["rank"] for r in measured] == [1, 2, 2, 2]
     assert measured[3]["p_above"] == pytest.approx(stats.fisher_exact([[500, 500], [465, 535]]).pvalue)
-    assert measured[0]["pgd_n"] == N and measured[0]["points"] == {}  # n from the run's protocol
+    assert measured[0]["test_pgd_acc_n"] == N and measured[0]["points"] == {}  # n from the run's protocol
     code, out, _ = run_cli(capsys, "leaderboard", "--store", home, "--no-references")
     assert code == 0 and "unpaired fallback" in out and "0.128*" in out
 
@@ -137,7 +139,7 @@ def test_per_point_correctness_round_trips_through_the_json_export(capsys, tmp_p
     assert row["id"] == run_id
     for checkpoint in ("best", "last"):
         assert np.array_equal(decode_points(row["points"][checkpoint]["test_pgd"]), pgd)
-        assert np.array_equal(decode_points(row["points"][checkpoint]["aa"]), aa)
+        assert np.array_equal(decode_points(row["points"][checkpoint]["test_aa"]), aa)
         assert np.array_equal(decode_points(row["points"][checkpoint]["test_pgd"]), store.points(run_id)[checkpoint]
                               ["test_pgd"])
 
@@ -148,9 +150,9 @@ def test_settings_are_never_ranked_together(capsys, tmp_path):
     other_eps = add_run(store, correct(range(900)), dataset="fashion-mnist", eps=0.1)
     digits = add_run(store, correct(range(800)), dataset="digits", eps=0.3)
     data = leaderboard_json(capsys, tmp_path)
-    assert [s["setting"] for s in data["settings"]] == ["digits, small-cnn, Linf eps 0.3",
-                                                        "fashion-mnist, small-cnn, Linf eps 0.1",
-                                                        "fashion-mnist, small-cnn, Linf eps 0.3"]
+    assert [s["setting"] for s in data["settings"]] == ["digits, Linf eps 0.3",
+                                                        "fashion-mnist, Linf eps 0.1",
+                                                        "fashion-mnist, Linf eps 0.3"]
     assert [(r["id"], r["rank"]) for r in data["measured"]] == [(digits, 1), (other_eps, 1), (fmnist, 1)]
     code, out, _ = run_cli(capsys, "leaderboard", "--format", "markdown", "--store", tmp_path, "--no-references")
     assert code == 0 and out.count("### ") == 3 and out.count("| # |") == 3
@@ -165,16 +167,16 @@ def test_compare_two_runs_gives_the_paired_test_per_metric(capsys, store_dir):
     data = json.loads(out)
     assert data["a"]["runs"] == [ids["C"]] and data["level"] == 0.95
     metrics = {m["metric"]: m for m in data["metrics"]}
-    assert set(metrics) == {"clean", "pgd", "aa"}
-    pgd = metrics["pgd"]
+    assert set(metrics) == {"test_clean_acc", "test_pgd_acc", "test_aa_acc"}
+    pgd = metrics["test_pgd_acc"]
     assert pgd["paired"] and pgd["test"] == "exact McNemar" and pgd["significant"]
     assert pgd["difference"] == pytest.approx(0.03) and pgd["low"] < 0.03 < pgd["high"]
     assert pgd["p"] == pytest.approx(stats.binomtest(30, 30, 0.5).pvalue)
     assert pgd["a"]["n"] == N and pgd["a"]["value"] == pytest.approx(0.495)
-    assert metrics["clean"]["p"] == 1.0 and not metrics["clean"]["significant"]
+    assert metrics["test_clean_acc"]["p"] == 1.0 and not metrics["test_clean_acc"]["significant"]
     assert data["margin"] == 0.01 and pgd["verdict"] == "A higher"
     # both right on every point: the interval (Tango's, +-0.38 points) lies inside the 1-point margin
-    assert metrics["clean"]["verdict"] == "same within ±1 point"
+    assert metrics["test_clean_acc"]["verdict"] == "same within ±1 point"
 
     code, out, _ = run_cli(capsys, "compare", ids["C"], ids["D"], "--store", home)
     assert code == 0
@@ -188,7 +190,7 @@ def test_compare_says_no_difference_only_inside_the_margin(capsys, store_dir):
     def pgd(*extra):
         code, out, err = run_cli(capsys, "compare", ids["B"], ids["C"], "--format", "json", "--store", home, *extra)
         assert code == 0, err
-        return next(m for m in json.loads(out)["metrics"] if m["metric"] == "pgd")
+        return next(m for m in json.loads(out)["metrics"] if m["metric"] == "test_pgd_acc")
 
     default = pgd()  # 15 vs 10 discordant points: p = 0.42, an interval about 2 points wide
     assert not default["significant"] and default["low"] < -0.004 and default["high"] > 0.014
@@ -207,7 +209,7 @@ def test_compare_seed_groups_with_welchs_t_test(capsys, tmp_path):
     assert code == 0, err
     data = json.loads(out)
     assert data["a"]["runs"] == strong and data["b"]["seeds"] == [0, 1, 2]
-    pgd = next(m for m in data["metrics"] if m["metric"] == "pgd")
+    pgd = next(m for m in data["metrics"] if m["metric"] == "test_pgd_acc")
     a, b = [0.600, 0.605, 0.610], [0.500, 0.507, 0.514]
     expected = stats.ttest_ind(a, b, equal_var=False)
     assert pgd["test"] == "Welch t over seeds" and pgd["p"] == pytest.approx(expected.pvalue)
@@ -219,7 +221,7 @@ def test_compare_seed_groups_with_welchs_t_test(capsys, tmp_path):
     # grouped leaderboard: sample standard deviations, and the groups ranked with the same test
     measured = leaderboard_json(capsys, tmp_path, "--group-seeds")["measured"]
     assert [r["n_seeds"] for r in measured] == [3, 3] and measured[1]["test_above"] == "Welch t over seeds"
-    assert measured[0]["pgd_std"] == pytest.approx(np.std(a, ddof=1)) and measured[0]["points"] is None
+    assert measured[0]["test_pgd_acc_std"] == pytest.approx(np.std(a, ddof=1)) and measured[0]["points"] is None
 
 
 def test_grouped_leaderboard_counts_the_seeds_with_catastrophic_overfitting(capsys, tmp_path):
@@ -250,7 +252,7 @@ def test_compare_refuses_other_settings_and_falls_back_for_other_points(capsys, 
     assert code == 2 and "their eps differs (0.3 vs 0.1)" in err
     code, out, err = run_cli(capsys, "compare", base, fewer, "--format", "json", "--store", tmp_path)
     assert code == 0, err
-    pgd = next(m for m in json.loads(out)["metrics"] if m["metric"] == "pgd")
+    pgd = next(m for m in json.loads(out)["metrics"] if m["metric"] == "test_pgd_acc")
     assert not pgd["paired"] and pgd["test"] == "Fisher exact (unpaired)"
     assert "different test points (1000 vs 500)" in pgd["note"]
     code, _, err = run_cli(capsys, "compare", base, "nope", "--store", tmp_path)

@@ -80,7 +80,7 @@ def test_fgsm_with_der_reuses_the_clean_forward_pass():
 
 
 def paper_der(model, x, x_adv, y, *, beta, gamma, aae):
-    """DER's published form (NOTES.md section 2), written from fresh forward passes of ``model``:
+    """DER's published form (docs/references.md, "The paper"), written from fresh forward passes of ``model``:
     beta * mean_i 1[AAE_i] * max(||(dE(x_i), dE(x_i, y_i))||_2 - gamma, 0), with E(x) = -logsumexp f(x),
     E(x, y) = -f(x)[y], dE = E(x) - E(x*); AAE: the CE at x* is below the CE at x (FGSM starts at x)."""
     logits, logits_adv = model(x), model(x_adv)

@@ -10,7 +10,10 @@ import pytest
 import torch
 from datafiles import run_cli, stored_run, trained_digits_run
 
+import energybench
+from energybench import Reporter
 from energybench.data.datasets import load_dataset
+from energybench.errors import EnergybenchError
 from energybench.storage.store import Store
 from energybench.storage.trained import load_trained
 
@@ -57,16 +60,35 @@ def test_eval_of_a_run_repeats_its_test_evaluation_and_joins_the_leaderboard(cap
     assert evaluated["best"] == evaluated["last"]
     # Same weights, seed and protocol: clean and AutoAttack (seeded) repeat exactly; PGD has a random start.
     assert evaluated["last"]["test_clean_acc"] == original["test_clean_acc"]
-    assert evaluated["last"]["aa_acc"] == original["aa_acc"] and evaluated["last"]["aa_points"] == 8
+    assert evaluated["last"]["test_aa_acc"] == original["test_aa_acc"] and evaluated["last"]["test_aa_points"] == 8
     assert abs(evaluated["last"]["test_pgd_acc"] - original["test_pgd_acc"]) <= 0.1
     for metric in ("test_fgsm_acc", "test_dE_mean", "test_energy_q50", "test_energy_adv_q95"):
         assert metric in evaluated["last"], metric
-    assert {k for k in evaluated["last"] if k.startswith("aa_")} == {k for k in original if k.startswith("aa_")}
-    for check in ("check_randomized", "check_probability_outputs", "check_zero_grad_frac"):  # the same sanity checks
+    assert {k for k in evaluated["last"] if k.startswith("test_aa_")} == {k for k in original
+                                                                          if k.startswith("test_aa_")}
+    for check in ("test_check_randomized", "test_check_probability_outputs", "test_check_zero_grad_frac"):  # the same
         assert evaluated["last"][check] == original[check], check
     code, out, _ = run_cli(capsys, "leaderboard", "--format", "json", "--trainer", "external", "--store", home)
     assert code == 0
     assert [row["id"] for row in json.loads(out)["measured"]] == [new_id]
+
+
+def test_an_evaluations_stored_config_holds_what_applies_to_it_and_keeps_its_hash(trained):
+    """An external evaluation stores its source, setting and test protocol, none of the training settings (epochs,
+    lr, schedule, validation, monitor...); its config hash is still computed from what it stores."""
+    from energybench.config import RunConfig
+    from energybench.evaluation.external import EVALUATION_FIELDS
+
+    home, _ = trained
+    result = energybench.evaluate(linear_digits_model(), dataset="digits", test_points=20, aa_points=0, store=home,
+                                  progress=False)
+    record = Store(home).get_run(result.id)
+    stored = json.loads((Store(home).run_dir(result.id) / "config.json").read_text())
+    assert stored == record.config and set(stored) <= set(EVALUATION_FIELDS)
+    assert not {"epochs", "lr", "batch_size", "schedule", "monitor", "fast", "val_size", "n_train"} & set(stored)
+    assert set(stored["eval"]) == {"test_points", "pgd_steps", "pgd_restarts", "aa_points", "aa_version",
+                                   "batch_size"}
+    assert record.config_hash == RunConfig(**stored).config_hash()
 
 
 def test_eval_of_torchscript_and_state_dict_files(capsys, trained, tmp_path):
@@ -86,8 +108,8 @@ def test_eval_of_torchscript_and_state_dict_files(capsys, trained, tmp_path):
     weights = tmp_path / "weights.pth"  # a bare state dict: no config.json beside it
     torch.save(model.state_dict(), weights)
     code, _, err = run_cli(capsys, "eval", weights, "--dataset", "digits", "--store", home)
-    assert code == 2 and "give --dataset and --model" in err
-    code, out, err = run_cli(capsys, "eval", weights, "--dataset", "digits", "--model", "small-cnn", "--aa-points", 0,
+    assert code == 2 and "give --dataset and --arch" in err
+    code, out, err = run_cli(capsys, "eval", weights, "--dataset", "digits", "--arch", "small-cnn", "--aa-points", 0,
                              "--test-points", 60, "--store", home)
     assert code == 0, err
     record = Store(home).get_run(stored_run(out))
@@ -129,9 +151,8 @@ def test_re_evaluating_a_file_whose_contents_changed_is_refused(capsys, trained,
     assert code == 0, err
     first = stored_run(out)
     code, out, err = run_cli(capsys, "eval", first, "--aa-points", 0, "--test-points", 20, "--store", home)
-    assert code == 0, err  # the same bytes: evaluated again
-    assert Store(home).get_run(stored_run(out)).config["trainer_params"] == Store(home).get_run(first).config[
-        "trainer_params"]
+    assert code == 0, err  # the same bytes under the same protocol: the result is the first run's
+    assert stored_run(out) == first and f"run {first} already holds this result" in " ".join(err.split())
     with torch.no_grad():
         next(model.parameters()).add_(0.5)
     write(model)  # same file name, other weights
@@ -192,9 +213,129 @@ def test_robustbench_model_loads_offline_from_a_local_checkpoint_file(capsys, tm
     assert record.config["trainer_params"] == {"kind": "robustbench", "name": "Wong2020Fast", "threat_model": "Linf"}
     results = Store(home).results(record.id)["last"]
     assert results["test_clean_acc"] == pytest.approx(clean_accuracy(net, 8, "cifar10", cifar10_root))
-    assert "test_pgd_acc" in results and "test_dE_mean" in results and "aa_acc" not in results
+    assert "test_pgd_acc" in results and "test_dE_mean" in results and "test_aa_acc" not in results
 
     code, _, err = run_cli(capsys, "eval", "robustbench:Wong2020Fst", "--model-dir", model_dir, "--store", home)
     assert code == 2 and "did you mean 'Wong2020Fast'?" in err
     code, _, err = run_cli(capsys, "eval", "robustbench:Debenedetti2022Light_XCiT-S12", "--store", home)
     assert code == 2 and "is loaded through timm" in err and "downloads are disabled" in err  # and none was tried
+
+
+# ----- your own model: named, evaluated once, or not stored at all; what it receives -----------------------------
+
+class _Notes(Reporter):
+    """A progress hook that keeps the notes it hears."""
+
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def note(self, text):
+        self.notes.append(text)
+
+
+def linear_digits_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+
+def test_your_module_is_named_evaluated_once_and_ranked_beside_trained_runs(capsys, trained):
+    """``evaluate(module, name=...)``: the leaderboard calls it by its name, with its class as the architecture, in
+    the same table as a trained run of another architecture; the same weights under the same protocol again add no
+    row (the run holding the result is returned and named), another protocol does."""
+    home, run_id = trained
+    net = linear_digits_model()
+    first = energybench.evaluate(net, dataset="digits", name="my-linear", test_points=20, aa_points=0, store=home,
+                                 progress=False)
+    assert first.config.name == "my-linear" and first.config.model == "Sequential"
+    hook = _Notes()
+    again = energybench.evaluate(linear_digits_model(), dataset="digits", name="other name", test_points=20,
+                                 aa_points=0, store=home, progress=hook)
+    assert again.id == first.id and [r.id for r in Store(home).runs(trainer="external")] == [first.id]
+    assert hook.notes == [f"run {first.id} (named 'my-linear') already holds this result: the same weights under "
+                          "the same protocol (config hash); not evaluated again"]
+    other = energybench.evaluate(net, dataset="digits", test_points=30, aa_points=0, store=home, progress=False)
+    assert other.id != first.id  # another protocol: another result
+    rows = energybench.leaderboard(dataset="digits", store=home)
+    assert {r["setting"] for r in rows} == {"digits, Linf eps 0.1"}  # one table: every architecture
+    assert {(r["id"], r["method"], r["model"]) for r in rows} == {
+        (run_id, "fgsm", "small-cnn"), (first.id, "my-linear", "Sequential"), (other.id, "external", "Sequential")}
+    per_arch = energybench.leaderboard(dataset="digits", per_arch=True, store=home)
+    assert {r["setting"] for r in per_arch} == {"digits, small-cnn, Linf eps 0.1", "digits, Sequential, Linf eps 0.1"}
+    code, out, _ = run_cli(capsys, "leaderboard", "--dataset", "digits", "--store", home)
+    row = next(line for line in out.splitlines() if first.id in line)
+    assert code == 0 and "│ my-linear │ Sequential │" in row
+
+
+def test_eval_prints_its_own_row_with_its_rank(capsys, trained, tmp_path):
+    home, run_id = trained
+    script = tmp_path / "mlp_ts.pt"
+    torch.jit.script(linear_digits_model()).save(str(script))
+    code, out, err = run_cli(capsys, "eval", script, "--dataset", "digits", "--name", "my-ts", "--aa-points", 0,
+                             "--test-points", 20, "--store", home)
+    assert code == 0, err
+    new_id = stored_run(out)
+    assert new_id in out and run_id not in out  # its own row, not the board
+    row = next(line for line in out.splitlines() if new_id in line)
+    assert "│ my-ts " in row and "│ torchscript:mlp_ts.pt │" in row
+    assert f"run {new_id}: rank " in out and " of 2 on digits, Linf eps 0.1" in out
+
+
+def test_no_store_returns_the_numbers_only(capsys, trained, tmp_path):
+    """``evaluate(..., store=False)`` and ``eval --no-store`` evaluate and store nothing: the numbers come back (the
+    command prints them with their intervals and n)."""
+    home, _ = trained
+    before = [r.id for r in Store(home).runs(status=None)]
+    metrics = energybench.evaluate(linear_digits_model(), dataset="digits", test_points=20, aa_points=0, store=False,
+                                   progress=False)
+    assert isinstance(metrics, dict) and metrics["test_points"] == 20 and 0 <= metrics["test_pgd_acc"] <= 1
+    assert "test_dE_mean" in metrics and not Store().runs(status=None)  # not even in the default store
+    script = tmp_path / "mlp_ts.pt"
+    torch.jit.script(linear_digits_model()).save(str(script))
+    code, out, err = run_cli(capsys, "eval", script, "--dataset", "digits", "--no-store", "--aa-points", 0,
+                             "--test-points", 20, "--store", home)
+    assert code == 0, err
+    assert f"{script}: evaluated, not stored" in out and "│ PGD " in out and "│ 20 │" in out
+    assert [r.id for r in Store(home).runs(status=None)] == before
+
+
+def test_a_pickled_whole_module_is_refused_with_what_to_use_instead(capsys, trained, tmp_path):
+    """``torch.save(model)`` pickles code: refused in one line that says why and what to use instead, with or without
+    --arch, and by ``energybench.load`` too."""
+    home, _ = trained
+    path = tmp_path / "whole.pt"
+    torch.save(linear_digits_model(), path)
+    for extra in ([], ["--arch", "small-cnn"]):
+        code, _, err = run_cli(capsys, "eval", path, "--dataset", "digits", *extra, "--store", home)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        assert f"refusing {path}: it holds a whole pickled model (torch.nn.modules." in err
+        for advice in ("torch.save(model.state_dict()", "--arch", "TorchScript", "energybench.evaluate(model"):
+            assert advice in err, advice
+    with pytest.raises(EnergybenchError, match="whole pickled model"):
+        energybench.load(str(path), dataset="digits", arch="small-cnn", store=home)
+
+
+def test_load_data_returns_exactly_what_training_validation_and_evaluation_read(tmp_path):
+    """``load_data``: float images in [0, 1], (N, C, H, W), the splits a run carves (the track's val_size); an
+    evaluation's model receives exactly the first test points of it."""
+    x, y = energybench.load_data("digits", split="test")
+    data = load_dataset("digits", val_size=200)  # digits-tiny's validation split
+    assert x.dtype == torch.float32 and tuple(x.shape) == (360, 1, 8, 8) and 0 <= x.min() and x.max() <= 1
+    assert torch.equal(x, data.test.x.float() / 255) and torch.equal(y, data.test.y)
+    for split, part in (("val", data.val), ("train", data.train)):
+        xs, ys = energybench.load_data("digits", split=split)
+        assert torch.equal(xs, part.x.float() / 255) and torch.equal(ys, part.y), split
+    seen: list[torch.Tensor] = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = linear_digits_model()
+
+        def forward(self, inputs):
+            seen.append(inputs.detach().clone())
+            return self.net(inputs)
+
+    energybench.evaluate(Recording(), dataset="digits", test_points=20, aa_points=0, store=False, progress=False)
+    assert any(torch.equal(inputs, x[:20]) for inputs in seen)  # the clean pass on the first 20 test points
+    with pytest.raises(EnergybenchError, match="unknown split 'validation'"):
+        energybench.load_data("digits", split="validation")

@@ -38,7 +38,7 @@ def test_ray_executor_runs_cells_as_tasks_into_the_store(tmp_path):
         assert record.suite == "tiny" and record.config_hash == cell.config_hash and record.epochs_done == 1
         assert [e["epoch"] for e in store.epochs(record.id)] == [0]
         results = store.results(record.id)
-        assert set(results) == {"best", "last"} and 0 <= results["last"]["aa_acc"] <= 1
+        assert set(results) == {"best", "last"} and 0 <= results["last"]["test_aa_acc"] <= 1
         folder = store.run_dir(record.id)
         assert load_checkpoint(folder / "last.pt") and (folder / "config.json").is_file()
         assert len((folder / "metrics.jsonl").read_text().splitlines()) == 1

@@ -13,7 +13,8 @@ from datafiles import SMALL_EVAL, batchnorm_buffers, same_tensors
 
 from energybench.config import EvalProtocol
 from energybench.contracts import registry as reg
-from energybench.contracts.regularizer import forward_calls
+from energybench.contracts.callback import Callback
+from energybench.contracts.regularizer import Regularizer, forward_calls
 from energybench.contracts.trainer import Trainer, TrainOutput
 from energybench.data.augment import crop_flip, crop_flip_draws
 from energybench.errors import EnergybenchError, PluginError
@@ -43,10 +44,10 @@ def test_a_run_trains_evaluates_and_stores_everything(tmp_path):
         assert key in epochs[-1], key
     results = store.results(run_id)
     assert set(results) == {"best", "last"}
-    for metric in ("test_clean_acc", "test_pgd_acc", "aa_acc", "aa_apgd-ce_acc", "co", "passes_per_example"):
+    for metric in ("test_clean_acc", "test_pgd_acc", "test_aa_acc", "test_aa_apgd-ce_acc", "co", "passes_per_example"):
         assert metric in results["last"], metric
     last = results["last"]
-    assert 0 <= last["aa_acc"] <= last["test_pgd_acc"] + 0.2 and last["test_clean_acc"] > 0.5
+    assert 0 <= last["test_aa_acc"] <= last["test_pgd_acc"] + 0.2 and last["test_clean_acc"] > 0.5
     assert last["passes_per_example"] == pytest.approx(2.0)  # FGSM+DER: DER reused the clean forward pass
     folder = store.run_dir(run_id)
     assert json.loads((folder / "config.json").read_text())["regularizer_params"]["form"] == "hinge"
@@ -131,7 +132,7 @@ def test_resume_after_interruption_or_an_early_kill_matches_an_uninterrupted_run
         assert [e["epoch"] for e in store.epochs(run_id)] == [0, 1]  # no epoch stored twice
         resumed = store.results(run_id)
         for tag in ("best", "last"):
-            for metric in ("test_clean_acc", "test_pgd_acc", "aa_acc", "test_dE_mean", "passes_per_example"):
+            for metric in ("test_clean_acc", "test_pgd_acc", "test_aa_acc", "test_dE_mean", "passes_per_example"):
                 assert resumed[tag][metric] == reference[tag][metric], (run.status, tag, metric)
 
 
@@ -336,7 +337,7 @@ def test_a_batchnorm_model_trains_while_trace_and_evaluation_leave_its_running_s
                          monitor={"enabled": False}, eval={"aa_points": 2, "val_points": 8, "test_points": 8,
                                                            "val_pgd_steps": 2, "pgd_steps": 2, "batch_size": 8})
     run_id = execute(config, store)
-    assert store.get_run(run_id).status == "done" and "aa_acc" in store.results(run_id)["last"]
+    assert store.get_run(run_id).status == "done" and "test_aa_acc" in store.results(run_id)["last"]
     assert any(key.endswith("running_mean") for key in moved)  # the trainer's passes do update them
     assert traced and all(traced)  # the trace ran its own clean passes
     assert changed == {"trace": [], "validation": [], "test evaluation": []}
@@ -375,3 +376,120 @@ def test_the_cost_of_der_after_rs_fgsm_is_three_passes_in_a_run(tmp_path):
     run_id = execute(tiny_config(trainer="rs-fgsm", regularizer="der", epochs=1, n_train=256, eval=SMALL_EVAL), store)
     # rs-fgsm's attack and training passes, and the clean pass the harness makes for DER
     assert store.results(run_id)["last"]["passes_per_example"] == pytest.approx(3.0)
+
+
+class _Constant(torch.nn.Module):
+    """Logits that always pick class ``label``, whatever the input (zero input gradient)."""
+
+    def __init__(self, label: int):
+        super().__init__()
+        self.logits = torch.nn.Parameter(5 * torch.nn.functional.one_hot(torch.tensor(label), 10).float())
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+class _Threads(Callback):
+    """Records torch's intra-op thread count at every training step."""
+
+    seen: list[int] = []
+
+    def on_train_batch_end(self, run, batch):
+        type(self).seen.append(torch.get_num_threads())
+
+
+def test_the_smoke_track_trains_on_one_thread_and_runs_autoattacks_fast_subset(capsys, tmp_path, runtime_registry):
+    """digits-tiny trains and evaluates on one CPU thread (the caller's count is restored after) and attacks with
+    AutoAttack's fast subset, APGD-CE and APGD-T: those two are the per-attack figures stored, and the leaderboard
+    says so in the AutoAttack cell and in its caption; RobustBench's export refuses it."""
+    runtime_registry.register("callback", "threads", _Threads)
+    _Threads.seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_id = execute(tiny_config(epochs=1, callbacks=["threads"], eval={"aa_points": 10, "val_points": 20,
+                                                                            "test_points": 20}), Store(tmp_path))
+        assert set(_Threads.seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    store = Store(tmp_path)
+    assert store.get_run(run_id).config["eval"]["aa_version"] == "fast"
+    attacks = {k for k in store.results(run_id)["last"] if k.startswith("test_aa_") and k != "test_aa_points"}
+    assert attacks == {"test_aa_acc", "test_aa_apgd-ce_acc", "test_aa_apgd-t_acc"}
+    code, out, _ = datafiles.run_cli(capsys, "leaderboard", "--store", tmp_path)
+    row = next(line for line in out.splitlines() if run_id in line)
+    assert code == 0 and " (fast)" in row and "AA (fast): AutoAttack's fast subset" in " ".join(out.split())
+    code, out, _ = datafiles.run_cli(capsys, "leaderboard", "--format", "json", "--store", tmp_path)
+    assert json.loads(out)["measured"][0]["aa_version"] == "fast"
+    code, _, err = datafiles.run_cli(capsys, "export", run_id, "-o", tmp_path / "x.json", "--store", tmp_path)
+    assert code == 2 and "fast subset (APGD-CE, APGD-T), not the standard version RobustBench reports" in err
+
+
+def test_an_evaluation_stage_expected_to_take_over_a_minute_is_announced_with_its_estimate(monkeypatch):
+    """``test_evaluation`` times one forward+backward pass and, before clean/FGSM/PGD and before AutoAttack, notes
+    the estimated time of a stage expected to take over a minute; a quick one is not announced."""
+    from energybench.data.datasets import load_dataset
+    from energybench.evaluation import protocol
+
+    config = tiny_config(eval={"aa_points": 4, "test_points": 8, "aa_version": "fast"})
+    test = load_dataset("digits", val_size=200).test
+    model = _Constant(int(test.y[0]))  # right on the points of the first point's class, and robust there
+    share = float((test.y[:8] == test.y[0]).float().mean())  # of the 8 points clean and PGD accuracy saw
+    notes: list[str] = []
+    protocol.test_evaluation(model, test, config, torch.device("cpu"), note=notes.append)
+    assert notes == []  # a linear model on 8 points: well under a minute
+    monkeypatch.setattr(protocol, "pass_seconds", lambda *args: 2.0)  # two seconds per pass and point
+    protocol.test_evaluation(model, test, config, torch.device("cpu"), note=notes.append)
+    assert notes[0] == ("clean, FGSM and PGD-10 on 8 test points: about 3 min (estimated from 2000 ms per "
+                        "forward+backward pass and point)")  # 8 points x (10 + 2) passes x 2 s
+    minutes = 4 * share * (100 + 9 * 100) * 2.0 / 60  # APGD-CE on the right points, APGD-T's 9 targets on the robust
+    assert notes[1].startswith(f"AutoAttack (fast) on 4 test points: about {minutes:.0f} min (estimated from PGD's ")
+    assert len(notes) == 2
+
+
+class _SilentPenalty(Regularizer):
+    """A third-party regularizer that reports nothing: half the squared logits' mean, on every batch."""
+
+    requires_adversarial = False
+
+    def penalty(self, model, x, y, out):
+        return 0.01 * model(x).pow(2).mean()
+
+
+def test_every_regularizers_penalty_is_recorded_per_epoch_shown_stored_exported_and_logged(capsys, tmp_path,
+                                                                                           runtime_registry):
+    """What the regularizer did, per epoch: its mean penalty, the share of batches where it acted and (when it reports
+    it) the share of samples, in the epoch line, the stored epochs (metrics.jsonl too), the run's results and the
+    leaderboard's export, and TensorBoard, which also gets the test results; one that does not report still runs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    code, out, err = datafiles.run_cli(capsys, "run", "--track", "digits-tiny", "--reg", "der", "-R", "aae=never",
+                                       "-R", "beta=1", "--epochs", "2", "--n-train", "512", "--aa-points", "0",
+                                       "--log", "tensorboard", "--store", tmp_path)
+    assert code == 0, err
+    store = Store(tmp_path)
+    (run,) = store.runs()
+    epochs = store.epochs(run.id)
+    for e in epochs:
+        assert e["train_reg_penalty"] > 0 and e["train_reg_active"] == 1.0 and e["train_reg_acted"] == 1.0
+        assert f"der {e['train_reg_penalty']:.3g} on 100.0% (samples with a non-zero dE term)" in err
+    assert '"train_reg_penalty"' in (store.run_dir(run.id) / "metrics.jsonl").read_text()
+    last = store.results(run.id)["last"]
+    assert last["train_reg_penalty"] == pytest.approx(sum(e["train_reg_penalty"] for e in epochs) / 2, rel=1e-6)
+    code, out, _ = datafiles.run_cli(capsys, "leaderboard", "--format", "json", "--store", tmp_path)
+    (row,) = json.loads(out)["measured"]
+    assert row["train_reg_penalty"] == last["train_reg_penalty"] and row["train_reg_acted"] == 1.0
+    events = EventAccumulator(str(store.run_dir(run.id) / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert [e.value for e in events.Scalars("train/reg_penalty")] == pytest.approx(
+        [e["train_reg_penalty"] for e in epochs])
+    for tag, key in (("test/pgd_acc", "test_pgd_acc"), ("test/clean_acc", "test_clean_acc"),
+                     ("best/test/pgd_acc", "test_pgd_acc")):
+        checkpoint = "best" if tag.startswith("best") else "last"
+        assert tag in scalars and events.Scalars(tag)[-1].value == pytest.approx(store.results(run.id)[checkpoint][key])
+
+    runtime_registry.register("regularizer", "silent", _SilentPenalty)
+    run_id = execute(tiny_config(regularizer="silent", epochs=1), store)
+    (epoch,) = store.epochs(run_id)
+    assert epoch["train_reg_penalty"] > 0 and epoch["train_reg_active"] == 1.0 and "train_reg_acted" not in epoch

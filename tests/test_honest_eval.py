@@ -166,15 +166,15 @@ class _Quantised(Classifier):
 
 @pytest.mark.parametrize(("cls", "check", "value", "warning"), [
     (BNNet, None, None, None),
-    (_Randomised, "check_randomized", 1.0, "the model is randomised"),
-    (_Probabilities, "check_probability_outputs", 1.0, "outputs probabilities, not logits"),
-    (_Quantised, "check_zero_grad_frac", 1.0, "100% of checked points have an exactly zero input gradient"),
+    (_Randomised, "test_check_randomized", 1.0, "the model is randomised"),
+    (_Probabilities, "test_check_probability_outputs", 1.0, "outputs probabilities, not logits"),
+    (_Quantised, "test_check_zero_grad_frac", 1.0, "100% of checked points have an exactly zero input gradient"),
 ])
 def test_model_checks_flag_randomised_probability_and_masked_models(cls, check, value, warning):
     torch.manual_seed(0)
     model = cls(10, 1, (0.3,), (0.4,)).eval()
     checks = model_checks(model, _digits(20), device=CPU)
-    assert set(checks) == {"check_randomized", "check_probability_outputs", "check_zero_grad_frac"}
+    assert set(checks) == {"test_check_randomized", "test_check_probability_outputs", "test_check_zero_grad_frac"}
     for key, got in checks.items():
         assert got == (value if key == check else 0.0), key
     warnings = evaluation_warnings(checks)
@@ -186,10 +186,11 @@ def test_model_checks_flag_randomised_probability_and_masked_models(cls, check, 
     ({"test_fgsm_acc": 0.10, "test_pgd_acc": 0.05}, None),
     ({"test_fgsm_acc": 0.40, "test_pgd_acc": 0.44}, None),  # within the margin (sampling noise)
     ({"test_fgsm_acc": 0.40, "test_pgd_acc": 0.55}, "PGD leaves a higher accuracy (55.0%) than FGSM (40.0%)"),
-    ({"aa_apgd-ce_acc": 0.5, "aa_apgd-t_acc": 0.45, "aa_fab-t_acc": 0.45, "aa_square_acc": 0.45}, None),
-    ({"aa_apgd-ce_acc": 0.5, "aa_apgd-t_acc": 0.45, "aa_fab-t_acc": 0.45, "aa_square_acc": 0.30},
+    ({"test_aa_apgd-ce_acc": 0.5, "test_aa_apgd-t_acc": 0.45, "test_aa_fab-t_acc": 0.45, "test_aa_square_acc": 0.45},
+     None),
+    ({"test_aa_apgd-ce_acc": 0.5, "test_aa_apgd-t_acc": 0.45, "test_aa_fab-t_acc": 0.45, "test_aa_square_acc": 0.30},
      "the black-box Square attack lowered accuracy from 45.0% to 30.0%"),
-    ({"aa_square_acc": 0.30}, None),  # Square alone: nothing to compare with
+    ({"test_aa_square_acc": 0.30}, None),  # Square alone: nothing to compare with
 ])
 def test_attack_strength_flags(metrics, warning):
     warnings = evaluation_warnings(metrics)
@@ -212,7 +213,7 @@ def test_a_masked_model_is_flagged_in_the_stored_results_and_the_report(tmp_path
     store, reporter = Store(tmp_path), _Alerts()
     run_id = execute(config, store, reporter=reporter)
     last = store.results(run_id)["last"]
-    assert last["check_zero_grad_frac"] == 1.0 and last["check_randomized"] == 0.0
+    assert last["test_check_zero_grad_frac"] == 1.0 and last["test_check_randomized"] == 0.0
     assert "test_fgsm_acc" in last
     assert any("zero input gradient" in a and a.startswith("last checkpoint: ") for a in reporter.alerts)
     assert evaluation_warnings(last) == [a.removeprefix("last checkpoint: ") for a in reporter.alerts

@@ -21,13 +21,14 @@ EPS = 8 / 255
 
 def add_run(store: Store, *, aa: float, pgd: float, clean: float, seed: int = 0, trainer: str = "fgsm",
             dataset: str = "cifar10", eps: float = EPS, suite: str | None = None, track: str | None = None,
-            wall_time: float = 10.0, norm: str = "Linf", status: str = "done") -> str:
+            wall_time: float = 10.0, norm: str = "Linf", status: str = "done", model: str = "preact-resnet18",
+            name: str | None = None) -> str:
     """A run with these (last-checkpoint) results, completed unless ``status`` says otherwise; best is 1 point
     better everywhere."""
-    config = RunConfig(dataset=dataset, model="preact-resnet18", trainer=trainer, eps=eps, seed=seed, track=track,
-                       norm=norm)
+    config = RunConfig(dataset=dataset, model=model, trainer=trainer, eps=eps, seed=seed, track=track, norm=norm,
+                       name=name)
     run_id = store.create_run(config.model_dump(), config.config_hash(), suite=suite)
-    last = {"test_clean_acc": clean, "test_pgd_acc": pgd, "aa_acc": aa, "aa_points": 1000.0, "co": 0.0,
+    last = {"test_clean_acc": clean, "test_pgd_acc": pgd, "test_aa_acc": aa, "test_aa_points": 1000.0, "co": 0.0,
             "train_dE_mean": -0.0123456789}
     store.add_results(run_id, "last", last)
     store.add_results(run_id, "best", {k: v + 0.01 if k.endswith("_acc") else v for k, v in last.items()})
@@ -103,12 +104,13 @@ def test_every_format_carries_the_same_numbers(capsys, home, tmp_path):
     # AutoAttack on 1000 points ranks; 45.6% vs 41.2% is not significant at 5% (Fisher's exact test: no
     # per-point data stored), 41.2% vs 30.1% is
     assert [r["rank"] for r in measured] == [1, 1, 3] and measured[1]["p_above"] > 0.05 > measured[2]["p_above"]
-    assert {r["ranked_by"] for r in measured} == {"aa"} and measured[1]["test_above"] == "Fisher exact (unpaired)"
-    for row in measured:
+    assert {r["ranked_by"] for r in measured} == {"test_aa_acc"}
+    assert measured[1]["test_above"] == "Fisher exact (unpaired)"
+    for row in measured:  # the fields are the result keys: of the last checkpoint, and best_ + key of the best
         results = store.results(row["id"])
-        assert row["aa"] == results["last"]["aa_acc"] and row["aa_best"] == results["best"]["aa_acc"]
-        assert row["pgd"] == results["last"]["test_pgd_acc"] and row["clean"] == results["last"]["test_clean_acc"]
-        assert row["dE"] == results["last"]["train_dE_mean"] and row["eps"] == EPS
+        for key in ("test_aa_acc", "test_pgd_acc", "test_clean_acc", "train_dE_mean"):
+            assert row[key] == results["last"][key], key
+        assert row["best_test_aa_acc"] == results["best"]["test_aa_acc"] and row["eps"] == EPS
     order = [r["id"] for r in measured]
 
     out = tmp_path / "board.csv"  # -o writes the same text to a file
@@ -118,17 +120,18 @@ def test_every_format_carries_the_same_numbers(capsys, home, tmp_path):
     csv_measured = [r for r in rows if r["kind"] == "measured"]
     assert [r["id"] for r in csv_measured] == order and [r["rank"] for r in csv_measured] == ["1", "1", "3"]
     for row, expected in zip(csv_measured, measured):
-        for field in ("aa", "aa_best", "pgd", "pgd_best", "clean", "clean_best", "dE", "eps", "time", "aa_low",
-                      "aa_high", "pgd_low", "p_above"):
+        for field in ("test_aa_acc", "best_test_aa_acc", "test_pgd_acc", "best_test_pgd_acc", "test_clean_acc",
+                      "best_test_clean_acc", "train_dE_mean", "eps", "wall_time", "test_aa_acc_low", "test_aa_acc_high",
+                      "test_pgd_acc_low", "p_above"):
             assert (float(row[field]) if row[field] else None) == expected[field], field
-        assert row["aa_n"] == "1000" and row["pgd_n"] == "10000"  # the whole CIFAR-10 test split
+        assert row["test_aa_acc_n"] == "1000" and row["test_pgd_acc_n"] == "10000"  # the whole CIFAR-10 test split
 
     def shown(run_id: str) -> dict[str, str]:
         """best/last accuracy ± the larger distance to a bound of either's Wilson interval (scipy's)."""
         results = store.results(run_id)
         cells = {}
         for name, metric, n in (("clean b/l", "test_clean_acc", 10000), ("PGD b/l", "test_pgd_acc", 10000),
-                                ("AA b/l", "aa_acc", 1000)):
+                                ("AA b/l", "test_aa_acc", 1000)):
             margin = 0.0
             for checkpoint in ("best", "last"):
                 value = results[checkpoint][metric]
@@ -142,7 +145,7 @@ def test_every_format_carries_the_same_numbers(capsys, home, tmp_path):
     parser.feed(export(capsys, home, "html"))
     html_rows = next(rows for cls, rows in parser.tables if "measured" in cls)
     for table in (md, html_rows):
-        header, body = table[0], table[1:]
+        header, body = table[0], [row for row in table[1:] if row[0].strip("*") != "-"]  # the measured rows
         assert [r[header.index("run")] for r in body] == order and [r[0] for r in body] == ["1", "1", "3"]
         for row in body:
             for name, text in shown(row[header.index("run")]).items():
@@ -156,11 +159,12 @@ def test_every_format_carries_the_same_numbers(capsys, home, tmp_path):
 def test_reference_rows_are_shown_apart_and_never_ranked(capsys, home):
     data = json.loads(export(capsys, home, "json", "--sort", "aa"))
     refs = {r["id"]: r for r in data["references"]}
-    # NOTES.md section 7 (RobustBench) and section 5 (WEAT, secondary source), CIFAR-10 Linf 8/255 only
+    # docs/references.md: RobustBench's rows and WEAT's (secondary source), CIFAR-10 Linf 8/255 only
     assert set(refs) == {"Wong2020Fast", "Andriushchenko2020Understanding", "Madry2018Towards",
                          "Zhang2019Theoretically", "Rice2020Overfitting", "WEAT-cifar10", "WEAT-TRADES-cifar10"}
-    assert (refs["Wong2020Fast"]["clean"], refs["Wong2020Fast"]["aa"]) == pytest.approx((0.8334, 0.4321))
-    assert refs["Rice2020Overfitting"]["aa"] == pytest.approx(0.5342) and refs["WEAT-cifar10"]["secondary"]
+    wong = refs["Wong2020Fast"]
+    assert (wong["test_clean_acc"], wong["test_aa_acc"]) == pytest.approx((0.8334, 0.4321))
+    assert refs["Rice2020Overfitting"]["test_aa_acc"] == pytest.approx(0.5342) and refs["WEAT-cifar10"]["secondary"]
     assert all(r["rank"] is None for r in refs.values())
     # every reference is more robust than every measured run, and still none takes a rank
     assert [r["rank"] for r in data["measured"]] == [1, 1, 3] and not set(refs) & {r["id"] for r in data["measured"]}
@@ -169,20 +173,56 @@ def test_reference_rows_are_shown_apart_and_never_ranked(capsys, home):
     assert [r["kind"] for r in rows] == ["measured"] * 3 + ["reference"] * 7
     assert {r["rank"] for r in rows if r["kind"] == "reference"} == {"-"}
 
-    md = export(capsys, home, "markdown")
-    ranked, published = markdown_tables(md)
-    assert md.index("Published reference rows (not measured here, never ranked)") > md.index(ranked[1][1])
-    assert [r[0] for r in published[1:]] == ["-"] * 7 and published[1][1] == "*Rice2020Overfitting*"
-    assert [r[0] for r in ranked[1:]] == ["1", "1", "3"]
-
+    # in every human format, the references sit in the setting's table, in italics, below its ranked rows
+    assert {r["setting"] for r in data["references"]} == {r["setting"] for r in data["measured"]}
+    (table,) = markdown_tables(export(capsys, home, "markdown"))
+    assert [r[0] for r in table[1:]] == ["1", "1", "3"] + ["*-*"] * 7
+    assert table[4][1] == "*Rice2020Overfitting*" and table[4][2] == "*PGD-AT + early stopping*"
     parser = Tables()
-    parser.feed(export(capsys, home, "html"))
-    classes = [cls for cls, _ in parser.tables]
-    assert classes == ["leaderboard measured", "leaderboard references"]
-    assert [r[0] for r in parser.tables[1][1][1:]] == ["-"] * 7
-    assert "Published reference rows" in export(capsys, home, "table")
+    html = export(capsys, home, "html")
+    parser.feed(html)
+    ((cls, rows),) = parser.tables
+    assert cls == "leaderboard measured" and [r[0] for r in rows[1:]] == ["1", "1", "3"] + ["-"] * 7
+    assert html.count('<tr class="reference"') == 7
+    text = export(capsys, home, "table")
+    lines = text.splitlines()
+    assert lines.index(next(line for line in lines if "Wong2020Fast" in line)) > max(
+        i for i, line in enumerate(lines) if any(r["id"] in line for r in data["measured"]))
+    assert "│ Wong2020Fast " in text and "43.21" in text and "italic rows, rank -: published results" in " ".join(
+        text.split())
 
     assert json.loads(export(capsys, home, "json", "--no-references"))["references"] == []
+
+
+def test_every_architecture_and_the_references_of_a_setting_meet_in_one_table(capsys, tmp_path):
+    """Rows rank per dataset, threat model and eps, the architecture a column (RobustBench's way): a trained run, a
+    run of another architecture and a named model of one's own share one ranking, and the setting's published
+    references sit below them; ``--per-arch`` ranks each architecture apart (each table keeps the references).
+    cifar10-jpeg is another dataset: its runs never meet cifar10's rows or references."""
+    store = Store(tmp_path)
+    ids = {"fgsm": add_run(store, aa=0.40, pgd=0.45, clean=0.80),
+           "pgd": add_run(store, aa=0.42, pgd=0.47, clean=0.85, trainer="pgd", model="wrn-28-10"),
+           "my-net": add_run(store, aa=0.41, pgd=0.46, clean=0.82, trainer="external", model="Sequential",
+                             name="my-net"),
+           "jpeg": add_run(store, aa=0.5, pgd=0.55, clean=0.9, dataset="cifar10-jpeg")}
+    data = json.loads(export(capsys, tmp_path, "json"))
+    cifar, jpeg = "cifar10, Linf eps 8/255", "cifar10-jpeg, Linf eps 8/255"
+    assert [s["setting"] for s in data["settings"]] == [cifar, jpeg]
+    rows = {r["id"]: r for r in data["measured"]}
+    assert [(r["method"], r["model"], r["setting"]) for r in data["measured"] if r["setting"] == cifar] == [
+        ("pgd", "wrn-28-10", cifar), ("my-net", "Sequential", cifar), ("fgsm", "preact-resnet18", cifar)]
+    assert [rows[ids[k]]["rank"] for k in ("pgd", "my-net", "fgsm")] == [1, 1, 1]  # one ranking, tested together
+    assert rows[ids["my-net"]]["name"] == "my-net" and rows[ids["fgsm"]]["name"] is None
+    assert len(data["references"]) == 7 and {r["setting"] for r in data["references"]} == {cifar}
+    text = export(capsys, tmp_path, "table")
+    cifar_table, jpeg_table = text.split(f"Leaderboard: {jpeg}")
+    assert all(ids[k] in cifar_table for k in ("fgsm", "pgd", "my-net")) and "Wong2020Fast" in cifar_table
+    assert ids["jpeg"] in jpeg_table and "Wong2020Fast" not in jpeg_table and "RobustBench" not in jpeg_table
+    per_arch = json.loads(export(capsys, tmp_path, "json", "--per-arch"))
+    assert [s["setting"] for s in per_arch["settings"]] == [
+        "cifar10, Sequential, Linf eps 8/255", "cifar10, preact-resnet18, Linf eps 8/255",
+        "cifar10, wrn-28-10, Linf eps 8/255", "cifar10-jpeg, preact-resnet18, Linf eps 8/255"]
+    assert all(r["rank"] == 1 for r in per_arch["measured"]) and len(per_arch["references"]) == 3 * 7
 
 
 def test_references_follow_the_filters(capsys, tmp_path):
@@ -281,17 +321,19 @@ def test_group_seeds_gives_mean_and_std(capsys, tmp_path):
     data = json.loads(export(capsys, tmp_path, "json", "--group-seeds", "--no-references"))
     group, single = data["measured"]
     assert group["id"] == ids[0] and group["n_seeds"] == 3 and group["seed"] == "0,1,2"
-    assert (group["aa"], group["aa_std"]) == pytest.approx((statistics.fmean(aas), statistics.stdev(aas)))
-    low, high = scipy.stats.t.interval(0.95, 2, loc=statistics.fmean(aas), scale=statistics.stdev(aas) / 3 ** 0.5)
-    assert (group["aa_low"], group["aa_high"]) == pytest.approx((low, high))  # t interval of the mean over seeds
-    assert group["aa_best"] == pytest.approx(statistics.fmean(aas) + 0.01)
-    assert single["n_seeds"] == 1 and single["aa_std"] is None  # no sample standard deviation of one seed
+    mean, sd = statistics.fmean(aas), statistics.stdev(aas)
+    assert (group["test_aa_acc"], group["test_aa_acc_std"]) == pytest.approx((mean, sd))
+    low, high = scipy.stats.t.interval(0.95, 2, loc=mean, scale=sd / 3 ** 0.5)
+    assert (group["test_aa_acc_low"], group["test_aa_acc_high"]) == pytest.approx((low, high))  # t interval over seeds
+    assert group["best_test_aa_acc"] == pytest.approx(statistics.fmean(aas) + 0.01)
+    assert single["n_seeds"] == 1 and single["test_aa_acc_std"] is None  # no sample standard deviation of one seed
     rows = list(csv.DictReader(io.StringIO(export(capsys, tmp_path, "csv", "--group-seeds"))))
-    assert float(rows[0]["aa_std"]) == group["aa_std"] and rows[0]["n_seeds"] == "3"
+    assert float(rows[0]["test_aa_acc_std"]) == group["test_aa_acc_std"] and rows[0]["n_seeds"] == "3"
     md = markdown_tables(export(capsys, tmp_path, "markdown", "--group-seeds", "--no-references"))[0]
     header = md[0]
     assert md[1][header.index("seeds")] == "3"
-    assert md[1][header.index("sd PGD/AA")] == f"{100 * group['pgd_std']:.1f}/{100 * group['aa_std']:.1f}"
+    sds = f"{100 * group['test_pgd_acc_std']:.1f}/{100 * group['test_aa_acc_std']:.1f}"
+    assert md[1][header.index("sd PGD/AA")] == sds
 
 
 def test_sort_by_any_column_and_filter(capsys, tmp_path):
@@ -314,7 +356,7 @@ def test_sort_by_any_column_and_filter(capsys, tmp_path):
     assert len(by_track) == 7 and {r["dataset"] for r in by_track} == {"cifar10"}  # the track's dataset and eps
     assert trainers("--trainer", "weat", "--eps", "8/255", "--model", "preact-resnet18") == ["weat"]
     code, _, err = run_cli(capsys, "leaderboard", "--sort", "robustness", "--store", tmp_path)
-    assert code == 2 and "cannot sort by 'robustness'; use one of: id, trainer" in err
+    assert code == 2 and "cannot sort by 'robustness'; use one of: id, name, method, trainer" in err
 
 
 def test_export_and_import_round_trip_as_robustbench_model_info(capsys, home, tmp_path):
@@ -328,7 +370,7 @@ def test_export_and_import_round_trip_as_robustbench_model_info(capsys, home, tm
     info = json.loads(target.read_text())
     assert list(info) == list(MODEL_INFO_FIELDS)  # RobustBench's field names, in its order
     assert info["eps"] == "8/255" and info["dataset"] == "cifar10" and info["architecture"] == "preact-resnet18"
-    assert info["clean_acc"] == str(round(best_run["clean"] * 100, 2)) == "78.33"
+    assert info["clean_acc"] == str(round(best_run["test_clean_acc"] * 100, 2)) == "78.33"
     assert info["autoattack_acc"] == "45.56" and info["additional_data"] is False
 
     published = tmp_path / "model_info" / "cifar10" / "Linf" / "Wong2020Fast_copy.json"
@@ -341,9 +383,10 @@ def test_export_and_import_round_trip_as_robustbench_model_info(capsys, home, tm
     assert code == 0, err
     assert "reference energybench_pgd: cifar10 Linf eps 8/255, clean 78.33%, AutoAttack 45.56%" in out
     refs = {r["id"]: r for r in json.loads(export(capsys, home, "json"))["references"]}
-    assert refs["energybench_pgd"]["clean"] == pytest.approx(0.7833) and refs["energybench_pgd"]["aa"] == 0.4556
+    ours = refs["energybench_pgd"]
+    assert ours["test_clean_acc"] == pytest.approx(0.7833) and ours["test_aa_acc"] == 0.4556
     assert refs["energybench_pgd"]["rank"] is None and refs["energybench_pgd"]["method"] == "PGD-AT by energybench"
-    assert refs["Wong2020Fast_copy"]["aa"] == refs["Wong2020Fast"]["aa"] == pytest.approx(0.4321)
+    assert refs["Wong2020Fast_copy"]["test_aa_acc"] == refs["Wong2020Fast"]["test_aa_acc"] == pytest.approx(0.4321)
     assert "Eric Wong" in refs["Wong2020Fast_copy"]["source"]
 
     bad = tmp_path / "bad.json"
@@ -362,7 +405,7 @@ def test_export_needs_autoattack_accuracy(capsys, tmp_path):
     store.add_results(run_id, "last", {"test_clean_acc": 0.9, "test_pgd_acc": 0.5})
     store.set_status(run_id, "done")
     code, _, err = run_cli(capsys, "export", run_id, "-o", tmp_path / "x.json", "--store", tmp_path)
-    assert code == 2 and "has no aa_acc" in err and "--aa-points" in err
+    assert code == 2 and "has no test_aa_acc" in err and "--aa-points" in err
 
 
 def test_a_malformed_reference_entry_is_named(capsys, home, tmp_path):
@@ -376,11 +419,11 @@ def test_a_malformed_reference_entry_is_named(capsys, home, tmp_path):
 def test_evaluation_sanity_warnings_are_flagged_on_the_leaderboard(capsys, tmp_path):
     store = Store(tmp_path / "store")
     masked = add_run(store, aa=0.2, pgd=0.6, clean=0.8, trainer="fgsm")
-    store.add_results(masked, "last", {"test_fgsm_acc": 0.4, "check_randomized": 0.0,
-                                       "check_probability_outputs": 0.0, "check_zero_grad_frac": 0.0})
+    store.add_results(masked, "last", {"test_fgsm_acc": 0.4, "test_check_randomized": 0.0,
+                                       "test_check_probability_outputs": 0.0, "test_check_zero_grad_frac": 0.0})
     sound = add_run(store, aa=0.3, pgd=0.35, clean=0.8, trainer="pgd")
-    store.add_results(sound, "last", {"test_fgsm_acc": 0.5, "check_randomized": 0.0,
-                                      "check_probability_outputs": 0.0, "check_zero_grad_frac": 0.0})
+    store.add_results(sound, "last", {"test_fgsm_acc": 0.5, "test_check_randomized": 0.0,
+                                      "test_check_probability_outputs": 0.0, "test_check_zero_grad_frac": 0.0})
     unchecked = add_run(store, aa=0.1, pgd=0.2, clean=0.8, trainer="rs-fgsm")  # stored before the checks existed
     code, out, _ = run_cli(capsys, "leaderboard", "--store", tmp_path / "store", "--format", "json",
                            "--no-references")

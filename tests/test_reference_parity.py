@@ -22,7 +22,7 @@ from energybench.data.datasets import Split, load_dataset
 from energybench.evaluation.robustness import robustness
 from energybench.evaluation.sanity import evaluation_warnings
 from energybench.ops.perturb import pgd
-from energybench.storage.store import Store
+from energybench.storage.store import Store, stored_value
 from energybench.training.run import execute, prepare
 
 AA_POINTS = 24  # not a divisor of 10,000: a figure read back from a rounded percentage would not be exact
@@ -46,7 +46,10 @@ def reference_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     and which points stayed robust.
     With K < 10 classes, APGD-T and FAB-T target the K - 1 other classes (AutoAttack's advice for such data)."""
     num_classes = model(x[:1]).shape[1]
-    adversary = AutoAttack(model, eps=eps, norm=norm, seed=seed, version=version, device="cpu")
+    adversary = AutoAttack(model, eps=eps, norm=norm, seed=seed, version="standard" if version == "fast" else version,
+                           device="cpu")
+    if version == "fast":  # the standard version's first two attacks, with its settings
+        adversary.attacks_to_run = ["apgd-ce", "apgd-t"]
     if num_classes < 10:
         adversary.apgd_targeted.n_target_classes = num_classes - 1
         adversary.fab.n_target_classes = num_classes - 1
@@ -75,18 +78,18 @@ def reference_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
 
 
 def assert_same_figures(results: dict[str, float], expected: tuple[float, dict[str, float], torch.Tensor]) -> None:
-    """The stored ``aa_acc`` and ``aa_<attack>_acc`` are the reference's, to float32 rounding (an accuracy of
-    k/n points; a figure read back from a percentage with two decimals would be up to 5e-5 off)."""
+    """The stored ``test_aa_acc`` and ``test_aa_<attack>_acc`` are the reference's k/n, as the store keeps numbers
+    (7 significant digits; a figure read back from a percentage with two decimals would be up to 5e-5 off)."""
     accuracy, per_attack, _ = expected
-    assert results["aa_acc"] == accuracy
-    assert {k for k in results if k.startswith("aa_") and k not in ("aa_acc", "aa_points")} == {
-        f"aa_{name}_acc" for name in per_attack}
+    assert results["test_aa_acc"] == stored_value(accuracy)
+    assert {k for k in results if k.startswith("test_aa_") and k not in ("test_aa_acc", "test_aa_points")} == {
+        f"test_aa_{name}_acc" for name in per_attack}
     for name, value in per_attack.items():
-        assert results[f"aa_{name}_acc"] == value, name
+        assert results[f"test_aa_{name}_acc"] == stored_value(value), name
 
 
 def test_a_runs_autoattack_figures_are_pyautoattacks(tmp_path):
-    """A tiny digits run (10 classes) trained and evaluated by ``execute``: its stored ``aa_acc`` and per-attack
+    """A tiny digits run (10 classes) trained and evaluated by ``execute``: its stored ``test_aa_acc`` and per-attack
     accuracies are what pyautoattack reports on the same model, points, eps, norm, version and seed."""
     catalogue = load_catalogue()
     config = prepare(resolve_config(catalogue, track="digits-tiny", overrides={
@@ -100,9 +103,9 @@ def test_a_runs_autoattack_figures_are_pyautoattacks(tmp_path):
     x, y = test.x[:AA_POINTS].float() / 255, test.y[:AA_POINTS]
     expected = reference_autoattack(model, x, y, eps=config.eps, norm=config.norm, seed=config.seed,
                                     version=config.eval.aa_version, batch_size=config.eval.batch_size)
-    assert results["aa_points"] == AA_POINTS
+    assert results["test_aa_points"] == AA_POINTS
     assert_same_figures(results, expected)
-    assert torch.equal(torch.from_numpy(store.points(run_id)["last"]["aa"]), expected[2])
+    assert torch.equal(torch.from_numpy(store.points(run_id)["last"]["test_aa"]), expected[2])
     assert 0 < expected[0] < float((model(x).argmax(1) == y).float().mean())  # some points fall, some resist
 
 
@@ -149,13 +152,13 @@ def test_autoattack_on_fewer_than_ten_classes_is_pyautoattacks_with_k_minus_1_ta
     test = load_dataset(info.name, val_size=1).test
     model = FourClasses()
     eps, seed = 0.1, 3
-    run = energybench.evaluate(model, dataset=info.name, eps=eps, n=AA_POINTS, aa_points=AA_POINTS, seed=seed,
+    run = energybench.evaluate(model, dataset=info.name, eps=eps, test_points=AA_POINTS, aa_points=AA_POINTS, seed=seed,
                                store=tmp_path / "home")
     x, y = test.x.float() / 255, test.y
     expected = reference_autoattack(model, x, y, eps=eps, norm="Linf", seed=seed, version="standard",
                                     batch_size=run.config.eval.batch_size)
     assert_same_figures(run.results["last"], expected)
-    assert torch.equal(torch.from_numpy(run.store.points(run.id)["last"]["aa"]), expected[2])
+    assert torch.equal(torch.from_numpy(run.store.points(run.id)["last"]["test_aa"]), expected[2])
     accuracy, per_attack = expected[:2]
     assert per_attack["apgd-ce"] == 1.0 and 0 < per_attack["apgd-t"] < 1.0  # the 3rd target did the work
 
@@ -166,15 +169,15 @@ def test_points_pgd_leaves_robust_and_autoattack_breaks_are_counted_and_warned(m
     stored count of PGD-robust points AutoAttack breaks equals the per-point vectors' count, and the evaluation
     warns once it is at least half of them: at eps 0.3 class 3 is in reach of every image, at 0.1 of 3 in 8."""
     info = four_class_images(monkeypatch)
-    run = energybench.evaluate(FourClasses(), dataset=info.name, eps=eps, n=AA_POINTS, aa_points=AA_POINTS, seed=0,
-                               store=tmp_path / "home")
+    run = energybench.evaluate(FourClasses(), dataset=info.name, eps=eps, test_points=AA_POINTS, aa_points=AA_POINTS,
+                               seed=0, store=tmp_path / "home")
     points = run.store.points(run.id)["last"]
-    pgd, aa = torch.from_numpy(points["test_pgd"]), torch.from_numpy(points["aa"])
+    pgd, aa = torch.from_numpy(points["test_pgd"]), torch.from_numpy(points["test_aa"])
     results = run.results["last"]
-    assert results["shared_points"] == AA_POINTS and results["shared_pgd_robust"] == int(pgd.sum()) >= 20
-    assert results["shared_aa_breaks"] == int((pgd & ~aa).sum())
-    assert results["shared_pgd_breaks"] == int((aa & ~pgd).sum()) == 0
-    share = results["shared_aa_breaks"] / results["shared_pgd_robust"]
+    assert results["test_shared_points"] == AA_POINTS and results["test_shared_pgd_robust"] == int(pgd.sum()) >= 20
+    assert results["test_shared_aa_breaks"] == int((pgd & ~aa).sum())
+    assert results["test_shared_pgd_breaks"] == int((aa & ~pgd).sum()) == 0
+    share = results["test_shared_aa_breaks"] / results["test_shared_pgd_robust"]
     assert share >= 0.5 if warned else 0.25 < share < 0.5, share
     warnings = [w for w in evaluation_warnings(results) if w.startswith("AutoAttack broke")]
     assert bool(warnings) == warned

@@ -44,7 +44,8 @@ def catalogue_with(tmp_path, suites: str):
 def test_shipped_suites_expand_into_prepared_cells():
     catalogue = load_catalogue()
     sizes = {name: len(load_suite(catalogue, name).cells(catalogue)) for name in catalogue.suites}
-    assert sizes == {"tiny": 4, "co-fmnist": 90, "ro-fmnist": 8, "co-cifar10": 81, "ro-cifar10": 4}
+    assert sizes == {"tiny": 4, "co-fmnist": 90, "ro-fmnist": 8, "co-cifar10": 81, "ro-cifar10": 4,
+                     "co-cifar10jpeg": 48}
     suite = load_suite(catalogue, "co-fmnist")
     cells = suite.cells(catalogue, data_root="/data", device="cpu")
     ablation = [c for c in cells if c.regularizer == "der-all"]
@@ -196,12 +197,12 @@ def test_the_suite_leaderboard_aggregates_seeds(tmp_path):
     catalogue = load_catalogue()
     cells = load_suite(catalogue, "tiny").cells(catalogue)  # fgsm x (none, der) x seeds 0, 1
     store = Store(tmp_path)
-    _fake_run(store, cells[0], test_clean_acc=0.8, test_pgd_acc=(0.5, 0.4), aa_acc=0.3, co=1.0, train_dE_mean=0.5,
-              passes_per_example=2.0, shared_pgd_robust=16.0, shared_aa_breaks=4.0)
-    _fake_run(store, cells[1], test_clean_acc=0.9, test_pgd_acc=(0.5, 0.2), aa_acc=0.3, co=0.0, train_dE_mean=0.7,
-              passes_per_example=2.0, wall_time=20.0, shared_pgd_robust=24.0, shared_aa_breaks=14.0,
-              check_randomized=0.0)
-    _fake_run(store, cells[2], test_clean_acc=0.7, test_pgd_acc=0.45, aa_acc=0.4, co=0.0, train_dE_mean=0.1,
+    _fake_run(store, cells[0], test_clean_acc=0.8, test_pgd_acc=(0.5, 0.4), test_aa_acc=0.3, co=1.0,
+              train_dE_mean=0.5, passes_per_example=2.0, test_shared_pgd_robust=16.0, test_shared_aa_breaks=4.0)
+    _fake_run(store, cells[1], test_clean_acc=0.9, test_pgd_acc=(0.5, 0.2), test_aa_acc=0.3, co=0.0,
+              train_dE_mean=0.7, passes_per_example=2.0, wall_time=20.0, test_shared_pgd_robust=24.0,
+              test_shared_aa_breaks=14.0, test_check_randomized=0.0)
+    _fake_run(store, cells[2], test_clean_acc=0.7, test_pgd_acc=0.45, test_aa_acc=0.4, co=0.0, train_dE_mean=0.1,
               passes_per_example=2.0)
     _fake_run(store, cells[3], status="failed")
     groups = group_cells(store, cells)
@@ -400,7 +401,7 @@ def test_when_no_candidate_passes_the_guard_the_most_accurate_is_taken_and_said(
     # the suite leaderboard marks the value that failed the guard; the tuning table names the reference run
     cells = suite.cells(catalogue, chosen=chosen_values(selections))
     for cell in cells:
-        _fake_run(store, cell, test_clean_acc=0.8, test_pgd_acc=0.4, aa_acc=0.3, co=0.0)
+        _fake_run(store, cell, test_clean_acc=0.8, test_pgd_acc=0.4, test_aa_acc=0.3, co=0.0)
     def text(table) -> list[str]:
         console = Console(width=300, record=True, color_system=None)
         console.print(table)

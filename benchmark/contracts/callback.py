@@ -42,7 +42,8 @@ class Callback:
     (after the optimizer step); ``on_train_epoch_end`` (training metrics of the epoch, before
     validation), ``on_validation_end``
     (the epoch's complete metrics, before they are stored: add keys to store more), ``on_epoch_end``
-    (after the epoch and the resume state are saved), and ``on_fit_end``. A callback observes: it must not
+    (after the epoch and the resume state are saved), and ``on_fit_end``; after the test evaluation of the best and
+    last checkpoints, ``on_test_end`` (their stored test results). A callback observes: it must not
     change the model, the data or the optimizer, so callbacks never change a run's config hash. It may
     ask the run to stop (``run.request_stop``). ``state_dict``/``load_state_dict`` carry its state across a
     resume (plain containers only). A callback that raises fails its run with a message naming it; the
@@ -78,6 +79,9 @@ class Callback:
 
     def on_fit_end(self, run: Run) -> None:  # noqa: B027
         """Training ended (all epochs, a stop request, or early stopping)."""
+
+    def on_test_end(self, run: Run, results: dict[str, dict[str, float]]) -> None:  # noqa: B027
+        """The best and last checkpoints were evaluated on the test set: ``results["best"]``, ``results["last"]``."""
 
     def state_dict(self) -> dict[str, Any]:
         """What ``load_state_dict`` needs to continue after a resume (plain containers)."""

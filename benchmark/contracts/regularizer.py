@@ -30,6 +30,12 @@ class Regularizer(ABC):
     tells the regularizer whether its trainer is single-step (set by the harness through
     ``create_regularizer``; None when it was built without one). Each forward call the penalty makes on
     the model counts as one more forward+backward pass per example in the run's cost.
+
+    What it did: the harness records every batch's penalty and, per epoch, its mean (``train_reg_penalty``)
+    and the share of batches where it was not zero (``train_reg_active``); a run whose penalty was zero in
+    every batch says so. Optionally, ``penalty`` calls ``self.report_acted(fraction)`` with the share of the
+    batch it acted on (a 0-dim tensor, read by the harness once per epoch, or a number), and ``acts_on`` names
+    those samples; the epoch's mean is ``train_reg_acted``. A regularizer that does not report still works.
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
@@ -39,9 +45,21 @@ class Regularizer(ABC):
     acts_on_energy: ClassVar[bool] = False
     name: ClassVar[str] = ""
     trainer_single_step: bool | None = None
+    #: The share of the batch the last ``penalty`` call acted on, as it reported it (None: not reported).
+    acted: torch.Tensor | float | None = None
 
     def __init__(self, **params):
         self.params = parse_params(self.Params, params, f"regularizer {self.name or type(self).__name__!r}")
+
+    @property
+    def acts_on(self) -> str:
+        """What ``report_acted`` counts, as the epoch line names it (default: ``samples``)."""
+        return "samples"
+
+    def report_acted(self, fraction: torch.Tensor | float) -> None:
+        """Optional, from ``penalty``: the share of this batch the penalty acted on (e.g. DER's abnormal adversarial
+        examples); a tensor is kept on the device (no host synchronisation)."""
+        self.acted = fraction.detach() if isinstance(fraction, torch.Tensor) else float(fraction)
 
     @property
     def needs_attack_start(self) -> bool:

@@ -5,7 +5,9 @@ A model is named by reference: ``robustbench:NAME`` (RobustBench's model zoo, th
 name, an energybench checkpoint file, or a run id. It is evaluated like a run's final test
 evaluation (clean, FGSM and PGD accuracy, AutoAttack, energy statistics) and stored as a run of
 trainer ``external`` whose ``trainer_params`` record where the weights came from. Its ``best``
-and ``last`` results are the same numbers, so it takes part in every leaderboard.
+and ``last`` results are the same numbers, so it takes part in every leaderboard. Its stored config holds
+what applies to an evaluation (``EVALUATION_FIELDS``), none of the training settings; the same weights under
+the same protocol (the same config hash) are evaluated once (``stored_evaluation``).
 """
 
 from __future__ import annotations
@@ -23,20 +25,26 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from energybench.config import Catalogue, RunConfig, parse_eps, readable, select_device
+from energybench.config import Catalogue, RunConfig, cpu_threads, parse_eps, readable, select_device
 from energybench.contracts.dataset import Dataset
 from energybench.data.counts import fit_counts
-from energybench.data.datasets import get_dataset, load_dataset
+from energybench.data.datasets import Split, get_dataset, load_dataset
 from energybench.errors import EnergybenchError
 from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.robustbench_compat import ZOO_PREFIX, load_zoo_model
-from energybench.evaluation.robustness import as_float
+from energybench.evaluation.robustness import Measurement, as_float
 from energybench.ops.modes import eval_mode
-from energybench.storage.store import Store
+from energybench.storage.store import RunRecord, Store
 from energybench.storage.trained import load_trained
 
 #: The trainer name of runs that evaluate a model trained elsewhere.
 EXTERNAL = "external"
+#: What an evaluation's stored config holds: where the model came from and the test protocol, no training setting
+#: (every other field keeps its default, so the config hash is recomputed from what is stored).
+EVALUATION_FIELDS: dict[str, Any] = {
+    **{k: True for k in ("track", "name", "dataset", "model", "trainer", "trainer_params", "regularizer", "eps",
+                         "norm", "seed", "device", "threads", "data_root")},
+    "eval": {"test_points", "pgd_steps", "pgd_restarts", "aa_points", "aa_version", "batch_size"}}
 
 
 @dataclass
@@ -139,23 +147,24 @@ def _from_source(source: dict[str, Any], store: Store, dataset: str, label: str,
     return resolve_model(source["path"], store, dataset=dataset, model=source.get("model"))
 
 
-def _default_track(catalogue: Catalogue, dataset: str) -> str | None:
+def default_track(catalogue: Catalogue, dataset: str) -> str | None:
     """The first track of the catalogue on ``dataset``, whose protocol evaluates its models."""
     return next((name for name, t in catalogue.tracks.items() if t.settings.get("dataset") == dataset), None)
 
 
 def eval_config(catalogue: Catalogue, external: ExternalModel, *, track: str | None = None,
                 eps: str | float | None = None, norm: str | None = None, aa_points: int | None = None,
-                test_points: int | None = None, seed: int | None = None, device: str = "auto",
-                data_root: str | None = None) -> RunConfig:
-    """The stored config of an evaluation: the track's eps, norm and protocol, then explicit options."""
-    track = track or external.track or _default_track(catalogue, external.info.name)
+                aa_version: str | None = None, test_points: int | None = None, seed: int | None = None,
+                device: str = "auto", data_root: str | None = None, name: str | None = None) -> RunConfig:
+    """The config of an evaluation: the track's eps, norm, protocol and CPU threads, then explicit options."""
+    track = track or external.track or default_track(catalogue, external.info.name)
     settings = catalogue.track(track).settings if track else {}
     if track and settings.get("dataset") != external.info.name:
         raise EnergybenchError(f"track {track!r} is on {settings.get('dataset')!r} but the model is evaluated on "
                                f"{external.info.name!r}; pick a track on that dataset or none")
-    protocol = dict(settings.get("eval", {}))
-    protocol.update({k: v for k, v in {"aa_points": aa_points, "test_points": test_points}.items() if v is not None})
+    protocol = {k: v for k, v in settings.get("eval", {}).items() if k in EVALUATION_FIELDS["eval"]}
+    protocol.update({k: v for k, v in {"aa_points": aa_points, "aa_version": aa_version,
+                                       "test_points": test_points}.items() if v is not None})
     if eps is None and "eps" not in settings:
         raise EnergybenchError(f"no track on {external.info.name!r} gives an eps: pass --eps (e.g. 8/255)")
     if eps is None and norm is not None and norm != settings.get("norm", "Linf"):
@@ -165,8 +174,9 @@ def eval_config(catalogue: Catalogue, external: ExternalModel, *, track: str | N
         eps_value = parse_eps(eps if eps is not None else settings["eps"])
         fields = {"track": track, "dataset": external.info.name, "model": external.label, "trainer": EXTERNAL,
                   "trainer_params": external.source, "regularizer": "none", "eps": eps_value,
-                  "norm": norm or settings.get("norm", "Linf"), "eval": protocol,
-                  "seed": external.seed if seed is None else seed, "device": device, "data_root": data_root}
+                  "norm": norm or settings.get("norm", "Linf"), "eval": protocol, "name": name,
+                  "seed": external.seed if seed is None else seed, "device": device, "data_root": data_root,
+                  "threads": settings.get("threads")}
         return RunConfig(**fields)
     except ValueError as exc:
         message = readable(exc) if isinstance(exc, ValidationError) else str(exc)
@@ -189,16 +199,28 @@ def _check_outputs(model: nn.Module, x: torch.Tensor, info: Dataset, label: str)
                                "no accuracy can be measured from them")
 
 
-def evaluate_external(external: ExternalModel, config: RunConfig, store: Store, *,
-                      on_stage: Callable[[str], None] | None = None,
-                      on_warning: Callable[[str], None] | None = None) -> str:
-    """Evaluate ``external`` with ``config``'s protocol on the test set; store it as a run; return its id.
+def stored_evaluation(store: Store, config: RunConfig) -> RunRecord | None:
+    """The completed evaluation of the same weights under the same protocol (``config``'s hash), if ``store`` has one
+    (the latest)."""
+    done = store.runs(config_hash=config.config_hash())
+    return done[-1] if done else None
 
-    A damaged store, the data, the device and the model's outputs on two test images are checked
-    before the run is stored: a refused input stores nothing. ``on_warning`` hears the counts fitted
-    to the test set (``fit_counts``)."""
-    stage = on_stage or (lambda text: None)
-    store.check_integrity()
+
+@dataclass
+class Prepared:
+    """What an evaluation runs on once its input is accepted: the config with its counts fitted to the test set,
+    the model on its device, the test split."""
+
+    config: RunConfig
+    model: nn.Module
+    test: Split
+    device: torch.device
+
+
+def prepare_external(external: ExternalModel, config: RunConfig, *,
+                     note: Callable[[str], None] = lambda text: None) -> Prepared:
+    """The checks a refused input fails before anything is stored: the device, the data and the model's outputs on
+    two test images; counts larger than the test set are fitted to it (``fit_counts``), each with a ``note``."""
     device = select_device(config.device)
     model = external.model.to(device)
     data = load_dataset(config.dataset, data_root=config.data_root, val_size=1)  # only its test split is used
@@ -206,22 +228,56 @@ def evaluate_external(external: ExternalModel, config: RunConfig, store: Store, 
         _check_outputs(model, as_float(data.test.x[:2], device), external.info, external.label)
     config, warnings = fit_counts(config, data, validation=False)
     for warning in warnings:
-        (on_warning or (lambda text: None))(warning)
-    run_id = store.create_run(config.model_dump(), config.config_hash())
-    start = time.perf_counter()
-    try:
-        torch.manual_seed(config.seed)
-        measured = test_evaluation(model, data.test, config, device, stage)
-        for tag in ("last", "best"):
-            store.add_results(run_id, tag, measured.metrics)
-            store.add_points(run_id, tag, measured.correct)
-    except KeyboardInterrupt:
-        store.set_status(run_id, "interrupted", error="interrupted by the user",
-                         wall_time=time.perf_counter() - start)
-        raise
-    except Exception as exc:
-        message = str(exc) if isinstance(exc, EnergybenchError) else f"{type(exc).__name__}: {exc}"
-        store.set_status(run_id, "failed", error=message, wall_time=time.perf_counter() - start)
-        raise
-    store.set_status(run_id, "done", wall_time=time.perf_counter() - start)
+        note(warning)
+    return Prepared(config, model, data.test, device)
+
+
+def measure(prepared: Prepared, *, stage: Callable[[str], None] = lambda text: None,
+            note: Callable[[str], None] = lambda text: None) -> Measurement:
+    """The protocol's test evaluation (``test_evaluation``) of a prepared model; nothing is stored."""
+    torch.manual_seed(prepared.config.seed)
+    return test_evaluation(prepared.model, prepared.test, prepared.config, prepared.device, stage, note)
+
+
+def measure_external(external: ExternalModel, config: RunConfig, *, stage: Callable[[str], None] = lambda text: None,
+                     note: Callable[[str], None] = lambda text: None) -> Measurement:
+    """Evaluate ``external`` with ``config``'s protocol on the test set, on its CPU threads; nothing is stored."""
+    with cpu_threads(config.threads):
+        return measure(prepare_external(external, config, note=note), stage=stage, note=note)
+
+
+def evaluate_external(external: ExternalModel, config: RunConfig, store: Store, *,
+                      stage: Callable[[str], None] = lambda text: None,
+                      note: Callable[[str], None] = lambda text: None) -> str:
+    """Evaluate ``external`` and store it as a run (its config: ``EVALUATION_FIELDS``); return its id.
+
+    A damaged store and a refused input (``prepare_external``) store nothing; the same weights under the same
+    protocol already evaluated in ``store`` are not evaluated again: the run that holds the result is returned
+    (with a ``note``)."""
+    store.check_integrity()
+    with cpu_threads(config.threads):
+        prepared = prepare_external(external, config, note=note)
+        config = prepared.config
+        done = stored_evaluation(store, config)
+        if done is not None:
+            named = f" (named {done.config['name']!r})" if done.config.get("name") else ""
+            note(f"run {done.id}{named} already holds this result: the same weights under the same protocol "
+                 "(config hash); not evaluated again")
+            return done.id
+        run_id = store.create_run(config.model_dump(include=EVALUATION_FIELDS), config.config_hash())
+        start = time.perf_counter()
+        try:
+            measured = measure(prepared, stage=stage, note=note)
+            for tag in ("last", "best"):
+                store.add_results(run_id, tag, measured.metrics)
+                store.add_points(run_id, tag, measured.correct)
+        except KeyboardInterrupt:
+            store.set_status(run_id, "interrupted", error="interrupted by the user",
+                             wall_time=time.perf_counter() - start)
+            raise
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, EnergybenchError) else f"{type(exc).__name__}: {exc}"
+            store.set_status(run_id, "failed", error=message, wall_time=time.perf_counter() - start)
+            raise
+        store.set_status(run_id, "done", wall_time=time.perf_counter() - start)
     return run_id

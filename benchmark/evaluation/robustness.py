@@ -97,7 +97,7 @@ def robustness(model: nn.Module, split: Split, *, n: int | None, eps: float, nor
     if margin is not None:
         correct["worst"] = [p & m for p, m in zip(correct["pgd"], correct["margin"])]
     vectors = {f"{prefix}{k}": torch.cat(v).cpu() for k, v in correct.items()}
-    metrics = {f"{name}_acc": float(v.float().mean()) for name, v in vectors.items()}
+    metrics = {f"{name}_acc": int(v.sum()) / len(v) for name, v in vectors.items()}  # k/n exactly
     metrics.update(trace.summary(prefix=prefix))
     return Measurement(metrics, vectors)
 
@@ -111,9 +111,9 @@ def autoattack_accuracy(model: nn.Module, split: Split, *, n: int, eps: float, n
     with eval_mode(model):
         result = run_autoattack(model, x, y, eps=eps, norm=norm, version=version, seed=seed,
                                 batch_size=batch_size, on_message=on_message)
-    metrics = {"aa_acc": result.accuracy, "aa_points": float(n)}
-    metrics.update({f"aa_{name}_acc": acc for name, acc in result.per_attack.items()})
-    return Measurement(metrics, {"aa": result.robust.cpu()})
+    metrics = {"test_aa_acc": result.accuracy, "test_aa_points": float(n)}
+    metrics.update({f"test_aa_{name}_acc": acc for name, acc in result.per_attack.items()})
+    return Measurement(metrics, {"test_aa": result.robust.cpu()})
 
 
 def catastrophic_overfitting(history: list[dict[str, float]], protocol: EvalProtocol, n: int) -> list[bool]:

@@ -7,15 +7,15 @@ with its results; ``evaluation_warnings`` turns stored results into warnings, so
 printed again for any stored run. The checks and their thresholds follow AutoAttack's
 ``checks.py`` (Croce & Hein, 2020):
 
-- ``check_randomized``: two forward passes on the same inputs differ (eval mode): attacks that
+- ``test_check_randomized``: two forward passes on the same inputs differ (eval mode): attacks that
   assume a deterministic model overestimate robustness (use EOT, or AutoAttack's ``rand``).
-- ``check_probability_outputs``: the outputs lie in [0, 1] and sum to 1: cross-entropy on
+- ``test_check_probability_outputs``: the outputs lie in [0, 1] and sum to 1: cross-entropy on
   probabilities saturates, which weakens gradient attacks.
-- ``check_zero_grad_frac``: fraction of points whose input gradient of the loss is exactly zero.
+- ``test_check_zero_grad_frac``: fraction of points whose input gradient of the loss is exactly zero.
 - PGD weaker than FGSM: the multi-step attack leaves a higher accuracy than the single-step one
   it contains (test_pgd_acc above test_fgsm_acc): its steps are misled by the loss surface.
 - Square beats white-box: the black-box Square attack lowers AutoAttack's accuracy after the
-  white-box attacks have run (aa_square_acc below the accuracy before it).
+  white-box attacks have run (test_aa_square_acc below the accuracy before it).
 - AutoAttack breaks what PGD left robust (``attack_disagreement``): on the test points both attacks
   share, the points PGD leaves robust that AutoAttack breaks. A few are normal (AutoAttack is the
   stronger attack); many mean the PGD number, and whatever was chosen by it, overstates robustness.
@@ -78,20 +78,21 @@ def model_checks(model: nn.Module, split: Split, *, device: torch.device, n: int
     zero = (grad.flatten(1).abs().sum(1) == 0).float().mean()
     randomized, probs, zero_frac = torch.stack([(spread > RANDOM_TOLERANCE).float(), probabilities.float(),
                                                 zero]).tolist()
-    return {"check_randomized": randomized, "check_probability_outputs": probs, "check_zero_grad_frac": zero_frac}
+    return {"test_check_randomized": randomized, "test_check_probability_outputs": probs,
+            "test_check_zero_grad_frac": zero_frac}
 
 
 def attack_disagreement(correct: dict[str, torch.Tensor], prefix: str = "test_") -> dict[str, float]:
     """Per-point PGD against AutoAttack on the points both evaluated (the first n of the split): how many
-    points PGD leaves robust (``shared_pgd_robust``), how many of those AutoAttack breaks
-    (``shared_aa_breaks``), and the other way round (``shared_pgd_breaks``); empty without both."""
-    pgd, aa = correct.get(f"{prefix}pgd"), correct.get("aa")
+    points PGD leaves robust (``test_shared_pgd_robust``), how many of those AutoAttack breaks
+    (``test_shared_aa_breaks``), and the other way round (``test_shared_pgd_breaks``); empty without both."""
+    pgd, aa = correct.get(f"{prefix}pgd"), correct.get(f"{prefix}aa")
     if pgd is None or aa is None:
         return {}
     n = min(len(pgd), len(aa))
     pgd, aa = pgd[:n].bool(), aa[:n].bool()
-    return {"shared_points": float(n), "shared_pgd_robust": float(pgd.sum()),
-            "shared_aa_breaks": float((pgd & ~aa).sum()), "shared_pgd_breaks": float((aa & ~pgd).sum())}
+    counts = {"points": n, "pgd_robust": pgd.sum(), "aa_breaks": (pgd & ~aa).sum(), "pgd_breaks": (aa & ~pgd).sum()}
+    return {f"{prefix}shared_{name}": float(count) for name, count in counts.items()}
 
 
 def masking_suspected(pgd_robust: float, aa_breaks: float) -> bool:
@@ -103,25 +104,25 @@ def masking_suspected(pgd_robust: float, aa_breaks: float) -> bool:
 def evaluation_warnings(metrics: dict[str, float]) -> list[str]:
     """Warnings about one checkpoint's stored test metrics (empty when the evaluation looks sound)."""
     out = []
-    if metrics.get("check_randomized"):
+    if metrics.get("test_check_randomized"):
         out.append("the model is randomised (two forward passes on the same input differ): deterministic "
                    "attacks overestimate its robustness; evaluate with EOT or AutoAttack's rand version")
-    if metrics.get("check_probability_outputs"):
+    if metrics.get("test_check_probability_outputs"):
         out.append("the model outputs probabilities, not logits: cross-entropy attacks saturate and "
                    "overestimate robustness")
-    if metrics.get("check_zero_grad_frac"):
-        out.append(f"{metrics['check_zero_grad_frac']:.0%} of checked points have an exactly zero input "
+    if metrics.get("test_check_zero_grad_frac"):
+        out.append(f"{metrics['test_check_zero_grad_frac']:.0%} of checked points have an exactly zero input "
                    "gradient: gradient masking makes gradient attacks unreliable")
     fgsm, pgd = metrics.get("test_fgsm_acc"), metrics.get("test_pgd_acc")
     if fgsm is not None and pgd is not None and pgd > fgsm + ACC_MARGIN:
         out.append(f"PGD leaves a higher accuracy ({pgd:.1%}) than FGSM ({fgsm:.1%}): the stronger attack "
                    "is weaker, a sign of gradient masking")
-    square = metrics.get("aa_square_acc")
-    before = [metrics[f"aa_{name}_acc"] for name in WHITE_BOX if f"aa_{name}_acc" in metrics]
+    square = metrics.get("test_aa_square_acc")
+    before = [metrics[f"test_aa_{name}_acc"] for name in WHITE_BOX if f"test_aa_{name}_acc" in metrics]
     if square is not None and before and square < min(before) - SQUARE_MARGIN:
         out.append(f"the black-box Square attack lowered accuracy from {min(before):.1%} to {square:.1%} "
                    "after the white-box attacks: a sign of gradient masking")
-    robust, broken = metrics.get("shared_pgd_robust"), metrics.get("shared_aa_breaks")
+    robust, broken = metrics.get("test_shared_pgd_robust"), metrics.get("test_shared_aa_breaks")
     if robust is not None and broken is not None and masking_suspected(robust, broken):
         out.append(f"AutoAttack broke {broken:.0f} of the {robust:.0f} test points PGD left robust "
                    f"({broken / robust:.0%}; at most {MASKING_FRACTION:.0%} is expected): the PGD accuracy "

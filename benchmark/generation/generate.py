@@ -43,7 +43,7 @@ from energybench.contracts.registry import create_sampler, get_registry
 from energybench.contracts.sampler import SampleBatch, Sampler
 from energybench.data.datasets import Split, load_dataset, offline
 from energybench.errors import EnergybenchError
-from energybench.files import write_error
+from energybench.files import make_folder
 from energybench.generation.feature_extractors import DomainExtractor, domain_extractor, inception_cache_path
 from energybench.generation.metrics import domain_metrics, inception_metrics, to_uint8, within_class_diversity
 from energybench.storage.checkpoint import atomic_write
@@ -206,11 +206,7 @@ def generate(ref: str, store: Store, catalogue: Catalogue, *, samplers: list[str
     dev = select_device(device)
     net = trained.model.to(dev).eval()
 
-    folder = Path(out_dir) if out_dir else store.home / "generative" / new_id()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_error(folder, exc) from None
+    folder = make_folder(Path(out_dir) if out_dir else store.home / "generative" / new_id())
     data = load_dataset(info.name, data_root=data_root, val_size=1)
     real = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
     measure = SampleMetrics(real, info, store.home, n=n, seed=seed, features=chosen,

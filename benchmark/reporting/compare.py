@@ -18,7 +18,6 @@ verdict in words (``energybench.evaluation.statistics.verdict``): a test that se
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -170,7 +169,7 @@ def compare(store: Store, ref_a: str, ref_b: str, checkpoint: str = "last", marg
         raise EnergybenchError(f"unknown checkpoint {checkpoint!r} (use best or last)")
     a, b = resolve(store, ref_a), resolve(store, ref_b)
     _check_comparable(ref_a, a, ref_b, b)
-    metrics = [m for m in ACCURACIES.values() if not (math.isnan(a.get(checkpoint, m)) and
+    metrics = [m for m in ACCURACIES if not (math.isnan(a.get(checkpoint, m)) and
                                                      math.isnan(b.get(checkpoint, m)))]
     return RowComparison((ref_a, ref_b), (a, b), [compare_rows(a, b, checkpoint, m) for m in metrics], margin)
 
@@ -231,8 +230,9 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def comparison_json(result: RowComparison) -> str:
-    """The comparison as JSON: both rows (their runs), then per accuracy the estimates, difference, interval, test."""
+def comparison_dict(result: RowComparison) -> dict:
+    """The comparison as plain data: both rows (their runs), then per accuracy the estimates, difference, interval,
+    test and verdict."""
     def row_json(ref: str, row: Row) -> dict:
         runs = row.runs if isinstance(row, SeedGroup) else [row.run]
         return {"ref": ref, "runs": [r.id for r in runs], "seeds": [r.seed for r in runs],
@@ -242,12 +242,13 @@ def comparison_json(result: RowComparison) -> str:
     metrics = []
     for c in result.comparisons:
         d = c.difference
-        metrics.append({"metric": next(k for k, v in ACCURACIES.items() if v == c.metric), "checkpoint": c.checkpoint,
+        metrics.append({"metric": c.metric, "checkpoint": c.checkpoint,
                         "a": _estimate_json(c.a, c.n_a), "b": _estimate_json(c.b, c.n_b),
                         "difference": None if d is None else d.value, "low": None if d is None else d.low,
                         "high": None if d is None else d.high, "p": None if d is None else d.p,
                         "test": None if d is None else d.test, "paired": c.paired,
                         "significant": c.significant, "verdict": None if d is None else result.verdict(c),
                         "note": c.note})
-    return json.dumps({"a": row_json(result.refs[0], result.rows[0]), "b": row_json(result.refs[1], result.rows[1]),
-                       "level": LEVEL, "margin": result.margin, "metrics": metrics}, indent=2) + "\n"
+    return {"a": row_json(result.refs[0], result.rows[0]), "b": row_json(result.refs[1], result.rows[1]),
+            "level": LEVEL, "margin": result.margin, "metrics": metrics}
+

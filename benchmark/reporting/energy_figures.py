@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -284,3 +285,15 @@ def trace_table(traces: list[RunTrace]) -> Table:
                       cell(t.val_fgsm, ".0%"), ", ".join(map(str, t.co_epochs)) or "-",
                       "-" if t.alarm_epoch is None else f"epoch {t.alarm_epoch:.2f}")
     return table
+
+
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG file, atomically (a path that cannot be written is one clear line)."""
+    import io
+
+    from energybench.storage.checkpoint import atomic_write
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    atomic_write(Path(path), buffer.getvalue())
+    return Path(path)

@@ -1,13 +1,14 @@
 """Leaderboards to share: filtered, sorted, seed-grouped, as a table, markdown, csv, json or html.
 
-A ``Leaderboard`` holds one ``Ranking`` per setting (dataset, model, threat model, eps: rows are
-only ever ranked against rows of the same setting, see ``energybench.reporting.leaderboard``) and
-published reference rows (``energybench.storage.references.Reference``). The human formats (table,
-markdown, html) show one table per setting with the terminal leaderboard's columns, every accuracy
-with its 95 % interval; csv and json carry the same numbers unrounded (accuracies as fractions, with
-their interval bounds and n) under the field names of ``FIELDS``, and json also each run's per-point
-correctness. Reference rows always come apart, after the measured ones, with rank ``-`` (null in
-json): they are never ranked.
+A ``Leaderboard`` holds one ``Ranking`` per setting (dataset, threat model, eps, and the architecture with
+``per_arch``: rows are only ever ranked against rows of the same setting, see
+``energybench.reporting.leaderboard``), each with its published reference rows
+(``energybench.storage.references.Reference``). The human formats (table, markdown, html) show one table per
+setting with the terminal leaderboard's columns, every accuracy with its 95 % interval, the references in
+italics below the ranked rows; csv and json carry the same numbers as stored (7 significant digits; accuracies
+as fractions, with their interval bounds and n) under the field names of ``FIELDS`` (the result keys), and json
+also each run's per-point correctness. Reference rows always come after the measured ones, with rank ``-``
+(null in json): they are never ranked.
 """
 
 from __future__ import annotations
@@ -25,30 +26,31 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from energybench.config import Catalogue, format_eps, parse_eps
+from energybench.config import Catalogue, parse_eps
 from energybench.errors import EnergybenchError
 from energybench.reporting.leaderboard import (
     Column,
     Entry,
     Ranking,
+    aa_version,
     by_setting,
     caption,
     collect,
     columns,
+    method_label,
     rank,
     rank_text,
     ranking_table,
     rankings,
     versus_text,
+    with_references,
 )
-from energybench.reporting.rows import ACCURACIES, Row, SeedGroup, group_seeds
+from energybench.reporting.rows import ACCURACIES, LABELS, Row, SeedGroup, group_seeds
 from energybench.reporting.templating import render
 from energybench.storage.references import Reference, load_references
-from energybench.storage.store import Store, pack_points, unpack_points
+from energybench.storage.store import Store, pack_points, stored_value, unpack_points
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
-REFERENCE_STYLE = "italic magenta"
-REFERENCE_TITLE = "Published reference rows (not measured here, never ranked)"
 
 
 def _metric(checkpoint: str, name: str) -> Callable[[Row], float]:
@@ -59,10 +61,16 @@ def _joined(texts: list[str] | None) -> str | None:
     return None if texts is None else "; ".join(texts)
 
 
-#: The accuracy fields of the exports: name -> (checkpoint, result key). Each has ``<name>_low``,
-#: ``<name>_high`` (95 % interval), ``<name>_n`` (test points) and, for seed groups, ``<name>_std``.
-ACCURACY_FIELDS = ({name: ("last", metric) for name, metric in ACCURACIES.items()}
-                   | {f"{name}_best": ("best", ACCURACIES[name]) for name in ("clean", "pgd", "aa")})
+#: The accuracy fields of the exports: name -> (checkpoint, result key): the result key itself for the last checkpoint,
+#: ``best_`` and the key for the best one. Each has ``<name>_low``, ``<name>_high`` (95 % interval), ``<name>_n`` (test
+#: points) and, for seed groups, ``<name>_std``.
+_BEST = ("test_clean_acc", "test_pgd_acc", "test_aa_acc")  # the accuracies exported for the best checkpoint too
+ACCURACY_FIELDS = ({metric: ("last", metric) for metric in ACCURACIES}
+                   | {f"best_{metric}": ("best", metric) for metric in _BEST})
+#: Short names ``--sort`` also accepts (the column headers' words): short name -> field.
+SORT_ALIASES = ({LABELS[metric].lower(): metric for metric in ACCURACIES}
+                | {f"{LABELS[metric].lower()}_best": f"best_{metric}" for metric in _BEST}
+                | {"dE": "train_dE_mean", "test_dE": "test_dE_mean", "time": "wall_time"})
 
 
 def _bound(checkpoint: str, metric: str, side: str) -> Callable[[Row], float]:
@@ -81,9 +89,12 @@ def _interval_fields() -> list[Column]:
     return fields
 
 
-#: Machine-readable fields of a measured row (csv/json); accuracies are fractions of the test points.
+#: Machine-readable fields of a measured row (csv/json); accuracies are fractions of the test points. Metrics carry
+#: their result keys (``energybench.storage.result_keys``).
 FIELDS: list[Column] = [
     Column("id", lambda r: r.run.id),
+    Column("name", lambda r: r.run.config.get("name")),
+    Column("method", method_label),
     Column("trainer", lambda r: r.run.trainer),
     Column("regularizer", lambda r: r.run.regularizer),
     Column("dataset", lambda r: r.run.dataset),
@@ -93,30 +104,34 @@ FIELDS: list[Column] = [
     Column("seed", lambda r: r.run.seed),
     Column("track", lambda r: r.run.track),
     Column("suite", lambda r: r.run.suite),
+    Column("aa_version", aa_version),
     *(Column(name, _metric(checkpoint, metric)) for name, (checkpoint, metric) in ACCURACY_FIELDS.items()),
     *_interval_fields(),
-    Column("aa_points", _metric("last", "aa_points")),
     Column("co", _metric("last", "co")),
-    Column("dE", _metric("last", "train_dE_mean")),
-    Column("test_dE", _metric("last", "test_dE_mean")),
-    Column("time", lambda r: r.run.wall_time),
+    Column("train_dE_mean", _metric("last", "train_dE_mean")),
+    Column("test_dE_mean", _metric("last", "test_dE_mean")),
+    *(Column(key, _metric("last", key)) for key in ("train_reg_penalty", "train_reg_acted", "train_reg_active")),
+    Column("wall_time", lambda r: r.run.wall_time),
     Column("warnings", lambda r: _joined(r.warnings())),
 ]
-_TEXT_FIELDS = {"id", "trainer", "regularizer", "dataset", "model", "norm", "track", "suite", "source", "link",
-                "warnings"}
+_TEXT_FIELDS = {"id", "name", "method", "trainer", "regularizer", "dataset", "model", "norm", "track", "suite",
+                "aa_version", "source", "link", "warnings"}
 
 
 @dataclass
 class Leaderboard:
-    """One ranking per setting, and reference rows, ready to format."""
+    """One ranking per setting, each with the setting's reference rows, ready to format."""
 
     title: str
     rankings: list[Ranking]
-    references: list[Reference]
 
     @property
     def rows(self) -> list[Row]:
         return [row for ranking in self.rankings for row in ranking.rows]
+
+    @property
+    def references(self) -> list[Reference]:
+        return list(dict.fromkeys(ref for ranking in self.rankings for ref in ranking.references))
 
     @property
     def grouped(self) -> bool:
@@ -140,14 +155,22 @@ def field_value(row: Row, name: str) -> Any:
 
 
 def sort_fields() -> list[str]:
-    """The field names ``--sort`` accepts."""
+    """The field names ``--sort`` accepts (besides the short names of ``SORT_ALIASES``)."""
     return [c.header for c in FIELDS] + [f"{n}_std" for n in ACCURACY_FIELDS] + ["n_seeds"]
+
+
+def sort_field(by: str) -> str:
+    """The field ``--sort BY`` means: a field name, or a short name such as ``aa`` or ``pgd_best``."""
+    by = SORT_ALIASES.get(by, by)
+    if by not in sort_fields():
+        raise EnergybenchError(f"cannot sort by {by!r}; use one of: {', '.join(sort_fields())} (or the short "
+                               f"names {', '.join(SORT_ALIASES)})")
+    return by
 
 
 def sort_rows(rows: list[Row], by: str, reverse: bool = False) -> list[Row]:
     """Rows sorted by field ``by``: numbers highest first, text A to Z (``reverse`` flips); gaps last."""
-    if by not in sort_fields():
-        raise EnergybenchError(f"cannot sort by {by!r}; use one of: {', '.join(sort_fields())}")
+    by = sort_field(by)
     text = by in _TEXT_FIELDS or by == "seed"
 
     def missing(v: Any) -> bool:
@@ -159,13 +182,12 @@ def sort_rows(rows: list[Row], by: str, reverse: bool = False) -> list[Row]:
     return sorted(present, key=key, reverse=(not text) != reverse) + absent
 
 
-def sorted_rankings(rows: list[Row], by: str, reverse: bool = False) -> list[Ranking]:
+def sorted_rankings(rows: list[Row], by: str, reverse: bool = False, per_arch: bool = False) -> list[Ranking]:
     """One ranking per setting ordered by field ``by``: an accuracy ranks with ties (tested differences),
     any other field only orders (ranks are positions)."""
-    if by not in sort_fields():
-        raise EnergybenchError(f"cannot sort by {by!r}; use one of: {', '.join(sort_fields())}")
+    by = sort_field(by)
     out = []
-    for setting, members in by_setting(rows).items():
+    for setting, members in by_setting(rows, per_arch).items():
         if by in ACCURACY_FIELDS:
             checkpoint, metric = ACCURACY_FIELDS[by]
             out.append(Ranking(setting, rank(members, metric, checkpoint, reverse), metric, checkpoint, order=by))
@@ -179,9 +201,10 @@ def build_leaderboard(store: Store, catalogue: Catalogue, *, dataset: str | None
                       eps: float | None = None, norm: str | None = None, track: str | None = None,
                       suite: str | None = None, trainer: str | None = None, sort: str | None = None,
                       reverse: bool = False, group: bool = False, references: bool = True,
-                      run_ids: Collection[str] | None = None, title: str = "Leaderboard") -> Leaderboard:
+                      per_arch: bool = False, run_ids: Collection[str] | None = None,
+                      title: str = "Leaderboard") -> Leaderboard:
     """Completed runs matching the filters (and in ``run_ids`` if given; seed-grouped if ``group``), ranked
-    per setting; plus matching references.
+    per setting (dataset, threat model, eps; and architecture with ``per_arch``), each with its references.
 
     References are filtered by dataset, eps and norm (a track's when ``track`` is given); without a
     dataset filter, only those on a dataset, eps and norm of a measured row are kept.
@@ -192,7 +215,7 @@ def build_leaderboard(store: Store, catalogue: Catalogue, *, dataset: str | None
         rows = [r for r in rows if r.run.id in run_ids]
     if group:
         rows = group_seeds(rows)
-    ranked = sorted_rankings(rows, sort, reverse) if sort else rankings(rows, reverse)
+    ranked = sorted_rankings(rows, sort, reverse, per_arch) if sort else rankings(rows, reverse, per_arch)
     refs: list[Reference] = []
     if references:
         if track is not None:
@@ -205,7 +228,7 @@ def build_leaderboard(store: Store, catalogue: Catalogue, *, dataset: str | None
         if dataset is None and rows:
             settings_seen = {(r.run.dataset, round(r.run.eps, 9), r.run.norm) for r in rows}
             refs = [r for r in refs if (r.dataset, round(r.eps, 9), r.norm) in settings_seen]
-    return Leaderboard(title, ranked, refs)
+    return Leaderboard(title, with_references(ranked, refs))
 
 
 # ----- human formats --------------------------------------------------------------------------
@@ -218,47 +241,26 @@ def _heading(board: Leaderboard, ranking: Ranking) -> str:
 def _cells(board: Leaderboard, entry: Entry) -> list[str]:
     """One row of a ranking table as text: rank, the display columns (the heading names the setting), the p-value
     of the test that decided the rank."""
-    return [rank_text(entry), *(c.fmt(c.value(entry.row)) for c in columns(settings=False, grouped=board.grouped)),
+    return [rank_text(entry), *(c.fmt(c.value(entry.row)) for c in columns(grouped=board.grouped)),
             versus_text(entry)]
+
+
+def _reference_cells(board: Leaderboard, ref: Reference) -> list[str]:
+    """A reference row as text: rank ``-``, what it publishes in the same columns, ``-`` for the rest."""
+    return ["-", *(c.reference(ref) for c in columns(grouped=board.grouped)), "-"]
 
 
 def _headers(board: Leaderboard) -> list[tuple[str, str]]:
     """(header, justify) of a ranking table's columns."""
-    return [("#", "right"), *((c.header, c.justify) for c in columns(settings=False, grouped=board.grouped)),
-            ("p", "right")]
+    return [("#", "right"), *((c.header, c.justify) for c in columns(grouped=board.grouped)), ("p", "right")]
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
-#: Columns of reference rows: (header, justify, text of a reference).
-REFERENCE_COLUMNS: list[tuple[str, str, Callable[[Reference], str]]] = [
-    ("reference", "left", lambda r: r.id),
-    ("method", "left", lambda r: r.method),
-    ("dataset", "left", lambda r: r.dataset),
-    ("architecture", "left", lambda r: r.architecture),
-    ("eps", "left", lambda r: f"{r.norm} {format_eps(r.eps)}"),
-    ("clean", "right", lambda r: _pct(r.clean)),
-    ("AA", "right", lambda r: _pct(r.aa)),
-    ("source", "left", lambda r: r.source + (" [secondary source]" if r.secondary else "")),
-]
-_REFERENCE_CAPTION = "published accuracy %, AutoAttack; rank '-': context, not a measurement of this benchmark"
-
-
-def rich_tables(board: Leaderboard) -> list[Table]:
-    """The leaderboard as rich tables: one ranking per setting, then the references in their own style."""
-    tables = [ranking_table(r, _heading(board, r), settings=False, grouped=board.grouped) for r in board.rankings]
-    if board.references:
-        table = Table(title=REFERENCE_TITLE, header_style="bold", title_justify="left", style=REFERENCE_STYLE,
-                      caption=_REFERENCE_CAPTION, caption_justify="left")
-        table.add_column("#", justify="right")
-        for header, justify, _ in REFERENCE_COLUMNS:
-            table.add_column(header, justify=justify)
-        for ref in board.references:
-            table.add_row("-", *(text(ref) for _, _, text in REFERENCE_COLUMNS), style=REFERENCE_STYLE)
-        tables.append(table)
-    return tables
+def rich_tables(board: Leaderboard, highlight: str | None = None, only: str | None = None) -> list[Table]:
+    """The leaderboard as rich tables, one per setting, its references in italics below its ranked rows;
+    ``highlight`` a run in bold, or ``only`` that run's row (``ranking_table``)."""
+    rankings = [r for r in board.rankings if only is None or only in {row.run.id for row in r.rows}]
+    return [ranking_table(r, _heading(board, r), grouped=board.grouped, highlight=highlight, only=only)
+            for r in rankings]
 
 
 def to_text(board: Leaderboard, width: int = 200) -> str:
@@ -270,23 +272,21 @@ def to_text(board: Leaderboard, width: int = 200) -> str:
 
 
 def template_context(board: Leaderboard) -> dict[str, Any]:
-    """What the markdown and HTML templates (reporting/templates) show of a leaderboard."""
+    """What the markdown and HTML templates (reporting/templates) show of a leaderboard: per setting its ranked
+    rows, then its reference rows."""
     return {
         "title": board.title,
         "headers": _headers(board),
         "tables": [{"label": r.setting.label, "caption": caption(r, board.grouped),
-                    "rows": [{"id": e.row.run.id, "cells": _cells(board, e)} for e in r.entries]}
+                    "rows": [{"id": e.row.run.id, "cells": _cells(board, e)} for e in r.entries],
+                    "references": [{"id": ref.id, "cells": _reference_cells(board, ref)} for ref in r.references]}
                    for r in board.rankings],
-        "reference_title": REFERENCE_TITLE,
-        "reference_headers": [(header, justify) for header, justify, _ in REFERENCE_COLUMNS],
-        "references": [{"id": ref.id, "cells": [text(ref) for _, _, text in REFERENCE_COLUMNS]}
-                       for ref in board.references],
     }
 
 
 def to_markdown(board: Leaderboard) -> str:
-    """GitHub markdown: one ranked table per setting with its caption, then the references (in italics,
-    rank ``-``) under their own heading."""
+    """GitHub markdown: one ranked table per setting, its references in italics (rank ``-``) below its ranked rows,
+    with its caption."""
     return render("leaderboard.md", board=template_context(board))
 
 
@@ -304,8 +304,12 @@ def _field_names(board: Leaderboard) -> list[str]:
     return names
 
 
-def _plain(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isnan(value) else value
+def _plain(value: Any, name: str = "") -> Any:
+    """A value as csv/json carry it: NaN as null, measured numbers to the store's significant digits (0.6, not the
+    0.6000000238418579 of a float32), settings (eps) exactly."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value if name == "eps" else stored_value(value)
 
 
 def _ranking_fields(ranking: Ranking, entry: Entry) -> dict[str, Any]:
@@ -314,7 +318,7 @@ def _ranking_fields(ranking: Ranking, entry: Entry) -> dict[str, Any]:
     difference = entry.versus.difference if entry.versus else None
     return {"rank": entry.rank, "setting": ranking.setting.label, "ranked_by": ranking.order or (
                 next(k for k, v in ACCURACY_FIELDS.items() if v == (ranking.checkpoint, ranking.metric))),
-            "p_above": None if difference is None else difference.p,
+            "p_above": None if difference is None else _plain(difference.p),
             "test_above": None if difference is None else difference.test,
             "compared_with": None if entry.leader is None else entry.leader.run.id}
 
@@ -324,11 +328,12 @@ def records(board: Leaderboard) -> tuple[list[dict[str, Any]], list[dict[str, An
     test_above and compared_with (the test that decided the rank, against the first row of the tie block above),
     then the fields."""
     names = _field_names(board)
-    measured = [{**_ranking_fields(ranking, entry), **{n: _plain(field_value(entry.row, n)) for n in names}}
+    measured = [{**_ranking_fields(ranking, entry), **{n: _plain(field_value(entry.row, n), n) for n in names}}
                 for ranking in board.rankings for entry in ranking.entries]
-    refs = [{"rank": None, "id": r.id, "method": r.method, "dataset": r.dataset, "model": r.architecture,
-             "norm": r.norm, "eps": r.eps, "clean": r.clean, "aa": r.aa, "source": r.source, "link": r.link,
-             "secondary": r.secondary} for r in board.references]
+    refs = [{"rank": None, "setting": ranking.setting.label, "id": r.id, "method": r.method, "dataset": r.dataset,
+             "model": r.architecture,
+             "norm": r.norm, "eps": r.eps, "test_clean_acc": r.clean, "test_aa_acc": r.aa, "source": r.source,
+             "link": r.link, "secondary": r.secondary} for ranking in board.rankings for r in ranking.references]
     return measured, refs
 
 

@@ -22,11 +22,8 @@ from rich.table import Table
 from energybench.config import Catalogue
 from energybench.contracts.registry import get_registry
 from energybench.errors import EnergybenchError
-from energybench.reporting.leaderboard import Column
+from energybench.reporting.leaderboard import REFERENCE_STYLE, Column
 from energybench.storage.store import GenerativeRecord, Store
-
-REFERENCE_STYLE = "italic magenta"
-
 
 #: Metrics whose value depends on the number of samples: their labels carry it (``FID@1000[fmnist-cnn]``).
 SIZED_METRICS = ("FID", "IS", "IS_std", "KID", "KID_std")

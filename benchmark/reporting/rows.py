@@ -2,7 +2,7 @@
 
 A ``Row`` gives each accuracy with its 95 % Wilson interval on the number of test points it was
 measured on: the length of its per-point correctness vector when the store has one, else the
-run's protocol (``eval.test_points``, the whole test split when None; ``aa_points`` for AutoAttack).
+run's protocol (``eval.test_points``, the whole test split when None; ``test_aa_points`` for AutoAttack).
 A ``SeedGroup`` merges runs that differ only in their seed: means, sample standard deviations and
 the t interval of each mean over the seeds (never narrower than the Wilson interval of the mean on
 the test points, which every seed shares).
@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from energybench.config import RunConfig
 from energybench.data.datasets import split_sizes
 from energybench.evaluation.sanity import evaluation_warnings
 from energybench.evaluation.statistics import Estimate, SeedSummary, accuracy, seed_summary, wilson
 from energybench.storage.store import RunRecord, Store
 
-#: The accuracies of a final evaluation: export field name -> result key (their per-point correctness in
-#: ``Store.points`` is keyed like the result without ``_acc``).
-ACCURACIES = {"clean": "test_clean_acc", "fgsm": "test_fgsm_acc", "pgd": "test_pgd_acc", "aa": "aa_acc"}
-#: How tables name them.
-LABELS = {"test_clean_acc": "clean", "test_fgsm_acc": "FGSM", "test_pgd_acc": "PGD", "aa_acc": "AA"}
+#: The accuracies of a final evaluation, by result key (their per-point correctness in ``Store.points`` is keyed
+#: like the result without ``_acc``), and how tables name them.
+LABELS = {"test_clean_acc": "clean", "test_fgsm_acc": "FGSM", "test_pgd_acc": "PGD", "test_aa_acc": "AA"}
+ACCURACIES = tuple(LABELS)
 
 
 @dataclass
@@ -52,8 +52,8 @@ class Row:
         vector = self.correct(checkpoint, metric)
         if vector is not None:
             return len(vector)
-        if metric == "aa_acc":
-            points = self.get(checkpoint, "aa_points")
+        if metric == "test_aa_acc":
+            points = self.get(checkpoint, "test_aa_points")
             return None if math.isnan(points) else int(points)
         test_size = split_sizes(self.run.dataset)[1]
         wanted = (self.run.config.get("eval") or {}).get("test_points")
@@ -74,7 +74,7 @@ class Row:
     def warnings(self) -> list[str] | None:
         """The evaluation's sanity warnings (``energybench.evaluation.sanity``) for either checkpoint;
         None if never checked."""
-        if not any("check_randomized" in metrics for metrics in self.results.values()):
+        if not any("test_check_randomized" in metrics for metrics in self.results.values()):
             return None
         return [f"{tag}: {text}" for tag in ("best", "last")
                 for text in evaluation_warnings(self.results.get(tag, {}))]
@@ -126,8 +126,10 @@ def load_row(store: Store, run: RunRecord) -> Row:
 
 
 def group_key(run: RunRecord) -> str:
-    """What runs of one seed group share: the config without seed, track name, device, data path and speed options."""
-    config = {k: v for k, v in run.config.items() if k not in ("seed", "track", "device", "data_root", "fast")}
+    """What runs of one seed group share: the config (with today's defaults for settings an older run did not store)
+    without seed, track, name, device, CPU threads, data path and speed options."""
+    config = RunConfig(**run.config).model_dump(exclude={"seed", "track", "name", "device", "threads", "data_root",
+                                                         "fast"})
     return json.dumps(config, sort_keys=True, default=str)
 
 

@@ -93,7 +93,7 @@ def _seeds(group: CellGroup) -> str:
 
 def _aa_breaks(group: CellGroup) -> str:
     """``k/m``: over the seeds, the shared test points PGD left robust (m) that AutoAttack broke (k)."""
-    counts = [(r.get("last", "shared_aa_breaks"), r.get("last", "shared_pgd_robust")) for r in group.rows]
+    counts = [(r.get("last", "test_shared_aa_breaks"), r.get("last", "test_shared_pgd_robust")) for r in group.rows]
     counts = [(k, m) for k, m in counts if not (math.isnan(k) or math.isnan(m))]
     if not counts:
         return "-"
@@ -120,8 +120,8 @@ COLUMNS: list[Column] = [
     _pair("clean", "test_clean_acc"),
     _pair("PGD", "test_pgd_acc"),
     Column("PGD 95% CI", lambda g: interval(g, "test_pgd_acc")),
-    _pair("AA", "aa_acc"),
-    Column("AA 95% CI", lambda g: interval(g, "aa_acc")),
+    _pair("AA", "test_aa_acc"),
+    Column("AA 95% CI", lambda g: interval(g, "test_aa_acc")),
     Column("AA breaks", _aa_breaks),
     Column("checks", _checks),
     Column("CO", lambda g: co_text(g.seeds) if g.rows else "-"),

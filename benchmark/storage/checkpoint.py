@@ -94,6 +94,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        modules = pickled_modules(data)
+        if modules:
+            raise EnergybenchError(
+                f"refusing {path}: it holds a whole pickled model ({', '.join(modules[:3])}: what torch.save(model) "
+                "writes), and unpickling it could run any code; save what energybench can load instead: the weights, "
+                "torch.save(model.state_dict(), 'weights.pt'), with a registered architecture (--arch, see "
+                "`energybench plugins --kind model`), or a TorchScript file (torch.jit.save(torch.jit.script(model), "
+                "'model.ts')), or pass the module itself to energybench.evaluate(model, dataset=...) in Python"
+            ) from None
         boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
         reason = " ".join(line.strip() for line in str(exc).splitlines()
                           if line.strip() and not line.strip().startswith(boilerplate))
@@ -102,6 +111,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as exc:
         raise EnergybenchError(f"checkpoint {path} is not a readable PyTorch file "
                                f"({type(exc).__name__}: {str(exc)[:160]})") from None
+
+
+def pickled_modules(data: bytes) -> list[str]:
+    """The ``torch.nn`` module classes a ``torch.save`` file pickles (a whole model), read without unpickling it;
+    empty for a state dict or a file that is not a ``torch.save`` archive."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    try:
+        names = get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+    except Exception:  # not a torch.save zip archive: nothing to name
+        return []
+    return sorted(name for name in names if name.startswith("torch.nn.modules."))
 
 
 def model_state(obj: Any) -> dict[str, torch.Tensor]:

@@ -168,17 +168,21 @@ def model_info(store: Store, run_id: str, *, checkpoint: str = "last", name: str
     if record.status != "done":
         raise EnergybenchError(f"run {run_id} is {record.status}, not done: nothing to export")
     results = store.results(run_id).get(checkpoint, {})
-    missing = [m for m in ("test_clean_acc", "aa_acc") if results.get(m) is None or math.isnan(results[m])]
+    missing = [m for m in ("test_clean_acc", "test_aa_acc") if results.get(m) is None or math.isnan(results[m])]
     if missing:
         raise EnergybenchError(f"run {run_id} ({checkpoint}) has no {' or '.join(missing)}; RobustBench needs "
                                "clean and AutoAttack accuracy (evaluate with --aa-points > 0)")
     protocol = record.config.get("eval", {})
-    points = int(results.get("aa_points", protocol.get("aa_points", 0)))
+    if protocol.get("aa_version") == "fast":
+        raise EnergybenchError(f"run {run_id} ran AutoAttack's fast subset (APGD-CE, APGD-T), not the standard "
+                               "version RobustBench reports; evaluate it with the standard version first: "
+                               f"energybench eval {run_id} --aa-version standard")
+    points = int(results.get("test_aa_points", protocol.get("aa_points", 0)))
     label = record.trainer if record.regularizer == "none" else f"{record.trainer} + {record.regularizer}"
     return {"link": link, "name": name or f"energybench {label}", "authors": authors, "additional_data": False,
             "number_forward_passes": 1, "dataset": record.dataset, "venue": venue, "architecture": record.model,
             "eps": format_eps(record.eps), "clean_acc": _pct2(results["test_clean_acc"]),
-            "reported": _pct2(results["aa_acc"]), "autoattack_acc": _pct2(results["aa_acc"]),
+            "reported": _pct2(results["test_aa_acc"]), "autoattack_acc": _pct2(results["test_aa_acc"]),
             "footnote": f"Measured by energybench run {run_id} ({checkpoint} checkpoint, {record.norm}): AutoAttack "
                         f"{protocol.get('aa_version', 'standard')} on {points} test points, clean accuracy on "
                         f"{protocol.get('test_points') or 'all'} test points."}

@@ -5,13 +5,16 @@ Layout under the store home (``--store``, ``$ENERGYBENCH_HOME`` or ``~/.local/sh
 ``last.pt`` and ``state.pt`` (everything needed to resume). A ``generative`` table holds the results
 of sampling stored models (``energybench sample``); a ``points`` table holds, per final accuracy,
 which test points were classified correctly (for paired tests). The database uses WAL mode and a busy
-timeout, so several processes may write to it at once.
+timeout, so several processes may write to it at once. Numbers are stored rounded to ``SIGNIFICANT_DIGITS``
+(``stored_value``), and results written under an earlier version's names are read under today's
+(``energybench.storage.result_keys``).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import secrets
 import sqlite3
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from energybench.errors import EnergybenchError
+from energybench.storage.result_keys import current_key
 
 try:
     import fcntl
@@ -33,6 +37,17 @@ except ImportError:  # pragma: no cover - Windows: runs are not locked
     fcntl = None
 
 SCHEMA_VERSION = 1
+#: Significant digits of stored numbers: float32's precision (about 7.2 digits), so a float32 accuracy or energy
+#: is stored as 0.6, not as the double 0.6000000238418579 nearest to its float32 value.
+SIGNIFICANT_DIGITS = 7
+
+
+def stored_value(value: Any) -> Any:
+    """``value`` as the store keeps it: floats rounded to ``SIGNIFICANT_DIGITS`` significant digits (NaN and
+    infinities kept), anything else unchanged."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    return value
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -279,7 +294,7 @@ class Store:
 
     def add_epoch(self, run_id: str, epoch: int, metrics: dict[str, Any]) -> None:
         """Record one epoch's metrics (idempotent: a resumed run may record an epoch again)."""
-        line = json.dumps({"epoch": epoch, **metrics}, sort_keys=True)
+        line = json.dumps({"epoch": epoch, **{k: stored_value(v) for k, v in metrics.items()}}, sort_keys=True)
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", (run_id, epoch, line))
             db.execute("UPDATE runs SET epochs_done = MAX(epochs_done, ?) WHERE id = ?", (epoch + 1, run_id))
@@ -290,7 +305,7 @@ class Store:
     def add_results(self, run_id: str, checkpoint: str, metrics: dict[str, float]) -> None:
         with self._tx() as db:
             db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
-                           [(run_id, checkpoint, k, v) for k, v in metrics.items()])
+                           [(run_id, checkpoint, k, stored_value(v)) for k, v in metrics.items()])
 
     def add_points(self, run_id: str, checkpoint: str, correct: dict[str, Any]) -> None:
         """Record which evaluated points each accuracy counted as correct (bool vectors over the first n
@@ -304,7 +319,7 @@ class Store:
         out: dict[str, dict[str, np.ndarray]] = {}
         for checkpoint, metric, n, blob in self._rows(
                 "SELECT checkpoint, metric, n, correct FROM points WHERE run_id = ?", (run_id,)):
-            out.setdefault(checkpoint, {})[metric] = unpack_points(n, blob)
+            out.setdefault(checkpoint, {})[current_key(metric)] = unpack_points(n, blob)
         return out
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -340,10 +355,10 @@ class Store:
         return [json.loads(r[0]) for r in rows]
 
     def results(self, run_id: str) -> dict[str, dict[str, float]]:
-        """Final metrics by checkpoint: ``{"best": {...}, "last": {...}}``."""
+        """Final metrics by checkpoint: ``{"best": {...}, "last": {...}}``, under today's result keys."""
         out: dict[str, dict[str, float]] = {}
         for row in self._rows("SELECT checkpoint, metric, value FROM results WHERE run_id = ?", (run_id,)):
-            out.setdefault(row[0], {})[row[1]] = row[2]
+            out.setdefault(row[0], {})[current_key(row[1])] = row[2]
         return out
 
 

@@ -55,14 +55,14 @@ def load_trained(ref: str, store: Store, *, checkpoint: str = "best", dataset: s
         config = RunConfig(**record.config)
         weights = store.run_dir(ref) / f"{checkpoint}.pt"
         source = f"run {ref} ({checkpoint})"
+    state = model_state(load_checkpoint(weights))  # a whole pickled model is refused here, saying what to save instead
     dataset = dataset or (config.dataset if config else None)
     model = model or (config.model if config else None)
     if not dataset or not model:
-        raise EnergybenchError(f"{ref}: give --dataset and --model (a registered architecture) for a checkpoint "
-                               "that is not in an energybench run folder")
+        raise EnergybenchError(f"{ref}: give --dataset and --arch (a registered architecture, see `energybench "
+                               "plugins --kind model`) for a checkpoint that is not in an energybench run folder")
     info = get_dataset(dataset)
     net = create_model(model, dataset=dataset, **(config.model_params if config and model == config.model else {}))
-    state = model_state(load_checkpoint(weights))
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:

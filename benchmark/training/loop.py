@@ -31,7 +31,7 @@ from energybench.training.callbacks.co_monitor import COMonitorCallback
 from energybench.training.callbacks.energy_trace import EnergyTraceCallback
 from energybench.training.callbacks.progress import ProgressCallback
 from energybench.training.progress import Reporter
-from energybench.training.step import TrainingStep
+from energybench.training.step import PenaltyTally, TrainingStep
 
 
 class Run:
@@ -82,7 +82,7 @@ class Run:
     def dir(self) -> Path:
         return self.store.run_dir(self.run_id)
 
-    def _call(self, hook: str, *args: Any) -> None:
+    def call(self, hook: str, *args: Any) -> None:
         """Every callback's ``hook``; a failure fails the run with a message naming the callback."""
         for name, callback in self.callbacks:
             call_plugin("callback", name, getattr(callback, hook), self, *args)
@@ -161,9 +161,10 @@ class Run:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         passes = 0.0
+        tally = PenaltyTally(self.device) if cfg.regularizer != "none" else None
         order = torch.randperm(len(self.train_y), generator=self.generator).to(self.device)
         draws = crop_flip_draws(len(order), self.generator).to(self.device) if cfg.augment else None
-        self._call("on_epoch_start")
+        self.call("on_epoch_start")
         for b in range(self.batches_per_epoch):
             self.iteration = self.epoch * self.batches_per_epoch + b + 1
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
@@ -172,7 +173,7 @@ class Run:
                 x = crop_flip(x, draws[b * cfg.batch_size:(b + 1) * cfg.batch_size])
             step = self.step(model, x, y)
             batch = Batch(b, self.iteration, x, y, step.out, step.loss)
-            self._call("on_before_backward", batch)
+            self.call("on_before_backward", batch)
             self.optimizer.zero_grad(set_to_none=True)
             step.loss.backward()
             self.optimizer.step()
@@ -182,14 +183,16 @@ class Run:
             if seen_logits is not None:
                 correct += (seen_logits.detach().argmax(1) == y).sum()
             passes += step.passes * len(y)
-            self._call("on_train_batch_end", batch)
+            if tally is not None:
+                tally.add(step, len(y))
+            self.call("on_train_batch_end", batch)
             if self._halt is not None:
                 break
         n = (b + 1) * cfg.batch_size
         self.passes += passes / n
         metrics = {"train_loss": float(loss_sum) / n, "train_acc": float(correct) / n,
-                   "lr": self.optimizer.param_groups[0]["lr"]}
-        self._call("on_train_epoch_end", metrics)
+                   "lr": self.optimizer.param_groups[0]["lr"]} | (tally.metrics() if tally is not None else {})
+        self.call("on_train_epoch_end", metrics)
         return metrics
 
     def validate(self) -> dict[str, float]:
@@ -202,7 +205,7 @@ class Run:
 
     def fit(self) -> None:
         """Train the remaining epochs; after each, store its metrics and the state to resume from."""
-        self._call("on_fit_start")
+        self.call("on_fit_start")
         while self.epoch < self.config.epochs and not self._stopped_early():
             start = time.perf_counter()
             metrics = self.train_epoch()
@@ -224,14 +227,26 @@ class Run:
             self.improved = metrics["val_pgd_acc"] > self.best_pgd
             if self.improved:
                 self.best_pgd, self.best_epoch = metrics["val_pgd_acc"], self.epoch
-            self._call("on_validation_end", metrics)
+            self.call("on_validation_end", metrics)
             self.store.add_epoch(self.run_id, self.epoch, metrics)
             self.epoch += 1
             save_checkpoint(self.dir / "state.pt", self.state())
-            self._call("on_epoch_end", metrics)
+            self.call("on_epoch_end", metrics)
             if self._halt == "stop":
                 break
-        self._call("on_fit_end")
+        self._warn_if_regularizer_idle()
+        self.call("on_fit_end")
+
+    def _warn_if_regularizer_idle(self) -> None:
+        """A regularizer whose penalty was zero in every batch of the run trained nothing: say so (the run is the
+        trainer alone, bit for bit)."""
+        epochs = self.store.epochs(self.run_id)
+        if self.config.regularizer == "none" or not epochs or any(e.get("train_reg_active", 1) for e in epochs):
+            return
+        acted = "" if "train_reg_acted" not in epochs[-1] else f", acted on no {self.regularizer.acts_on}"
+        self.reporter.alert(f"regularizer {self.config.regularizer!r} never acted: its penalty was 0 in every batch "
+                            f"of the run{acted}, so this run trained exactly as {self.config.trainer!r} alone would; "
+                            "check its hyper-parameters")
 
     def _stopped_early(self) -> bool:
         """Early stopping: ``early_stop`` epochs have passed without a better validation PGD accuracy

@@ -1,4 +1,8 @@
-"""Progress reporting for runs: a silent base class and the rich terminal version."""
+"""Progress reporting, the one hook of training and evaluation: a silent base class and the rich terminal version.
+
+``energybench.train``, ``resume``, ``evaluate`` and ``sample`` take ``progress=``: True (the default) for
+``RichReporter`` on stderr, False for none (``Reporter``, silent), or any ``Reporter`` subclass.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,30 @@ if TYPE_CHECKING:
 
 
 class Reporter:
-    """Receives a run's progress; this base ignores everything (library use, tests)."""
+    """The progress hook of training and evaluation; this base ignores everything (``progress=False``).
 
-    def start(self, run_id: str, config: RunConfig, done: int) -> None: ...
+    Training calls ``start`` (run id, settings, epochs already done, what the regularizer's ``train_reg_acted``
+    counts), per epoch ``start_epoch``, per batch ``batch_done`` and ``epoch_done`` (the epoch's metrics); an
+    evaluation (of a run's checkpoints or of any model)
+    calls ``stage`` as each part begins (clean/FGSM/PGD, AutoAttack and its attacks) and ``note`` with an estimate
+    before a part expected to take over a minute; ``alert`` carries warnings; ``finish`` ends it all.
+    """
+
+    def start(self, run_id: str, config: RunConfig, done: int, acts_on: str = "samples") -> None: ...
     def start_epoch(self, epoch: int, batches: int) -> None: ...
     def batch_done(self) -> None: ...
     def epoch_done(self, epoch: int, metrics: dict[str, Any]) -> None: ...
     def stage(self, text: str) -> None: ...
+    def note(self, text: str) -> None: ...
     def alert(self, text: str) -> None: ...
     def finish(self) -> None: ...
+
+
+def reporter_of(progress: bool | Reporter) -> Reporter:
+    """The reporter a ``progress=`` argument asks for: rich progress on stderr (True), none (False), or itself."""
+    if isinstance(progress, Reporter):
+        return progress
+    return RichReporter() if progress else Reporter()
 
 
 class RichReporter(Reporter):
@@ -31,10 +50,13 @@ class RichReporter(Reporter):
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
         self._epochs = self._batches = self._stage = None
+        self._started = False
+        self._regularizer, self._acts_on = "none", "samples"
 
-    def start(self, run_id: str, config: RunConfig, done: int) -> None:
+    def start(self, run_id: str, config: RunConfig, done: int, acts_on: str = "samples") -> None:
         from energybench.config import format_eps
 
+        self._regularizer, self._acts_on = config.regularizer, acts_on
         model = config.model + "".join(f" {k}={v}" for k, v in config.model_params.items())
         self.console.print(
             f"[bold]energybench run {run_id}[/]: {config.trainer} + {config.regularizer} on {config.dataset} "
@@ -43,6 +65,7 @@ class RichReporter(Reporter):
             + (f", resuming after epoch {done}" if done else ""))
         self.progress.start()
         self._epochs = self.progress.add_task(f"run {run_id}", total=config.epochs, completed=done)
+        self._started = True
 
     def start_epoch(self, epoch: int, batches: int) -> None:
         if self._batches is not None:
@@ -60,10 +83,21 @@ class RichReporter(Reporter):
         self.console.print(
             f"epoch {epoch + 1}: loss {metrics['train_loss']:.3f}  val clean {metrics['val_clean_acc']:.1%}  "
             f"FGSM {metrics['val_fgsm_acc']:.1%}  PGD {metrics['val_pgd_acc']:.1%}  "
-            f"train dE {metrics.get('train_dE_mean', float('nan')):+.3f}  val dE {metrics['val_dE_mean']:+.3f}  "
-            f"({metrics['epoch_time']:.0f}s){co}")
+            f"train dE {metrics.get('train_dE_mean', float('nan')):+.3f}  val dE {metrics['val_dE_mean']:+.3f}"
+            f"{self._penalty_text(metrics)}  ({metrics['epoch_time']:.0f}s){co}", soft_wrap=True)
+
+    def _penalty_text(self, metrics: dict[str, Any]) -> str:
+        """``  der 0.0312 on 4.7% (abnormal adversarial examples)``: what the regularizer did this epoch."""
+        if "train_reg_penalty" not in metrics:
+            return ""
+        acted = metrics.get("train_reg_acted")
+        on = "" if acted is None else f" on {acted:.1%} ({self._acts_on})"
+        return f"  {self._regularizer} {metrics['train_reg_penalty']:.3g}{on}"
 
     def stage(self, text: str) -> None:
+        if not self._started:  # an evaluation on its own
+            self.progress.start()
+            self._started = True
         if self._batches is not None:
             self.progress.remove_task(self._batches)
             self._batches = None
@@ -72,9 +106,17 @@ class RichReporter(Reporter):
         else:
             self.progress.update(self._stage, description=text)
 
+    def note(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
     def alert(self, text: str) -> None:
         self.console.print(f"[bold yellow]warning:[/] {text}")
 
     def finish(self) -> None:
-        if self._epochs is not None:
+        if self._started:
             self.progress.stop()
+            for task in (self._epochs, self._batches, self._stage):
+                if task is not None:
+                    self.progress.remove_task(task)
+            self._epochs = self._batches = self._stage = None
+            self._started = False

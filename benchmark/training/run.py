@@ -8,11 +8,12 @@ test set (``energybench.evaluation.protocol``) and records how it ended.
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
 
-from energybench.config import Catalogue, RunConfig
+from energybench.config import Catalogue, RunConfig, cpu_threads
 from energybench.contracts.params import parse_params
 from energybench.contracts.registry import create_regularizer, get_registry
 from energybench.data.counts import fit_counts
@@ -21,7 +22,7 @@ from energybench.errors import EnergybenchError, Interrupted
 from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.sanity import evaluation_warnings
 from energybench.storage.checkpoint import load_checkpoint
-from energybench.storage.store import Store
+from energybench.storage.store import RunRecord, Store
 from energybench.training.loop import Run
 from energybench.training.progress import Reporter
 
@@ -68,6 +69,9 @@ def evaluate_checkpoints(run: Run) -> dict[str, dict[str, float]]:
                "co_epoch": float(co_epochs[0]) if co_epochs else -1.0,
                "train_dE_mean": history[-1].get("train_dE_mean", float("nan")),
                "val_dE_mean": history[-1]["val_dE_mean"], "passes_per_example": run.passes / run.epoch}
+    for key in ("train_reg_penalty", "train_reg_active", "train_reg_acted"):  # what the regularizer did, run means
+        if all(key in m for m in history):
+            summary[key] = statistics.fmean(m[key] for m in history)
     results: dict[str, dict[str, float]] = {}
     points: dict[str, dict[str, torch.Tensor]] = {}
     for tag in ("last", "best"):
@@ -76,7 +80,8 @@ def evaluate_checkpoints(run: Run) -> dict[str, dict[str, float]]:
             continue
         run.model.load_state_dict(load_checkpoint(run.dir / f"{tag}.pt", map_location=run.device))
         measured = test_evaluation(run.model, run.data.test, cfg, run.device,
-                                   stage=lambda text, tag=tag: run.reporter.stage(f"{text} ({tag})"))
+                                   stage=lambda text, tag=tag: run.reporter.stage(f"{text} ({tag})"),
+                                   note=lambda text, tag=tag: run.reporter.note(f"{text} ({tag} checkpoint)"))
         results[tag] = measured.metrics | summary
         points[tag] = measured.correct
         for warning in evaluation_warnings(results[tag]):
@@ -84,6 +89,7 @@ def evaluate_checkpoints(run: Run) -> dict[str, dict[str, float]]:
     for tag, metrics in results.items():
         run.store.add_results(run.run_id, tag, metrics)
         run.store.add_points(run.run_id, tag, points[tag])
+    run.call("on_test_end", run.store.results(run.run_id))
     return results
 
 
@@ -104,9 +110,17 @@ def execute(config: RunConfig, store: Store, *, reporter: Reporter | None = None
         record = store.get_run(resume)
         if record.status == "done":
             raise EnergybenchError(f"run {resume} is already complete")
+        config = RunConfig(**record.config)
+    with cpu_threads(config.threads):
+        return _execute(config, store, reporter, record if resume is not None else None, suite)
+
+
+def _execute(config: RunConfig, store: Store, reporter: Reporter, record: RunRecord | None,
+             suite: str | None) -> str:
+    if record is not None:
         claim = store.claim(record.id)  # first: a run in use is refused before its data and state load
         try:
-            run = Run(RunConfig(**record.config), store, record.id, reporter)
+            run = Run(config, store, record.id, reporter)
             if (run.dir / "state.pt").is_file():
                 run.restore()  # a damaged or mismatched state file fails here, before the run's record changes
         except BaseException:

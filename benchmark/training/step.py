@@ -16,11 +16,14 @@ from energybench.ops.modes import frozen_batchnorm_stats
 
 @dataclass
 class StepResult:
-    """A step's total loss (with graph), the trainer's output and the passes per example it cost."""
+    """A step's total loss (with graph), the trainer's output, the passes per example it cost, the regularizer's
+    penalty (detached) and the share of the batch it acted on as it reported it (``Regularizer.report_acted``)."""
 
     loss: torch.Tensor
     out: TrainOutput
     passes: float
+    penalty: torch.Tensor
+    acted: torch.Tensor | float | None = None
 
 
 class TrainingStep:
@@ -56,10 +59,40 @@ class TrainingStep:
             passes += 1
         penalty = partial(call_plugin, "regularizer", regularizer.name or type(regularizer).__name__,
                           regularizer.penalty, model, x, y, out, timeout=self.timeout, check=penalty_problem)
+        regularizer.acted = None
         if self.penalty_passes is None:
             with forward_calls(model) as calls:
                 value = penalty()
             self.penalty_passes = len(calls)
         else:
             value = penalty()
-        return StepResult(out.loss + value, out, passes + self.penalty_passes)
+        return StepResult(out.loss + value, out, passes + self.penalty_passes, value.detach(), regularizer.acted)
+
+
+class PenaltyTally:
+    """What the regularizer did over an epoch's steps, summed on the device and read once: the mean penalty
+    (``train_reg_penalty``), the share of batches where it was not zero (``train_reg_active``) and, when the
+    regularizer reports it (``Regularizer.report_acted``), the share of samples it acted on (``train_reg_acted``)."""
+
+    def __init__(self, device: torch.device):
+        self.penalty = torch.zeros((), device=device)
+        self.active = torch.zeros((), device=device, dtype=torch.long)
+        self.acted = torch.zeros((), device=device)
+        self.batches = self.samples = 0
+        self.reported = True
+
+    def add(self, step: StepResult, n: int) -> None:
+        self.penalty += step.penalty.float() * n
+        self.active += (step.penalty != 0).long()
+        self.batches, self.samples = self.batches + 1, self.samples + n
+        if step.acted is None:
+            self.reported = False
+        elif self.reported:
+            self.acted += step.acted * n
+
+    def metrics(self) -> dict[str, float]:
+        out = {"train_reg_penalty": float(self.penalty) / self.samples,
+               "train_reg_active": int(self.active) / self.batches}
+        if self.reported:
+            out["train_reg_acted"] = float(self.acted) / self.samples
+        return out

@@ -27,6 +27,7 @@ class AAER(Regularizer):
     """
 
     requires_attack_start = True
+    acts_on = "abnormal adversarial examples"
 
     class Params(PluginParams):
         lambda1: float = Field(1.0, ge=0, description="weight of the whole penalty")
@@ -44,4 +45,6 @@ class AAER(Regularizer):
         r_abnormal = torch.where(abnormal, variation, 0.0).sum() / m.clamp_min(1)
         r_normal = torch.where(abnormal, 0.0, variation.detach()).sum() / (n - m).clamp_min(1)
         value = p.lambda1 * (m / n) * (p.lambda2 * r_ce + p.lambda3 * F.relu(r_abnormal - r_normal))
-        return torch.where((m > 0) & (m < n), value, 0.0)  # no host synchronisation
+        active = (m > 0) & (m < n)
+        self.report_acted(torch.where(active, m / n, 0.0))
+        return torch.where(active, value, 0.0)  # no host synchronisation

@@ -24,7 +24,7 @@ class DeltaEnergyRegularizer(Regularizer):
 
         beta * max(||(dE(x), dE(x, y))||_2 - gamma, 0)      dE(x) = E(x) - E(x*),  dE(x, y) = E(x, y) - E(x*, y)
 
-    From the first author's write-up of Mirza et al. (2025) (NOTES.md section 2). In single-step
+    From the first author's write-up of Mirza et al. (2025) (docs/references.md, "The paper"). In single-step
     training the paper applies it only to abnormal adversarial examples (AAE: samples whose loss went
     down after the attack's step, as in AAER). ``aae="auto"`` does that for single-step trainers
     (``Trainer.single_step``, which ``trainer_single_step`` carries; their ``TrainOutput.logits_start``
@@ -87,6 +87,13 @@ class DeltaEnergyRegularizer(Regularizer):
                                    "trainer_single_step=True|False, ...) or set aae to 'always' or 'never'")
         return p.aae == "always" or self.trainer_single_step
 
+    @property
+    def acts_on(self) -> str:
+        """What it acted on: abnormal adversarial examples under the mask, samples with a penalty term otherwise."""
+        if self.params.form == "hinge" and self.needs_attack_start:
+            return "abnormal adversarial examples"
+        return "samples with a non-zero dE term"
+
     @classmethod
     def variant(cls, params: dict[str, Any]) -> str | None:
         """``None`` for the published form; the ablation's form, terms and weight otherwise (leaderboard label)."""
@@ -102,12 +109,13 @@ class DeltaEnergyRegularizer(Regularizer):
             per_sample = F.relu(torch.linalg.vector_norm(d, dim=1) - p.gamma)
             if self.needs_attack_start:
                 per_sample = per_sample * out.abnormal(y)
+            self.report_acted((per_sample.detach() > 0).float().mean())
             return p.beta * per_sample.mean()
-        total = out.loss.new_zeros(())
-        if p.terms in ("marginal", "both"):
-            total = total + self._ablation(delta_energy(out.logits, out.logits_adv))
-        if p.terms in ("joint", "both"):
-            total = total + self._ablation(delta_energy(out.logits, out.logits_adv, y))
+        total, acted = out.loss.new_zeros(()), torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        for joint in ((False,) if p.terms == "marginal" else (True,) if p.terms == "joint" else (False, True)):
+            d = delta_energy(out.logits, out.logits_adv, y if joint else None)
+            total, acted = total + self._ablation(d), acted | (d.detach() != 0)
+        self.report_acted(acted.float().mean())
         return p.lam * total
 
     def _ablation(self, d: torch.Tensor) -> torch.Tensor:

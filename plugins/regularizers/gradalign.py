@@ -23,6 +23,7 @@ class GradAlign(Regularizer):
     """
 
     requires_adversarial = False
+    acts_on = "samples with non-zero input gradients"
 
     class Params(PluginParams):
         lam: float = Field(0.2, ge=0, alias="lambda", description="weight of the penalty")
@@ -45,4 +46,5 @@ class GradAlign(Regularizer):
         grad, grad_noisy = grad.flatten(1), grad_noisy.flatten(1)
         keep = (grad.norm(dim=1) > 0) & (grad_noisy.norm(dim=1) > 0)
         cos = F.cosine_similarity(grad, grad_noisy, dim=1)  # masked, not indexed: no host synchronisation
+        self.report_acted(keep.float().mean())
         return self.params.lam * torch.where(keep, 1 - cos, 0.0).sum() / keep.sum().clamp_min(1)

@@ -1,4 +1,4 @@
-"""`class-pca`: class-wise PCA start with momentum descent (WEAT, Mirza et al.), see NOTES.md section 6."""
+"""`class-pca`: class-wise PCA start with momentum descent (WEAT, Mirza et al.), see docs/references.md."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`local-pca`: local class-wise PCA start, energy guidance and adaptive stopping (the 2025 paper's method).
 
-The paper's exact rules are not public (NOTES.md section 6); the choices made here are documented
+The paper's exact rules are not public (docs/references.md, "Generating images"); the choices made here are documented
 on the class.
 """
 

@@ -1,4 +1,4 @@
-"""`sgld`: JEM-style SGLD from uniform noise (Grathwohl et al., 2020), see NOTES.md section 6."""
+"""`sgld`: JEM-style SGLD from uniform noise (Grathwohl et al., 2020), see docs/references.md, "Generating images"."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`weat`: Weighted Energy Adversarial Training (Mirza et al., ECCV 2024), see NOTES.md section 5."""
+"""`weat`: Weighted Energy Adversarial Training (Mirza et al., ECCV 2024), see docs/references.md, "WEAT"."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ class ProgressCallback(Callback):
     terminal; nothing in library use)."""
 
     def on_fit_start(self, run) -> None:
-        run.reporter.start(run.run_id, run.config, run.epoch)
+        run.reporter.start(run.run_id, run.config, run.epoch, acts_on=run.regularizer.acts_on)
 
     def on_epoch_start(self, run) -> None:
         run.reporter.start_epoch(run.epoch, run.batches_per_epoch)
