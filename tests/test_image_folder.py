@@ -178,6 +178,10 @@ def test_corrupt_archive_gets_one_line(tree, tmp_path):
     (tmp_path / "junk.tar").write_bytes(b"\x00" * 100 + b"junk")
     with pytest.raises(EnergybenchError, match=r"junk\.tar"):
         load_dataset(str(tmp_path / "junk.tar"), val_size=5)
+    (tmp_path / "text.tar.gz").write_bytes(b"x")  # no compression or tar format recognises it
+    with pytest.raises(EnergybenchError, match=r"text\.tar\.gz is not a readable tar archive \(not gzip") as err:
+        load_dataset(str(tmp_path / "text.tar.gz"), val_size=5)
+    assert "\n" not in str(err.value)
     assert cache_files() == []
 
 

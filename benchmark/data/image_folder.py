@@ -144,7 +144,9 @@ def decode(source: Path, channels: int | None = None) -> FolderData:
                                        "of one size")
             per_class.append(pixels)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise EnergybenchError(f"{source} is not a readable tar archive ({type(exc).__name__}: {exc})") from None
+        reason = ("not gzip, bzip2, xz or plain tar" if "could not be opened" in str(exc)  # one line per method
+                  else f"{type(exc).__name__}: {exc}")
+        raise EnergybenchError(f"{source} is not a readable tar archive ({reason})") from None
     except OSError as exc:  # gzip's BadGzipFile, a file that vanished or is unreadable
         raise EnergybenchError(f"cannot read {source} ({type(exc).__name__}: {exc})") from None
     for split in SPLITS:
