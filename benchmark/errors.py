@@ -17,6 +17,11 @@ class Interrupted(KeyboardInterrupt):
         self.resume_command = resume_command
 
 
+class Diverged(EnergybenchError):
+    """Training produced a non-finite loss: an outcome of the method in this setting, stored as 'diverged' and
+    not retried (a re-run would diverge again)."""
+
+
 class PluginError(EnergybenchError):
     """A plugin could not be found, imported or validated, or failed at run time."""
 

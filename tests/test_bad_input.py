@@ -494,7 +494,7 @@ def test_nan_loss_before_any_checkpoint_says_none_was_kept(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and err.endswith("training loss became nan in epoch 1; run stopped: no epoch completed, so no "
                                       "checkpoint was written\n"), err
-    (record,) = Store(tmp_path).runs(status="failed")
+    (record,) = Store(tmp_path).runs(status="diverged")
     assert not list(Store(tmp_path).run_dir(record.id).glob("*.pt"))
 
 

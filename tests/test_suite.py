@@ -414,6 +414,52 @@ def test_when_no_candidate_passes_the_guard_the_most_accurate_is_taken_and_said(
     assert "beta=3" in chosen_row and runs[3] in chosen_row and "<- (failed guard)" in chosen_row
 
 
+def test_a_diverged_run_finishes_its_cell_is_never_chosen_and_is_counted(tmp_path):
+    """A run whose training loss became non-finite is the method's outcome: the executor does not retry it, tuning
+    never chooses its candidate (the others still compete) and the boards say 'diverged'."""
+    from rich.console import Console
+
+    from energybench.reporting.suite_leaderboard import render_tuning
+    from energybench.suites.tuning import choose, chosen_values
+
+    catalogue = catalogue_with(tmp_path, TUNED.replace('track = "t"', 'track = "t"\nsettings = { lr = 1e30 }', 1)
+                               .replace("beta = [1.0, 3.0, 10.0]", "beta = [1.0]"))
+    suite = load_suite(catalogue, "s")
+    store = Store(tmp_path / "store")
+    (diverging,) = [c for c in suite.tuning_cells(catalogue) if c.regularizer == "der"]
+    (outcome,) = LocalExecutor().run([diverging], store, suite="s")
+    assert outcome.status == "diverged" and "training loss became nan" in outcome.error
+    assert pending(store, [diverging]) == []  # finished: a re-run skips it
+    assert LocalExecutor().run(pending(store, [diverging]), store, suite="s") == []
+
+    catalogue = catalogue_with(tmp_path, TUNED)
+    suite = load_suite(catalogue, "s")
+    tuning = suite.tuning_cells(catalogue)
+    for cell, (pgd, clean) in zip(tuning, [(0.30, 0.70), (0.50, 0.70), (0.20, 0.70), (0.10, 0.75)]):
+        run_id = _validation_run(store, cell, pgd, clean)
+        if cell.tuned == {"beta": 3.0}:  # the best validation scores, but its training diverged afterwards
+            store.set_status(run_id, "diverged", error="training loss became nan in epoch 3")
+    assert pending(store, tuning) == []
+    selections = choose(store, suite, catalogue)
+    (selection,) = selections.values()
+    assert selection.values == {"beta": 1.0} and selection.guarded
+    assert [(c.diverged, c.eligible) for c in selection.candidates] == [(False, True), (True, False), (False, True)]
+
+    def text(table) -> str:
+        console = Console(width=300, record=True, color_system=None)
+        console.print(table)
+        return console.export_text()
+
+    row = next(line for line in text(render_tuning(selections, suite.spec.tuning)).splitlines() if "beta=3 " in line)
+    assert [cell.strip() for cell in row.split("│")][5:7] == ["diverged", "-"] and "<-" not in row
+    cells = [c for c in suite.cells(catalogue, chosen=chosen_values(selections)) if c.regularizer == "der"]
+    _fake_run(store, cells[0], status="diverged")
+    for cell in cells[1:]:
+        _fake_run(store, cell, test_clean_acc=0.8, test_pgd_acc=0.4, test_aa_acc=0.3, co=0.0)
+    board = text(render_suite(group_cells(store, cells, selections), "Suite s"))
+    assert f"{len(cells) - 1}/{len(cells)} (1 diverged)" in board
+
+
 def test_a_tuned_suite_runs_both_stages_end_to_end_without_touching_the_test_split(tmp_path, capsys, monkeypatch):
     from energybench.training import run as lifecycle
 

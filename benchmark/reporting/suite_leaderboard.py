@@ -35,6 +35,7 @@ class CellGroup:
     guarded: bool = True  # False: no candidate passed the tuning stage's clean-accuracy guard
     planned: int = 0
     failed: int = 0
+    diverged: int = 0  # seeds whose training loss became non-finite (finished: not retried)
     rows: list[Row] = field(default_factory=list)
 
     @property
@@ -62,6 +63,8 @@ def group_cells(store: Store, cells: list[Cell], selections: dict[tuple[str, str
             group.rows.append(load_row(store, record))
         elif record is not None and record.status == "failed":
             group.failed += 1
+        elif record is not None and record.status == "diverged":
+            group.diverged += 1
     return list(groups.values())
 
 
@@ -87,8 +90,8 @@ def interval(group: CellGroup, metric: str) -> str:
 
 
 def _seeds(group: CellGroup) -> str:
-    text = f"{len(group.rows)}/{group.planned}"
-    return f"{text} ({group.failed} failed)" if group.failed else text
+    notes = [f"{count} {what}" for count, what in ((group.diverged, "diverged"), (group.failed, "failed")) if count]
+    return f"{len(group.rows)}/{group.planned}" + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _aa_breaks(group: CellGroup) -> str:
@@ -177,8 +180,9 @@ def render_tuning(selections: dict[tuple[str, str, float], Selection], tuning: T
     for (trainer, regularizer, eps), selection in selections.items():
         chosen = "<-" if selection.guarded else "<- (failed guard)"
         for i, c in enumerate(selection.candidates):
-            table.add_row(trainer, regularizer, format_eps(eps), format_values(c.values), f"{100 * c.robust:.1f}",
-                          f"{100 * c.clean:.1f}", f"{100 * selection.reference_clean:.1f}",
+            table.add_row(trainer, regularizer, format_eps(eps), format_values(c.values),
+                          "diverged" if c.diverged else f"{100 * c.robust:.1f}",
+                          "-" if c.diverged else f"{100 * c.clean:.1f}", f"{100 * selection.reference_clean:.1f}",
                           ", ".join(selection.reference_runs), "yes" if c.eligible else "no",
                           chosen if c.values == selection.values else "",
                           end_section=i == len(selection.candidates) - 1)

@@ -88,9 +88,9 @@ class LocalExecutor(Executor):
                 outcome = _outcome(store, cell, run_id)
             except RunInUse as exc:  # another live process is running this cell: leave it to that process
                 outcome = CellOutcome(cell, "in use", resume, str(exc))
-            except Exception as exc:  # stored as failed by execute, unless it failed before storing the run
-                failed = [r for r in store.runs(status="failed", config_hash=cell.config_hash)
-                          if r.id == resume or r.created >= started]
+            except Exception as exc:  # stored as failed (or diverged) by execute, unless it failed before storing
+                failed = [r for r in store.runs(status=None, config_hash=cell.config_hash)
+                          if r.status in ("failed", "diverged") and (r.id == resume or r.created >= started)]
                 run_id = failed[-1].id if failed else record_failure(store, cell.config, suite, _error_text(exc))
                 outcome = _outcome(store, cell, run_id)
             outcomes.append(outcome)

@@ -336,17 +336,24 @@ def load_suite(catalogue: Catalogue, name: str) -> Suite:
 
 # ----- the store's view of a suite ------------------------------------------------------------
 
+#: Run statuses that end a cell: 'done', or 'diverged' (its training loss became non-finite: the method's outcome
+#: in that setting, which a re-run would repeat). Any other status is retried.
+FINISHED = ("done", "diverged")
+
+
 def latest_runs(store: Store, cells: list[Cell]) -> dict[str, RunRecord | None]:
-    """For each cell's config hash: its most recent completed run, else its most recent run, else None."""
+    """For each cell's config hash: its most recent finished run (done before diverged), else its most recent run,
+    else None."""
     latest: dict[str, RunRecord | None] = {}
     for cell in cells:
         runs = store.runs(status=None, config_hash=cell.config_hash)
         done = [r for r in runs if r.status == "done"]
-        latest[cell.config_hash] = (done or runs or [None])[-1]
+        diverged = [r for r in runs if r.status == "diverged"]
+        latest[cell.config_hash] = (done or diverged or runs or [None])[-1]
     return latest
 
 
 def pending(store: Store, cells: list[Cell]) -> list[Cell]:
-    """The cells without a completed run in ``store`` (missing, failed, interrupted or never finished)."""
+    """The cells without a finished run in ``store`` (missing, failed, interrupted or never finished)."""
     latest = latest_runs(store, cells)
-    return [c for c in cells if latest[c.config_hash] is None or latest[c.config_hash].status != "done"]
+    return [c for c in cells if latest[c.config_hash] is None or latest[c.config_hash].status not in FINISHED]

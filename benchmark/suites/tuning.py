@@ -10,12 +10,15 @@ on PGD): a candidate is eligible only if its validation clean accuracy (same epo
 reaches ``tuning.min_clean`` times that of the guard's reference, the same trainer without regularizer
 at its own hyper-parameters (for a tuned trainer such as N-FGSM: its default values) on the same tuning
 seeds and eps; its runs are ``Selection.reference_runs``. When no candidate is eligible, the one with
-the highest clean accuracy is chosen and the selection says so (``guarded`` False). Only
+the highest clean accuracy is chosen and the selection says so (``guarded`` False). A candidate whose
+training diverged (non-finite loss, run status 'diverged') on any tuning seed is never chosen; when every
+candidate diverged, nothing is chosen and the method's evaluation cells are left out. Only
 ``Store.epochs`` (validation metrics) is read: tuning runs never evaluate on the test split.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +26,7 @@ from typing import Any
 from energybench.config import Catalogue
 from energybench.errors import EnergybenchError
 from energybench.storage.store import Store
-from energybench.suites.spec import Cell, Suite, format_values, latest_runs
+from energybench.suites.spec import FINISHED, Cell, Suite, format_values, latest_runs
 
 
 @dataclass
@@ -31,9 +34,10 @@ class Candidate:
     """One candidate's validation scores, averaged over the tuning seeds."""
 
     values: dict[str, Any]
-    robust: float  # the tuning measure: validation worst-case (or PGD) accuracy
+    robust: float  # the tuning measure: validation worst-case (or PGD) accuracy; NaN when diverged
     clean: float
     eligible: bool
+    diverged: bool = False  # a tuning run's training loss became non-finite: never chosen
 
 
 @dataclass
@@ -57,10 +61,13 @@ MEASURES = {"worst": "val_worst_acc", "pgd": "val_pgd_acc"}
 
 
 def _validation_scores(store: Store, cell: Cell, epoch_of: str, measure: str) -> tuple[float, float]:
-    """(validation robust, validation clean) accuracy of a completed tuning run at its last or best epoch."""
+    """(validation robust, validation clean) accuracy of a completed tuning run at its last or best epoch;
+    (NaN, NaN) for a run that diverged."""
     record = latest_runs(store, [cell])[cell.config_hash]
-    if record is None or record.status != "done":
+    if record is None or record.status not in FINISHED:
         raise EnergybenchError(f"tuning cell {cell.describe()} has not completed")
+    if record.status == "diverged":
+        return math.nan, math.nan
     history = store.epochs(record.id)
     if epoch_of == "best":
         epoch = max(range(len(history)), key=lambda e: (history[e][MEASURES[measure]], -e))
@@ -76,7 +83,7 @@ def choose(store: Store, suite: Suite, catalogue: Catalogue, *, cells: list[Cell
     if tuning is None:
         return {}
     cells = cells if cells is not None else suite.tuning_cells(catalogue)
-    done = {c.config_hash for c in cells if (r := latest_runs(store, [c])[c.config_hash]) and r.status == "done"}
+    done = {c.config_hash for c in cells if (r := latest_runs(store, [c])[c.config_hash]) and r.status in FINISHED}
     by_group: dict[tuple[str, str, float], list[Cell]] = {}
     references: dict[tuple[str, float], list[Cell]] = {}
     for cell in cells:  # references: the trainer alone, nothing tuned (Suite.tuning_cells)
@@ -90,8 +97,8 @@ def choose(store: Store, suite: Suite, catalogue: Catalogue, *, cells: list[Cell
         reference = references.get((trainer, eps), [])
         if not all(c.config_hash in done for c in group + reference):
             continue
-        ref_clean = statistics.fmean(_validation_scores(store, c, tuning.checkpoint, tuning.measure)[1]
-                                     for c in reference)
+        ref_cleans = [_validation_scores(store, c, tuning.checkpoint, tuning.measure)[1] for c in reference]
+        ref_clean = statistics.fmean([c for c in ref_cleans if not math.isnan(c)] or [math.nan])
         reference_runs = [record.id for record in latest_runs(store, reference).values() if record is not None]
         per_values: dict[str, list[tuple[float, float]]] = {}
         order: dict[str, dict[str, Any]] = {}
@@ -101,12 +108,17 @@ def choose(store: Store, suite: Suite, catalogue: Catalogue, *, cells: list[Cell
             per_values.setdefault(tag, []).append(_validation_scores(store, cell, tuning.checkpoint, tuning.measure))
         candidates = []
         for tag, scores in per_values.items():
-            robust = statistics.fmean(s[0] for s in scores)
+            robust = statistics.fmean(s[0] for s in scores)  # NaN when any tuning seed diverged
             clean = statistics.fmean(s[1] for s in scores)
-            candidates.append(Candidate(order[tag], robust, clean, clean >= tuning.min_clean * ref_clean))
+            diverged = math.isnan(robust)
+            eligible = not diverged and clean >= tuning.min_clean * ref_clean
+            candidates.append(Candidate(order[tag], robust, clean, eligible, diverged))
         eligible = [c for c in candidates if c.eligible]
+        trained = [c for c in candidates if not c.diverged]
+        if not trained:  # every candidate diverged: nothing to choose, the method's evaluation cells stay out
+            continue
         # ties go to the earlier candidate in the grid, so the choice never depends on dict order
-        best = (max(eligible, key=lambda c: c.robust) if eligible else max(candidates, key=lambda c: c.clean))
+        best = (max(eligible, key=lambda c: c.robust) if eligible else max(trained, key=lambda c: c.clean))
         selections[key] = Selection(key, best.values, candidates, ref_clean, guarded=bool(eligible),
                                     reference_runs=reference_runs)
     return selections

@@ -21,7 +21,7 @@ from energybench.contracts.registry import create_callback, create_model, create
 from energybench.contracts.trainer import Trainer
 from energybench.data.augment import crop_flip, crop_flip_draws
 from energybench.data.datasets import ImageData, load_dataset
-from energybench.errors import EnergybenchError
+from energybench.errors import Diverged, EnergybenchError
 from energybench.evaluation.robustness import catastrophic_overfitting, robustness
 from energybench.storage.checkpoint import load_checkpoint, save_checkpoint
 from energybench.storage.store import Store
@@ -218,7 +218,7 @@ class Run:
             if not math.isfinite(metrics["train_loss"]):
                 kept = (f"the checkpoints of its {self.epoch} completed epochs are kept" if self.epoch
                         else "no epoch completed, so no checkpoint was written")
-                raise EnergybenchError(f"training loss became {metrics['train_loss']} in epoch {self.epoch + 1}; "
+                raise Diverged(f"training loss became {metrics['train_loss']} in epoch {self.epoch + 1}; "
                                        f"run stopped: {kept}")
             metrics.update(self.validate())
             metrics["co"] = catastrophic_overfitting([*self.store.epochs(self.run_id), metrics], self.config.eval,

@@ -18,7 +18,7 @@ from energybench.contracts.params import parse_params
 from energybench.contracts.registry import create_regularizer, get_registry
 from energybench.data.counts import fit_counts
 from energybench.data.datasets import dataset_name
-from energybench.errors import EnergybenchError, Interrupted
+from energybench.errors import Diverged, EnergybenchError, Interrupted
 from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.sanity import evaluation_warnings
 from energybench.storage.checkpoint import load_checkpoint
@@ -100,7 +100,8 @@ def execute(config: RunConfig, store: Store, *, reporter: Reporter | None = None
     A damaged store and bad input (data, batch size, device, plugins) fail before anything is stored;
     counts larger than the dataset's splits are fitted to them (``fit_counts``), so the stored config
     says what ran. The run is stored with status 'running' from the start, 'done' at the end,
-    'interrupted' on Ctrl-C and 'failed' (with the error) otherwise; a resumed run continues after its
+    'interrupted' on Ctrl-C, 'diverged' when the training loss became non-finite (an outcome, not retried by
+    suites) and 'failed' (with the error) otherwise; a resumed run continues after its
     last completed epoch, once this process holds it: a process killed outright leaves its run
     'running', and it may be resumed as soon as no live process holds it (``Store.claim``).
     """
@@ -149,7 +150,8 @@ def _execute(config: RunConfig, store: Store, reporter: Reporter, record: RunRec
         raise Interrupted(f"energybench run --resume {run_id}") from None
     except Exception as exc:
         message = str(exc) if isinstance(exc, EnergybenchError) else f"{type(exc).__name__}: {exc}"
-        store.set_status(run_id, "failed", error=message, wall_time=elapsed + time.perf_counter() - start)
+        store.set_status(run_id, "diverged" if isinstance(exc, Diverged) else "failed", error=message,
+                         wall_time=elapsed + time.perf_counter() - start)
         raise
     finally:
         reporter.finish()
