@@ -17,6 +17,10 @@ Plugins: the base classes to subclass (``Attack``, ``Trainer``, ``Regularizer``,
 spirit of timm (``register_*``, ``list_plugins``, ``create_*``), discovered through entry points.
 """
 
+if __name__ != "energybench":  # the checkout's folder imported by its own name: a second copy of every module
+    raise ImportError(f"import energybench, not {__name__}: the benchmark/ folder is the energybench package (pip "
+                      "install -e . makes it importable); a second copy of its modules breaks the plugin registry")
+
 from importlib.metadata import PackageNotFoundError, version
 
 from energybench.api import (

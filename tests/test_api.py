@@ -103,7 +103,8 @@ def test_the_wheel_installs_energybench_alone(tmp_path):
     assert top == {"energybench", f"energybench-{energybench_version()}.dist-info"}
     for expected in ("energybench/__init__.py", "energybench/cli.py", "energybench/registry.toml",
                      "energybench/plugins/regularizers/der.py", "energybench/training/loop.py",
-                     "energybench/reporting/templates/report.html"):
+                     "energybench/reporting/templates/report.html", "energybench/py.typed",
+                     "energybench/__main__.py"):
         assert expected in names, expected
     assert not any("__pycache__" in name for name in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
@@ -118,6 +119,21 @@ def test_the_installed_package_is_importable_as_energybench_only(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
     where, missing = result.stdout.splitlines()
     assert Path(where).parent.name in ("benchmark", "energybench") and missing == "[True, True, True]"
+
+
+def test_python_m_energybench_is_the_command():
+    result = subprocess.run([sys.executable, "-m", "energybench", "--version"], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.startswith("energybench, version")
+
+
+@pytest.mark.parametrize("name", ["benchmark", "plugins"])
+def test_importing_the_checkout_folders_by_their_own_names_fails_at_once(name):
+    """A second copy of every module (``benchmark.contracts.attack.Attack`` beside ``energybench``'s) would make
+    the registry reject every plugin: the import fails with one line saying what to import."""
+    result = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("ImportError: import energybench")
 
 
 def test_train_and_evaluate_show_progress_by_default_and_progress_false_silences_them(capsys, monkeypatch, tmp_path):
