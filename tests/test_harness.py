@@ -153,8 +153,7 @@ class _Raising(Trainer):
 
 
 @pytest.fixture
-def runtime_registry(monkeypatch):
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+def runtime_registry(scoped_registry):
     return reg.get_registry()
 
 

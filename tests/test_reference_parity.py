@@ -16,7 +16,6 @@ from torch import nn
 import energybench
 from energybench import Arrays, Dataset
 from energybench.config import load_catalogue, resolve_config
-from energybench.contracts import registry as reg
 from energybench.contracts.registry import create_attack
 from energybench.data.datasets import Split, load_dataset
 from energybench.evaluation.robustness import robustness
@@ -137,9 +136,8 @@ class FourClassImages(Dataset):
         return Arrays(x, y, x, y)
 
 
-def four_class_images(monkeypatch) -> Dataset:
+def four_class_images(scoped_registry) -> Dataset:
     """``FourClassImages`` registered as dataset ``four-classes`` (in a fresh registry, for this test only)."""
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
     energybench.register_dataset("four-classes")(FourClassImages)
     return FourClassImages()
 
