@@ -49,7 +49,7 @@ class StoredRun:
     """A run in the store: its settings, status, per-epoch metrics and final test results.
 
     ``results`` maps ``best`` and ``last`` (the checkpoints) to their test metrics, accuracies as
-    fractions (``test_clean_acc``, ``test_pgd_acc``, ``test_aa_acc``, ...: ``energybench.storage.result_keys``);
+    fractions (``test_clean_acc``, ``test_pgd_acc``, ``test_aa_acc``, ...: ``energybench.storage.migrations``);
     ``epochs`` lists each epoch's training and validation metrics; ``model()`` loads a checkpoint's weights.
     """
 

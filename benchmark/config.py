@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from energybench.errors import EnergybenchError, unknown_name
 from energybench.files import read_text
+from energybench.storage.migrations import UNHASHED_DEFAULTS
 
 if TYPE_CHECKING:
     import torch
@@ -203,17 +204,17 @@ class RunConfig(_Strict):
                              "(inputs live in [0, 1]; e.g. 8/255 or 0.3)")
         return self
 
-    def config_hash(self) -> str:
-        """Hash of the settings that determine results (not the track name, an evaluated model's name, device, CPU
-        threads, fast path, data path, plugin timeout, callbacks, or a monitor that only warns).
+    def identity(self, *, seed: bool = True) -> dict[str, Any]:
+        """The settings that determine the result: everything but the track name, an evaluated model's name, device,
+        CPU threads, fast path, data path, plugin timeout, callbacks (loggers), and a monitor that only warns. Two
+        runs with the same identity are the same experiment; without ``seed`` (``seed=False``), seeds of one.
 
         Settings added after runs were first stored count only when they differ from their default
-        (``UNHASHED_DEFAULTS``), so the hash of every earlier run stays what it was.
-        """
-        passive = not self.monitor.enabled or self.monitor.action == "warn"
-        ignored: dict[str, Any] = {k: True for k in ("track", "name", "device", "threads", "fast", "data_root",
-                                                     "plugin_timeout", "callbacks")}
-        if passive:
+        (``energybench.storage.migrations.UNHASHED_DEFAULTS``), so every earlier run keeps its identity."""
+        ignored: dict[str, Any] = {k: True for k in IDENTITY_IGNORES}
+        if not seed:
+            ignored["seed"] = True
+        if not self.monitor.enabled or self.monitor.action == "warn":
             ignored["monitor"] = True
         for path, default in UNHASHED_DEFAULTS.items():
             *parents, leaf = path.split(".")
@@ -225,14 +226,15 @@ class RunConfig(_Strict):
                 for parent in parents:
                     target = target.setdefault(parent, {})
                 target[leaf] = True
-        data = self.model_dump(exclude=ignored)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return self.model_dump(exclude=ignored)
+
+    def config_hash(self) -> str:
+        """A short hash of ``identity()``: what the store files the run under."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-#: Settings that enter the config hash only when they differ from these defaults (added after runs were stored).
-UNHASHED_DEFAULTS: dict[str, Any] = {"keep_epochs": False, "early_stop": None, "eval.co_drop": 0.5,
-                                     "eval.test": True, "eval.co_drop_min": 0.05, "eval.co_drop_alpha": 0.05,
-                                     "model_params": {}, "eval.val_margin": False}
+#: Settings that never change a run's result (``RunConfig.identity`` leaves them out).
+IDENTITY_IGNORES = ("track", "name", "device", "threads", "fast", "data_root", "plugin_timeout", "callbacks")
 
 
 def select_device(name: str) -> torch.device:

@@ -12,7 +12,6 @@ import pytest
 
 import energybench
 from energybench.cli import main
-from energybench.contracts import registry as reg
 from energybench.errors import PluginError
 from energybench.storage.store import Store
 
@@ -25,12 +24,11 @@ def energybench_version() -> str:
     return version("energybench")
 
 
-def test_the_python_api_walkthrough_runs_as_written_in_a_store_that_holds_other_runs(monkeypatch, tmp_path):
+def test_the_python_api_walkthrough_runs_as_written_in_a_store_that_holds_other_runs(tmp_path, scoped_registry):
     """The walkthrough's code, in order, in a store that already holds a digits run of its setting (its claims hold
-    in any store, not only an empty one)."""
+    in any store, not only an empty one); it registers a callback, in a registry scoped to this test."""
     from energybench.config import RunConfig
 
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())  # the walkthrough registers a callback
     store = Store(tmp_path / "home")
     config = RunConfig(dataset="digits", trainer="pgd", eps=0.1, eval={"test_points": 100, "aa_points": 0})
     earlier = store.create_run(config.model_dump(), config.config_hash())
@@ -80,8 +78,7 @@ class _Explodes(energybench.Callback):
             raise RuntimeError("logger lost its connection")
 
 
-def test_a_failing_callback_fails_its_run_naming_it_and_resume_finishes_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+def test_a_failing_callback_fails_its_run_naming_it_and_resume_finishes_it(monkeypatch, tmp_path, scoped_registry):
     energybench.register_callback("explodes")(_Explodes)
     monkeypatch.setattr(_Explodes, "armed", True)
     with pytest.raises(PluginError, match="callback 'explodes' failed: RuntimeError: logger lost its connection"):
@@ -92,6 +89,25 @@ def test_a_failing_callback_fails_its_run_naming_it_and_resume_finishes_it(monke
     assert [e["epoch"] for e in Store(tmp_path).epochs(failed.id)] == [0]  # the first epoch was kept
     finished = energybench.resume(failed.id, store=tmp_path)
     assert finished.status == "done" and [e["epoch"] for e in finished.epochs] == [0, 1]
+
+
+def test_a_failing_run_closes_the_tensorboard_writer(monkeypatch, tmp_path, scoped_registry):
+    from energybench.training.callbacks.tensorboard import TensorBoardLogger
+
+    loggers, opened = [], TensorBoardLogger.on_fit_start
+
+    def opening(self, run):
+        loggers.append(self)
+        opened(self, run)
+
+    monkeypatch.setattr(TensorBoardLogger, "on_fit_start", opening)
+    energybench.register_callback("explodes")(_Explodes)
+    monkeypatch.setattr(_Explodes, "armed", True)
+    with pytest.raises(PluginError, match="callback 'explodes' failed"):
+        energybench.train("fgsm", track="digits-tiny", callbacks=["tensorboard", "explodes"], eval={"aa_points": 0},
+                          store=tmp_path)
+    (logger,) = loggers
+    assert logger.writer.all_writers is None  # closed: its event file is complete
 
 
 def test_the_wheel_installs_energybench_alone(tmp_path):

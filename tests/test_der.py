@@ -11,6 +11,7 @@ from energybench import TrainOutput, create_regularizer, get_plugin
 from energybench.contracts.regularizer import forward_calls
 from energybench.contracts.trainer import Trainer
 from energybench.errors import EnergybenchError, PluginError
+from energybench.storage.migrations import current_config
 from energybench.training.step import TrainingStep
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.2], [1.5, 1.5, 0.0], [-0.3, 0.8, 2.2]])
@@ -156,7 +157,8 @@ def test_ablation_forms_keep_their_settings_and_refuse_the_papers():
     with pytest.raises(EnergybenchError, match="beta, gamma do not apply to form='squared'"):
         der(form="squared", beta=1.0, gamma=0.1)
     assert reg.variant({"form": "squared", "terms": "joint", "lambda": 10.0}) == "squared joint dE, lambda 10"
-    assert reg.variant({"lambda": 1.0, "terms": "marginal"}) == "squared marginal dE, lambda 1"  # before 'form'
+    before_forms = current_config({"regularizer": "der", "regularizer_params": {"lambda": 1.0, "terms": "marginal"}})
+    assert reg.variant(before_forms["regularizer_params"]) == "squared marginal dE, lambda 1"
     assert reg.variant(der().params.model_dump(by_alias=True)) is None
     out = TrainOutput(loss=torch.zeros(()), logits=LOGITS, logits_adv=LOGITS_ADV, logits_start=LOGITS_START)
     squared = (-torch.logsumexp(LOGITS, 1) + torch.logsumexp(LOGITS_ADV, 1)).pow(2).mean()

@@ -173,3 +173,14 @@ def test_model_state_unwraps_common_layouts():
     assert model_state(sd) is sd and model_state({"model": sd}) is sd and model_state({"state_dict": sd}) is sd
     with pytest.raises(EnergybenchError):
         model_state({"epoch": 3})
+
+
+def test_resume_states_of_every_version_read_as_todays():
+    """The CO monitor's state, saved at the top (version 1), under its display name (2) or its state_key (3)."""
+    from energybench.storage.migrations import current_state
+    from energybench.training.callbacks.co_monitor import COMonitorCallback
+
+    today = {"epoch": 2, "callbacks": {COMonitorCallback.state_key: {"z": 1}, "tensorboard": {}}}
+    assert current_state({"epoch": 2, "monitor": {"z": 1}, "callbacks": {"tensorboard": {}}}) == today
+    assert current_state({"epoch": 2, "callbacks": {"CO monitor": {"z": 1}, "tensorboard": {}}}) == today
+    assert current_state(today) == today

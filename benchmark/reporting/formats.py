@@ -90,7 +90,7 @@ def _interval_fields() -> list[Column]:
 
 
 #: Machine-readable fields of a measured row (csv/json); accuracies are fractions of the test points. Metrics carry
-#: their result keys (``energybench.storage.result_keys``).
+#: their result keys (``energybench.storage.migrations``).
 FIELDS: list[Column] = [
     Column("id", lambda r: r.run.id),
     Column("name", lambda r: r.run.config.get("name")),

@@ -7,7 +7,7 @@ of sampling stored models (``energybench sample``); a ``points`` table holds, pe
 which test points were classified correctly (for paired tests). The database uses WAL mode and a busy
 timeout, so several processes may write to it at once. Numbers are stored rounded to ``SIGNIFICANT_DIGITS``
 (``stored_value``), and results written under an earlier version's names are read under today's
-(``energybench.storage.result_keys``).
+(``energybench.storage.migrations``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from energybench.errors import EnergybenchError
-from energybench.storage.result_keys import current_key
+from energybench.storage.migrations import current_config, current_key
 
 try:
     import fcntl
@@ -467,5 +467,5 @@ def _insert_run(db: sqlite3.Connection, run_id: str, created: float, status: str
 
 def _record(row: sqlite3.Row) -> RunRecord:
     data = dict(row)
-    data["config"] = json.loads(data["config"])
+    data["config"] = current_config(json.loads(data["config"]))
     return RunRecord(**data)

@@ -24,6 +24,7 @@ from energybench.data.datasets import ImageData, load_dataset
 from energybench.errors import EnergybenchError
 from energybench.evaluation.robustness import catastrophic_overfitting, robustness
 from energybench.storage.checkpoint import load_checkpoint, save_checkpoint
+from energybench.storage.migrations import current_state
 from energybench.storage.store import Store
 from energybench.training.acceleration import Acceleration
 from energybench.training.callbacks.checkpoints import CheckpointFiles
@@ -87,6 +88,15 @@ class Run:
         for name, callback in self.callbacks:
             call_plugin("callback", name, getattr(callback, hook), self, *args)
 
+    def fail(self, error: BaseException) -> None:
+        """Every callback's ``on_exception``, each one even when another fails there (``error`` is what the run
+        raises; a callback's own failure here is an alert)."""
+        for name, callback in self.callbacks:
+            try:
+                call_plugin("callback", name, callback.on_exception, self, error)
+            except Exception as exc:
+                self.reporter.alert(str(exc))
+
     # ----- what callbacks may ask for ---------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -121,13 +131,13 @@ class Run:
                  "torch_rng": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        state["callbacks"] = {name: callback.state_dict() for name, callback in self.callbacks}
+        state["callbacks"] = {callback.state_key: callback.state_dict() for _, callback in self.callbacks}
         return state
 
     def restore(self) -> None:
         """Continue from the state saved after the last completed epoch."""
         path = self.dir / "state.pt"
-        state = load_checkpoint(path, map_location=self.device)
+        state = current_state(load_checkpoint(path, map_location=self.device))
         try:
             self._apply_state(state)
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
@@ -135,11 +145,9 @@ class Run:
             raise EnergybenchError(f"{path} does not fit this run ({self.config.model} on {self.config.dataset}): "
                                    f"{type(exc).__name__}: {detail}") from None
         saved = state.get("callbacks", {})
-        if "monitor" in state:  # saved before the monitor became a callback
-            saved = saved | {"CO monitor": state["monitor"]}
-        for name, callback in self.callbacks:
-            if saved.get(name):
-                callback.load_state_dict(saved[name])
+        for _, callback in self.callbacks:
+            if saved.get(callback.state_key):
+                callback.load_state_dict(saved[callback.state_key])
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])

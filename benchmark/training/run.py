@@ -143,11 +143,13 @@ def _execute(config: RunConfig, store: Store, reporter: Reporter, record: RunRec
         if run.config.eval.test:
             with run.fast.final_evaluation():
                 evaluate_checkpoints(run)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        run.fail(exc)
         store.set_status(run_id, "interrupted", error="interrupted by the user",
                          wall_time=elapsed + time.perf_counter() - start)
         raise Interrupted(f"energybench run --resume {run_id}") from None
     except Exception as exc:
+        run.fail(exc)
         message = str(exc) if isinstance(exc, EnergybenchError) else f"{type(exc).__name__}: {exc}"
         store.set_status(run_id, "failed", error=message, wall_time=elapsed + time.perf_counter() - start)
         raise
