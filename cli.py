@@ -490,9 +490,10 @@ def import_reference(files, norm, store_path) -> None:
     """Add RobustBench-style model-info JSON files to the leaderboard as (unranked) reference rows."""
     from energybench import api
     from energybench.config import format_eps
+    from energybench.reporting.numbers import number
 
     for ref in api.import_reference(files, norm=norm, store=store_path):
-        clean = "-" if ref["clean"] is None else f"{100 * ref['clean']:.2f}%"
+        clean = number(ref["clean"], ".2f", scale=100, suffix="%")
         out.print(f"reference {ref['id']}: {ref['dataset']} {ref['norm']} eps {format_eps(ref['eps'])}, clean {clean}, "
                   f"AutoAttack {100 * ref['aa']:.2f}%")
 

@@ -24,9 +24,6 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The version of the result keys above; stores written by version 1 are read through ``RESULT_KEY_MIGRATIONS[2]``.
-RESULT_KEYS_VERSION = 2
-
 #: Settings that enter a run's identity only when they differ from these defaults (added after runs were stored).
 UNHASHED_DEFAULTS: dict[str, Any] = {"keep_epochs": False, "early_stop": None, "eval.co_drop": 0.5,
                                      "eval.test": True, "eval.co_drop_min": 0.05, "eval.co_drop_alpha": 0.05,
