@@ -240,40 +240,25 @@ def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, samp
     out.print(f"grids, samples (.npz) and metrics (.json) in {records[0].out_dir}")
 
 
-def plugin_settings(kind: str, cls: type) -> str:
-    """What `energybench plugins` shows of a plugin: a dataset's facts, a model's keyword arguments, or the
-    hyper-parameters (``Params``) of the other kinds, with their defaults."""
-    import inspect
-
-    if kind == "dataset":
-        return cls().describe()
-    if kind == "model":
-        standard = {"self", "num_classes", "in_channels", "mean", "std"}
-        shown = [f"{p.name}={p.default!r}" for p in inspect.signature(cls.__init__).parameters.values()
-                 if p.name not in standard and p.default is not inspect.Parameter.empty]
-    else:
-        params = getattr(cls, "Params", None)
-        fields = params.model_fields.items() if params is not None else []
-        shown = [f"{f.alias or key}={f.default!r}" for key, f in fields]
-    return ", ".join(shown) or "-"
-
-
 @cli.command()
 @click.option("--kind", type=click.Choice(["attack", "trainer", "regularizer", "sampler", "model", "callback",
                                            "dataset"]))
-def plugins(kind) -> None:
-    """List registered plugins by kind, with their source package and hyper-parameters."""
+@catalogue_option
+def plugins(kind, registry_path) -> None:
+    """List registered plugins by kind, with their source package and effective default hyper-parameters."""
+    from energybench import api
     from energybench.contracts.registry import KINDS, get_registry
 
-    registry = get_registry()
+    found = api.describe_plugins(kind, registry=registry_path)
     for name in [kind] if kind else list(KINDS):
         table = Table(title=f"{name}s", title_justify="left", header_style="bold")
         for column in ("name", "source", "facts" if name == "dataset" else "hyper-parameters (default)"):
             table.add_column(column)
-        for entry, cls in registry.load_all(name):
-            table.add_row(entry.name, entry.source, plugin_settings(name, cls))
+        for plugin in (p for p in found if p.kind == name):
+            settings = plugin.facts or ", ".join(f"{k}={v!r}" for k, v in plugin.defaults.items()) or "-"
+            table.add_row(plugin.name, plugin.source, settings)
         out.print(table)
-    for problem in registry.problems:
+    for problem in get_registry().problems:
         err.print(f"[yellow]warning:[/] {problem}")
 
 

@@ -26,6 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 from energybench.api import (
     StoredRun,
     compare,
+    describe_plugins,
     energy_histograms,
     energy_trace,
     evaluate,
@@ -84,7 +85,8 @@ __all__ = ["Arrays", "Attack", "Batch", "Callback", "Classifier", "Dataset", "En
            "PluginError", "PluginParams", "Regularizer", "Reporter", "RichReporter", "SampleBatch", "Sampler",
            "StoredRun", "TrainOutput", "Trainer", "__version__", "compare", "create_attack", "create_callback",
            "create_dataset", "create_model", "create_regularizer", "create_sampler", "create_trainer",
-           "energy_histograms", "energy_trace", "evaluate", "export", "get_plugin", "get_run", "import_reference",
+           "describe_plugins", "energy_histograms", "energy_trace", "evaluate", "export", "get_plugin", "get_run",
+           "import_reference",
            "leaderboard", "list_plugins", "load", "load_data", "register_attack", "register_callback",
            "register_dataset", "register_model", "register_regularizer", "register_sampler", "register_trainer",
            "repair_store", "report", "resume", "run_suite", "sample", "select_epochs", "suite_plan", "tracks", "train"]

@@ -24,8 +24,9 @@ from torch import nn
 
 from energybench.config import RunConfig, Seed, load_catalogue, parse_eps, resolve_config
 from energybench.contracts.params import validated
+from energybench.contracts.registry import model_params
 from energybench.data.datasets import get_dataset
-from energybench.errors import EnergybenchError
+from energybench.errors import EnergybenchError, unknown_name
 from energybench.evaluation.external import (
     ExternalModel,
     default_track,
@@ -279,6 +280,48 @@ def tracks(*, registry: str | Path | None = None) -> dict[str, dict[str, Any]]:
     catalogue = load_catalogue(registry)
     return {name: {"description": t.description, "default": name == catalogue.default_track,
                    "settings": RunConfig(**t.settings).model_dump()} for name, t in catalogue.tracks.items()}
+
+
+@dataclass
+class PluginInfo:
+    """A registered plugin as ``energybench plugins`` lists it: kind, name, the distribution it comes from, and its
+    effective defaults (``defaults``: its hyper-parameters after the catalogue's ``[defaults.<kind>.<name>]``, what a
+    run gets when it sets none; a model's keyword arguments) or, for a dataset, its facts (``facts``)."""
+
+    kind: str
+    name: str
+    source: str
+    defaults: dict[str, Any]
+    facts: str | None = None
+
+
+@validated
+def describe_plugins(kind: str | None = None, *, registry: str | Path | None = None) -> list[PluginInfo]:
+    """``energybench plugins``: every registered plugin (of ``kind``, default all kinds) with its effective defaults;
+    plugins that fail to load are left out and named in ``get_registry().problems``."""
+    import inspect
+
+    from energybench.contracts.params import parse_params
+    from energybench.contracts.registry import KINDS, get_registry
+
+    if kind is not None and kind not in KINDS:
+        raise unknown_name("plugin kind", kind, list(KINDS))
+    catalogue = load_catalogue(registry)
+    found = []
+    for name in [kind] if kind else list(KINDS):
+        for entry, cls in get_registry().load_all(name):
+            if name == "dataset":
+                found.append(PluginInfo(name, entry.name, entry.source, {}, cls().describe()))
+                continue
+            if name == "model":
+                defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+                            if p.name in model_params(cls) and p.default is not inspect.Parameter.empty}
+            else:
+                params = parse_params(cls.Params, catalogue.defaults_for(name, entry.name), f"{name} {entry.name!r}")
+                fields = type(params).model_fields.items()
+                defaults = {field.alias or key: getattr(params, key) for key, field in fields}
+            found.append(PluginInfo(name, entry.name, entry.source, defaults))
+    return found
 
 
 @validated

@@ -189,7 +189,7 @@ def test_train_and_evaluate_show_progress_by_default_and_progress_false_silences
 
 
 #: Each command of the CLI and the function of the API that does its work.
-COMMAND_FUNCTIONS = {"run": "train", "leaderboard": "leaderboard", "sample": "sample", "plugins": "list_plugins",
+COMMAND_FUNCTIONS = {"run": "train", "leaderboard": "leaderboard", "sample": "sample", "plugins": "describe_plugins",
                      "tracks": "tracks", "suite": "run_suite", "eval": "evaluate", "compare": "compare",
                      "export": "export", "import-reference": "import_reference", "report": "report",
                      "energy histograms": "energy_histograms", "energy trace": "energy_trace",

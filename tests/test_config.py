@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from energybench import describe_plugins
 from energybench.config import (
     Catalogue,
     RunConfig,
@@ -54,9 +55,11 @@ def test_plugin_defaults_come_from_the_catalogue_then_flags(tmp_path):
                                                        "regularizer_params": {"gamma": 0.5}}), catalogue)
     assert cfg.regularizer_params == {"form": "hinge", "beta": 30.0, "gamma": 0.5, "aae": "auto"}
     edited = tmp_path / "registry.toml"
-    edited.write_text(default_catalogue_path().read_text().replace("steps = 10\nstep_ratio", "steps = 4\nstep_ratio"))
+    edited.write_text(default_catalogue_path().read_text() + "\n[defaults.trainer.pgd]\nsteps = 4\n")
     catalogue_4 = load_catalogue(edited)
     assert prepare(resolve_config(catalogue_4, overrides={"trainer": "pgd"}), catalogue_4).trainer_params["steps"] == 4
+    (shown,) = [p for p in describe_plugins("trainer", registry=edited) if p.name == "pgd"]  # `energybench plugins`
+    assert shown.defaults == {"steps": 4, "step_ratio": 0.25}
     flagged = resolve_config(catalogue_4, overrides={"trainer": "pgd", "trainer_params": {"steps": 2}})
     assert prepare(flagged, catalogue_4).trainer_params["steps"] == 2
     ablation = prepare(resolve_config(catalogue, overrides={
