@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from energybench.errors import EnergybenchError, Interrupted
+from energybench.errors import ArgumentError, EnergybenchError, Interrupted
 
 #: Piped into a file or a pager, stdout is as wide as a table needs (rich would assume 80 columns and squeeze every
 #: cell into wrapped lines); ``COLUMNS`` still sets a width. Lines on stderr wrap where the terminal wraps them.
@@ -229,6 +229,8 @@ def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, samp
     from energybench.storage.store import Store
     from energybench.training.progress import RichReporter
 
+    if not sampler and not compare:
+        raise EnergybenchError("name a sampler with --sampler or several with --compare")
     store = Store(store_path)
     records = api.sample(model_ref, sampler=sampler_names(sampler, compare), n=n, seed=seed, checkpoint=checkpoint,
                          params=parse_assignments(sampler_opt, "--sampler-opt"), dataset=dataset, arch=model_arch,
@@ -299,8 +301,6 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
     from energybench.suites.spec import load_suite
     from energybench.training.progress import RichReporter
 
-    if ray_address and executor != "ray":
-        raise EnergybenchError("--ray-address needs --executor ray")
     catalogue = load_catalogue(registry_path)
     spec = load_suite(catalogue, name)
     store = Store(store_path)
@@ -585,12 +585,32 @@ def select(run_ids, store_path) -> None:
     out.print(table)
 
 
+#: API parameters whose option is named otherwise here (API name: the option's parameter name).
+API_NAMES = {"arch": "model_arch", "params": "sampler_opt", "output": "out_path", "store": "store_path",
+             "registry": "registry_path"}
+
+
+def flags(argv: list[str]) -> dict[str, str]:
+    """The options of the command ``argv`` runs by the API parameter each one sets, as the user wrote them (else
+    their first name): what an ``ArgumentError`` from below says instead of the API's names."""
+    command: click.Command = cli
+    for word in argv:
+        if not isinstance(command, click.Group) or word not in command.commands:
+            break
+        command = command.commands[word]
+    parameter = {option: api for api, option in API_NAMES.items()}
+    return {parameter.get(p.name, p.name): next((o for o in p.opts + p.secondary_opts if o in argv), p.opts[0])
+            for p in command.params if isinstance(p, click.Option)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and exit code 2 for bad input, 130 on Ctrl-C, never a traceback."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
         cli.main(args=argv, prog_name="energybench", standalone_mode=False)
     except EnergybenchError as exc:
-        err.print(f"energybench: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        message = exc.naming(flags(argv)) if isinstance(exc, ArgumentError) else str(exc)
+        err.print(f"energybench: error: {message}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -26,7 +26,7 @@ from energybench.config import RunConfig, Seed, load_catalogue, parse_eps, resol
 from energybench.contracts.params import validated
 from energybench.contracts.registry import model_params
 from energybench.data.datasets import get_dataset
-from energybench.errors import EnergybenchError, unknown_name
+from energybench.errors import ArgumentError, EnergybenchError, unknown_name
 from energybench.evaluation.external import (
     ExternalModel,
     default_track,
@@ -147,7 +147,7 @@ def evaluate(model: nn.Module | str, *, dataset: str | None = None, eps: float |
     if isinstance(model, nn.Module):
         info = get_dataset(dataset) if dataset else None
         if info is None:
-            raise EnergybenchError("evaluating a module needs dataset= (the data it classifies)")
+            raise ArgumentError("evaluating a module needs dataset= (the data it classifies)", "dataset")
         external = ExternalModel(model.eval(), info, type(model).__name__, _module_source(model))
     elif isinstance(model, str):
         external = resolve_model(model, target or _store(None), dataset=dataset, model=arch, norm=norm,
@@ -349,7 +349,7 @@ def run_suite(name: str, *, executor: str = "local", ray_address: str | None = N
     from energybench.suites.spec import load_suite
 
     if ray_address and executor != "ray":
-        raise EnergybenchError("ray_address needs the ray executor")
+        raise ArgumentError("ray_address= needs executor=ray", "ray_address", "executor")
     catalogue = load_catalogue(registry)
     runner = RayExecutor(ray_address) if executor == "ray" else LocalExecutor(lambda: reporter_of(progress))
     return run_cells(load_suite(catalogue, name), catalogue, _store(store), runner,

@@ -208,3 +208,14 @@ def test_every_command_is_a_function_of_the_api():
     for function in [*COMMAND_FUNCTIONS.values(), "resume", "suite_plan", "get_run", "load", "load_data"]:
         assert callable(getattr(energybench, function)) and function in energybench.__all__, function
     assert energybench.__version__ == energybench_version()
+
+
+def test_errors_below_the_cli_name_api_parameters_and_the_cli_names_its_flags(capsys, tmp_path):
+    from energybench.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"^ray_address= needs executor=ray$"):
+        energybench.run_suite("tiny", ray_address="x:1", store=tmp_path)
+    assert main(["suite", "tiny", "--ray-address", "x:1", "--store", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "energybench: error: --ray-address needs --executor ray"
+    error = ArgumentError("n=0 is too small; give dataset= (one of a, b)", "n", "dataset")
+    assert error.naming({"n": "-n", "dataset": "--dataset"}) == "-n 0 is too small; give --dataset (one of a, b)"

@@ -42,7 +42,7 @@ from energybench.contracts.params import parse_params
 from energybench.contracts.registry import create_sampler, get_registry
 from energybench.contracts.sampler import SampleBatch, Sampler
 from energybench.data.datasets import Split, load_dataset, offline
-from energybench.errors import EnergybenchError
+from energybench.errors import ArgumentError
 from energybench.files import make_folder
 from energybench.generation.feature_extractors import DomainExtractor, domain_extractor, inception_cache_path
 from energybench.generation.metrics import domain_metrics, inception_metrics, to_uint8, within_class_diversity
@@ -74,13 +74,14 @@ def sampler_settings(names: list[str], assignments: dict[str, Any], catalogue: C
         target, dot, field = key.rpartition(".")
         if dot:
             if target not in values:
-                raise EnergybenchError(f"-S {key}: sampler {target!r} is not run here (running: {', '.join(names)})")
+                raise ArgumentError(f"params={key}: sampler {target!r} is not run here (running: {', '.join(names)})",
+                                    "params")
             values[target][field] = value
             continue
         takers = [name for name, cls in classes.items() if key in _fields(cls)]
         if not takers:
-            raise EnergybenchError(f"-S {key}: no sampler run here has a hyper-parameter {key!r} "
-                                   f"(see `energybench plugins --kind sampler`)")
+            raise ArgumentError(f"params={key}: no sampler run here has a hyper-parameter {key!r} "
+                                f"(see `energybench plugins --kind sampler`)", "params")
         for name in takers:
             values[name][key] = value
     return {name: parse_params(cls.Params, values[name], f"sampler {name!r}").model_dump(by_alias=True)
@@ -128,14 +129,15 @@ def feature_sets(features: str, info: Dataset, inception_weights: str | None) ->
     """Which feature spaces to measure in: ``auto`` is Inception for colour images when its weights are
     here (``inception_weights`` or torch-fidelity's cache), else the domain extractor."""
     if features not in FEATURES:
-        raise EnergybenchError(f"features {features!r} must be one of {', '.join(FEATURES)}")
+        raise ArgumentError(f"features={features!r} must be one of {', '.join(FEATURES)}", "features")
     have_inception = inception_weights is not None or inception_cache_path().is_file()
     if features == "auto":
         return ["inception"] if info.in_channels == 3 and have_inception else ["domain"]
     chosen = ["inception", "domain"] if features == "both" else [features]
     if "inception" in chosen and not have_inception and offline():
-        raise EnergybenchError(f"Inception weights not found at {inception_cache_path()} and downloads are "
-                               "disabled: pass --inception-weights PATH or use --features domain")
+        raise ArgumentError(f"Inception weights not found at {inception_cache_path()} and downloads are "
+                            "disabled: pass inception_weights= (a file) or use features=domain", "inception_weights",
+                            "features")
     return chosen
 
 
@@ -168,8 +170,8 @@ class SampleMetrics:
             try:
                 metrics |= inception_metrics(x, self.real.x, weights_path=self.inception_weights, **common)
             except OSError as exc:  # the weights download failed
-                raise EnergybenchError(f"cannot load the Inception weights ({exc}); pass --inception-weights PATH "
-                                       "or use --features domain") from None
+                raise ArgumentError(f"cannot load the Inception weights ({exc}); pass inception_weights= (a file) "
+                                    "or use features=domain", "inception_weights", "features") from None
         if self.extractor is not None:
             name, model = self.extractor.name, self.extractor.model
             metrics |= domain_metrics(x, self.real.x, model, name, **common)
@@ -191,15 +193,15 @@ def generate(ref: str, store: Store, catalogue: Catalogue, *, samplers: list[str
     ``<home>/generative/<id>``), stores one ``generative`` row per sampler and returns those rows.
     """
     if not samplers:
-        raise EnergybenchError("name a sampler with --sampler or several with --compare")
+        raise ArgumentError("name a sampler with sampler= (several: a list)", "sampler")
     if batch_size < 1:
-        raise EnergybenchError(f"batch size {batch_size} must be at least 1")
+        raise ArgumentError(f"batch_size={batch_size} must be at least 1", "batch_size")
     settings = sampler_settings(samplers, assignments or {}, catalogue)
     trained = load_trained(ref, store, checkpoint=checkpoint, dataset=dataset, model=model)
     info = trained.info
     if n < 2 * info.num_classes:
-        raise EnergybenchError(f"-n {n} is too small: FID and diversity need at least 2 samples per class "
-                               f"({2 * info.num_classes} for {info.name}'s {info.num_classes} classes)")
+        raise ArgumentError(f"n={n} is too small: FID and diversity need at least 2 samples per class "
+                            f"({2 * info.num_classes} for {info.name}'s {info.num_classes} classes)", "n")
     chosen = feature_sets(features, info, inception_weights)
     from_file = Path(ref).is_file()
     data_root = data_root or (trained.config.data_root if trained.config else None)
