@@ -294,19 +294,14 @@ def tracks(registry_path) -> None:
 def suite(name, dry_run, executor, ray_address, data_root, device, store_path, registry_path) -> None:
     """Run the cells of suite NAME not yet done in the store, then show the suite's leaderboard."""
     from energybench import api
-    from energybench.config import load_catalogue
     from energybench.reporting.suite_leaderboard import group_cells, render_suite, render_tuning
     from energybench.storage.store import Store
-    from energybench.suites.plan import render_plan, suite_stages
-    from energybench.suites.spec import load_suite
+    from energybench.suites.plan import render_plan
     from energybench.training.progress import RichReporter
 
-    catalogue = load_catalogue(registry_path)
-    spec = load_suite(catalogue, name)
-    store = Store(store_path)
     if dry_run:
-        table, summary = render_plan(spec, suite_stages(catalogue, spec, store, data_root=data_root, device=device),
-                                     store)
+        table, summary = render_plan(api.suite_plan(name, data_root=data_root, device=device, store=store_path,
+                                                    registry=registry_path))
         out.print(table)
         out.print(summary)
         return
@@ -324,6 +319,7 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
                   else f"[red]{outcome.status}[/]: {outcome.error}")
         err.print(f"[{len(finished)}/{stage_size[0]}] {outcome.cell.describe()}: {result}", highlight=False)
 
+    store = Store(store_path)
     try:
         result = api.run_suite(name, executor=executor, ray_address=ray_address, data_root=data_root, device=device,
                                store=store, registry=registry_path, progress=RichReporter(err), on_stage=announce,
@@ -331,22 +327,13 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
     except KeyboardInterrupt:
         raise Interrupted(f"energybench suite {name}" + (f" --store {store_path}" if store_path else "")) from None
     if result.selections:
-        out.print(render_tuning(result.selections, spec.spec.tuning))
+        out.print(render_tuning(result.selections, result.suite.spec.tuning))
     first = result.cells[0].config
     out.print(render_suite(group_cells(store, result.cells, result.selections),
                            f"Suite {name}: {first.dataset}, {first.model}, {first.norm}"))
-    problems = []
-    failed = sum(o.status == "failed" for o in result.outcomes)
-    if failed:
-        problems.append(f"{failed} cells failed (errors above, kept in the store)")
-    in_use = sum(o.status == "in use" for o in result.outcomes)
-    if in_use:
-        problems.append(f"{in_use} cells are being run by another process")
-    if result.untuned:
-        problems.append(f"{len(result.untuned)} evaluation cells wait for tuning cells that did not complete")
-    if problems:
-        raise EnergybenchError(f"{'; '.join(problems)}; run `energybench suite {name}` again to retry only "
-                               "the unfinished cells")
+    if result.unfinished():
+        raise EnergybenchError(f"{result.unfinished()}; run `energybench suite {name}` again to retry only the "
+                               "unfinished cells")
 
 
 @cli.command("eval")

@@ -326,14 +326,14 @@ def describe_plugins(kind: str | None = None, *, registry: str | Path | None = N
 
 @validated
 def suite_plan(name: str, *, data_root: str | Path | None = None, device: str | None = None, store: StoreLike = None,
-               registry: str | Path | None = None) -> list[dict[str, Any]]:
-    """``energybench suite NAME --dry-run``: every cell of the suite (tuning, then evaluation), whether the store
-    holds it, its estimated example passes and seconds (None until a speed is known)."""
-    from energybench.suites.plan import plan_cells
+               registry: str | Path | None = None):
+    """``energybench suite NAME --dry-run``: the ``SuitePlan`` (``energybench.suites.plan``), every cell of the suite
+    (tuning, then evaluation) in ``cells``, whether the store holds it, its estimated example passes and seconds
+    (None until a speed is known)."""
+    from energybench.suites.plan import plan_suite
 
-    catalogue = load_catalogue(registry)
-    return [asdict(cell) for cell in plan_cells(catalogue, name, _store(store, readonly=True), data_root=data_root,
-                                                device=device)]
+    return plan_suite(load_catalogue(registry), name, _store(store, readonly=True),
+                      data_root=str(data_root) if data_root else None, device=device)
 
 
 @validated
