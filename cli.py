@@ -87,12 +87,9 @@ def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epoch
         registry_path) -> None:
     """Train a classifier with a trainer (+ regularizer), evaluate it, store it, show the leaderboard."""
     from energybench import api
-    from energybench.contracts.registry import get_registry
     from energybench.storage.store import Store
     from energybench.training.progress import RichReporter
 
-    for name in loggers:
-        get_registry().entry("callback", name)  # an unknown logger is one clear line, before anything runs
     if resume:
         ctx = click.get_current_context()
         given = [p.opts[0] for p in ctx.command.params
@@ -124,15 +121,14 @@ def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epoch
 
 def print_board(store, registry_path, record, *, highlight: str | None = None, only: str | None = None):
     """Print the leaderboard of ``record``'s setting (dataset, threat model, eps: every architecture, the published
-    references), with the run in bold (``highlight``) or alone (``only``); return its ranking."""
-    from energybench.config import load_catalogue
-    from energybench.reporting.formats import build_leaderboard, rich_tables
+    references), with the run in bold (``highlight``) or alone (``only``); return its ranking and entry."""
+    from energybench import api
+    from energybench.reporting.formats import rich_tables
 
-    board = build_leaderboard(store, load_catalogue(registry_path), dataset=record.dataset, eps=record.eps,
-                              norm=record.norm)
+    board = api.rankings(dataset=record.dataset, eps=record.eps, norm=record.norm, store=store, registry=registry_path)
     for table in rich_tables(board, highlight=highlight, only=only):
         out.print(table)
-    return next(r for r in board.rankings if record.id in {row.run.id for row in r.rows})
+    return board.place(record.id)
 
 
 @cli.command()
@@ -159,8 +155,9 @@ def print_board(store, registry_path, record, *, highlight: str | None = None, o
 def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, sort, reverse, group_seeds, per_arch, fmt,
                 output, no_references, store_path, registry_path) -> None:
     """Print the robustness leaderboard of stored runs, or with --generative the generative one."""
-    from energybench.config import load_catalogue, parse_eps
-    from energybench.reporting.formats import build_leaderboard, export, rich_tables
+    from energybench import api
+    from energybench.config import load_catalogue
+    from energybench.reporting.formats import export, rich_tables
     from energybench.storage.store import Store
 
     if generative:
@@ -172,16 +169,9 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
                                        model=model, references=not no_references):
             out.print(table)
         return
-    try:
-        eps_value = parse_eps(eps) if eps is not None else None
-    except ValueError as exc:
-        raise EnergybenchError(str(exc)) from None
-    board = build_leaderboard(Store(store_path, readonly=True), load_catalogue(registry_path), dataset=dataset,
-                              model=model, eps=eps_value, norm=norm, track=track, suite=suite, trainer=trainer,
-                              sort=sort, reverse=reverse, group=group_seeds, per_arch=per_arch,
-                              references=not no_references)
-    if not board.rows:
-        raise EnergybenchError("no completed runs match these filters; start one with `energybench run`")
+    board = api.rankings(dataset=dataset, model=model, eps=eps, norm=norm, track=track, suite=suite, trainer=trainer,
+                         sort=sort, reverse=reverse, group_seeds=group_seeds, per_arch=per_arch,
+                         references=not no_references, store=store_path, registry=registry_path).nonempty()
     if output:
         from energybench.storage.checkpoint import atomic_write
 
@@ -380,9 +370,8 @@ def evaluate(model_ref, name, dataset, eps, arch, track, norm, test_points, aa_p
         out.print(numbers_table(metrics))
         return
     record = store.get_run(result.id)
-    ranking = print_board(store, registry_path, record, only=result.id)
-    rank = next(e.rank for e in ranking.entries if e.row.run.id == record.id)
-    out.print(f"run {record.id}: rank {rank if rank is not None else '-'} of {len(ranking.entries)} on "
+    ranking, entry = print_board(store, registry_path, record, only=result.id)
+    out.print(f"run {record.id}: rank {entry.rank if entry.rank is not None else '-'} of {len(ranking.entries)} on "
               f"{ranking.setting.label}, beside {len(ranking.references)} published results (the whole table: "
               f"energybench leaderboard --dataset {record.dataset} --norm {record.norm} --eps {format_eps(record.eps)}"
               f"); share it: energybench export {record.id} -o {record.id}.json", highlight=False)
@@ -421,16 +410,13 @@ def compare(ref_a, ref_b, checkpoint, fmt, margin, store_path) -> None:
     import json
 
     from energybench import api
-    from energybench.reporting.compare import compare as compare_refs
-    from energybench.reporting.compare import comparison_table
-    from energybench.storage.store import Store
+    from energybench.reporting.compare import comparison_dict, comparison_table
 
+    result = api.comparison(ref_a, ref_b, checkpoint=checkpoint, margin=margin, store=store_path)
     if fmt == "json":
-        click.echo(json.dumps(api.compare(ref_a, ref_b, checkpoint=checkpoint, margin=margin, store=store_path),
-                              indent=2))
+        click.echo(json.dumps(comparison_dict(result), indent=2))
     else:
-        out.print(comparison_table(compare_refs(Store(store_path, readonly=True), ref_a, ref_b, checkpoint=checkpoint,
-                                                margin=margin / 100)))
+        out.print(comparison_table(result))
 
 
 @cli.command("export")
@@ -558,17 +544,14 @@ def select(run_ids, store_path) -> None:
     """The epoch each criterion picks (val-pgd needs an attack per epoch, dE none) and its validation PGD."""
     from energybench import api
     from energybench.evaluation.selection import CRITERIA
-    from energybench.storage.store import Store
 
-    store = Store(store_path, readonly=True)
     table = Table(title="checkpoint selection: epoch (validation PGD accuracy)", title_justify="left",
                   header_style="bold")
     for column in ("run", *CRITERIA, "dE = val-pgd"):
         table.add_column(column)
-    for run_id, picks in api.select_epochs(run_ids, store=store).items():
-        history = store.epochs(run_id)
-        table.add_row(run_id, *(f"{picks[c] + 1} ({history[picks[c]]['val_pgd_acc']:.1%})" for c in CRITERIA),
-                      "yes" if picks["dE"] == picks["val-pgd"] else "no")
+    for run_id, picks in api.select_epochs(run_ids, store=store_path).items():
+        table.add_row(run_id, *(f"{picks[c]['epoch'] + 1} ({picks[c]['val_pgd_acc']:.1%})" for c in CRITERIA),
+                      "yes" if picks["dE"]["epoch"] == picks["val-pgd"]["epoch"] else "no")
     out.print(table)
 
 

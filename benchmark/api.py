@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from energybench.config import RunConfig, Seed, load_catalogue, parse_eps, resolve_config
+from energybench.config import RunConfig, Seed, eps_value, load_catalogue, resolve_config
 from energybench.contracts.params import validated
 from energybench.contracts.registry import model_params
 from energybench.data.datasets import get_dataset
@@ -203,6 +203,21 @@ def load_data(dataset: str, split: str = "test", *, track: str | None = None, da
 
 
 @validated
+def rankings(*, dataset: str | None = None, model: str | None = None, eps: float | str | None = None,
+             norm: str | None = None, track: str | None = None, suite: str | None = None, trainer: str | None = None,
+             sort: str | None = None, reverse: bool = False, group_seeds: bool = False, per_arch: bool = False,
+             references: bool = True, store: StoreLike = None, registry: str | Path | None = None):
+    """The leaderboard itself (``energybench.reporting.formats.Leaderboard``: one ranking per setting, its rows and
+    references), which ``leaderboard`` turns into rows or text and ``energybench leaderboard`` prints as tables;
+    the filters and ``sort`` are ``leaderboard``'s."""
+    from energybench.reporting.formats import build_leaderboard
+
+    return build_leaderboard(_store(store, readonly=True), load_catalogue(registry), dataset=dataset, model=model,
+                             eps=eps_value(eps), norm=norm, track=track, suite=suite, trainer=trainer, sort=sort,
+                             reverse=reverse, group=group_seeds, per_arch=per_arch, references=references)
+
+
+@validated
 def leaderboard(*, dataset: str | None = None, model: str | None = None, eps: float | str | None = None,
                 norm: str | None = None, track: str | None = None, suite: str | None = None,
                 trainer: str | None = None, sort: str | None = None, reverse: bool = False, group_seeds: bool = False,
@@ -214,22 +229,24 @@ def leaderboard(*, dataset: str | None = None, model: str | None = None, eps: fl
     ``references=True`` also the published reference rows (rank None); ``pandas.DataFrame(rows)`` makes a table. With
     ``format`` (table, markdown, csv, json, html) it returns the text the command prints instead, references
     included unless ``references`` is False."""
-    from energybench.reporting.formats import build_leaderboard, export, records
+    from energybench.reporting.formats import export, records
 
-    try:
-        eps_value = parse_eps(eps) if eps is not None else None
-    except ValueError as exc:
-        raise EnergybenchError(str(exc)) from None
-    board = build_leaderboard(_store(store, readonly=True), load_catalogue(registry), dataset=dataset, model=model,
-                              eps=eps_value, norm=norm, track=track, suite=suite, trainer=trainer, sort=sort,
-                              reverse=reverse, group=group_seeds, per_arch=per_arch,
-                              references=format is not None or references)
+    board = rankings(dataset=dataset, model=model, eps=eps, norm=norm, track=track, suite=suite, trainer=trainer,
+                     sort=sort, reverse=reverse, group_seeds=group_seeds, per_arch=per_arch,
+                     references=format is not None or references, store=store, registry=registry)
     if format is not None:
-        if not board.rows:
-            raise EnergybenchError("no completed runs match these filters; start one with `energybench run`")
-        return export(board, format)
+        return export(board.nonempty(), format)
     measured, refs = records(board)
     return measured + (refs if references else [])
+
+
+@validated
+def comparison(ref_a: str, ref_b: str, *, checkpoint: str = "last", margin: float = 1.0, store: StoreLike = None):
+    """The comparison ``compare`` returns as a dict and ``energybench compare`` prints as a table
+    (``energybench.reporting.compare.RowComparison``)."""
+    from energybench.reporting.compare import compare as compare_rows
+
+    return compare_rows(_store(store, readonly=True), ref_a, ref_b, checkpoint=checkpoint, margin=margin / 100)
 
 
 @validated
@@ -238,11 +255,9 @@ def compare(ref_a: str, ref_b: str, *, checkpoint: str = "last", margin: float =
     """``energybench compare``: per accuracy, A - B with its 95 % interval, the paired test's p-value and a verdict
     (``margin``: the equivalence margin in accuracy points). A REF is a run id or ``group:RUN_ID``; the dict is
     ``--format json``'s."""
-    from energybench.reporting.compare import compare as compare_rows
     from energybench.reporting.compare import comparison_dict
 
-    return comparison_dict(compare_rows(_store(store, readonly=True), ref_a, ref_b, checkpoint=checkpoint,
-                                        margin=margin / 100))
+    return comparison_dict(comparison(ref_a, ref_b, checkpoint=checkpoint, margin=margin, store=store))
 
 
 @validated
@@ -395,7 +410,6 @@ def energy_histograms(model: str, *, attacks: Sequence[str] = ("pgd", "apgd-t", 
                       store: StoreLike = None, progress: bool | Reporter = True) -> EnergyHistograms:
     """``energybench energy histograms``: E(x) and E(x,y) of the first ``n`` clean test points and of their attacked
     counterparts under each attack, as a PNG (``output``, default ``energy-histograms-REF.png``) and quantiles."""
-    from energybench.config import parse_eps
     from energybench.reporting.energy_figures import (
         HistogramRequest,
         energy_stats,
@@ -405,12 +419,9 @@ def energy_histograms(model: str, *, attacks: Sequence[str] = ("pgd", "apgd-t", 
     )
 
     reporter = reporter_of(progress)
-    try:
-        eps_value = parse_eps(eps) if eps is not None else None
-    except ValueError as exc:
-        raise EnergybenchError(str(exc)) from None
-    request = HistogramRequest(ref=model, attacks=list(attacks), n=n, eps=eps_value, norm=norm, checkpoint=checkpoint,
-                               dataset=dataset, arch=arch, model_dir=str(model_dir) if model_dir else None,
+    request = HistogramRequest(ref=model, attacks=list(attacks), n=n, eps=eps_value(eps), norm=norm,
+                               checkpoint=checkpoint, dataset=dataset, arch=arch,
+                               model_dir=str(model_dir) if model_dir else None,
                                data_root=str(data_root) if data_root else None, device=device)
     path = Path(output or f"energy-histograms-{Path(model).stem.replace(':', '-')}.png")
     make_folder(path.parent, path)  # a path that cannot be written fails before the attacks run
@@ -435,14 +446,19 @@ def energy_trace(run_ids: Sequence[str], output: str | Path = "energy-trace.png"
 
 
 @validated
-def select_epochs(run_ids: Sequence[str], *, store: StoreLike = None) -> dict[str, dict[str, int]]:
-    """``energybench energy select``: per run, the epoch (0-based) each checkpoint-selection criterion picks
-    (``val-pgd``: best validation PGD accuracy; ``dE``: attack-free, from the CO monitor's alarms)."""
+def select_epochs(run_ids: Sequence[str], *, store: StoreLike = None) -> dict[str, dict[str, dict[str, float]]]:
+    """``energybench energy select``: per run and checkpoint-selection criterion (``val-pgd``: best validation PGD
+    accuracy; ``dE``: attack-free, from the CO monitor's alarms; ``last``), the epoch it picks (``epoch``, 0-based)
+    and that epoch's validation PGD accuracy (``val_pgd_acc``)."""
     from energybench.evaluation.selection import CRITERIA, select_epoch
 
     target = _store(store, readonly=True)
-    return {run_id: {c: select_epoch(target.epochs(target.get_run(run_id).id), c) for c in CRITERIA}
-            for run_id in run_ids}
+    picks = {}
+    for run_id in run_ids:
+        history = target.epochs(target.get_run(run_id).id)
+        epochs = {c: select_epoch(history, c) for c in CRITERIA}
+        picks[run_id] = {c: {"epoch": e, "val_pgd_acc": history[e]["val_pgd_acc"]} for c, e in epochs.items()}
+    return picks
 
 
 @validated

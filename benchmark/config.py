@@ -49,6 +49,14 @@ def parse_eps(value: Any) -> float:
         raise ValueError(f"eps {text!r} is not a number or a fraction like 8/255") from None
 
 
+def eps_value(value: float | str | None) -> float | None:
+    """``parse_eps`` for an argument: None stays None, a bad value is one ``EnergybenchError`` line."""
+    try:
+        return None if value is None else parse_eps(value)
+    except ValueError as exc:
+        raise EnergybenchError(str(exc)) from None
+
+
 def format_eps(eps: float) -> str:
     """``8/255`` when eps is a whole number of 1/255 steps, else the number itself."""
     k = eps * 255

@@ -138,6 +138,16 @@ class Leaderboard:
     def grouped(self) -> bool:
         return any(isinstance(r, SeedGroup) for r in self.rows)
 
+    def nonempty(self) -> Leaderboard:
+        """This leaderboard; one line of error when no run matched its filters."""
+        if not self.rows:
+            raise EnergybenchError("no completed runs match these filters; start one with `energybench run`")
+        return self
+
+    def place(self, run_id: str) -> tuple[Ranking, Entry]:
+        """The ranking that holds run ``run_id`` and its entry there."""
+        return next((r, e) for r in self.rankings for e in r.entries if e.row.run.id == run_id)
+
 
 # ----- building -----------------------------------------------------------------------------
 

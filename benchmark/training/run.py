@@ -34,6 +34,8 @@ def prepare(config: RunConfig, catalogue: Catalogue) -> RunConfig:
     trainer_cls = registry.load("trainer", config.trainer)
     reg_cls = registry.load("regularizer", config.regularizer)
     registry.load("model", config.model)
+    for name in config.callbacks:
+        registry.load("callback", name)
     if config.monitor.enabled and config.monitor.action == "rollback":
         registry.load("trainer", config.monitor.fallback_trainer)
     if reg_cls.requires_adversarial and not trainer_cls.adversarial:
