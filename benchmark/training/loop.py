@@ -22,7 +22,7 @@ from energybench.contracts.trainer import Trainer
 from energybench.data.augment import crop_flip, crop_flip_draws
 from energybench.data.datasets import ImageData, load_dataset
 from energybench.errors import EnergybenchError
-from energybench.evaluation.robustness import catastrophic_overfitting, robustness
+from energybench.evaluation.robustness import co_flag, robustness
 from energybench.storage.checkpoint import load_checkpoint, save_checkpoint
 from energybench.storage.migrations import current_state
 from energybench.storage.store import Store
@@ -42,9 +42,9 @@ class Run:
     enabled), checkpoint files; then those named in ``config.callbacks`` (registered plugins).
     """
 
-    def __init__(self, config: RunConfig, store: Store, run_id: str | None, reporter: Reporter | None = None,
+    def __init__(self, config: RunConfig, store: Store, run_id: str, reporter: Reporter | None = None,
                  data: ImageData | None = None):
-        self.config, self.store, self.run_id = config, store, run_id  # None until execute stores a new run
+        self.config, self.store, self.run_id = config, store, run_id
         self.reporter = reporter or Reporter()
         self.device = select_device(config.device)
         self.data = data or load_dataset(config.dataset, data_root=config.data_root, val_size=config.val_size,
@@ -229,8 +229,8 @@ class Run:
                 raise EnergybenchError(f"training loss became {metrics['train_loss']} in epoch {self.epoch + 1}; "
                                        f"run stopped: {kept}")
             metrics.update(self.validate())
-            metrics["co"] = catastrophic_overfitting([*self.store.epochs(self.run_id), metrics], self.config.eval,
-                                                     n=min(self.config.eval.val_points, len(self.data.val)))[-1]
+            metrics["co"] = co_flag(metrics, self.best_pgd if self.epoch else None, self.epoch, self.config.eval,
+                                    n=min(self.config.eval.val_points, len(self.data.val)))
             metrics["epoch_time"] = time.perf_counter() - start
             self.improved = metrics["val_pgd_acc"] > self.best_pgd
             if self.improved:

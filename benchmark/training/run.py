@@ -17,7 +17,7 @@ from energybench.config import Catalogue, RunConfig, cpu_threads
 from energybench.contracts.params import parse_params
 from energybench.contracts.registry import create_regularizer, get_registry
 from energybench.data.counts import fit_counts
-from energybench.data.datasets import dataset_name
+from energybench.data.datasets import dataset_name, load_dataset
 from energybench.errors import EnergybenchError, Interrupted
 from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.sanity import evaluation_warnings
@@ -42,8 +42,6 @@ def prepare(config: RunConfig, catalogue: Catalogue) -> RunConfig:
         adversarial = [n for n in registry.names("trainer") if n != config.trainer]
         raise EnergybenchError(f"regularizer {config.regularizer!r} needs adversarial examples but trainer "
                                f"{config.trainer!r} makes none; use it with one of: {', '.join(adversarial)}")
-    if config.batch_size > config.val_size and config.n_train is not None and config.batch_size > config.n_train:
-        raise EnergybenchError(f"batch_size={config.batch_size} is larger than the training set ({config.n_train})")
     trainer_params = parse_params(trainer_cls.Params, catalogue.defaults_for("trainer", config.trainer)
                                   | config.trainer_params, f"trainer {config.trainer!r}")
     reg_params = parse_params(reg_cls.Params, catalogue.defaults_for("regularizer", config.regularizer)
@@ -130,11 +128,13 @@ def _execute(config: RunConfig, store: Store, reporter: Reporter, record: RunRec
             raise
         elapsed = record.wall_time or 0.0
     else:
-        run = Run(config, store, None, reporter)
-        run.config, warnings = fit_counts(config, run.data)
+        data = load_dataset(config.dataset, data_root=config.data_root, val_size=config.val_size,
+                            n_train=config.n_train)
+        config, warnings = fit_counts(config, data)
         for warning in warnings:
             reporter.alert(warning)
-        run.run_id = store.create_run(run.config.model_dump(), run.config.config_hash(), suite=suite)
+        run = Run(config, store, store.new_run_id(), reporter, data=data)  # bad input fails here, nothing stored
+        store.create_run(config.model_dump(), config.config_hash(), suite=suite, run_id=run.run_id)
         claim = store.claim(run.run_id)
         elapsed = 0.0
     run_id = run.run_id
