@@ -110,7 +110,7 @@ def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epoch
         run_id = api.train(trainer, regularizer, track=track, config=config_file, callbacks=loggers,
                            trainer_params=parse_assignments(trainer_opt, "--trainer-opt") or None,
                            regularizer_params=parse_assignments(reg_opt, "--reg-opt") or None, store=store,
-                           progress=RichReporter(err), registry=registry_path, **settings).id
+                           progress=RichReporter(err), catalogue=registry_path, **settings).id
     record = store.get_run(run_id)
     print_board(store, registry_path, record, highlight=run_id)
     out.print(f"run {run_id} stored in {store.run_dir(run_id)}")
@@ -125,7 +125,7 @@ def print_board(store, registry_path, record, *, highlight: str | None = None, o
     from energybench import api
     from energybench.reporting.formats import rich_tables
 
-    board = api.rankings(dataset=record.dataset, eps=record.eps, norm=record.norm, store=store, registry=registry_path)
+    board = api.rankings(dataset=record.dataset, eps=record.eps, norm=record.norm, store=store, catalogue=registry_path)
     for table in rich_tables(board, highlight=highlight, only=only):
         out.print(table)
     return board.place(record.id)
@@ -171,7 +171,7 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
         return
     board = api.rankings(dataset=dataset, model=model, eps=eps, norm=norm, track=track, suite=suite, trainer=trainer,
                          sort=sort, reverse=reverse, group_seeds=group_seeds, per_arch=per_arch,
-                         references=not no_references, store=store_path, registry=registry_path).nonempty()
+                         references=not no_references, store=store_path, catalogue=registry_path).nonempty()
     if output:
         from energybench.storage.checkpoint import atomic_write
 
@@ -225,7 +225,7 @@ def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, samp
     records = api.sample(model_ref, sampler=sampler_names(sampler, compare), n=n, seed=seed, checkpoint=checkpoint,
                          params=parse_assignments(sampler_opt, "--sampler-opt"), dataset=dataset, arch=model_arch,
                          data_root=data_root, out_dir=out_dir, features=features, inception_weights=inception_weights,
-                         batch_size=batch_size, device=device, store=store, registry=registry_path,
+                         batch_size=batch_size, device=device, store=store, catalogue=registry_path,
                          progress=RichReporter(err), log=err.print)
     for space, group in rankings(records).items():
         out.print(ranking_table(space, group, model_names(store, group)))
@@ -241,7 +241,7 @@ def plugins(kind, registry_path) -> None:
     from energybench import api
     from energybench.contracts.registry import KINDS, get_registry
 
-    found = api.describe_plugins(kind, registry=registry_path)
+    found = api.describe_plugins(kind, catalogue=registry_path)
     for name in [kind] if kind else list(KINDS):
         table = Table(title=f"{name}s", title_justify="left", header_style="bold")
         for column in ("name", "source", "facts" if name == "dataset" else "hyper-parameters (default)"):
@@ -264,7 +264,7 @@ def tracks(registry_path) -> None:
     table = Table(title=f"tracks ({load_catalogue(registry_path).path})", title_justify="left", header_style="bold")
     for column in ("track", "dataset", "model", "trainer", "eps", "epochs", "description"):
         table.add_column(column)
-    for name, track in api.tracks(registry=registry_path).items():
+    for name, track in api.tracks(catalogue=registry_path).items():
         cfg = track["settings"]
         table.add_row(f"{name} (default)" if track["default"] else name, cfg["dataset"], cfg["model"], cfg["trainer"],
                       format_eps(cfg["eps"]), str(cfg["epochs"]), track["description"])
@@ -291,7 +291,7 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
 
     if dry_run:
         table, summary = render_plan(api.suite_plan(name, data_root=data_root, device=device, store=store_path,
-                                                    registry=registry_path))
+                                                    catalogue=registry_path))
         out.print(table)
         out.print(summary)
         return
@@ -312,7 +312,7 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
     store = Store(store_path)
     try:
         result = api.run_suite(name, executor=executor, ray_address=ray_address, data_root=data_root, device=device,
-                               store=store, registry=registry_path, progress=RichReporter(err), on_stage=announce,
+                               store=store, catalogue=registry_path, progress=RichReporter(err), on_stage=announce,
                                on_done=report_cell)
     except KeyboardInterrupt:
         raise Interrupted(f"energybench suite {name}" + (f" --store {store_path}" if store_path else "")) from None
@@ -361,7 +361,7 @@ def evaluate(model_ref, name, dataset, eps, arch, track, norm, test_points, aa_p
     result = api.evaluate(model_ref, name=name, dataset=dataset, eps=eps, norm=norm, test_points=test_points,
                           aa_points=aa_points, aa_version=aa_version, track=track, seed=seed, device=device,
                           checkpoint=checkpoint, arch=arch, model_dir=model_dir, data_root=data_root, store=store,
-                          progress=RichReporter(err), registry=registry_path)
+                          progress=RichReporter(err), catalogue=registry_path)
     metrics = result if no_store else result.results["last"]
     for warning in evaluation_warnings(metrics):
         err.print(f"[yellow]warning[/]: {warning}", highlight=False)
@@ -468,7 +468,7 @@ def report(refs, output, title, store_path, registry_path) -> None:
     from energybench import api
 
     with err.status("writing the report"):
-        path = api.report(refs, output, title=title, store=store_path, registry=registry_path)
+        path = api.report(refs, output, title=title, store=store_path, catalogue=registry_path)
     out.print(f"report written to {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
@@ -557,7 +557,7 @@ def select(run_ids, store_path) -> None:
 
 #: API parameters whose option is named otherwise here (API name: the option's parameter name).
 API_NAMES = {"arch": "model_arch", "params": "sampler_opt", "output": "out_path", "store": "store_path",
-             "registry": "registry_path"}
+             "catalogue": "registry_path"}
 
 
 def flags(argv: list[str]) -> dict[str, str]:

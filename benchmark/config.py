@@ -8,6 +8,7 @@ the ``[defaults.<kind>.<name>]`` tables of registry.toml.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -287,10 +288,10 @@ class Track(_Strict):
 class Catalogue:
     """registry.toml, parsed: tracks, the default track, suites, plugin defaults and reference rows."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, text: str | None = None):
         self.path = path
         try:
-            data = tomllib.loads(read_text(path, "catalogue"))
+            data = tomllib.loads(read_text(path, "catalogue") if text is None else text)
         except tomllib.TOMLDecodeError as exc:
             raise EnergybenchError(f"cannot read catalogue {path}: {exc}") from None
         self.default_track: str = data.get("default_track", "")
@@ -334,7 +335,15 @@ def default_catalogue_path() -> Path:
 
 
 def load_catalogue(path: str | Path | None = None) -> Catalogue:
-    return Catalogue(Path(path) if path else default_catalogue_path())
+    """registry.toml at ``path`` (default: ``default_catalogue_path``), parsed and its tracks checked once per content
+    in a process (a command that reads it twice validates its tracks once)."""
+    target = Path(path) if path else default_catalogue_path()
+    return _parsed_catalogue(target, read_text(target, "catalogue"))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_catalogue(path: Path, text: str) -> Catalogue:
+    return Catalogue(path, text)
 
 
 def readable(exc: ValidationError) -> str:

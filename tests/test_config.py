@@ -58,7 +58,7 @@ def test_plugin_defaults_come_from_the_catalogue_then_flags(tmp_path):
     edited.write_text(default_catalogue_path().read_text() + "\n[defaults.trainer.pgd]\nsteps = 4\n")
     catalogue_4 = load_catalogue(edited)
     assert prepare(resolve_config(catalogue_4, overrides={"trainer": "pgd"}), catalogue_4).trainer_params["steps"] == 4
-    (shown,) = [p for p in describe_plugins("trainer", registry=edited) if p.name == "pgd"]  # `energybench plugins`
+    (shown,) = [p for p in describe_plugins("trainer", catalogue=edited) if p.name == "pgd"]  # `energybench plugins`
     assert shown.defaults == {"steps": 4, "step_ratio": 0.25}
     flagged = resolve_config(catalogue_4, overrides={"trainer": "pgd", "trainer_params": {"steps": 2}})
     assert prepare(flagged, catalogue_4).trainer_params["steps"] == 2
