@@ -384,13 +384,14 @@ def sample(model: str, *, sampler: str | Sequence[str] = "local-pca", n: int = 1
     """Generate ``n`` class-conditional samples per sampler from a trained classifier (a run id or checkpoint
     file), measure them (IS/FID and the rest, see ``energybench.generation``), store and return the results,
     one record per sampler; ``params`` are sampler hyper-parameters (``KEY`` or ``SAMPLER.KEY``)."""
-    from energybench.generation.generate import generate
+    from energybench.generation.generate import SampleRequest, generate
 
-    samplers = [sampler] if isinstance(sampler, str) else list(sampler)
-    return generate(model, _store(store), load_catalogue(catalogue), samplers=samplers, n=n,
-                    assignments=params or {}, seed=seed, checkpoint=checkpoint, dataset=dataset, model=arch,
-                    data_root=data_root, out_dir=out_dir, features=features, inception_weights=inception_weights,
-                    batch_size=batch_size, device=device, reporter=reporter_of(progress),
+    request = SampleRequest(model, [sampler] if isinstance(sampler, str) else list(sampler), n=n, params=params or {},
+                            seed=seed, checkpoint=checkpoint, dataset=dataset, arch=arch,
+                            data_root=str(data_root) if data_root else None, out_dir=out_dir, features=features,
+                            inception_weights=str(inception_weights) if inception_weights else None,
+                            batch_size=batch_size, device=device)
+    return generate(request, _store(store), load_catalogue(catalogue), reporter=reporter_of(progress),
                     log=log or (lambda line: None))
 
 

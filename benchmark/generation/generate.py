@@ -25,7 +25,7 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,12 +71,12 @@ def sampler_settings(names: list[str], assignments: dict[str, Any], catalogue: C
     classes = {name: registry.load("sampler", name) for name in names}
     values = {name: catalogue.defaults_for("sampler", name) for name in names}
     for key, value in assignments.items():
-        target, dot, field = key.rpartition(".")
+        target, dot, param = key.rpartition(".")
         if dot:
             if target not in values:
                 raise ArgumentError(f"params={key}: sampler {target!r} is not run here (running: {', '.join(names)})",
                                     "params")
-            values[target][field] = value
+            values[target][param] = value
             continue
         takers = [name for name, cls in classes.items() if key in _fields(cls)]
         if not takers:
@@ -181,38 +181,59 @@ class SampleMetrics:
         return metrics
 
 
-def generate(ref: str, store: Store, catalogue: Catalogue, *, samplers: list[str], n: int,
-             assignments: dict[str, Any] | None = None, seed: int = 0, checkpoint: str = "best",
-             dataset: str | None = None, model: str | None = None, data_root: str | None = None,
-             out_dir: str | Path | None = None, features: str = "auto", inception_weights: str | None = None,
-             batch_size: int = 250, device: str = "auto", reporter: Reporter | None = None,
+@dataclass
+class SampleRequest:
+    """What a sampling job asks for (``energybench.sample``): the model (``ref``, a run id or a checkpoint file;
+    ``dataset`` and ``arch``, its registered architecture, for a file outside a run folder, ``checkpoint`` of a run),
+    the ``samplers`` and their hyper-parameters (``params``: ``KEY`` or ``SAMPLER.KEY``), ``n`` samples each from
+    ``seed``, where they go (``out_dir``) and how they are measured and drawn."""
+
+    ref: str
+    samplers: list[str]
+    n: int = 1000
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    checkpoint: str = "best"
+    dataset: str | None = None
+    arch: str | None = None
+    data_root: str | None = None
+    out_dir: str | Path | None = None
+    features: str = "auto"
+    inception_weights: str | None = None
+    batch_size: int = 250
+    device: str = "auto"
+
+
+def generate(request: SampleRequest, store: Store, catalogue: Catalogue, *, reporter: Reporter | None = None,
              log: Callable[[str], None] = lambda line: None) -> list[GenerativeRecord]:
-    """Sample model ``ref`` (a run id of ``store`` or a checkpoint file) with each of ``samplers``.
+    """Sample the model of ``request`` (a run id of ``store`` or a checkpoint file) with each of its samplers.
 
     Writes the grid, samples and metrics of each sampler to ``out_dir`` (default
     ``<home>/generative/<id>``), stores one ``generative`` row per sampler and returns those rows.
     """
+    r = request
+    ref, samplers, n, seed, batch_size = r.ref, r.samplers, r.n, r.seed, r.batch_size
     if not samplers:
         raise ArgumentError("name a sampler with sampler= (several: a list)", "sampler")
     if batch_size < 1:
         raise ArgumentError(f"batch_size={batch_size} must be at least 1", "batch_size")
-    settings = sampler_settings(samplers, assignments or {}, catalogue)
-    trained = load_trained(ref, store, checkpoint=checkpoint, dataset=dataset, model=model)
+    settings = sampler_settings(samplers, r.params, catalogue)
+    trained = load_trained(ref, store, checkpoint=r.checkpoint, dataset=r.dataset, model=r.arch)
     info = trained.info
     if n < 2 * info.num_classes:
         raise ArgumentError(f"n={n} is too small: FID and diversity need at least 2 samples per class "
                             f"({2 * info.num_classes} for {info.name}'s {info.num_classes} classes)", "n")
-    chosen = feature_sets(features, info, inception_weights)
+    chosen = feature_sets(r.features, info, r.inception_weights)
     from_file = Path(ref).is_file()
-    data_root = data_root or (trained.config.data_root if trained.config else None)
-    dev = select_device(device)
+    data_root = r.data_root or (trained.config.data_root if trained.config else None)
+    dev = select_device(r.device)
     net = trained.model.to(dev).eval()
 
-    folder = make_folder(Path(out_dir) if out_dir else store.home / "generative" / new_id())
+    folder = make_folder(Path(r.out_dir) if r.out_dir else store.home / "generative" / new_id())
     data = load_dataset(info.name, data_root=data_root, val_size=1)
     real = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
     measure = SampleMetrics(real, info, store.home, n=n, seed=seed, features=chosen,
-                            inception_weights=inception_weights, device=dev, data_root=data_root, reporter=reporter)
+                            inception_weights=r.inception_weights, device=dev, data_root=data_root, reporter=reporter)
     x_fit = real.x.float() / 255
     labels = balanced_labels(n, info.num_classes)
     records = []
@@ -226,8 +247,8 @@ def generate(ref: str, store: Store, catalogue: Catalogue, *, samplers: list[str
         log(f"{name}: {n} samples in {wall_time:.1f}s, {batch.steps.float().mean():.1f} steps per sample on average")
         record = GenerativeRecord(
             id=new_id(), created=time.time(), model_ref=str(Path(ref).resolve()) if from_file else ref,
-            checkpoint=None if from_file else checkpoint, dataset=info.name,
-            model=model or trained.config.model, sampler=name, params=settings[name], seed=seed, n=n,
+            checkpoint=None if from_file else r.checkpoint, dataset=info.name,
+            model=r.arch or trained.config.model, sampler=name, params=settings[name], seed=seed, n=n,
             metrics=measure(x, batch.y), steps_mean=float(batch.steps.float().mean()), wall_time=wall_time,
             out_dir=str(folder))
         save_grid(folder / f"{name}.png", x, batch.y, info.num_classes)
