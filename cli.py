@@ -354,6 +354,7 @@ def evaluate(model_ref, name, dataset, eps, arch, track, norm, test_points, aa_p
     from energybench import api
     from energybench.config import format_eps
     from energybench.evaluation.sanity import evaluation_warnings
+    from energybench.reporting.leaderboard import evaluation_table
     from energybench.storage.store import Store
     from energybench.training.progress import RichReporter
 
@@ -367,7 +368,7 @@ def evaluate(model_ref, name, dataset, eps, arch, track, norm, test_points, aa_p
         err.print(f"[yellow]warning[/]: {warning}", highlight=False)
     if no_store:
         out.print(f"{model_ref}: evaluated, not stored", highlight=False)
-        out.print(numbers_table(metrics))
+        out.print(evaluation_table(metrics))
         return
     record = store.get_run(result.id)
     ranking, entry = print_board(store, registry_path, record, only=result.id)
@@ -375,25 +376,6 @@ def evaluate(model_ref, name, dataset, eps, arch, track, norm, test_points, aa_p
               f"{ranking.setting.label}, beside {len(ranking.references)} published results (the whole table: "
               f"energybench leaderboard --dataset {record.dataset} --norm {record.norm} --eps {format_eps(record.eps)}"
               f"); share it: energybench export {record.id} -o {record.id}.json", highlight=False)
-
-
-def numbers_table(metrics: dict[str, float]) -> Table:
-    """An evaluation's accuracies with their 95 % Wilson intervals and test points, for ``eval --no-store``."""
-    from energybench.evaluation.statistics import accuracy
-    from energybench.reporting.rows import LABELS
-
-    table = Table(header_style="bold", caption_justify="left",
-                  caption="accuracy % on the first n test points, with its 95% Wilson interval; AA: AutoAttack, the "
-                          "point-wise worst case over its attacks")
-    for header in ("accuracy", "%", "95% interval", "n"):
-        table.add_column(header, justify="left" if header == "accuracy" else "right")
-    for key, label in LABELS.items():
-        n = metrics.get("test_aa_points" if key == "test_aa_acc" else "test_points")
-        if key in metrics and n:
-            estimate = accuracy(round(metrics[key] * n), int(n))
-            table.add_row(label, f"{100 * estimate.value:.1f}",
-                          f"[{100 * estimate.low:.1f}, {100 * estimate.high:.1f}]", str(int(n)))
-    return table
 
 
 @cli.command()

@@ -25,7 +25,7 @@ from energybench.config import format_eps
 from energybench.contracts.registry import get_plugin
 from energybench.errors import EnergybenchError
 from energybench.evaluation.external import EXTERNAL
-from energybench.evaluation.statistics import ALPHA, SEED_TESTS, UNPAIRED_TEST, Estimate, rank_with_ties
+from energybench.evaluation.statistics import ALPHA, SEED_TESTS, UNPAIRED_TEST, Estimate, accuracy, rank_with_ties
 from energybench.reporting.compare import Comparison, compare_rows, p_text
 from energybench.reporting.numbers import MISSING, is_missing, number
 from energybench.reporting.rows import LABELS, Row, SeedGroup, load_row
@@ -385,3 +385,19 @@ def ranking_table(ranking: Ranking, title: str, *, grouped: bool = False, highli
 def _alone(ranking: Ranking) -> Ranking:
     """``ranking`` without its references (a table of one of its rows)."""
     return Ranking(ranking.setting, ranking.entries, ranking.metric, ranking.checkpoint, ranking.order)
+
+
+def evaluation_table(metrics: dict[str, float]) -> Table:
+    """An evaluation's accuracies (``evaluate(..., store=False)``) with their 95 % Wilson intervals and test points."""
+    table = Table(header_style="bold", caption_justify="left",
+                  caption="accuracy % on the first n test points, with its 95% Wilson interval; AA: AutoAttack, the "
+                          "point-wise worst case over its attacks")
+    for header in ("accuracy", "%", "95% interval", "n"):
+        table.add_column(header, justify="left" if header == "accuracy" else "right")
+    for key, label in LABELS.items():
+        n = metrics.get("test_aa_points" if key == "test_aa_acc" else "test_points")
+        if key in metrics and n:
+            estimate = accuracy(round(metrics[key] * n), int(n))
+            table.add_row(label, f"{100 * estimate.value:.1f}",
+                          f"[{100 * estimate.low:.1f}, {100 * estimate.high:.1f}]", str(int(n)))
+    return table
