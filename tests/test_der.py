@@ -212,9 +212,12 @@ def test_abnormal_flags_equal_a_direct_computation_of_both_losses(trainer):
     assert not out.logits_start.requires_grad
 
 
-def test_single_step_only_regularizers_refuse_multi_step_trainers():
+def test_single_step_only_regularizers_refuse_multi_step_trainers(tmp_path):
+    """AAER is refused as its settings are checked; DER's mask (its hyper-parameters decide) once its run is built,
+    before anything is stored."""
     from energybench.config import load_catalogue, resolve_config
-    from energybench.training.run import prepare
+    from energybench.storage.store import Store
+    from energybench.training.run import execute, prepare
 
     catalogue = load_catalogue()
     for reg, params in (("der", {"aae": "always"}), ("aaer", {})):
@@ -222,7 +225,8 @@ def test_single_step_only_regularizers_refuse_multi_step_trainers():
             "trainer": "pgd", "regularizer": reg, "regularizer_params": params})
         with pytest.raises(EnergybenchError, match=r"only single-step trainers report; trainer 'pgd' is not one "
                                                    r"\(use one of: fgsm, n-fgsm, rs-fgsm\)"):
-            prepare(config, catalogue)
+            execute(prepare(config, catalogue), Store(tmp_path))
+    assert not Store(tmp_path).runs(status=None)
     config = resolve_config(catalogue, track="digits-tiny", overrides={"trainer": "pgd", "regularizer": "der"})
     assert prepare(config, catalogue).regularizer_params["aae"] == "auto"  # auto: every sample with pgd
 

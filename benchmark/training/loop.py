@@ -17,7 +17,13 @@ import torch
 from energybench.config import RunConfig, select_device
 from energybench.contracts.callback import Batch, Callback
 from energybench.contracts.guard import call_plugin
-from energybench.contracts.registry import create_callback, create_model, create_regularizer, create_trainer
+from energybench.contracts.registry import (
+    create_callback,
+    create_model,
+    create_regularizer,
+    create_trainer,
+    get_registry,
+)
 from energybench.contracts.trainer import Trainer
 from energybench.data.augment import crop_flip, crop_flip_draws
 from energybench.data.datasets import ImageData, load_dataset
@@ -33,6 +39,16 @@ from energybench.training.callbacks.energy_trace import EnergyTraceCallback
 from energybench.training.callbacks.progress import ProgressCallback
 from energybench.training.progress import Reporter
 from energybench.training.step import PenaltyTally, TrainingStep
+
+
+def attack_start_refused(regularizer: str, trainer: str) -> EnergybenchError:
+    """The error of a regularizer that needs the attack's starting point combined with a trainer that is not
+    single-step (only those report it)."""
+    registry = get_registry()
+    single = [n for n in registry.names("trainer") if getattr(registry.load("trainer", n), "single_step", False)]
+    return EnergybenchError(f"regularizer {regularizer!r} needs the loss at the attack's starting point, which only "
+                            f"single-step trainers report; trainer {trainer!r} is not one (use one of: "
+                            f"{', '.join(single)})")
 
 
 class Run:
@@ -118,6 +134,8 @@ class Run:
         self.trainer = trainer
         self.regularizer = create_regularizer(cfg.regularizer, trainer_eps=cfg.eps, trainer_norm=cfg.norm,
                                               trainer_single_step=trainer.single_step, **cfg.regularizer_params)
+        if self.regularizer.needs_attack_start and not trainer.single_step:
+            raise attack_start_refused(cfg.regularizer, trainer.name)
         self.step = TrainingStep(trainer, self.regularizer, num_classes=self.data.info.num_classes,
                                  timeout=cfg.plugin_timeout)
 

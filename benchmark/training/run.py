@@ -15,7 +15,7 @@ import torch
 
 from energybench.config import Catalogue, RunConfig, cpu_threads
 from energybench.contracts.params import parse_params
-from energybench.contracts.registry import create_regularizer, get_registry
+from energybench.contracts.registry import get_registry
 from energybench.data.counts import fit_counts
 from energybench.data.datasets import dataset_name, load_dataset
 from energybench.errors import EnergybenchError, Interrupted
@@ -23,7 +23,7 @@ from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.sanity import evaluation_warnings
 from energybench.storage.checkpoint import load_checkpoint
 from energybench.storage.store import RunRecord, Store
-from energybench.training.loop import Run
+from energybench.training.loop import Run, attack_start_refused
 from energybench.training.progress import Reporter
 
 
@@ -46,13 +46,8 @@ def prepare(config: RunConfig, catalogue: Catalogue) -> RunConfig:
                                   | config.trainer_params, f"trainer {config.trainer!r}")
     reg_params = parse_params(reg_cls.Params, catalogue.defaults_for("regularizer", config.regularizer)
                               | config.regularizer_params, f"regularizer {config.regularizer!r}")
-    regularizer = create_regularizer(config.regularizer, trainer_single_step=trainer_cls.single_step,
-                                     **reg_params.model_dump(by_alias=True))
-    if regularizer.needs_attack_start and not trainer_cls.single_step:
-        single = [n for n in registry.names("trainer") if getattr(registry.load("trainer", n), "single_step", False)]
-        raise EnergybenchError(f"regularizer {config.regularizer!r} needs the loss at the attack's starting point, "
-                               f"which only single-step trainers report; trainer {config.trainer!r} is not one "
-                               f"(use one of: {', '.join(single)})")
+    if reg_cls.requires_attack_start and not trainer_cls.single_step:  # what hyper-parameters decide: Run checks
+        raise attack_start_refused(config.regularizer, config.trainer)
     return config.model_copy(update={"trainer_params": trainer_params.model_dump(by_alias=True),
                                      "regularizer_params": reg_params.model_dump(by_alias=True),
                                      "dataset": dataset_name(config.dataset)})
