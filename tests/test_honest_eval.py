@@ -116,7 +116,8 @@ def test_the_test_split_is_read_only_by_the_final_evaluation_and_evaluations_use
         data.test = _WatchedSplit(data.test, test_reads)
         return data
 
-    monkeypatch.setattr(harness, "load_dataset", watched_load)
+    monkeypatch.setattr(harness, "load_dataset", watched_load)  # a resumed run's data
+    monkeypatch.setattr(lifecycle, "load_dataset", watched_load)  # a new run's
 
     def phase(original, name):
         def phased(*args, **kwargs):
