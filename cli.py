@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from energybench.errors import EnergybenchError, Interrupted
+from energybench.errors import ArgumentError, EnergybenchError, Interrupted
 
 #: Piped into a file or a pager, stdout is as wide as a table needs (rich would assume 80 columns and squeeze every
 #: cell into wrapped lines); ``COLUMNS`` still sets a width. Lines on stderr wrap where the terminal wraps them.
@@ -87,12 +87,9 @@ def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epoch
         registry_path) -> None:
     """Train a classifier with a trainer (+ regularizer), evaluate it, store it, show the leaderboard."""
     from energybench import api
-    from energybench.contracts.registry import get_registry
     from energybench.storage.store import Store
     from energybench.training.progress import RichReporter
 
-    for name in loggers:
-        get_registry().entry("callback", name)  # an unknown logger is one clear line, before anything runs
     if resume:
         ctx = click.get_current_context()
         given = [p.opts[0] for p in ctx.command.params
@@ -113,7 +110,7 @@ def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epoch
         run_id = api.train(trainer, regularizer, track=track, config=config_file, callbacks=loggers,
                            trainer_params=parse_assignments(trainer_opt, "--trainer-opt") or None,
                            regularizer_params=parse_assignments(reg_opt, "--reg-opt") or None, store=store,
-                           progress=RichReporter(err), registry=registry_path, **settings).id
+                           progress=RichReporter(err), catalogue=registry_path, **settings).id
     record = store.get_run(run_id)
     print_board(store, registry_path, record, highlight=run_id)
     out.print(f"run {run_id} stored in {store.run_dir(run_id)}")
@@ -124,15 +121,14 @@ def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epoch
 
 def print_board(store, registry_path, record, *, highlight: str | None = None, only: str | None = None):
     """Print the leaderboard of ``record``'s setting (dataset, threat model, eps: every architecture, the published
-    references), with the run in bold (``highlight``) or alone (``only``); return its ranking."""
-    from energybench.config import load_catalogue
-    from energybench.reporting.formats import build_leaderboard, rich_tables
+    references), with the run in bold (``highlight``) or alone (``only``); return its ranking and entry."""
+    from energybench import api
+    from energybench.reporting.formats import rich_tables
 
-    board = build_leaderboard(store, load_catalogue(registry_path), dataset=record.dataset, eps=record.eps,
-                              norm=record.norm)
+    board = api.rankings(dataset=record.dataset, eps=record.eps, norm=record.norm, store=store, catalogue=registry_path)
     for table in rich_tables(board, highlight=highlight, only=only):
         out.print(table)
-    return next(r for r in board.rankings if record.id in {row.run.id for row in r.rows})
+    return board.place(record.id)
 
 
 @cli.command()
@@ -159,8 +155,9 @@ def print_board(store, registry_path, record, *, highlight: str | None = None, o
 def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, sort, reverse, group_seeds, per_arch, fmt,
                 output, no_references, store_path, registry_path) -> None:
     """Print the robustness leaderboard of stored runs, or with --generative the generative one."""
-    from energybench.config import load_catalogue, parse_eps
-    from energybench.reporting.formats import build_leaderboard, export, rich_tables
+    from energybench import api
+    from energybench.config import load_catalogue
+    from energybench.reporting.formats import export, rich_tables
     from energybench.storage.store import Store
 
     if generative:
@@ -172,16 +169,9 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
                                        model=model, references=not no_references):
             out.print(table)
         return
-    try:
-        eps_value = parse_eps(eps) if eps is not None else None
-    except ValueError as exc:
-        raise EnergybenchError(str(exc)) from None
-    board = build_leaderboard(Store(store_path, readonly=True), load_catalogue(registry_path), dataset=dataset,
-                              model=model, eps=eps_value, norm=norm, track=track, suite=suite, trainer=trainer,
-                              sort=sort, reverse=reverse, group=group_seeds, per_arch=per_arch,
-                              references=not no_references)
-    if not board.rows:
-        raise EnergybenchError("no completed runs match these filters; start one with `energybench run`")
+    board = api.rankings(dataset=dataset, model=model, eps=eps, norm=norm, track=track, suite=suite, trainer=trainer,
+                         sort=sort, reverse=reverse, group_seeds=group_seeds, per_arch=per_arch,
+                         references=not no_references, store=store_path, catalogue=registry_path).nonempty()
     if output:
         from energybench.storage.checkpoint import atomic_write
 
@@ -229,51 +219,38 @@ def sample(model_ref, checkpoint, dataset, model_arch, sampler, compare, n, samp
     from energybench.storage.store import Store
     from energybench.training.progress import RichReporter
 
+    if not sampler and not compare:
+        raise EnergybenchError("name a sampler with --sampler or several with --compare")
     store = Store(store_path)
     records = api.sample(model_ref, sampler=sampler_names(sampler, compare), n=n, seed=seed, checkpoint=checkpoint,
                          params=parse_assignments(sampler_opt, "--sampler-opt"), dataset=dataset, arch=model_arch,
                          data_root=data_root, out_dir=out_dir, features=features, inception_weights=inception_weights,
-                         batch_size=batch_size, device=device, store=store, registry=registry_path,
+                         batch_size=batch_size, device=device, store=store, catalogue=registry_path,
                          progress=RichReporter(err), log=err.print)
     for space, group in rankings(records).items():
         out.print(ranking_table(space, group, model_names(store, group)))
     out.print(f"grids, samples (.npz) and metrics (.json) in {records[0].out_dir}")
 
 
-def plugin_settings(kind: str, cls: type) -> str:
-    """What `energybench plugins` shows of a plugin: a dataset's facts, a model's keyword arguments, or the
-    hyper-parameters (``Params``) of the other kinds, with their defaults."""
-    import inspect
-
-    if kind == "dataset":
-        return cls().describe()
-    if kind == "model":
-        standard = {"self", "num_classes", "in_channels", "mean", "std"}
-        shown = [f"{p.name}={p.default!r}" for p in inspect.signature(cls.__init__).parameters.values()
-                 if p.name not in standard and p.default is not inspect.Parameter.empty]
-    else:
-        params = getattr(cls, "Params", None)
-        fields = params.model_fields.items() if params is not None else []
-        shown = [f"{f.alias or key}={f.default!r}" for key, f in fields]
-    return ", ".join(shown) or "-"
-
-
 @cli.command()
 @click.option("--kind", type=click.Choice(["attack", "trainer", "regularizer", "sampler", "model", "callback",
                                            "dataset"]))
-def plugins(kind) -> None:
-    """List registered plugins by kind, with their source package and hyper-parameters."""
+@catalogue_option
+def plugins(kind, registry_path) -> None:
+    """List registered plugins by kind, with their source package and effective default hyper-parameters."""
+    from energybench import api
     from energybench.contracts.registry import KINDS, get_registry
 
-    registry = get_registry()
+    found = api.describe_plugins(kind, catalogue=registry_path)
     for name in [kind] if kind else list(KINDS):
         table = Table(title=f"{name}s", title_justify="left", header_style="bold")
         for column in ("name", "source", "facts" if name == "dataset" else "hyper-parameters (default)"):
             table.add_column(column)
-        for entry, cls in registry.load_all(name):
-            table.add_row(entry.name, entry.source, plugin_settings(name, cls))
+        for plugin in (p for p in found if p.kind == name):
+            settings = plugin.facts or ", ".join(f"{k}={v!r}" for k, v in plugin.defaults.items()) or "-"
+            table.add_row(plugin.name, plugin.source, settings)
         out.print(table)
-    for problem in registry.problems:
+    for problem in get_registry().problems:
         err.print(f"[yellow]warning:[/] {problem}")
 
 
@@ -287,7 +264,7 @@ def tracks(registry_path) -> None:
     table = Table(title=f"tracks ({load_catalogue(registry_path).path})", title_justify="left", header_style="bold")
     for column in ("track", "dataset", "model", "trainer", "eps", "epochs", "description"):
         table.add_column(column)
-    for name, track in api.tracks(registry=registry_path).items():
+    for name, track in api.tracks(catalogue=registry_path).items():
         cfg = track["settings"]
         table.add_row(f"{name} (default)" if track["default"] else name, cfg["dataset"], cfg["model"], cfg["trainer"],
                       format_eps(cfg["eps"]), str(cfg["epochs"]), track["description"])
@@ -307,21 +284,14 @@ def tracks(registry_path) -> None:
 def suite(name, dry_run, executor, ray_address, data_root, device, store_path, registry_path) -> None:
     """Run the cells of suite NAME not yet done in the store, then show the suite's leaderboard."""
     from energybench import api
-    from energybench.config import load_catalogue
     from energybench.reporting.suite_leaderboard import group_cells, render_suite, render_tuning
     from energybench.storage.store import Store
-    from energybench.suites.plan import render_plan, suite_stages
-    from energybench.suites.spec import load_suite
+    from energybench.suites.plan import render_plan
     from energybench.training.progress import RichReporter
 
-    if ray_address and executor != "ray":
-        raise EnergybenchError("--ray-address needs --executor ray")
-    catalogue = load_catalogue(registry_path)
-    spec = load_suite(catalogue, name)
-    store = Store(store_path)
     if dry_run:
-        table, summary = render_plan(spec, suite_stages(catalogue, spec, store, data_root=data_root, device=device),
-                                     store)
+        table, summary = render_plan(api.suite_plan(name, data_root=data_root, device=device, store=store_path,
+                                                    catalogue=registry_path))
         out.print(table)
         out.print(summary)
         return
@@ -339,29 +309,21 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
                   else f"[red]{outcome.status}[/]: {outcome.error}")
         err.print(f"[{len(finished)}/{stage_size[0]}] {outcome.cell.describe()}: {result}", highlight=False)
 
+    store = Store(store_path)
     try:
         result = api.run_suite(name, executor=executor, ray_address=ray_address, data_root=data_root, device=device,
-                               store=store, registry=registry_path, progress=RichReporter(err), on_stage=announce,
+                               store=store, catalogue=registry_path, progress=RichReporter(err), on_stage=announce,
                                on_done=report_cell)
     except KeyboardInterrupt:
         raise Interrupted(f"energybench suite {name}" + (f" --store {store_path}" if store_path else "")) from None
     if result.selections:
-        out.print(render_tuning(result.selections, spec.spec.tuning))
+        out.print(render_tuning(result.selections, result.suite.spec.tuning))
     first = result.cells[0].config
     out.print(render_suite(group_cells(store, result.cells, result.selections),
                            f"Suite {name}: {first.dataset}, {first.model}, {first.norm}"))
-    problems = []
-    failed = sum(o.status == "failed" for o in result.outcomes)
-    if failed:
-        problems.append(f"{failed} cells failed (errors above, kept in the store)")
-    in_use = sum(o.status == "in use" for o in result.outcomes)
-    if in_use:
-        problems.append(f"{in_use} cells are being run by another process")
-    if result.untuned:
-        problems.append(f"{len(result.untuned)} evaluation cells wait for tuning cells that did not complete")
-    if problems:
-        raise EnergybenchError(f"{'; '.join(problems)}; run `energybench suite {name}` again to retry only "
-                               "the unfinished cells")
+    if result.unfinished():
+        raise EnergybenchError(f"{result.unfinished()}; run `energybench suite {name}` again to retry only the "
+                               "unfinished cells")
 
 
 @cli.command("eval")
@@ -392,6 +354,7 @@ def evaluate(model_ref, name, dataset, eps, arch, track, norm, test_points, aa_p
     from energybench import api
     from energybench.config import format_eps
     from energybench.evaluation.sanity import evaluation_warnings
+    from energybench.reporting.leaderboard import evaluation_table
     from energybench.storage.store import Store
     from energybench.training.progress import RichReporter
 
@@ -399,40 +362,20 @@ def evaluate(model_ref, name, dataset, eps, arch, track, norm, test_points, aa_p
     result = api.evaluate(model_ref, name=name, dataset=dataset, eps=eps, norm=norm, test_points=test_points,
                           aa_points=aa_points, aa_version=aa_version, track=track, seed=seed, device=device,
                           checkpoint=checkpoint, arch=arch, model_dir=model_dir, data_root=data_root, store=store,
-                          progress=RichReporter(err), registry=registry_path)
+                          progress=RichReporter(err), catalogue=registry_path)
     metrics = result if no_store else result.results["last"]
     for warning in evaluation_warnings(metrics):
         err.print(f"[yellow]warning[/]: {warning}", highlight=False)
     if no_store:
         out.print(f"{model_ref}: evaluated, not stored", highlight=False)
-        out.print(numbers_table(metrics))
+        out.print(evaluation_table(metrics))
         return
     record = store.get_run(result.id)
-    ranking = print_board(store, registry_path, record, only=result.id)
-    rank = next(e.rank for e in ranking.entries if e.row.run.id == record.id)
-    out.print(f"run {record.id}: rank {rank if rank is not None else '-'} of {len(ranking.entries)} on "
+    ranking, entry = print_board(store, registry_path, record, only=result.id)
+    out.print(f"run {record.id}: rank {entry.rank if entry.rank is not None else '-'} of {len(ranking.entries)} on "
               f"{ranking.setting.label}, beside {len(ranking.references)} published results (the whole table: "
               f"energybench leaderboard --dataset {record.dataset} --norm {record.norm} --eps {format_eps(record.eps)}"
               f"); share it: energybench export {record.id} -o {record.id}.json", highlight=False)
-
-
-def numbers_table(metrics: dict[str, float]) -> Table:
-    """An evaluation's accuracies with their 95 % Wilson intervals and test points, for ``eval --no-store``."""
-    from energybench.evaluation.statistics import accuracy
-    from energybench.reporting.rows import LABELS
-
-    table = Table(header_style="bold", caption_justify="left",
-                  caption="accuracy % on the first n test points, with its 95% Wilson interval; AA: AutoAttack, the "
-                          "point-wise worst case over its attacks")
-    for header in ("accuracy", "%", "95% interval", "n"):
-        table.add_column(header, justify="left" if header == "accuracy" else "right")
-    for key, label in LABELS.items():
-        n = metrics.get("test_aa_points" if key == "test_aa_acc" else "test_points")
-        if key in metrics and n:
-            estimate = accuracy(round(metrics[key] * n), int(n))
-            table.add_row(label, f"{100 * estimate.value:.1f}",
-                          f"[{100 * estimate.low:.1f}, {100 * estimate.high:.1f}]", str(int(n)))
-    return table
 
 
 @cli.command()
@@ -449,16 +392,13 @@ def compare(ref_a, ref_b, checkpoint, fmt, margin, store_path) -> None:
     import json
 
     from energybench import api
-    from energybench.reporting.compare import compare as compare_refs
-    from energybench.reporting.compare import comparison_table
-    from energybench.storage.store import Store
+    from energybench.reporting.compare import comparison_dict, comparison_table
 
+    result = api.comparison(ref_a, ref_b, checkpoint=checkpoint, margin=margin, store=store_path)
     if fmt == "json":
-        click.echo(json.dumps(api.compare(ref_a, ref_b, checkpoint=checkpoint, margin=margin, store=store_path),
-                              indent=2))
+        click.echo(json.dumps(comparison_dict(result), indent=2))
     else:
-        out.print(comparison_table(compare_refs(Store(store_path, readonly=True), ref_a, ref_b, checkpoint=checkpoint,
-                                                margin=margin / 100)))
+        out.print(comparison_table(result))
 
 
 @cli.command("export")
@@ -490,9 +430,10 @@ def import_reference(files, norm, store_path) -> None:
     """Add RobustBench-style model-info JSON files to the leaderboard as (unranked) reference rows."""
     from energybench import api
     from energybench.config import format_eps
+    from energybench.reporting.numbers import number
 
     for ref in api.import_reference(files, norm=norm, store=store_path):
-        clean = "-" if ref["clean"] is None else f"{100 * ref['clean']:.2f}%"
+        clean = number(ref["clean"], ".2f", scale=100, suffix="%")
         out.print(f"reference {ref['id']}: {ref['dataset']} {ref['norm']} eps {format_eps(ref['eps'])}, clean {clean}, "
                   f"AutoAttack {100 * ref['aa']:.2f}%")
 
@@ -509,7 +450,7 @@ def report(refs, output, title, store_path, registry_path) -> None:
     from energybench import api
 
     with err.status("writing the report"):
-        path = api.report(refs, output, title=title, store=store_path, registry=registry_path)
+        path = api.report(refs, output, title=title, store=store_path, catalogue=registry_path)
     out.print(f"report written to {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
@@ -585,26 +526,43 @@ def select(run_ids, store_path) -> None:
     """The epoch each criterion picks (val-pgd needs an attack per epoch, dE none) and its validation PGD."""
     from energybench import api
     from energybench.evaluation.selection import CRITERIA
-    from energybench.storage.store import Store
 
-    store = Store(store_path, readonly=True)
     table = Table(title="checkpoint selection: epoch (validation PGD accuracy)", title_justify="left",
                   header_style="bold")
     for column in ("run", *CRITERIA, "dE = val-pgd"):
         table.add_column(column)
-    for run_id, picks in api.select_epochs(run_ids, store=store).items():
-        history = store.epochs(run_id)
-        table.add_row(run_id, *(f"{picks[c] + 1} ({history[picks[c]]['val_pgd_acc']:.1%})" for c in CRITERIA),
-                      "yes" if picks["dE"] == picks["val-pgd"] else "no")
+    for run_id, picks in api.select_epochs(run_ids, store=store_path).items():
+        table.add_row(run_id, *(f"{picks[c]['epoch'] + 1} ({picks[c]['val_pgd_acc']:.1%})" for c in CRITERIA),
+                      "yes" if picks["dE"]["epoch"] == picks["val-pgd"]["epoch"] else "no")
     out.print(table)
+
+
+#: API parameters whose option is named otherwise here (API name: the option's parameter name).
+API_NAMES = {"arch": "model_arch", "params": "sampler_opt", "output": "out_path", "store": "store_path",
+             "catalogue": "registry_path"}
+
+
+def flags(argv: list[str]) -> dict[str, str]:
+    """The options of the command ``argv`` runs by the API parameter each one sets, as the user wrote them (else
+    their first name): what an ``ArgumentError`` from below says instead of the API's names."""
+    command: click.Command = cli
+    for word in argv:
+        if not isinstance(command, click.Group) or word not in command.commands:
+            break
+        command = command.commands[word]
+    parameter = {option: api for api, option in API_NAMES.items()}
+    return {parameter.get(p.name, p.name): next((o for o in p.opts + p.secondary_opts if o in argv), p.opts[0])
+            for p in command.params if isinstance(p, click.Option)}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and exit code 2 for bad input, 130 on Ctrl-C, never a traceback."""
+    argv = sys.argv[1:] if argv is None else argv
     try:
         cli.main(args=argv, prog_name="energybench", standalone_mode=False)
     except EnergybenchError as exc:
-        err.print(f"energybench: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        message = exc.naming(flags(argv)) if isinstance(exc, ArgumentError) else str(exc)
+        err.print(f"energybench: error: {message}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -47,7 +47,8 @@ def main() -> None:
         "dataset": args.dataset, "trainer": args.trainer, "n_train": args.n_train, "device": args.device,
         "val_size": 500, "epochs": 1000}), catalogue)
     with tempfile.TemporaryDirectory() as home:
-        run = Run(config, Store(home), None)
+        store = Store(home)
+        run = Run(config, store, store.new_run_id())
         clock = time.perf_counter if run.device.type == "cuda" else time.process_time
         steps = run.batches_per_epoch
         times: dict[str, list[float]] = {"off": [], "on": []}

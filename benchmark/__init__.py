@@ -17,11 +17,17 @@ Plugins: the base classes to subclass (``Attack``, ``Trainer``, ``Regularizer``,
 spirit of timm (``register_*``, ``list_plugins``, ``create_*``), discovered through entry points.
 """
 
+if __name__ != "energybench":  # the checkout's folder imported by its own name: a second copy of every module
+    raise ImportError(f"import energybench, not {__name__}: the benchmark/ folder is the energybench package (pip "
+                      "install -e . makes it importable); a second copy of its modules breaks the plugin registry")
+
 from importlib.metadata import PackageNotFoundError, version
 
 from energybench.api import (
     StoredRun,
     compare,
+    comparison,
+    describe_plugins,
     energy_histograms,
     energy_trace,
     evaluate,
@@ -31,6 +37,7 @@ from energybench.api import (
     leaderboard,
     load,
     load_data,
+    rankings,
     repair_store,
     report,
     resume,
@@ -76,11 +83,12 @@ try:
 except PackageNotFoundError:  # pragma: no cover - a checkout used without installing it
     __version__ = "unknown"
 
-__all__ = ["Arrays", "Attack", "Batch", "Callback", "Classifier", "Dataset", "EnergybenchError", "ImageFolderDataset",
-           "PluginError", "PluginParams", "Regularizer", "Reporter", "RichReporter", "SampleBatch", "Sampler",
-           "StoredRun", "TrainOutput", "Trainer", "__version__", "compare", "create_attack", "create_callback",
-           "create_dataset", "create_model", "create_regularizer", "create_sampler", "create_trainer",
-           "energy_histograms", "energy_trace", "evaluate", "export", "get_plugin", "get_run", "import_reference",
-           "leaderboard", "list_plugins", "load", "load_data", "register_attack", "register_callback",
-           "register_dataset", "register_model", "register_regularizer", "register_sampler", "register_trainer",
-           "repair_store", "report", "resume", "run_suite", "sample", "select_epochs", "suite_plan", "tracks", "train"]
+__all__ = ["Arrays", "Attack", "Batch", "Callback", "Classifier", "Dataset", "EnergybenchError",
+           "ImageFolderDataset", "PluginError", "PluginParams", "Regularizer", "Reporter", "RichReporter",
+           "SampleBatch", "Sampler", "StoredRun", "TrainOutput", "Trainer", "__version__", "compare", "comparison",
+           "create_attack", "create_callback", "create_dataset", "create_model", "create_regularizer",
+           "create_sampler", "create_trainer", "describe_plugins", "energy_histograms", "energy_trace", "evaluate",
+           "export", "get_plugin", "get_run", "import_reference", "leaderboard", "list_plugins", "load", "load_data",
+           "register_attack", "register_callback", "register_dataset", "register_model", "register_regularizer",
+           "register_sampler", "register_trainer", "rankings", "repair_store", "report", "resume", "run_suite",
+           "sample", "select_epochs", "suite_plan", "tracks", "train"]

@@ -3,11 +3,13 @@ over them (it parses arguments and prints what they return).
 
 Every function reads and writes the same run store the CLI uses (``store``: a folder, or by default
 ``$ENERGYBENCH_HOME`` or ``~/.local/share/energybench``), so runs made from a notebook show up on ``energybench
-leaderboard`` and the other way round. Arguments are named as the command line's options are (``test_points`` for
-``--test-points``, ``arch`` for ``--arch``) and checked against their annotations as the command line checks its
-flags: a wrong one raises one ``EnergybenchError`` line. ``train``, ``resume``, ``evaluate``, ``sample`` and
-``run_suite`` show progress on stderr unless ``progress=False`` (or take any ``Reporter``, the one progress hook of
-them all).
+leaderboard`` and the other way round; ``catalogue`` is the registry.toml of tracks and suites to read (the CLI's
+``--registry``; the plugin registry is ``energybench.contracts.registry``). Arguments are named as the command
+line's options are (``test_points`` for ``--test-points``, ``arch`` for ``--arch``) and checked against their
+annotations as the command line checks its flags: a wrong one raises one ``EnergybenchError`` line, and an error
+that names an argument names it as here (``eps=``), which the command line says as its flag (``--eps``).
+``train``, ``resume``, ``evaluate``, ``sample`` and ``run_suite`` show progress on stderr unless ``progress=False``
+(or take any ``Reporter``, the one progress hook of them all).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from energybench.config import RunConfig, Seed, load_catalogue, parse_eps, resolve_config
+from energybench.config import RunConfig, Seed, eps_value, load_catalogue, resolve_config
 from energybench.contracts.params import validated
+from energybench.contracts.registry import model_params
 from energybench.data.datasets import get_dataset
-from energybench.errors import EnergybenchError
+from energybench.errors import ArgumentError, EnergybenchError, unknown_name
 from energybench.evaluation.external import (
     ExternalModel,
     default_track,
@@ -49,7 +52,7 @@ class StoredRun:
     """A run in the store: its settings, status, per-epoch metrics and final test results.
 
     ``results`` maps ``best`` and ``last`` (the checkpoints) to their test metrics, accuracies as
-    fractions (``test_clean_acc``, ``test_pgd_acc``, ``test_aa_acc``, ...: ``energybench.storage.result_keys``);
+    fractions (``test_clean_acc``, ``test_pgd_acc``, ``test_aa_acc``, ...: ``energybench.storage.migrations``);
     ``epochs`` lists each epoch's training and validation metrics; ``model()`` loads a checkpoint's weights.
     """
 
@@ -86,7 +89,7 @@ def get_run(run_id: str, *, store: StoreLike = None) -> StoredRun:
 def train(trainer: str | None = None, regularizer: str | None = None, *, track: str | None = None,
           config: str | Path | None = None, trainer_params: dict[str, Any] | None = None,
           regularizer_params: dict[str, Any] | None = None, callbacks: str | Sequence[str] = (),
-          store: StoreLike = None, progress: bool | Reporter = True, registry: str | Path | None = None,
+          store: StoreLike = None, progress: bool | Reporter = True, catalogue: str | Path | None = None,
           **settings: Any) -> StoredRun:
     """Train, evaluate and store one run, exactly as ``energybench run`` does, and return it.
 
@@ -95,11 +98,11 @@ def train(trainer: str | None = None, regularizer: str | None = None, *, track: 
     ``eps`` (a number or ``"8/255"``), ``epochs``, ``n_train``, ``eval={"aa_points": 0}``, ...).
     ``callbacks`` names extra training-loop callbacks (e.g. ``"tensorboard"`` or ``["tensorboard"]``).
     """
-    catalogue = load_catalogue(registry)
+    loaded = load_catalogue(catalogue)
     names = [callbacks] if isinstance(callbacks, str) else list(callbacks)
     overrides = settings | {"trainer": trainer, "regularizer": regularizer, "trainer_params": trainer_params,
                             "regularizer_params": regularizer_params, "callbacks": names or None}
-    resolved = prepare(resolve_config(catalogue, track=track, config_file=config, overrides=overrides), catalogue)
+    resolved = prepare(resolve_config(loaded, track=track, config_file=config, overrides=overrides), loaded)
     target = _store(store)
     return StoredRun.of(target, execute(resolved, target, reporter=reporter_of(progress)))
 
@@ -128,7 +131,7 @@ def evaluate(model: nn.Module | str, *, dataset: str | None = None, eps: float |
              checkpoint: str = "best", arch: str | None = None, name: str | None = None,
              model_dir: str | Path | None = None, data_root: str | Path | None = None,
              store: StoreLike | bool = None, progress: bool | Reporter = True,
-             registry: str | Path | None = None) -> StoredRun | dict[str, float]:
+             catalogue: str | Path | None = None) -> StoredRun | dict[str, float]:
     """Evaluate any model under a track's protocol and store the result: the equivalent of RobustBench's
     ``benchmark(model, dataset=..., threat_model=...)``, with energies; as ``energybench eval``.
 
@@ -146,7 +149,7 @@ def evaluate(model: nn.Module | str, *, dataset: str | None = None, eps: float |
     if isinstance(model, nn.Module):
         info = get_dataset(dataset) if dataset else None
         if info is None:
-            raise EnergybenchError("evaluating a module needs dataset= (the data it classifies)")
+            raise ArgumentError("evaluating a module needs dataset= (the data it classifies)", "dataset")
         external = ExternalModel(model.eval(), info, type(model).__name__, _module_source(model))
     elif isinstance(model, str):
         external = resolve_model(model, target or _store(None), dataset=dataset, model=arch, norm=norm,
@@ -154,7 +157,7 @@ def evaluate(model: nn.Module | str, *, dataset: str | None = None, eps: float |
     else:
         raise EnergybenchError(f"model must be an nn.Module or a reference (run id, file, robustbench:NAME), "
                                f"got {type(model).__name__}")
-    config = eval_config(load_catalogue(registry), external, track=track, eps=eps, norm=norm, aa_points=aa_points,
+    config = eval_config(load_catalogue(catalogue), external, track=track, eps=eps, norm=norm, aa_points=aa_points,
                          aa_version=aa_version, test_points=test_points, seed=seed, device=device,
                          data_root=str(data_root) if data_root else None, name=name)
     try:
@@ -177,7 +180,7 @@ def load(ref: str, *, checkpoint: str = "best", dataset: str | None = None, arch
 
 @validated
 def load_data(dataset: str, split: str = "test", *, track: str | None = None, data_root: str | Path | None = None,
-              registry: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              catalogue: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The images and labels of one split exactly as runs and evaluations use them: ``x`` float in [0, 1], shape
     (N, C, H, W), unnormalised (models normalise inside), and ``y`` int64 labels.
 
@@ -190,9 +193,9 @@ def load_data(dataset: str, split: str = "test", *, track: str | None = None, da
 
     if split not in ("train", "val", "test"):
         raise EnergybenchError(f"unknown split {split!r} (use train, val or test)")
-    catalogue = load_catalogue(registry)
-    name = track or default_track(catalogue, get_dataset(dataset).name)
-    settings = catalogue.track(name).settings if name else {}
+    loaded = load_catalogue(catalogue)
+    name = track or default_track(loaded, get_dataset(dataset).name)
+    settings = loaded.track(name).settings if name else {}
     if name and settings.get("dataset") != get_dataset(dataset).name:
         raise EnergybenchError(f"track {name!r} is on {settings.get('dataset')!r}, not {dataset!r}")
     config = RunConfig(**{k: v for k, v in settings.items() if k in ("dataset", "val_size", "n_train")})
@@ -202,33 +205,50 @@ def load_data(dataset: str, split: str = "test", *, track: str | None = None, da
 
 
 @validated
+def rankings(*, dataset: str | None = None, model: str | None = None, eps: float | str | None = None,
+             norm: str | None = None, track: str | None = None, suite: str | None = None, trainer: str | None = None,
+             sort: str | None = None, reverse: bool = False, group_seeds: bool = False, per_arch: bool = False,
+             references: bool = True, store: StoreLike = None, catalogue: str | Path | None = None):
+    """The leaderboard itself (``energybench.reporting.formats.Leaderboard``: one ranking per setting, its rows and
+    references), which ``leaderboard`` turns into rows or text and ``energybench leaderboard`` prints as tables;
+    the filters and ``sort`` are ``leaderboard``'s."""
+    from energybench.reporting.formats import build_leaderboard
+
+    return build_leaderboard(_store(store, readonly=True), load_catalogue(catalogue), dataset=dataset, model=model,
+                             eps=eps_value(eps), norm=norm, track=track, suite=suite, trainer=trainer, sort=sort,
+                             reverse=reverse, group=group_seeds, per_arch=per_arch, references=references)
+
+
+@validated
 def leaderboard(*, dataset: str | None = None, model: str | None = None, eps: float | str | None = None,
                 norm: str | None = None, track: str | None = None, suite: str | None = None,
                 trainer: str | None = None, sort: str | None = None, reverse: bool = False, group_seeds: bool = False,
                 per_arch: bool = False, references: bool = False, format: str | None = None,
-                store: StoreLike = None, registry: str | Path | None = None) -> list[dict[str, Any]] | str:
+                store: StoreLike = None, catalogue: str | Path | None = None) -> list[dict[str, Any]] | str:
     """The leaderboard, as ``energybench leaderboard`` ranks it: one ranking per (dataset, threat model, eps), the
     architecture a column (``per_arch``: one ranking per architecture too). Returns the ranked rows as plain dicts
     (accuracies as fractions; the fields of ``--format json``, named as the result keys), with
     ``references=True`` also the published reference rows (rank None); ``pandas.DataFrame(rows)`` makes a table. With
     ``format`` (table, markdown, csv, json, html) it returns the text the command prints instead, references
     included unless ``references`` is False."""
-    from energybench.reporting.formats import build_leaderboard, export, records
+    from energybench.reporting.formats import export, records
 
-    try:
-        eps_value = parse_eps(eps) if eps is not None else None
-    except ValueError as exc:
-        raise EnergybenchError(str(exc)) from None
-    board = build_leaderboard(_store(store, readonly=True), load_catalogue(registry), dataset=dataset, model=model,
-                              eps=eps_value, norm=norm, track=track, suite=suite, trainer=trainer, sort=sort,
-                              reverse=reverse, group=group_seeds, per_arch=per_arch,
-                              references=format is not None or references)
+    board = rankings(dataset=dataset, model=model, eps=eps, norm=norm, track=track, suite=suite, trainer=trainer,
+                     sort=sort, reverse=reverse, group_seeds=group_seeds, per_arch=per_arch,
+                     references=format is not None or references, store=store, catalogue=catalogue)
     if format is not None:
-        if not board.rows:
-            raise EnergybenchError("no completed runs match these filters; start one with `energybench run`")
-        return export(board, format)
+        return export(board.nonempty(), format)
     measured, refs = records(board)
     return measured + (refs if references else [])
+
+
+@validated
+def comparison(ref_a: str, ref_b: str, *, checkpoint: str = "last", margin: float = 1.0, store: StoreLike = None):
+    """The comparison ``compare`` returns as a dict and ``energybench compare`` prints as a table
+    (``energybench.reporting.compare.RowComparison``)."""
+    from energybench.reporting.compare import compare as compare_rows
+
+    return compare_rows(_store(store, readonly=True), ref_a, ref_b, checkpoint=checkpoint, margin=margin / 100)
 
 
 @validated
@@ -237,11 +257,9 @@ def compare(ref_a: str, ref_b: str, *, checkpoint: str = "last", margin: float =
     """``energybench compare``: per accuracy, A - B with its 95 % interval, the paired test's p-value and a verdict
     (``margin``: the equivalence margin in accuracy points). A REF is a run id or ``group:RUN_ID``; the dict is
     ``--format json``'s."""
-    from energybench.reporting.compare import compare as compare_rows
     from energybench.reporting.compare import comparison_dict
 
-    return comparison_dict(compare_rows(_store(store, readonly=True), ref_a, ref_b, checkpoint=checkpoint,
-                                        margin=margin / 100))
+    return comparison_dict(comparison(ref_a, ref_b, checkpoint=checkpoint, margin=margin, store=store))
 
 
 @validated
@@ -265,38 +283,80 @@ def import_reference(files: Sequence[str | Path], *, norm: str | None = None,
 
 @validated
 def report(refs: Sequence[str], output: str | Path = "report.html", *, title: str | None = None,
-           store: StoreLike = None, registry: str | Path | None = None) -> Path:
+           store: StoreLike = None, catalogue: str | Path | None = None) -> Path:
     """``energybench report``: one self-contained HTML page of suites and runs; returns its path."""
     from energybench.reporting.report import write_report
 
-    return write_report(_store(store, readonly=True), load_catalogue(registry), list(refs), output, title=title)
+    return write_report(_store(store, readonly=True), load_catalogue(catalogue), list(refs), output, title=title)
 
 
 @validated
-def tracks(*, registry: str | Path | None = None) -> dict[str, dict[str, Any]]:
+def tracks(*, catalogue: str | Path | None = None) -> dict[str, dict[str, Any]]:
     """``energybench tracks``: every track of the catalogue, its description and settings (the default track first
     is named by ``default``)."""
-    catalogue = load_catalogue(registry)
-    return {name: {"description": t.description, "default": name == catalogue.default_track,
-                   "settings": RunConfig(**t.settings).model_dump()} for name, t in catalogue.tracks.items()}
+    loaded = load_catalogue(catalogue)
+    return {name: {"description": t.description, "default": name == loaded.default_track,
+                   "settings": RunConfig(**t.settings).model_dump()} for name, t in loaded.tracks.items()}
+
+
+@dataclass
+class PluginInfo:
+    """A registered plugin as ``energybench plugins`` lists it: kind, name, the distribution it comes from, and its
+    effective defaults (``defaults``: its hyper-parameters after the catalogue's ``[defaults.<kind>.<name>]``, what a
+    run gets when it sets none; a model's keyword arguments) or, for a dataset, its facts (``facts``)."""
+
+    kind: str
+    name: str
+    source: str
+    defaults: dict[str, Any]
+    facts: str | None = None
+
+
+@validated
+def describe_plugins(kind: str | None = None, *, catalogue: str | Path | None = None) -> list[PluginInfo]:
+    """``energybench plugins``: every registered plugin (of ``kind``, default all kinds) with its effective defaults;
+    plugins that fail to load are left out and named in ``get_registry().problems``."""
+    import inspect
+
+    from energybench.contracts.params import parse_params
+    from energybench.contracts.registry import KINDS, get_registry
+
+    if kind is not None and kind not in KINDS:
+        raise unknown_name("plugin kind", kind, list(KINDS))
+    loaded = load_catalogue(catalogue)
+    found = []
+    for name in [kind] if kind else list(KINDS):
+        for entry, cls in get_registry().load_all(name):
+            if name == "dataset":
+                found.append(PluginInfo(name, entry.name, entry.source, {}, cls().describe()))
+                continue
+            if name == "model":
+                defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+                            if p.name in model_params(cls) and p.default is not inspect.Parameter.empty}
+            else:
+                params = parse_params(cls.Params, loaded.defaults_for(name, entry.name), f"{name} {entry.name!r}")
+                fields = type(params).model_fields.items()
+                defaults = {field.alias or key: getattr(params, key) for key, field in fields}
+            found.append(PluginInfo(name, entry.name, entry.source, defaults))
+    return found
 
 
 @validated
 def suite_plan(name: str, *, data_root: str | Path | None = None, device: str | None = None, store: StoreLike = None,
-               registry: str | Path | None = None) -> list[dict[str, Any]]:
-    """``energybench suite NAME --dry-run``: every cell of the suite (tuning, then evaluation), whether the store
-    holds it, its estimated example passes and seconds (None until a speed is known)."""
-    from energybench.suites.plan import plan_cells
+               catalogue: str | Path | None = None):
+    """``energybench suite NAME --dry-run``: the ``SuitePlan`` (``energybench.suites.plan``), every cell of the suite
+    (tuning, then evaluation) in ``cells``, whether the store holds it, its estimated example passes and seconds
+    (None until a speed is known)."""
+    from energybench.suites.plan import plan_suite
 
-    catalogue = load_catalogue(registry)
-    return [asdict(cell) for cell in plan_cells(catalogue, name, _store(store, readonly=True), data_root=data_root,
-                                                device=device)]
+    return plan_suite(load_catalogue(catalogue), name, _store(store, readonly=True),
+                      data_root=str(data_root) if data_root else None, device=device)
 
 
 @validated
 def run_suite(name: str, *, executor: str = "local", ray_address: str | None = None,
               data_root: str | Path | None = None, device: str | None = None, store: StoreLike = None,
-              registry: str | Path | None = None, progress: bool | Reporter = True,
+              catalogue: str | Path | None = None, progress: bool | Reporter = True,
               on_stage: Callable[[str, int, int], None] = lambda stage, cells, todo: None,
               on_done: Callable[[Any], None] = lambda outcome: None):
     """``energybench suite NAME``: run the cells not done yet (tuning, then evaluation; ``executor`` local or ray);
@@ -306,10 +366,10 @@ def run_suite(name: str, *, executor: str = "local", ray_address: str | None = N
     from energybench.suites.spec import load_suite
 
     if ray_address and executor != "ray":
-        raise EnergybenchError("ray_address needs the ray executor")
-    catalogue = load_catalogue(registry)
+        raise ArgumentError("ray_address= needs executor=ray", "ray_address", "executor")
+    loaded = load_catalogue(catalogue)
     runner = RayExecutor(ray_address) if executor == "ray" else LocalExecutor(lambda: reporter_of(progress))
-    return run_cells(load_suite(catalogue, name), catalogue, _store(store), runner,
+    return run_cells(load_suite(loaded, name), loaded, _store(store), runner,
                      data_root=str(data_root) if data_root else None, device=device, on_stage=on_stage,
                      on_done=on_done)
 
@@ -319,18 +379,19 @@ def sample(model: str, *, sampler: str | Sequence[str] = "local-pca", n: int = 1
            seed: Seed = 0, checkpoint: str = "best", features: str = "auto", dataset: str | None = None,
            arch: str | None = None, inception_weights: str | Path | None = None, out_dir: str | Path | None = None,
            batch_size: int = 250, device: str = "auto", data_root: str | Path | None = None,
-           store: StoreLike = None, registry: str | Path | None = None, progress: bool | Reporter = True,
+           store: StoreLike = None, catalogue: str | Path | None = None, progress: bool | Reporter = True,
            log: Callable[[str], None] | None = None) -> list[GenerativeRecord]:
     """Generate ``n`` class-conditional samples per sampler from a trained classifier (a run id or checkpoint
     file), measure them (IS/FID and the rest, see ``energybench.generation``), store and return the results,
     one record per sampler; ``params`` are sampler hyper-parameters (``KEY`` or ``SAMPLER.KEY``)."""
-    from energybench.generation.generate import generate
+    from energybench.generation.generate import SampleRequest, generate
 
-    samplers = [sampler] if isinstance(sampler, str) else list(sampler)
-    return generate(model, _store(store), load_catalogue(registry), samplers=samplers, n=n,
-                    assignments=params or {}, seed=seed, checkpoint=checkpoint, dataset=dataset, model=arch,
-                    data_root=data_root, out_dir=out_dir, features=features, inception_weights=inception_weights,
-                    batch_size=batch_size, device=device, reporter=reporter_of(progress),
+    request = SampleRequest(model, [sampler] if isinstance(sampler, str) else list(sampler), n=n, params=params or {},
+                            seed=seed, checkpoint=checkpoint, dataset=dataset, arch=arch,
+                            data_root=str(data_root) if data_root else None, out_dir=out_dir, features=features,
+                            inception_weights=str(inception_weights) if inception_weights else None,
+                            batch_size=batch_size, device=device)
+    return generate(request, _store(store), load_catalogue(catalogue), reporter=reporter_of(progress),
                     log=log or (lambda line: None))
 
 
@@ -352,7 +413,6 @@ def energy_histograms(model: str, *, attacks: Sequence[str] = ("pgd", "apgd-t", 
                       store: StoreLike = None, progress: bool | Reporter = True) -> EnergyHistograms:
     """``energybench energy histograms``: E(x) and E(x,y) of the first ``n`` clean test points and of their attacked
     counterparts under each attack, as a PNG (``output``, default ``energy-histograms-REF.png``) and quantiles."""
-    from energybench.config import parse_eps
     from energybench.reporting.energy_figures import (
         HistogramRequest,
         energy_stats,
@@ -362,12 +422,9 @@ def energy_histograms(model: str, *, attacks: Sequence[str] = ("pgd", "apgd-t", 
     )
 
     reporter = reporter_of(progress)
-    try:
-        eps_value = parse_eps(eps) if eps is not None else None
-    except ValueError as exc:
-        raise EnergybenchError(str(exc)) from None
-    request = HistogramRequest(ref=model, attacks=list(attacks), n=n, eps=eps_value, norm=norm, checkpoint=checkpoint,
-                               dataset=dataset, arch=arch, model_dir=str(model_dir) if model_dir else None,
+    request = HistogramRequest(ref=model, attacks=list(attacks), n=n, eps=eps_value(eps), norm=norm,
+                               checkpoint=checkpoint, dataset=dataset, arch=arch,
+                               model_dir=str(model_dir) if model_dir else None,
                                data_root=str(data_root) if data_root else None, device=device)
     path = Path(output or f"energy-histograms-{Path(model).stem.replace(':', '-')}.png")
     make_folder(path.parent, path)  # a path that cannot be written fails before the attacks run
@@ -392,14 +449,19 @@ def energy_trace(run_ids: Sequence[str], output: str | Path = "energy-trace.png"
 
 
 @validated
-def select_epochs(run_ids: Sequence[str], *, store: StoreLike = None) -> dict[str, dict[str, int]]:
-    """``energybench energy select``: per run, the epoch (0-based) each checkpoint-selection criterion picks
-    (``val-pgd``: best validation PGD accuracy; ``dE``: attack-free, from the CO monitor's alarms)."""
+def select_epochs(run_ids: Sequence[str], *, store: StoreLike = None) -> dict[str, dict[str, dict[str, float]]]:
+    """``energybench energy select``: per run and checkpoint-selection criterion (``val-pgd``: best validation PGD
+    accuracy; ``dE``: attack-free, from the CO monitor's alarms; ``last``), the epoch it picks (``epoch``, 0-based)
+    and that epoch's validation PGD accuracy (``val_pgd_acc``)."""
     from energybench.evaluation.selection import CRITERIA, select_epoch
 
     target = _store(store, readonly=True)
-    return {run_id: {c: select_epoch(target.epochs(target.get_run(run_id).id), c) for c in CRITERIA}
-            for run_id in run_ids}
+    picks = {}
+    for run_id in run_ids:
+        history = target.epochs(target.get_run(run_id).id)
+        epochs = {c: select_epoch(history, c) for c in CRITERIA}
+        picks[run_id] = {c: {"epoch": e, "val_pgd_acc": history[e]["val_pgd_acc"]} for c, e in epochs.items()}
+    return picks
 
 
 @validated

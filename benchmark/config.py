@@ -8,6 +8,7 @@ the ``[defaults.<kind>.<name>]`` tables of registry.toml.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from energybench.errors import EnergybenchError, unknown_name
 from energybench.files import read_text
+from energybench.storage.migrations import UNHASHED_DEFAULTS
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +48,14 @@ def parse_eps(value: Any) -> float:
         return float(Fraction(text)) if "/" in text else float(text)
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"eps {text!r} is not a number or a fraction like 8/255") from None
+
+
+def eps_value(value: float | str | None) -> float | None:
+    """``parse_eps`` for an argument: None stays None, a bad value is one ``EnergybenchError`` line."""
+    try:
+        return None if value is None else parse_eps(value)
+    except ValueError as exc:
+        raise EnergybenchError(str(exc)) from None
 
 
 def format_eps(eps: float) -> str:
@@ -203,17 +213,17 @@ class RunConfig(_Strict):
                              "(inputs live in [0, 1]; e.g. 8/255 or 0.3)")
         return self
 
-    def config_hash(self) -> str:
-        """Hash of the settings that determine results (not the track name, an evaluated model's name, device, CPU
-        threads, fast path, data path, plugin timeout, callbacks, or a monitor that only warns).
+    def identity(self, *, seed: bool = True) -> dict[str, Any]:
+        """The settings that determine the result: everything but the track name, an evaluated model's name, device,
+        CPU threads, fast path, data path, plugin timeout, callbacks (loggers), and a monitor that only warns. Two
+        runs with the same identity are the same experiment; without ``seed`` (``seed=False``), seeds of one.
 
         Settings added after runs were first stored count only when they differ from their default
-        (``UNHASHED_DEFAULTS``), so the hash of every earlier run stays what it was.
-        """
-        passive = not self.monitor.enabled or self.monitor.action == "warn"
-        ignored: dict[str, Any] = {k: True for k in ("track", "name", "device", "threads", "fast", "data_root",
-                                                     "plugin_timeout", "callbacks")}
-        if passive:
+        (``energybench.storage.migrations.UNHASHED_DEFAULTS``), so every earlier run keeps its identity."""
+        ignored: dict[str, Any] = {k: True for k in IDENTITY_IGNORES}
+        if not seed:
+            ignored["seed"] = True
+        if not self.monitor.enabled or self.monitor.action == "warn":
             ignored["monitor"] = True
         for path, default in UNHASHED_DEFAULTS.items():
             *parents, leaf = path.split(".")
@@ -225,14 +235,15 @@ class RunConfig(_Strict):
                 for parent in parents:
                     target = target.setdefault(parent, {})
                 target[leaf] = True
-        data = self.model_dump(exclude=ignored)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return self.model_dump(exclude=ignored)
+
+    def config_hash(self) -> str:
+        """A short hash of ``identity()``: what the store files the run under."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-#: Settings that enter the config hash only when they differ from these defaults (added after runs were stored).
-UNHASHED_DEFAULTS: dict[str, Any] = {"keep_epochs": False, "early_stop": None, "eval.co_drop": 0.5,
-                                     "eval.test": True, "eval.co_drop_min": 0.05, "eval.co_drop_alpha": 0.05,
-                                     "model_params": {}, "eval.val_margin": False}
+#: Settings that never change a run's result (``RunConfig.identity`` leaves them out).
+IDENTITY_IGNORES = ("track", "name", "device", "threads", "fast", "data_root", "plugin_timeout", "callbacks")
 
 
 def select_device(name: str) -> torch.device:
@@ -277,10 +288,10 @@ class Track(_Strict):
 class Catalogue:
     """registry.toml, parsed: tracks, the default track, suites, plugin defaults and reference rows."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, text: str | None = None):
         self.path = path
         try:
-            data = tomllib.loads(read_text(path, "catalogue"))
+            data = tomllib.loads(read_text(path, "catalogue") if text is None else text)
         except tomllib.TOMLDecodeError as exc:
             raise EnergybenchError(f"cannot read catalogue {path}: {exc}") from None
         self.default_track: str = data.get("default_track", "")
@@ -324,7 +335,15 @@ def default_catalogue_path() -> Path:
 
 
 def load_catalogue(path: str | Path | None = None) -> Catalogue:
-    return Catalogue(Path(path) if path else default_catalogue_path())
+    """registry.toml at ``path`` (default: ``default_catalogue_path``), parsed and its tracks checked once per content
+    in a process (a command that reads it twice validates its tracks once)."""
+    target = Path(path) if path else default_catalogue_path()
+    return _parsed_catalogue(target, read_text(target, "catalogue"))
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_catalogue(path: Path, text: str) -> Catalogue:
+    return Catalogue(path, text)
 
 
 def readable(exc: ValidationError) -> str:

@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Mapping
 
 
 class EnergybenchError(Exception):
     """A problem with the user's input or environment, reported without a traceback."""
+
+
+class ArgumentError(EnergybenchError):
+    """Bad or missing input of API parameters (``parameters``), which the message names as the API does:
+    ``dataset=``. A front end names them its own way (``naming``): the CLI says ``--dataset``."""
+
+    def __init__(self, message: str, *parameters: str):
+        super().__init__(message)
+        self.parameters = parameters
+
+    def naming(self, names: Mapping[str, str]) -> str:
+        """The message with each ``parameter=`` that ``names`` knows written as ``names[parameter]`` (followed by a
+        space where a value follows)."""
+        message = str(self)
+        for parameter in self.parameters:
+            if parameter in names:
+                message = re.sub(rf"(?<![\w.-]){re.escape(parameter)}=(?=(\S?))",
+                                 lambda m, name=names[parameter]: name + (" " if m.group(1) not in ("", ")", ",", ";")
+                                                                           else ""), message)
+        return message
 
 
 class Interrupted(KeyboardInterrupt):

@@ -29,6 +29,15 @@ def _isolated(monkeypatch, tmp_path):
 
 
 @pytest.fixture
+def scoped_registry():
+    """A freshly discovered plugin registry for this test: what it registers is gone after it."""
+    from energybench.contracts.registry import use_registry
+
+    with use_registry() as registry:
+        yield registry
+
+
+@pytest.fixture
 def fmnist_dir(tmp_path) -> Path:
     """A tiny Fashion-MNIST folder: the four gzipped IDX files, 400 train and 100 test images."""
     return write_mnist_folder(tmp_path / "fmnist", class_images(400, 28, 1, 0), class_images(100, 28, 1, 1))

@@ -12,7 +12,6 @@ import pytest
 
 import energybench
 from energybench.cli import main
-from energybench.contracts import registry as reg
 from energybench.errors import PluginError
 from energybench.storage.store import Store
 
@@ -25,12 +24,11 @@ def energybench_version() -> str:
     return version("energybench")
 
 
-def test_the_python_api_walkthrough_runs_as_written_in_a_store_that_holds_other_runs(monkeypatch, tmp_path):
+def test_the_python_api_walkthrough_runs_as_written_in_a_store_that_holds_other_runs(tmp_path, scoped_registry):
     """The walkthrough's code, in order, in a store that already holds a digits run of its setting (its claims hold
-    in any store, not only an empty one)."""
+    in any store, not only an empty one); it registers a callback, in a registry scoped to this test."""
     from energybench.config import RunConfig
 
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())  # the walkthrough registers a callback
     store = Store(tmp_path / "home")
     config = RunConfig(dataset="digits", trainer="pgd", eps=0.1, eval={"test_points": 100, "aa_points": 0})
     earlier = store.create_run(config.model_dump(), config.config_hash())
@@ -80,8 +78,7 @@ class _Explodes(energybench.Callback):
             raise RuntimeError("logger lost its connection")
 
 
-def test_a_failing_callback_fails_its_run_naming_it_and_resume_finishes_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+def test_a_failing_callback_fails_its_run_naming_it_and_resume_finishes_it(monkeypatch, tmp_path, scoped_registry):
     energybench.register_callback("explodes")(_Explodes)
     monkeypatch.setattr(_Explodes, "armed", True)
     with pytest.raises(PluginError, match="callback 'explodes' failed: RuntimeError: logger lost its connection"):
@@ -94,6 +91,25 @@ def test_a_failing_callback_fails_its_run_naming_it_and_resume_finishes_it(monke
     assert finished.status == "done" and [e["epoch"] for e in finished.epochs] == [0, 1]
 
 
+def test_a_failing_run_closes_the_tensorboard_writer(monkeypatch, tmp_path, scoped_registry):
+    from energybench.training.callbacks.tensorboard import TensorBoardLogger
+
+    loggers, opened = [], TensorBoardLogger.on_fit_start
+
+    def opening(self, run):
+        loggers.append(self)
+        opened(self, run)
+
+    monkeypatch.setattr(TensorBoardLogger, "on_fit_start", opening)
+    energybench.register_callback("explodes")(_Explodes)
+    monkeypatch.setattr(_Explodes, "armed", True)
+    with pytest.raises(PluginError, match="callback 'explodes' failed"):
+        energybench.train("fgsm", track="digits-tiny", callbacks=["tensorboard", "explodes"], eval={"aa_points": 0},
+                          store=tmp_path)
+    (logger,) = loggers
+    assert logger.writer.all_writers is None  # closed: its event file is complete
+
+
 def test_the_wheel_installs_energybench_alone(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                     "-q", "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
@@ -103,7 +119,8 @@ def test_the_wheel_installs_energybench_alone(tmp_path):
     assert top == {"energybench", f"energybench-{energybench_version()}.dist-info"}
     for expected in ("energybench/__init__.py", "energybench/cli.py", "energybench/registry.toml",
                      "energybench/plugins/regularizers/der.py", "energybench/training/loop.py",
-                     "energybench/reporting/templates/report.html"):
+                     "energybench/reporting/templates/report.html", "energybench/py.typed",
+                     "energybench/__main__.py"):
         assert expected in names, expected
     assert not any("__pycache__" in name for name in names)
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
@@ -118,6 +135,21 @@ def test_the_installed_package_is_importable_as_energybench_only(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
     where, missing = result.stdout.splitlines()
     assert Path(where).parent.name in ("benchmark", "energybench") and missing == "[True, True, True]"
+
+
+def test_python_m_energybench_is_the_command():
+    result = subprocess.run([sys.executable, "-m", "energybench", "--version"], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.startswith("energybench, version")
+
+
+@pytest.mark.parametrize("name", ["benchmark", "plugins"])
+def test_importing_the_checkout_folders_by_their_own_names_fails_at_once(name):
+    """A second copy of every module (``benchmark.contracts.attack.Attack`` beside ``energybench``'s) would make
+    the registry reject every plugin: the import fails with one line saying what to import."""
+    result = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("ImportError: import energybench")
 
 
 def test_train_and_evaluate_show_progress_by_default_and_progress_false_silences_them(capsys, monkeypatch, tmp_path):
@@ -157,7 +189,7 @@ def test_train_and_evaluate_show_progress_by_default_and_progress_false_silences
 
 
 #: Each command of the CLI and the function of the API that does its work.
-COMMAND_FUNCTIONS = {"run": "train", "leaderboard": "leaderboard", "sample": "sample", "plugins": "list_plugins",
+COMMAND_FUNCTIONS = {"run": "train", "leaderboard": "leaderboard", "sample": "sample", "plugins": "describe_plugins",
                      "tracks": "tracks", "suite": "run_suite", "eval": "evaluate", "compare": "compare",
                      "export": "export", "import-reference": "import_reference", "report": "report",
                      "energy histograms": "energy_histograms", "energy trace": "energy_trace",
@@ -176,3 +208,14 @@ def test_every_command_is_a_function_of_the_api():
     for function in [*COMMAND_FUNCTIONS.values(), "resume", "suite_plan", "get_run", "load", "load_data"]:
         assert callable(getattr(energybench, function)) and function in energybench.__all__, function
     assert energybench.__version__ == energybench_version()
+
+
+def test_errors_below_the_cli_name_api_parameters_and_the_cli_names_its_flags(capsys, tmp_path):
+    from energybench.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"^ray_address= needs executor=ray$"):
+        energybench.run_suite("tiny", ray_address="x:1", store=tmp_path)
+    assert main(["suite", "tiny", "--ray-address", "x:1", "--store", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "energybench: error: --ray-address needs --executor ray"
+    error = ArgumentError("n=0 is too small; give dataset= (one of a, b)", "n", "dataset")
+    assert error.naming({"n": "-n", "dataset": "--dataset"}) == "-n 0 is too small; give --dataset (one of a, b)"

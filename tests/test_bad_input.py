@@ -359,8 +359,7 @@ def test_a_failed_check_stores_no_run(tmp_path):
 # ----- issue #23: bad input that is not one CLI line away from the table above ---------------------
 
 @pytest.fixture
-def runtime_registry(monkeypatch):
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+def runtime_registry(scoped_registry):
     return reg.get_registry()
 
 

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from energybench.config import Catalogue, default_catalogue_path, load_catalogue, parse_eps, resolve_config
+from energybench import describe_plugins
+from energybench.config import (
+    Catalogue,
+    RunConfig,
+    default_catalogue_path,
+    load_catalogue,
+    parse_eps,
+    resolve_config,
+)
 from energybench.errors import EnergybenchError
 from energybench.training.run import prepare
 
@@ -47,9 +55,11 @@ def test_plugin_defaults_come_from_the_catalogue_then_flags(tmp_path):
                                                        "regularizer_params": {"gamma": 0.5}}), catalogue)
     assert cfg.regularizer_params == {"form": "hinge", "beta": 30.0, "gamma": 0.5, "aae": "auto"}
     edited = tmp_path / "registry.toml"
-    edited.write_text(default_catalogue_path().read_text().replace("steps = 10\nstep_ratio", "steps = 4\nstep_ratio"))
+    edited.write_text(default_catalogue_path().read_text() + "\n[defaults.trainer.pgd]\nsteps = 4\n")
     catalogue_4 = load_catalogue(edited)
     assert prepare(resolve_config(catalogue_4, overrides={"trainer": "pgd"}), catalogue_4).trainer_params["steps"] == 4
+    (shown,) = [p for p in describe_plugins("trainer", catalogue=edited) if p.name == "pgd"]  # `energybench plugins`
+    assert shown.defaults == {"steps": 4, "step_ratio": 0.25}
     flagged = resolve_config(catalogue_4, overrides={"trainer": "pgd", "trainer_params": {"steps": 2}})
     assert prepare(flagged, catalogue_4).trainer_params["steps"] == 2
     ablation = prepare(resolve_config(catalogue, overrides={
@@ -100,6 +110,27 @@ def test_config_hash_ignores_device_and_paths_but_not_settings():
     b = resolve_config(catalogue, track="fmnist-co", overrides={"device": "cpu", "data_root": "/x"})
     c = resolve_config(catalogue, track="fmnist-co", overrides={"seed": 1})
     assert a.config_hash() == b.config_hash() != c.config_hash()
+
+
+def test_one_identity_hashes_and_groups_a_run(tmp_path):
+    """A logger observes: a run with and without one hashes the same and falls in one seed group; a different
+    regularizer parameter does neither; another seed hashes apart but groups together."""
+    from energybench.reporting.rows import group_key
+    from energybench.storage.store import Store
+
+    store = Store(tmp_path)
+
+    def record(**overrides):
+        settings = {"trainer": "fgsm", "regularizer": "der", "regularizer_params": {"beta": 30.0}}
+        config = RunConfig(**settings | overrides)
+        return store.get_run(store.create_run(config.model_dump(), config.config_hash()))
+
+    plain, logged = record(), record(callbacks=["tensorboard"])
+    assert plain.config_hash == logged.config_hash and group_key(plain) == group_key(logged)
+    other = record(regularizer_params={"beta": 10.0})
+    assert plain.config_hash != other.config_hash and group_key(plain) != group_key(other)
+    seed = record(seed=1)
+    assert plain.config_hash != seed.config_hash and group_key(plain) == group_key(seed)
 
 
 def test_model_params_reach_the_model_and_the_hash_only_when_given(tmp_path, capsys):

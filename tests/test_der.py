@@ -11,6 +11,7 @@ from energybench import TrainOutput, create_regularizer, get_plugin
 from energybench.contracts.regularizer import forward_calls
 from energybench.contracts.trainer import Trainer
 from energybench.errors import EnergybenchError, PluginError
+from energybench.storage.migrations import current_config
 from energybench.training.step import TrainingStep
 
 LOGITS = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.2], [1.5, 1.5, 0.0], [-0.3, 0.8, 2.2]])
@@ -156,7 +157,8 @@ def test_ablation_forms_keep_their_settings_and_refuse_the_papers():
     with pytest.raises(EnergybenchError, match="beta, gamma do not apply to form='squared'"):
         der(form="squared", beta=1.0, gamma=0.1)
     assert reg.variant({"form": "squared", "terms": "joint", "lambda": 10.0}) == "squared joint dE, lambda 10"
-    assert reg.variant({"lambda": 1.0, "terms": "marginal"}) == "squared marginal dE, lambda 1"  # before 'form'
+    before_forms = current_config({"regularizer": "der", "regularizer_params": {"lambda": 1.0, "terms": "marginal"}})
+    assert reg.variant(before_forms["regularizer_params"]) == "squared marginal dE, lambda 1"
     assert reg.variant(der().params.model_dump(by_alias=True)) is None
     out = TrainOutput(loss=torch.zeros(()), logits=LOGITS, logits_adv=LOGITS_ADV, logits_start=LOGITS_START)
     squared = (-torch.logsumexp(LOGITS, 1) + torch.logsumexp(LOGITS_ADV, 1)).pow(2).mean()
@@ -210,9 +212,12 @@ def test_abnormal_flags_equal_a_direct_computation_of_both_losses(trainer):
     assert not out.logits_start.requires_grad
 
 
-def test_single_step_only_regularizers_refuse_multi_step_trainers():
+def test_single_step_only_regularizers_refuse_multi_step_trainers(tmp_path):
+    """AAER is refused as its settings are checked; DER's mask (its hyper-parameters decide) once its run is built,
+    before anything is stored."""
     from energybench.config import load_catalogue, resolve_config
-    from energybench.training.run import prepare
+    from energybench.storage.store import Store
+    from energybench.training.run import execute, prepare
 
     catalogue = load_catalogue()
     for reg, params in (("der", {"aae": "always"}), ("aaer", {})):
@@ -220,7 +225,8 @@ def test_single_step_only_regularizers_refuse_multi_step_trainers():
             "trainer": "pgd", "regularizer": reg, "regularizer_params": params})
         with pytest.raises(EnergybenchError, match=r"only single-step trainers report; trainer 'pgd' is not one "
                                                    r"\(use one of: fgsm, n-fgsm, rs-fgsm\)"):
-            prepare(config, catalogue)
+            execute(prepare(config, catalogue), Store(tmp_path))
+    assert not Store(tmp_path).runs(status=None)
     config = resolve_config(catalogue, track="digits-tiny", overrides={"trainer": "pgd", "regularizer": "der"})
     assert prepare(config, catalogue).regularizer_params["aae"] == "auto"  # auto: every sample with pgd
 

@@ -175,7 +175,7 @@ def test_energy_histograms_bad_input_is_one_line(tiny_run, capsys, args, message
 def test_a_checkpoint_outside_the_store_needs_eps(tiny_run, capsys):
     home, run_id = tiny_run
     path = Store(home).run_dir(run_id) / "best.pt"
-    with pytest.raises(EnergybenchError, match="give --eps"):
+    with pytest.raises(EnergybenchError, match="give eps="):
         model_histograms(HistogramRequest(ref=str(path), attacks=["fgsm"], n=10), Store(home))
 
 

@@ -298,8 +298,7 @@ def small_config(**overrides):
 
 
 @pytest.fixture
-def registry(monkeypatch):
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+def registry(scoped_registry):
     return reg.get_registry()
 
 

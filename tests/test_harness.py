@@ -153,8 +153,7 @@ class _Raising(Trainer):
 
 
 @pytest.fixture
-def runtime_registry(monkeypatch):
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+def runtime_registry(scoped_registry):
     return reg.get_registry()
 
 
@@ -175,6 +174,15 @@ def test_a_raising_plugin_fails_its_run_with_its_name(tmp_path, runtime_registry
     with pytest.raises(PluginError, match="trainer 'raising' failed: ValueError: wrong shapes"):
         execute(tiny_config(trainer="raising"), store)
     assert store.runs(status="failed")[0].error.startswith("trainer 'raising' failed")
+
+
+def test_the_stored_co_flags_are_the_rule_over_the_stored_history(tmp_path):
+    """The loop flags each epoch from its own running best, not by reading its history back: the same flags."""
+    store = Store(tmp_path)
+    config = tiny_config(epochs=3, eval=SMALL_EVAL | {"co_gap": 0.0, "co_ratio": 1.0, "co_drop": 1.0,
+                                                      "co_drop_min": 0.0, "co_drop_alpha": 1.0})
+    history = store.epochs(execute(config, store))
+    assert [e["co"] for e in history] == catastrophic_overfitting(history, config.eval, n=config.eval.val_points)
 
 
 def test_batch_size_larger_than_the_dataset_is_refused(tmp_path):

@@ -105,8 +105,8 @@ class _WatchedSplit:
         return len(self._split)
 
 
-def test_the_test_split_is_read_only_by_the_final_evaluation_and_evaluations_use_eval_mode(tmp_path, monkeypatch):
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+def test_the_test_split_is_read_only_by_the_final_evaluation_and_evaluations_use_eval_mode(tmp_path, monkeypatch,
+                                                                                        scoped_registry):
     reg.get_registry().register("model", "bn-net", BNNet)
     test_reads: list[str] = []
     load = harness.load_dataset
@@ -116,7 +116,8 @@ def test_the_test_split_is_read_only_by_the_final_evaluation_and_evaluations_use
         data.test = _WatchedSplit(data.test, test_reads)
         return data
 
-    monkeypatch.setattr(harness, "load_dataset", watched_load)
+    monkeypatch.setattr(harness, "load_dataset", watched_load)  # a resumed run's data
+    monkeypatch.setattr(lifecycle, "load_dataset", watched_load)  # a new run's
 
     def phase(original, name):
         def phased(*args, **kwargs):
@@ -205,8 +206,7 @@ class _Alerts(Reporter):
         self.alerts.append(text)
 
 
-def test_a_masked_model_is_flagged_in_the_stored_results_and_the_report(tmp_path, monkeypatch):
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+def test_a_masked_model_is_flagged_in_the_stored_results_and_the_report(tmp_path, scoped_registry):
     reg.get_registry().register("model", "quantised", _Quantised)
     config = tiny_config(model="quantised", trainer="standard", epochs=1,
                          eval={"aa_points": 0, "val_points": 30, "test_points": 30})

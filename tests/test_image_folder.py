@@ -231,7 +231,7 @@ def test_the_shared_cifar10_jpeg_archive_end_to_end():
     assert data.train.x.shape[1:] == (3, 32, 32) and data.train.x.dtype == torch.uint8
 
 
-def test_the_dataset_plugin_example_of_docs_datasets_md(tmp_path, monkeypatch):
+def test_the_dataset_plugin_example_of_docs_datasets_md(tmp_path, scoped_registry):
     """docs/datasets.md's `Blobs` plugin, exactly as written there, registered and read from a data root."""
     import re
 
@@ -241,7 +241,6 @@ def test_the_dataset_plugin_example_of_docs_datasets_md(tmp_path, monkeypatch):
     code = next(block for block in re.findall(r"```python\n(.*?)```", doc, re.S) if "class Blobs" in block)
     namespace: dict = {}
     exec(compile(code, "docs/datasets.md", "exec"), namespace)
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
     reg.register_dataset("blobs")(namespace["Blobs"])
     (tmp_path / "blobs").mkdir()
     rng = np.random.default_rng(0)

@@ -16,7 +16,6 @@ from torch import nn
 import energybench
 from energybench import Arrays, Dataset
 from energybench.config import load_catalogue, resolve_config
-from energybench.contracts import registry as reg
 from energybench.contracts.registry import create_attack
 from energybench.data.datasets import Split, load_dataset
 from energybench.evaluation.robustness import robustness
@@ -137,18 +136,17 @@ class FourClassImages(Dataset):
         return Arrays(x, y, x, y)
 
 
-def four_class_images(monkeypatch) -> Dataset:
-    """``FourClassImages`` registered as dataset ``four-classes`` (in a fresh registry, for this test only)."""
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+def four_class_images() -> Dataset:
+    """``FourClassImages`` registered as dataset ``four-classes`` (the test's registry is ``scoped_registry``)."""
     energybench.register_dataset("four-classes")(FourClassImages)
     return FourClassImages()
 
 
-def test_autoattack_on_fewer_than_ten_classes_is_pyautoattacks_with_k_minus_1_targets(monkeypatch, tmp_path):
+def test_autoattack_on_fewer_than_ten_classes_is_pyautoattacks_with_k_minus_1_targets(tmp_path, scoped_registry):
     """``energybench.evaluate`` on a 4-class model: APGD-T and FAB-T aim at the K - 1 = 3 other classes (not
     AutoAttack's 9, which would fail, nor fewer), so the stored figures equal pyautoattack's own with 3
     targets, in a case built so that the count of targets decides them."""
-    info = four_class_images(monkeypatch)
+    info = four_class_images()
     test = load_dataset(info.name, val_size=1).test
     model = FourClasses()
     eps, seed = 0.1, 3
@@ -164,11 +162,11 @@ def test_autoattack_on_fewer_than_ten_classes_is_pyautoattacks_with_k_minus_1_ta
 
 
 @pytest.mark.parametrize("eps, warned", [(0.1, False), (0.3, True)])
-def test_points_pgd_leaves_robust_and_autoattack_breaks_are_counted_and_warned(monkeypatch, tmp_path, eps, warned):
+def test_points_pgd_leaves_robust_and_autoattack_breaks_are_counted_and_warned(tmp_path, eps, warned, scoped_registry):
     """Saturated cross-entropy fools PGD (it has no gradient to follow), not AutoAttack's targeted attack: the
     stored count of PGD-robust points AutoAttack breaks equals the per-point vectors' count, and the evaluation
     warns once it is at least half of them: at eps 0.3 class 3 is in reach of every image, at 0.1 of 3 in 8."""
-    info = four_class_images(monkeypatch)
+    info = four_class_images()
     run = energybench.evaluate(FourClasses(), dataset=info.name, eps=eps, test_points=AA_POINTS, aa_points=AA_POINTS,
                                seed=0, store=tmp_path / "home")
     points = run.store.points(run.id)["last"]
@@ -250,10 +248,10 @@ def test_harness_margin_pgd_and_the_worst_case_of_both_pgds():
 
 
 @pytest.mark.parametrize("name", ["apgd-t", "fab-t"])
-def test_targeted_attack_plugins_aim_at_k_minus_1_classes(monkeypatch, name):
+def test_targeted_attack_plugins_aim_at_k_minus_1_classes(name, scoped_registry):
     """The `apgd-t` and `fab-t` attack plugins on the 4-class model return pyautoattack's own adversarial
     examples with 3 targets, and fool the bright images (only the 3rd target can)."""
-    info = four_class_images(monkeypatch)
+    info = four_class_images()
     test = load_dataset(info.name, val_size=1).test
     x, y, model = test.x.float() / 255, test.y, FourClasses()
     adversary = AutoAttack(model, attacks=[name], eps=0.1, seed=0, version="custom", device="cpu")

@@ -91,9 +91,7 @@ def test_autoload_can_be_disabled(fake_entry_points, monkeypatch):
     assert r.names("trainer") == ["fgsm"]
 
 
-def test_runtime_registration_decorator(monkeypatch):
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
-
+def test_runtime_registration_decorator(scoped_registry):
     @reg.register_trainer("my-trainer")
     class MyTrainer(Trainer):
         def step(self, model, x, y, *, keep_clean_logits):
@@ -107,8 +105,14 @@ def test_runtime_registration_decorator(monkeypatch):
         reg.register_trainer("not-one")(int)
 
 
-def test_a_subclass_of_a_registered_plugin_carries_its_own_name(monkeypatch):
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+def test_a_registration_inside_use_registry_is_gone_after_it():
+    with reg.use_registry() as scoped:
+        reg.register_trainer("scoped-x")(reg.get_plugin("trainer", "fgsm"))
+        assert reg.get_registry() is scoped and "scoped-x" in reg.list_plugins("trainer")
+    assert reg.get_registry() is not scoped and "scoped-x" not in reg.list_plugins("trainer")
+
+
+def test_a_subclass_of_a_registered_plugin_carries_its_own_name(scoped_registry):
     fgsm = reg.get_plugin("trainer", "fgsm")
     parent = reg.register_trainer("parent-x")(type("Parent", (fgsm,), {}))
     child = reg.register_trainer("child-x")(type("Child", (parent,), {}))

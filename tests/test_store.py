@@ -173,3 +173,28 @@ def test_model_state_unwraps_common_layouts():
     assert model_state(sd) is sd and model_state({"model": sd}) is sd and model_state({"state_dict": sd}) is sd
     with pytest.raises(EnergybenchError):
         model_state({"epoch": 3})
+
+
+def test_resume_states_of_every_version_read_as_todays():
+    """The CO monitor's state, saved at the top (version 1), under its display name (2) or its state_key (3)."""
+    from energybench.storage.migrations import current_state
+    from energybench.training.callbacks.co_monitor import COMonitorCallback
+
+    today = {"epoch": 2, "callbacks": {COMonitorCallback.state_key: {"z": 1}, "tensorboard": {}}}
+    assert current_state({"epoch": 2, "monitor": {"z": 1}, "callbacks": {"tensorboard": {}}}) == today
+    assert current_state({"epoch": 2, "callbacks": {"CO monitor": {"z": 1}, "tensorboard": {}}}) == today
+    assert current_state(today) == today
+
+
+def test_metrics_jsonl_gains_a_line_per_epoch_and_stays_the_database_when_an_epoch_is_recorded_again(tmp_path):
+    store = Store(tmp_path)
+    run_id = store.create_run({"trainer": "fgsm", "regularizer": "none", "dataset": "digits", "model": "small-cnn",
+                               "eps": 0.1, "norm": "Linf", "seed": 0}, "h")
+    path = store.run_dir(run_id) / "metrics.jsonl"
+    for epoch in (0, 1):
+        store.add_epoch(run_id, epoch, {"val_pgd_acc": 0.1 * epoch})
+    first = path.read_text().splitlines()
+    store.add_epoch(run_id, 1, {"val_pgd_acc": 0.5})  # a resumed run records its last epoch again
+    lines = path.read_text().splitlines()
+    assert len(first) == len(lines) == 2 and lines[0] == first[0]
+    assert [json.loads(line) for line in lines] == store.epochs(run_id)

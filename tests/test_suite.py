@@ -136,8 +136,7 @@ class _Flaky(Trainer):
         return TrainOutput(loss=torch.nn.functional.cross_entropy(logits, y), logits=logits)
 
 
-def test_a_failing_cell_is_recorded_and_only_it_is_retried(tmp_path, monkeypatch):
-    monkeypatch.setattr(reg, "_REGISTRY", reg.Registry())
+def test_a_failing_cell_is_recorded_and_only_it_is_retried(tmp_path, monkeypatch, scoped_registry):
     reg.get_registry().register("trainer", "flaky", _Flaky)
     catalogue = catalogue_with(tmp_path, '[suites.s]\ndescription = "x"\ntrack = "t"\ntrainers = ["fgsm", "flaky"]\n')
     cells = load_suite(catalogue, "s").cells(catalogue)

@@ -43,11 +43,12 @@ class Callback:
     validation), ``on_validation_end``
     (the epoch's complete metrics, before they are stored: add keys to store more), ``on_epoch_end``
     (after the epoch and the resume state are saved), and ``on_fit_end``; after the test evaluation of the best and
-    last checkpoints, ``on_test_end`` (their stored test results). A callback observes: it must not
+    last checkpoints, ``on_test_end`` (their stored test results). When the run fails or is interrupted instead,
+    ``on_exception`` (close what the callback holds open). A callback observes: it must not
     change the model, the data or the optimizer, so callbacks never change a run's config hash. It may
     ask the run to stop (``run.request_stop``). ``state_dict``/``load_state_dict`` carry its state across a
-    resume (plain containers only). A callback that raises fails its run with a message naming it; the
-    run can be resumed. Hyper-parameters are declared as a nested ``Params`` (a ``PluginParams``).
+    resume (plain containers only), saved under ``state_key``. A callback that raises fails its run with a message
+    naming it; the run can be resumed. Hyper-parameters are declared as a nested ``Params`` (a ``PluginParams``).
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
@@ -82,6 +83,15 @@ class Callback:
 
     def on_test_end(self, run: Run, results: dict[str, dict[str, float]]) -> None:  # noqa: B027
         """The best and last checkpoints were evaluated on the test set: ``results["best"]``, ``results["last"]``."""
+
+    def on_exception(self, run: Run, error: BaseException) -> None:  # noqa: B027
+        """The run failed or was interrupted with ``error`` (which is raised after every callback heard it)."""
+
+    @property
+    def state_key(self) -> str:
+        """Where the run's resume state keeps this callback's ``state_dict()``: its registered name, else its class's
+        qualified name (stable across releases, unlike what messages call it)."""
+        return type(self).name or f"{type(self).__module__}.{type(self).__qualname__}"
 
     def state_dict(self) -> dict[str, Any]:
         """What ``load_state_dict`` needs to continue after a resume (plain containers)."""

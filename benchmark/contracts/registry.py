@@ -17,7 +17,8 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Annotated, Any
@@ -182,21 +183,29 @@ class Registry:
         return obj
 
 
-_REGISTRY: Registry | None = None
+#: The registries in use, innermost last: the process-wide one first (discovered on first use), then any that
+#: ``use_registry`` opened.
+_ACTIVE: list[Registry] = []
 
 
 def get_registry() -> Registry:
-    """The process-wide registry, discovered on first use."""
-    global _REGISTRY
-    if _REGISTRY is None:
-        _REGISTRY = Registry()
-    return _REGISTRY
+    """The registry in use: the innermost ``use_registry`` block's, else the process-wide one."""
+    if not _ACTIVE:
+        _ACTIVE.append(Registry())
+    return _ACTIVE[-1]
 
 
-def reset_registry() -> None:
-    """Forget the discovered plugins, so the next ``get_registry()`` discovers them again."""
-    global _REGISTRY
-    _REGISTRY = None
+@contextmanager
+def use_registry(registry: Registry | None = None) -> Iterator[Registry]:
+    """Inside the block, plugins are looked up and registered in ``registry`` (default: a freshly discovered one),
+    so registrations made there (a test's plugin) are gone after it."""
+    get_registry()  # the process-wide one stays underneath
+    scoped = registry if registry is not None else Registry()
+    _ACTIVE.append(scoped)
+    try:
+        yield scoped
+    finally:
+        _ACTIVE.remove(scoped)
 
 
 def _registrar(kind: str) -> Callable[[str], Callable[[Any], Any]]:

@@ -29,7 +29,7 @@ from energybench.config import Catalogue, RunConfig, cpu_threads, parse_eps, rea
 from energybench.contracts.dataset import Dataset
 from energybench.data.counts import fit_counts
 from energybench.data.datasets import Split, get_dataset, load_dataset
-from energybench.errors import EnergybenchError
+from energybench.errors import ArgumentError, EnergybenchError
 from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.robustbench_compat import ZOO_PREFIX, load_zoo_model
 from energybench.evaluation.robustness import Measurement, as_float
@@ -63,8 +63,8 @@ def _dataset_info(dataset: str | None, ref: str) -> Dataset:
     if not dataset:
         from energybench.contracts.registry import list_plugins
 
-        raise EnergybenchError(f"{ref}: give --dataset (one of {', '.join(list_plugins('dataset'))}, or an image "
-                               "folder's path)")
+        raise ArgumentError(f"{ref}: give dataset= (one of {', '.join(list_plugins('dataset'))}, or an image "
+                            "folder's path)", "dataset")
     return get_dataset(dataset)
 
 
@@ -166,10 +166,10 @@ def eval_config(catalogue: Catalogue, external: ExternalModel, *, track: str | N
     protocol.update({k: v for k, v in {"aa_points": aa_points, "aa_version": aa_version,
                                        "test_points": test_points}.items() if v is not None})
     if eps is None and "eps" not in settings:
-        raise EnergybenchError(f"no track on {external.info.name!r} gives an eps: pass --eps (e.g. 8/255)")
+        raise ArgumentError(f"no track on {external.info.name!r} gives an eps: pass eps= (e.g. 8/255)", "eps")
     if eps is None and norm is not None and norm != settings.get("norm", "Linf"):
-        raise EnergybenchError(f"track {track!r} gives an eps for {settings.get('norm', 'Linf')}, not {norm}: "
-                               "pass --eps for this threat model")
+        raise ArgumentError(f"track {track!r} gives an eps for {settings.get('norm', 'Linf')}, not {norm}: "
+                            "pass eps= for this threat model", "eps")
     try:
         eps_value = parse_eps(eps if eps is not None else settings["eps"])
         fields = {"track": track, "dataset": external.info.name, "model": external.label, "trainer": EXTERNAL,

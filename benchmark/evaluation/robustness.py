@@ -128,11 +128,17 @@ def catastrophic_overfitting(history: list[dict[str, float]], protocol: EvalProt
     """
     flags, best = [], None
     for earlier, metrics in enumerate(history):
-        fgsm, pgd = metrics["val_fgsm_acc"], metrics["val_pgd_acc"]
-        gap = fgsm - pgd >= protocol.co_gap
-        flags.append(pgd < protocol.co_ratio * fgsm and (gap or _fell(fgsm, pgd, best, earlier, n, protocol)))
-        best = pgd if best is None else max(best, pgd)
+        flags.append(co_flag(metrics, best, earlier, protocol, n))
+        best = metrics["val_pgd_acc"] if best is None else max(best, metrics["val_pgd_acc"])
     return flags
+
+
+def co_flag(metrics: dict[str, float], best: float | None, earlier: int, protocol: EvalProtocol, n: int) -> bool:
+    """The CO flag of one epoch (``catastrophic_overfitting``) from its validation ``metrics``, the best PGD accuracy
+    of the ``earlier`` epochs before it (None when there are none) and the ``n`` validation points."""
+    fgsm, pgd = metrics["val_fgsm_acc"], metrics["val_pgd_acc"]
+    gap = fgsm - pgd >= protocol.co_gap
+    return pgd < protocol.co_ratio * fgsm and (gap or _fell(fgsm, pgd, best, earlier, n, protocol))
 
 
 def _fell(fgsm: float, pgd: float, best: float | None, earlier: int, n: int, protocol: EvalProtocol) -> bool:

@@ -25,7 +25,7 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from energybench.contracts.params import parse_params
 from energybench.contracts.registry import create_sampler, get_registry
 from energybench.contracts.sampler import SampleBatch, Sampler
 from energybench.data.datasets import Split, load_dataset, offline
-from energybench.errors import EnergybenchError
+from energybench.errors import ArgumentError
 from energybench.files import make_folder
 from energybench.generation.feature_extractors import DomainExtractor, domain_extractor, inception_cache_path
 from energybench.generation.metrics import domain_metrics, inception_metrics, to_uint8, within_class_diversity
@@ -71,16 +71,17 @@ def sampler_settings(names: list[str], assignments: dict[str, Any], catalogue: C
     classes = {name: registry.load("sampler", name) for name in names}
     values = {name: catalogue.defaults_for("sampler", name) for name in names}
     for key, value in assignments.items():
-        target, dot, field = key.rpartition(".")
+        target, dot, param = key.rpartition(".")
         if dot:
             if target not in values:
-                raise EnergybenchError(f"-S {key}: sampler {target!r} is not run here (running: {', '.join(names)})")
-            values[target][field] = value
+                raise ArgumentError(f"params={key}: sampler {target!r} is not run here (running: {', '.join(names)})",
+                                    "params")
+            values[target][param] = value
             continue
         takers = [name for name, cls in classes.items() if key in _fields(cls)]
         if not takers:
-            raise EnergybenchError(f"-S {key}: no sampler run here has a hyper-parameter {key!r} "
-                                   f"(see `energybench plugins --kind sampler`)")
+            raise ArgumentError(f"params={key}: no sampler run here has a hyper-parameter {key!r} "
+                                f"(see `energybench plugins --kind sampler`)", "params")
         for name in takers:
             values[name][key] = value
     return {name: parse_params(cls.Params, values[name], f"sampler {name!r}").model_dump(by_alias=True)
@@ -128,14 +129,15 @@ def feature_sets(features: str, info: Dataset, inception_weights: str | None) ->
     """Which feature spaces to measure in: ``auto`` is Inception for colour images when its weights are
     here (``inception_weights`` or torch-fidelity's cache), else the domain extractor."""
     if features not in FEATURES:
-        raise EnergybenchError(f"features {features!r} must be one of {', '.join(FEATURES)}")
+        raise ArgumentError(f"features={features!r} must be one of {', '.join(FEATURES)}", "features")
     have_inception = inception_weights is not None or inception_cache_path().is_file()
     if features == "auto":
         return ["inception"] if info.in_channels == 3 and have_inception else ["domain"]
     chosen = ["inception", "domain"] if features == "both" else [features]
     if "inception" in chosen and not have_inception and offline():
-        raise EnergybenchError(f"Inception weights not found at {inception_cache_path()} and downloads are "
-                               "disabled: pass --inception-weights PATH or use --features domain")
+        raise ArgumentError(f"Inception weights not found at {inception_cache_path()} and downloads are "
+                            "disabled: pass inception_weights= (a file) or use features=domain", "inception_weights",
+                            "features")
     return chosen
 
 
@@ -168,8 +170,8 @@ class SampleMetrics:
             try:
                 metrics |= inception_metrics(x, self.real.x, weights_path=self.inception_weights, **common)
             except OSError as exc:  # the weights download failed
-                raise EnergybenchError(f"cannot load the Inception weights ({exc}); pass --inception-weights PATH "
-                                       "or use --features domain") from None
+                raise ArgumentError(f"cannot load the Inception weights ({exc}); pass inception_weights= (a file) "
+                                    "or use features=domain", "inception_weights", "features") from None
         if self.extractor is not None:
             name, model = self.extractor.name, self.extractor.model
             metrics |= domain_metrics(x, self.real.x, model, name, **common)
@@ -179,38 +181,59 @@ class SampleMetrics:
         return metrics
 
 
-def generate(ref: str, store: Store, catalogue: Catalogue, *, samplers: list[str], n: int,
-             assignments: dict[str, Any] | None = None, seed: int = 0, checkpoint: str = "best",
-             dataset: str | None = None, model: str | None = None, data_root: str | None = None,
-             out_dir: str | Path | None = None, features: str = "auto", inception_weights: str | None = None,
-             batch_size: int = 250, device: str = "auto", reporter: Reporter | None = None,
+@dataclass
+class SampleRequest:
+    """What a sampling job asks for (``energybench.sample``): the model (``ref``, a run id or a checkpoint file;
+    ``dataset`` and ``arch``, its registered architecture, for a file outside a run folder, ``checkpoint`` of a run),
+    the ``samplers`` and their hyper-parameters (``params``: ``KEY`` or ``SAMPLER.KEY``), ``n`` samples each from
+    ``seed``, where they go (``out_dir``) and how they are measured and drawn."""
+
+    ref: str
+    samplers: list[str]
+    n: int = 1000
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    checkpoint: str = "best"
+    dataset: str | None = None
+    arch: str | None = None
+    data_root: str | None = None
+    out_dir: str | Path | None = None
+    features: str = "auto"
+    inception_weights: str | None = None
+    batch_size: int = 250
+    device: str = "auto"
+
+
+def generate(request: SampleRequest, store: Store, catalogue: Catalogue, *, reporter: Reporter | None = None,
              log: Callable[[str], None] = lambda line: None) -> list[GenerativeRecord]:
-    """Sample model ``ref`` (a run id of ``store`` or a checkpoint file) with each of ``samplers``.
+    """Sample the model of ``request`` (a run id of ``store`` or a checkpoint file) with each of its samplers.
 
     Writes the grid, samples and metrics of each sampler to ``out_dir`` (default
     ``<home>/generative/<id>``), stores one ``generative`` row per sampler and returns those rows.
     """
+    r = request
+    ref, samplers, n, seed, batch_size = r.ref, r.samplers, r.n, r.seed, r.batch_size
     if not samplers:
-        raise EnergybenchError("name a sampler with --sampler or several with --compare")
+        raise ArgumentError("name a sampler with sampler= (several: a list)", "sampler")
     if batch_size < 1:
-        raise EnergybenchError(f"batch size {batch_size} must be at least 1")
-    settings = sampler_settings(samplers, assignments or {}, catalogue)
-    trained = load_trained(ref, store, checkpoint=checkpoint, dataset=dataset, model=model)
+        raise ArgumentError(f"batch_size={batch_size} must be at least 1", "batch_size")
+    settings = sampler_settings(samplers, r.params, catalogue)
+    trained = load_trained(ref, store, checkpoint=r.checkpoint, dataset=r.dataset, model=r.arch)
     info = trained.info
     if n < 2 * info.num_classes:
-        raise EnergybenchError(f"-n {n} is too small: FID and diversity need at least 2 samples per class "
-                               f"({2 * info.num_classes} for {info.name}'s {info.num_classes} classes)")
-    chosen = feature_sets(features, info, inception_weights)
+        raise ArgumentError(f"n={n} is too small: FID and diversity need at least 2 samples per class "
+                            f"({2 * info.num_classes} for {info.name}'s {info.num_classes} classes)", "n")
+    chosen = feature_sets(r.features, info, r.inception_weights)
     from_file = Path(ref).is_file()
-    data_root = data_root or (trained.config.data_root if trained.config else None)
-    dev = select_device(device)
+    data_root = r.data_root or (trained.config.data_root if trained.config else None)
+    dev = select_device(r.device)
     net = trained.model.to(dev).eval()
 
-    folder = make_folder(Path(out_dir) if out_dir else store.home / "generative" / new_id())
+    folder = make_folder(Path(r.out_dir) if r.out_dir else store.home / "generative" / new_id())
     data = load_dataset(info.name, data_root=data_root, val_size=1)
     real = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
     measure = SampleMetrics(real, info, store.home, n=n, seed=seed, features=chosen,
-                            inception_weights=inception_weights, device=dev, data_root=data_root, reporter=reporter)
+                            inception_weights=r.inception_weights, device=dev, data_root=data_root, reporter=reporter)
     x_fit = real.x.float() / 255
     labels = balanced_labels(n, info.num_classes)
     records = []
@@ -224,8 +247,8 @@ def generate(ref: str, store: Store, catalogue: Catalogue, *, samplers: list[str
         log(f"{name}: {n} samples in {wall_time:.1f}s, {batch.steps.float().mean():.1f} steps per sample on average")
         record = GenerativeRecord(
             id=new_id(), created=time.time(), model_ref=str(Path(ref).resolve()) if from_file else ref,
-            checkpoint=None if from_file else checkpoint, dataset=info.name,
-            model=model or trained.config.model, sampler=name, params=settings[name], seed=seed, n=n,
+            checkpoint=None if from_file else r.checkpoint, dataset=info.name,
+            model=r.arch or trained.config.model, sampler=name, params=settings[name], seed=seed, n=n,
             metrics=measure(x, batch.y), steps_mean=float(batch.steps.float().mean()), wall_time=wall_time,
             out_dir=str(folder))
         save_grid(folder / f"{name}.png", x, batch.y, info.num_classes)

@@ -36,6 +36,7 @@ from energybench.evaluation.statistics import (
     unpaired_difference,
     verdict,
 )
+from energybench.reporting.numbers import MISSING, is_missing, number
 from energybench.reporting.rows import ACCURACIES, LABELS, Row, SeedGroup, group_key, group_seeds, load_row
 from energybench.storage.store import Store
 
@@ -181,13 +182,13 @@ def _describe(row: Row) -> str:
 
 
 def _pct(value: float) -> str:
-    return "-" if math.isnan(value) else f"{100 * value:.1f}"
+    return number(value, ".1f", scale=100)
 
 
 def _cell(estimate: Estimate | None, n: int | None) -> str:
     if estimate is None:
-        return "-"
-    interval = "" if math.isnan(estimate.low) else f" [{_pct(estimate.low)}, {_pct(estimate.high)}]"
+        return MISSING
+    interval = "" if is_missing(estimate.low) else f" [{_pct(estimate.low)}, {_pct(estimate.high)}]"
     return f"{_pct(estimate.value)}{interval}" + ("" if n is None else f" n={n}")
 
 
@@ -227,7 +228,7 @@ def _estimate_json(estimate: Estimate | None, n: int | None) -> dict | None:
 
 
 def _finite(value: float) -> float | None:
-    return None if math.isnan(value) else value
+    return None if is_missing(value) else value
 
 
 def comparison_dict(result: RowComparison) -> dict:

@@ -21,7 +21,7 @@ from torch import nn
 from energybench.config import select_device
 from energybench.contracts.registry import create_attack, get_plugin
 from energybench.data.datasets import Split, load_dataset
-from energybench.errors import EnergybenchError
+from energybench.errors import ArgumentError, EnergybenchError
 from energybench.evaluation.external import resolve_model
 from energybench.evaluation.robustness import as_float
 from energybench.ops.energy import QUANTILES, joint_energy, marginal_energy
@@ -109,7 +109,7 @@ def model_histograms(request: HistogramRequest, store: Store,
     run = store.get_run(external.source["run"]) if external.source.get("kind") == "run" else None
     eps = request.eps if request.eps is not None else run.eps if run else None
     if eps is None:
-        raise EnergybenchError(f"{request.ref} is not a run of the store: give --eps (e.g. 0.1 or 8/255)")
+        raise ArgumentError(f"{request.ref} is not a run of the store: give eps= (e.g. 0.1 or 8/255)", "eps")
     norm = request.norm or (run.norm if run else "Linf")
     test = load_dataset(external.info.name, data_root=request.data_root, val_size=1).test  # only the test split
     energies = attack_energies(external.model, test, attacks=request.attacks, n=request.n, eps=eps, norm=norm,

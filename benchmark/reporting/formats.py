@@ -45,6 +45,7 @@ from energybench.reporting.leaderboard import (
     versus_text,
     with_references,
 )
+from energybench.reporting.numbers import is_missing
 from energybench.reporting.rows import ACCURACIES, LABELS, Row, SeedGroup, group_seeds
 from energybench.reporting.templating import render
 from energybench.storage.references import Reference, load_references
@@ -90,7 +91,7 @@ def _interval_fields() -> list[Column]:
 
 
 #: Machine-readable fields of a measured row (csv/json); accuracies are fractions of the test points. Metrics carry
-#: their result keys (``energybench.storage.result_keys``).
+#: their result keys (``energybench.storage.migrations``).
 FIELDS: list[Column] = [
     Column("id", lambda r: r.run.id),
     Column("name", lambda r: r.run.config.get("name")),
@@ -137,6 +138,16 @@ class Leaderboard:
     def grouped(self) -> bool:
         return any(isinstance(r, SeedGroup) for r in self.rows)
 
+    def nonempty(self) -> Leaderboard:
+        """This leaderboard; one line of error when no run matched its filters."""
+        if not self.rows:
+            raise EnergybenchError("no completed runs match these filters; start one with `energybench run`")
+        return self
+
+    def place(self, run_id: str) -> tuple[Ranking, Entry]:
+        """The ranking that holds run ``run_id`` and its entry there."""
+        return next((r, e) for r in self.rankings for e in r.entries if e.row.run.id == run_id)
+
 
 # ----- building -----------------------------------------------------------------------------
 
@@ -173,11 +184,8 @@ def sort_rows(rows: list[Row], by: str, reverse: bool = False) -> list[Row]:
     by = sort_field(by)
     text = by in _TEXT_FIELDS or by == "seed"
 
-    def missing(v: Any) -> bool:
-        return v is None or (isinstance(v, float) and math.isnan(v))
-
-    present = [r for r in rows if not missing(field_value(r, by))]
-    absent = [r for r in rows if missing(field_value(r, by))]
+    present = [r for r in rows if not is_missing(field_value(r, by))]
+    absent = [r for r in rows if is_missing(field_value(r, by))]
     key = (lambda r: str(field_value(r, by))) if text else (lambda r: float(field_value(r, by)))
     return sorted(present, key=key, reverse=(not text) != reverse) + absent
 
@@ -307,7 +315,7 @@ def _field_names(board: Leaderboard) -> list[str]:
 def _plain(value: Any, name: str = "") -> Any:
     """A value as csv/json carry it: NaN as null, measured numbers to the store's significant digits (0.6, not the
     0.6000000238418579 of a float32), settings (eps) exactly."""
-    if isinstance(value, float) and math.isnan(value):
+    if is_missing(value):
         return None
     return value if name == "eps" else stored_value(value)
 

@@ -11,7 +11,6 @@ not recorded) and go in a table of their own, in a distinct style, never ranked.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +22,7 @@ from energybench.config import Catalogue
 from energybench.contracts.registry import get_registry
 from energybench.errors import EnergybenchError
 from energybench.reporting.leaderboard import REFERENCE_STYLE, Column
+from energybench.reporting.numbers import is_missing, number
 from energybench.storage.store import GenerativeRecord, Store
 
 #: Metrics whose value depends on the number of samples: their labels carry it (``FID@1000[fmnist-cnn]``).
@@ -71,8 +71,8 @@ def rankings(records: Iterable[GenerativeRecord]) -> dict[FeatureSpace, list[Gen
     return dict(sorted(groups.items(), key=lambda kv: (kv[0].dataset, kv[0].label != "", kv[0].label, kv[0].n)))
 
 
-def _num(fmt: str):
-    return lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+def _num(spec: str):
+    return lambda v: number(v, spec)
 
 
 def sampler_label(record: GenerativeRecord) -> str:
@@ -89,7 +89,7 @@ def _kid(space: FeatureSpace):
     """KID and its standard deviation over subsets, e.g. ``0.0123±0.0011`` (``-`` for results stored without)."""
     def text(record: GenerativeRecord) -> str:
         mean, sd = record.metrics.get(space.metric("KID")), record.metrics.get(space.metric("KID_std"))
-        return "-" if mean is None else f"{mean:.4f}" + ("" if sd is None else f"±{sd:.4f}")
+        return number(mean, ".4f") + ("" if is_missing(mean) or is_missing(sd) else f"±{sd:.4f}")
     return text
 
 

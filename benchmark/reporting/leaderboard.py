@@ -25,8 +25,9 @@ from energybench.config import format_eps
 from energybench.contracts.registry import get_plugin
 from energybench.errors import EnergybenchError
 from energybench.evaluation.external import EXTERNAL
-from energybench.evaluation.statistics import ALPHA, SEED_TESTS, UNPAIRED_TEST, Estimate, rank_with_ties
+from energybench.evaluation.statistics import ALPHA, SEED_TESTS, UNPAIRED_TEST, Estimate, accuracy, rank_with_ties
 from energybench.reporting.compare import Comparison, compare_rows, p_text
+from energybench.reporting.numbers import MISSING, is_missing, number
 from energybench.reporting.rows import LABELS, Row, SeedGroup, load_row
 from energybench.storage.references import Reference
 from energybench.storage.store import RunRecord, Store
@@ -212,10 +213,6 @@ class Column:
     reference: Callable[[Reference], str] = lambda ref: "-"
 
 
-def _num(v: float) -> str:
-    return "-" if v is None or math.isnan(v) else f"{v:+.3f}"
-
-
 def estimate_text(estimate: Estimate | None) -> str:
     """``13.0 ±2.1``: the accuracy in % and the larger distance to a bound of its 95 % interval."""
     if estimate is None:
@@ -235,7 +232,7 @@ def pair_text(best: Estimate | None, last: Estimate | None) -> str:
 
 def published_text(value: float | None) -> str:
     """A published accuracy as published: percent with two decimals (``43.21``)."""
-    return "-" if value is None else f"{100 * value:.2f}"
+    return number(value, ".2f", scale=100)
 
 
 def _pair(metric: str, reference: Callable[[Reference], str] = lambda ref: "-") -> Column:
@@ -258,13 +255,13 @@ def co_text(row: Row) -> str:
         flags = row.values("last", "co")
         return f"{sum(bool(f) for f in flags)}/{len(flags)}" if flags else "-"
     flag = row.get("last", "co")
-    return "-" if math.isnan(flag) else ("yes" if flag else "no")
+    return MISSING if is_missing(flag) else ("yes" if flag else "no")
 
 
 def _sd(row: Row, metric: str) -> str:
     """The sample standard deviation over seeds of ``metric`` (last checkpoint), in percentage points."""
     sd = row.sd("last", metric) if isinstance(row, SeedGroup) else math.nan
-    return "-" if math.isnan(sd) else f"{100 * sd:.1f}"
+    return number(sd, ".1f", scale=100)
 
 
 #: Columns shown for every row: the run, its method and architecture, then its results.
@@ -278,8 +275,8 @@ COLUMNS: list[Column] = [
     _pair("test_aa_acc", lambda ref: published_text(ref.aa)),
     Column("n PGD/AA", _points),
     Column("CO", co_text),
-    Column("dE", lambda r: r.get("last", "train_dE_mean"), _num),
-    Column("time", lambda r: r.run.wall_time, lambda v: "-" if v is None else f"{v:.0f}s"),
+    Column("dE", lambda r: r.get("last", "train_dE_mean"), lambda v: number(v, "+.3f")),
+    Column("time", lambda r: r.run.wall_time, lambda v: number(v, ".0f", suffix="s")),
     Column("checks", lambda r: r.warnings(), lambda v: "-" if v is None else (f"{len(v)} warn" if v else "ok")),
 ]
 #: Added for seed groups.
@@ -388,3 +385,19 @@ def ranking_table(ranking: Ranking, title: str, *, grouped: bool = False, highli
 def _alone(ranking: Ranking) -> Ranking:
     """``ranking`` without its references (a table of one of its rows)."""
     return Ranking(ranking.setting, ranking.entries, ranking.metric, ranking.checkpoint, ranking.order)
+
+
+def evaluation_table(metrics: dict[str, float]) -> Table:
+    """An evaluation's accuracies (``evaluate(..., store=False)``) with their 95 % Wilson intervals and test points."""
+    table = Table(header_style="bold", caption_justify="left",
+                  caption="accuracy % on the first n test points, with its 95% Wilson interval; AA: AutoAttack, the "
+                          "point-wise worst case over its attacks")
+    for header in ("accuracy", "%", "95% interval", "n"):
+        table.add_column(header, justify="left" if header == "accuracy" else "right")
+    for key, label in LABELS.items():
+        n = metrics.get("test_aa_points" if key == "test_aa_acc" else "test_points")
+        if key in metrics and n:
+            estimate = accuracy(round(metrics[key] * n), int(n))
+            table.add_row(label, f"{100 * estimate.value:.1f}",
+                          f"[{100 * estimate.low:.1f}, {100 * estimate.high:.1f}]", str(int(n)))
+    return table

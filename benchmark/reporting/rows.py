@@ -126,11 +126,8 @@ def load_row(store: Store, run: RunRecord) -> Row:
 
 
 def group_key(run: RunRecord) -> str:
-    """What runs of one seed group share: the config (with today's defaults for settings an older run did not store)
-    without seed, track, name, device, CPU threads, data path and speed options."""
-    config = RunConfig(**run.config).model_dump(exclude={"seed", "track", "name", "device", "threads", "data_root",
-                                                         "fast"})
-    return json.dumps(config, sort_keys=True, default=str)
+    """What runs of one seed group share: the run's identity without its seed (``RunConfig.identity``)."""
+    return json.dumps(RunConfig(**run.config).identity(seed=False), sort_keys=True, default=str)
 
 
 def group_seeds(rows: list[Row]) -> list[SeedGroup]:

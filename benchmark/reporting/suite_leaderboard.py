@@ -18,6 +18,7 @@ from rich.table import Table
 
 from energybench.config import format_eps
 from energybench.reporting.leaderboard import Column, co_text
+from energybench.reporting.numbers import MISSING, is_missing, number
 from energybench.reporting.rows import Row, SeedGroup, group_seeds, load_row
 from energybench.storage.store import Store
 from energybench.suites.spec import Cell, Tuning, format_values, latest_runs
@@ -71,9 +72,9 @@ def group_cells(store: Store, cells: list[Cell], selections: dict[tuple[str, str
 def mean_std(group: CellGroup, checkpoint: str, metric: str, scale: float = 100.0, digits: int = 1) -> str:
     """``mean±sd`` over the group's seeds of ``metric`` times ``scale`` (sample SD; just the mean for one seed)."""
     mean = group.mean(checkpoint, metric)
-    if math.isnan(mean):
-        return "-"
-    text = f"{scale * mean:.{digits}f}"
+    if is_missing(mean):
+        return MISSING
+    text = number(mean, f".{digits}f", scale=scale)
     return f"{text}±{scale * group.seeds.sd(checkpoint, metric):.{digits}f}" if len(group.rows) > 1 else text
 
 
@@ -110,10 +111,6 @@ def _checks(group: CellGroup) -> str:
     return f"{warned}/{len(group.rows)} warn" if warned else ("ok" if group.rows else "-")
 
 
-def _number(value: float, pattern: str) -> str:
-    return "-" if math.isnan(value) else pattern.format(value)
-
-
 COLUMNS: list[Column] = [
     Column("trainer", lambda g: g.trainer, justify="left"),
     Column("reg", lambda g: g.regularizer, justify="left"),
@@ -129,11 +126,11 @@ COLUMNS: list[Column] = [
     Column("checks", _checks),
     Column("CO", lambda g: co_text(g.seeds) if g.rows else "-"),
     Column("PGD gap", lambda g: g.mean("best", "test_pgd_acc") - g.mean("last", "test_pgd_acc"),
-           lambda v: _number(100 * v, "{:+.1f}")),
+           lambda v: number(v, "+.1f", scale=100)),
     Column("dE", lambda g: mean_std(g, "last", "train_dE_mean", scale=1.0, digits=2)),
     Column("time", lambda g: [r.run.wall_time for r in g.rows if r.run.wall_time is not None],
            lambda v: f"{statistics.fmean(v):.0f}s" if v else "-"),
-    Column("passes", lambda g: g.mean("last", "passes_per_example"), lambda v: _number(v, "{:.1f}")),
+    Column("passes", lambda g: g.mean("last", "passes_per_example"), lambda v: number(v, ".1f")),
 ]
 
 

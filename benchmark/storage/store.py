@@ -7,7 +7,7 @@ of sampling stored models (``energybench sample``); a ``points`` table holds, pe
 which test points were classified correctly (for paired tests). The database uses WAL mode and a busy
 timeout, so several processes may write to it at once. Numbers are stored rounded to ``SIGNIFICANT_DIGITS``
 (``stored_value``), and results written under an earlier version's names are read under today's
-(``energybench.storage.result_keys``).
+(``energybench.storage.migrations``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from energybench.errors import EnergybenchError
-from energybench.storage.result_keys import current_key
+from energybench.storage.migrations import current_config, current_key
 
 try:
     import fcntl
@@ -239,17 +239,29 @@ class Store:
         """
         return RunClaim(self.run_dir(run_id) / ".lock", run_id)
 
-    def create_run(self, config: dict[str, Any], config_hash: str, suite: str | None = None) -> str:
-        """Insert a new run in status 'running' and create its folder; return its id."""
+    def new_run_id(self) -> str:
+        """A fresh run id that no stored run has (``create_run`` may store a run under it)."""
+        with self._tx() as db:
+            for _ in range(10):
+                run_id = new_id()
+                if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                    return run_id
+        raise EnergybenchError("no free run id after 10 draws; try again in a minute")
+
+    def create_run(self, config: dict[str, Any], config_hash: str, suite: str | None = None, *,
+                   run_id: str | None = None) -> str:
+        """Insert a new run in status 'running' and create its folder; return its id (``run_id``: one drawn by
+        ``new_run_id``, else a fresh one)."""
         for attempt in range(10):
-            run_id = new_id()
+            drawn = run_id or new_id()
             try:
                 with self._tx() as db:
-                    _insert_run(db, run_id, time.time(), "running", config, config_hash, suite)
+                    _insert_run(db, drawn, time.time(), "running", config, config_hash, suite)
                 break
-            except sqlite3.IntegrityError:  # the id drawn is taken (another run in the same minute): draw again
-                if attempt == 9:
+            except sqlite3.IntegrityError:  # the id is taken (another run in the same minute): draw again
+                if attempt == 9 or run_id is not None:
                     raise
+        run_id = drawn
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
         _write_text(self.run_dir(run_id) / "config.json", json.dumps(config, indent=2, sort_keys=True))
         self._write_record(run_id)
@@ -295,12 +307,18 @@ class Store:
     def add_epoch(self, run_id: str, epoch: int, metrics: dict[str, Any]) -> None:
         """Record one epoch's metrics (idempotent: a resumed run may record an epoch again)."""
         line = json.dumps({"epoch": epoch, **{k: stored_value(v) for k, v in metrics.items()}}, sort_keys=True)
+        path = self.run_dir(run_id) / "metrics.jsonl"
         with self._tx() as db:
+            (last,) = db.execute("SELECT MAX(epoch) FROM epochs WHERE run_id = ?", (run_id,)).fetchone()
             db.execute("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", (run_id, epoch, line))
             db.execute("UPDATE runs SET epochs_done = MAX(epochs_done, ?) WHERE id = ?", (epoch + 1, run_id))
+            if last is not None and last == epoch - 1 and path.is_file():  # the next epoch: one line more
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write(f"{line}\n")
+                return
             lines = [row[0] for row in db.execute("SELECT metrics FROM epochs WHERE run_id = ? ORDER BY epoch",
                                                   (run_id,))]
-        _write_text(self.run_dir(run_id) / "metrics.jsonl", "".join(f"{line}\n" for line in lines))
+        _write_text(path, "".join(f"{line}\n" for line in lines))  # the first epoch, or one recorded again
 
     def add_results(self, run_id: str, checkpoint: str, metrics: dict[str, float]) -> None:
         with self._tx() as db:
@@ -467,5 +485,5 @@ def _insert_run(db: sqlite3.Connection, run_id: str, created: float, status: str
 
 def _record(row: sqlite3.Row) -> RunRecord:
     data = dict(row)
-    data["config"] = json.loads(data["config"])
+    data["config"] = current_config(json.loads(data["config"]))
     return RunRecord(**data)

@@ -12,7 +12,7 @@ from energybench.config import RunConfig
 from energybench.contracts.dataset import Dataset
 from energybench.contracts.registry import create_model
 from energybench.data.datasets import get_dataset
-from energybench.errors import EnergybenchError
+from energybench.errors import ArgumentError, EnergybenchError
 from energybench.files import read_text
 from energybench.storage.checkpoint import load_checkpoint, model_state
 from energybench.storage.store import Store
@@ -59,8 +59,9 @@ def load_trained(ref: str, store: Store, *, checkpoint: str = "best", dataset: s
     dataset = dataset or (config.dataset if config else None)
     model = model or (config.model if config else None)
     if not dataset or not model:
-        raise EnergybenchError(f"{ref}: give --dataset and --arch (a registered architecture, see `energybench "
-                               "plugins --kind model`) for a checkpoint that is not in an energybench run folder")
+        raise ArgumentError(f"{ref}: give dataset= and arch= (a registered architecture, see `energybench "
+                            "plugins --kind model`) for a checkpoint that is not in an energybench run folder",
+                            "dataset", "arch")
     info = get_dataset(dataset)
     net = create_model(model, dataset=dataset, **(config.model_params if config and model == config.model else {}))
     try:

@@ -13,8 +13,8 @@ from energybench.config import Catalogue, RunConfig, format_eps
 from energybench.data.datasets import split_sizes
 from energybench.errors import EnergybenchError
 from energybench.storage.store import Store
-from energybench.suites.spec import Calibration, Cell, Suite, format_values, latest_runs, load_suite, unique
-from energybench.suites.tuning import choose, chosen_values
+from energybench.suites.runner import suite_stages
+from energybench.suites.spec import Calibration, Cell, format_values, latest_runs, load_suite
 
 #: Rough cost of AutoAttack per attacked point, in forward+backward pass equivalents: APGD-CE runs on
 #: every point, APGD-T, FAB-T and Square only on those still robust (measured on CPU with the small CNN:
@@ -143,47 +143,43 @@ class PlannedCell:
     seconds: float | None
 
 
-def suite_stages(catalogue: Catalogue, suite: Suite, store: Store, *, data_root: str | None = None,
-                 device: str | None = None) -> list[tuple[str, list[Cell]]]:
-    """The suite's stages as they would run now: its tuning cells (if it tunes), then its evaluation cells with the
-    values the store's tuning runs choose (``after tuning`` while they are missing)."""
-    tuning = suite.tuning_cells(catalogue, data_root=data_root, device=device)
-    chosen = chosen_values(choose(store, suite, catalogue, cells=tuning))
-    stages = [("tuning", unique(tuning))] if tuning else []
-    return stages + [("evaluation", suite.cells(catalogue, chosen=chosen, data_root=data_root, device=device))]
+@dataclass
+class SuitePlan:
+    """A suite's dry run: every cell of every stage with its status and estimated cost, and where the speed behind
+    the times comes from (``source``)."""
+
+    name: str
+    description: str
+    cells: list[PlannedCell]
+    source: str
 
 
-def planned(suite: Suite, stages: list[tuple[str, list[Cell]]], store: Store) -> tuple[list[PlannedCell], str]:
-    """Every cell of ``stages`` with its status in ``store`` and its estimated cost, and where the speed behind the
-    times comes from."""
-    every = [cell for _, cells in stages for cell in cells]
+def plan_suite(catalogue: Catalogue, name: str, store: Store, *, data_root: str | None = None,
+               device: str | None = None) -> SuitePlan:
+    """The dry run of suite ``name``: its stages as they would run now (``suite_stages``), each cell with its status in
+    ``store`` and its estimated cost."""
+    suite = load_suite(catalogue, name)
+    stages = list(suite_stages(suite, catalogue, store, data_root=data_root, device=device))
+    every = [cell for stage in stages for cell in stage.cells]
     latest = latest_runs(store, every)
     costs = CostModel.learn(store, every, suite.spec.calibration)
     out = []
-    for stage, cells in stages:
-        for cell in cells:
+    for stage in stages:
+        for cell in stage.cells:
             record = latest[cell.config_hash]
             passes = estimate_passes(cell.config)
             status = "to run" if record is None else (
                 "done" if record.status == "done" else f"{record.status}: to run again")
             tuned = "after tuning" if cell.pending else (format_values(cell.tuned) or "-")
-            out.append(PlannedCell(stage, cell.trainer, cell.regularizer, tuned, cell.eps, cell.seed, status,
+            out.append(PlannedCell(stage.name, cell.trainer, cell.regularizer, tuned, cell.eps, cell.seed, status,
                                    record.id if record else None, passes, costs.seconds(cell.config, passes)))
-    return out, costs.source(every)
+    return SuitePlan(suite.name, suite.spec.description, out, costs.source(every))
 
 
-def plan_cells(catalogue: Catalogue, name: str, store: Store, *, data_root: str | None = None,
-               device: str | None = None) -> list[PlannedCell]:
-    """The dry run of suite ``name`` as data (``energybench.suite_plan``)."""
-    suite = load_suite(catalogue, name)
-    return planned(suite, suite_stages(catalogue, suite, store, data_root=data_root, device=device), store)[0]
-
-
-def render_plan(suite: Suite, stages: list[tuple[str, list[Cell]]], store: Store) -> tuple[Table, str]:
-    """The dry run: every cell of every stage (tuning, then evaluation) with its status in ``store`` and
-    estimated cost, plus a one-line total per stage."""
-    cells, source = planned(suite, stages, store)
-    table = Table(title=f"Suite {suite.name}: {suite.spec.description}", title_justify="left", header_style="bold")
+def render_plan(plan: SuitePlan) -> tuple[Table, str]:
+    """The dry run as a table (every cell of every stage, tuning then evaluation) and a one-line total per stage."""
+    cells = plan.cells
+    table = Table(title=f"Suite {plan.name}: {plan.description}", title_justify="left", header_style="bold")
     for header in ("#", "stage", "trainer", "reg", "tuned", "eps", "seed", "status", "passes", "est. time"):
         table.add_column(header, justify="right" if header in ("#", "eps", "seed", "passes", "est. time") else "left")
     for i, c in enumerate(cells, 1):
@@ -191,10 +187,10 @@ def render_plan(suite: Suite, stages: list[tuple[str, list[Cell]]], store: Store
         table.add_row(str(i), c.stage, c.trainer, c.regularizer, c.tuned, format_eps(c.eps), str(c.seed), status,
                       count(c.passes), duration(c.seconds), end_section=i == len(cells) or cells[i].stage != c.stage)
     totals = []
-    for stage, _ in stages:
+    for stage in dict.fromkeys(c.stage for c in cells):
         size = sum(c.stage == stage for c in cells)
         todo = [c for c in cells if c.stage == stage and c.status != "done"]
         total = "?" if any(c.seconds is None for c in todo) else duration(sum(c.seconds for c in todo))
         totals.append(f"{stage}: {size} cells, {size - len(todo)} done, {len(todo)} to run, estimated "
                       f"{count(sum(c.passes for c in todo))} example passes, about {total}")
-    return table, "; ".join(totals) + f" (one cell after another; {source})"
+    return table, "; ".join(totals) + f" (one cell after another; {plan.source})"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from energybench.config import Catalogue
@@ -13,9 +13,33 @@ from energybench.suites.tuning import Selection, choose, chosen_values
 
 
 @dataclass
-class SuiteResult:
-    """What a suite run did: every cell outcome, the tuning selections and the evaluation cells."""
+class Stage:
+    """One stage of a suite as it runs: its name (tuning or evaluation), its cells, and the tuning selections behind
+    the evaluation cells' values."""
 
+    name: str
+    cells: list[Cell]
+    selections: dict[tuple[str, str, float], Selection] = field(default_factory=dict)
+
+
+def suite_stages(suite: Suite, catalogue: Catalogue, store: Store, *, data_root: str | None = None,
+                 device: str | None = None) -> Iterator[Stage]:
+    """The suite's stages in the order they run: its tuning cells (if it tunes), then its evaluation cells with the
+    values the store's tuning runs choose, read when that stage is reached (so after the tuning cells ran; cells whose
+    tuning is missing are ``pending``). A dry run lists them; ``run_suite`` runs each before taking the next."""
+    tuning = suite.tuning_cells(catalogue, data_root=data_root, device=device)
+    if tuning:
+        yield Stage("tuning", unique(tuning))
+    selections = choose(store, suite, catalogue, cells=tuning) if tuning else {}
+    yield Stage("evaluation", suite.cells(catalogue, chosen=chosen_values(selections), data_root=data_root,
+                                          device=device), selections)
+
+
+@dataclass
+class SuiteResult:
+    """What a suite run did: the suite, every cell outcome, the tuning selections and the evaluation cells."""
+
+    suite: Suite
     outcomes: list[CellOutcome] = field(default_factory=list)
     selections: dict[tuple[str, str, float], Selection] = field(default_factory=dict)
     cells: list[Cell] = field(default_factory=list)
@@ -25,25 +49,32 @@ class SuiteResult:
         """Evaluation cells left out because their tuning stage did not complete."""
         return [c for c in self.cells if c.pending]
 
+    def unfinished(self) -> str | None:
+        """What the run left undone, in words (failed cells, cells another process holds, untuned cells), or None."""
+        failed = sum(o.status == "failed" for o in self.outcomes)
+        in_use = sum(o.status == "in use" for o in self.outcomes)
+        problems = [text for count, text in (
+            (failed, f"{failed} cells failed (errors above, kept in the store)"),
+            (in_use, f"{in_use} cells are being run by another process"),
+            (len(self.untuned), f"{len(self.untuned)} evaluation cells wait for tuning cells that did not complete"),
+        ) if count]
+        return "; ".join(problems) or None
+
 
 def run_suite(suite: Suite, catalogue: Catalogue, store: Store, executor: Executor, *,
               data_root: str | None = None, device: str | None = None,
               on_stage: Callable[[str, int, int], None] = lambda stage, cells, todo: None,
               on_done: Callable[[CellOutcome], None] = lambda outcome: None) -> SuiteResult:
-    """Run the tuning cells not done yet, choose the tuned values, then run the evaluation cells not done
-    yet; ``on_stage(stage, cells, to_run)`` announces each stage and ``on_done`` hears every cell's end.
-    Evaluation cells of a pair whose tuning did not complete are left out (see ``SuiteResult.untuned``)."""
-    result = SuiteResult()
-    tuning = unique(suite.tuning_cells(catalogue, data_root=data_root, device=device))
-    if tuning:
-        todo = pending(store, tuning)
-        on_stage("tuning", len(tuning), len(todo))
+    """Run the cells of each stage (``suite_stages``) not done yet; ``on_stage(stage, cells, to_run)`` announces each
+    stage and ``on_done`` hears every cell's end. Evaluation cells of a pair whose tuning did not complete are left
+    out (see ``SuiteResult.untuned``)."""
+    result = SuiteResult(suite)
+    for stage in suite_stages(suite, catalogue, store, data_root=data_root, device=device):
+        cells = stage.cells
+        if stage.name == "evaluation":
+            result.selections, result.cells = stage.selections, stage.cells
+            cells = [c for c in cells if not c.pending]
+        todo = pending(store, cells)
+        on_stage(stage.name, len(cells), len(todo))
         result.outcomes += executor.run(todo, store, suite=suite.name, on_done=on_done)
-        result.selections = choose(store, suite, catalogue, cells=suite.tuning_cells(catalogue))
-    result.cells = suite.cells(catalogue, chosen=chosen_values(result.selections), data_root=data_root,
-                               device=device)
-    ready = [c for c in result.cells if not c.pending]
-    todo = pending(store, ready)
-    on_stage("evaluation", len(ready), len(todo))
-    result.outcomes += executor.run(todo, store, suite=suite.name, on_done=on_done)
     return result

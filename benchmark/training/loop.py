@@ -17,13 +17,20 @@ import torch
 from energybench.config import RunConfig, select_device
 from energybench.contracts.callback import Batch, Callback
 from energybench.contracts.guard import call_plugin
-from energybench.contracts.registry import create_callback, create_model, create_regularizer, create_trainer
+from energybench.contracts.registry import (
+    create_callback,
+    create_model,
+    create_regularizer,
+    create_trainer,
+    get_registry,
+)
 from energybench.contracts.trainer import Trainer
 from energybench.data.augment import crop_flip, crop_flip_draws
 from energybench.data.datasets import ImageData, load_dataset
 from energybench.errors import Diverged, EnergybenchError
-from energybench.evaluation.robustness import catastrophic_overfitting, robustness
+from energybench.evaluation.robustness import co_flag, robustness
 from energybench.storage.checkpoint import load_checkpoint, save_checkpoint
+from energybench.storage.migrations import current_state
 from energybench.storage.store import Store
 from energybench.training.acceleration import Acceleration
 from energybench.training.callbacks.checkpoints import CheckpointFiles
@@ -34,6 +41,16 @@ from energybench.training.progress import Reporter
 from energybench.training.step import PenaltyTally, TrainingStep
 
 
+def attack_start_refused(regularizer: str, trainer: str) -> EnergybenchError:
+    """The error of a regularizer that needs the attack's starting point combined with a trainer that is not
+    single-step (only those report it)."""
+    registry = get_registry()
+    single = [n for n in registry.names("trainer") if getattr(registry.load("trainer", n), "single_step", False)]
+    return EnergybenchError(f"regularizer {regularizer!r} needs the loss at the attack's starting point, which only "
+                            f"single-step trainers report; trainer {trainer!r} is not one (use one of: "
+                            f"{', '.join(single)})")
+
+
 class Run:
     """A run in progress: model, optimizer, data, plugins and callbacks built from a resolved config.
 
@@ -41,9 +58,9 @@ class Run:
     enabled), checkpoint files; then those named in ``config.callbacks`` (registered plugins).
     """
 
-    def __init__(self, config: RunConfig, store: Store, run_id: str | None, reporter: Reporter | None = None,
+    def __init__(self, config: RunConfig, store: Store, run_id: str, reporter: Reporter | None = None,
                  data: ImageData | None = None):
-        self.config, self.store, self.run_id = config, store, run_id  # None until execute stores a new run
+        self.config, self.store, self.run_id = config, store, run_id
         self.reporter = reporter or Reporter()
         self.device = select_device(config.device)
         self.data = data or load_dataset(config.dataset, data_root=config.data_root, val_size=config.val_size,
@@ -87,6 +104,15 @@ class Run:
         for name, callback in self.callbacks:
             call_plugin("callback", name, getattr(callback, hook), self, *args)
 
+    def fail(self, error: BaseException) -> None:
+        """Every callback's ``on_exception``, each one even when another fails there (``error`` is what the run
+        raises; a callback's own failure here is an alert)."""
+        for name, callback in self.callbacks:
+            try:
+                call_plugin("callback", name, callback.on_exception, self, error)
+            except Exception as exc:
+                self.reporter.alert(str(exc))
+
     # ----- what callbacks may ask for ---------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -108,6 +134,8 @@ class Run:
         self.trainer = trainer
         self.regularizer = create_regularizer(cfg.regularizer, trainer_eps=cfg.eps, trainer_norm=cfg.norm,
                                               trainer_single_step=trainer.single_step, **cfg.regularizer_params)
+        if self.regularizer.needs_attack_start and not trainer.single_step:
+            raise attack_start_refused(cfg.regularizer, trainer.name)
         self.step = TrainingStep(trainer, self.regularizer, num_classes=self.data.info.num_classes,
                                  timeout=cfg.plugin_timeout)
 
@@ -121,13 +149,13 @@ class Run:
                  "torch_rng": torch.get_rng_state()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        state["callbacks"] = {name: callback.state_dict() for name, callback in self.callbacks}
+        state["callbacks"] = {callback.state_key: callback.state_dict() for _, callback in self.callbacks}
         return state
 
     def restore(self) -> None:
         """Continue from the state saved after the last completed epoch."""
         path = self.dir / "state.pt"
-        state = load_checkpoint(path, map_location=self.device)
+        state = current_state(load_checkpoint(path, map_location=self.device))
         try:
             self._apply_state(state)
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
@@ -135,11 +163,9 @@ class Run:
             raise EnergybenchError(f"{path} does not fit this run ({self.config.model} on {self.config.dataset}): "
                                    f"{type(exc).__name__}: {detail}") from None
         saved = state.get("callbacks", {})
-        if "monitor" in state:  # saved before the monitor became a callback
-            saved = saved | {"CO monitor": state["monitor"]}
-        for name, callback in self.callbacks:
-            if saved.get(name):
-                callback.load_state_dict(saved[name])
+        for _, callback in self.callbacks:
+            if saved.get(callback.state_key):
+                callback.load_state_dict(saved[callback.state_key])
 
     def _apply_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -221,8 +247,8 @@ class Run:
                 raise Diverged(f"training loss became {metrics['train_loss']} in epoch {self.epoch + 1}; "
                                        f"run stopped: {kept}")
             metrics.update(self.validate())
-            metrics["co"] = catastrophic_overfitting([*self.store.epochs(self.run_id), metrics], self.config.eval,
-                                                     n=min(self.config.eval.val_points, len(self.data.val)))[-1]
+            metrics["co"] = co_flag(metrics, self.best_pgd if self.epoch else None, self.epoch, self.config.eval,
+                                    n=min(self.config.eval.val_points, len(self.data.val)))
             metrics["epoch_time"] = time.perf_counter() - start
             self.improved = metrics["val_pgd_acc"] > self.best_pgd
             if self.improved:

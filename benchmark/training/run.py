@@ -15,15 +15,15 @@ import torch
 
 from energybench.config import Catalogue, RunConfig, cpu_threads
 from energybench.contracts.params import parse_params
-from energybench.contracts.registry import create_regularizer, get_registry
+from energybench.contracts.registry import get_registry
 from energybench.data.counts import fit_counts
-from energybench.data.datasets import dataset_name
+from energybench.data.datasets import dataset_name, load_dataset
 from energybench.errors import Diverged, EnergybenchError, Interrupted
 from energybench.evaluation.protocol import test_evaluation
 from energybench.evaluation.sanity import evaluation_warnings
 from energybench.storage.checkpoint import load_checkpoint
 from energybench.storage.store import RunRecord, Store
-from energybench.training.loop import Run
+from energybench.training.loop import Run, attack_start_refused
 from energybench.training.progress import Reporter
 
 
@@ -34,25 +34,20 @@ def prepare(config: RunConfig, catalogue: Catalogue) -> RunConfig:
     trainer_cls = registry.load("trainer", config.trainer)
     reg_cls = registry.load("regularizer", config.regularizer)
     registry.load("model", config.model)
+    for name in config.callbacks:
+        registry.load("callback", name)
     if config.monitor.enabled and config.monitor.action == "rollback":
         registry.load("trainer", config.monitor.fallback_trainer)
     if reg_cls.requires_adversarial and not trainer_cls.adversarial:
         adversarial = [n for n in registry.names("trainer") if n != config.trainer]
         raise EnergybenchError(f"regularizer {config.regularizer!r} needs adversarial examples but trainer "
                                f"{config.trainer!r} makes none; use it with one of: {', '.join(adversarial)}")
-    if config.batch_size > config.val_size and config.n_train is not None and config.batch_size > config.n_train:
-        raise EnergybenchError(f"batch_size={config.batch_size} is larger than the training set ({config.n_train})")
     trainer_params = parse_params(trainer_cls.Params, catalogue.defaults_for("trainer", config.trainer)
                                   | config.trainer_params, f"trainer {config.trainer!r}")
     reg_params = parse_params(reg_cls.Params, catalogue.defaults_for("regularizer", config.regularizer)
                               | config.regularizer_params, f"regularizer {config.regularizer!r}")
-    regularizer = create_regularizer(config.regularizer, trainer_single_step=trainer_cls.single_step,
-                                     **reg_params.model_dump(by_alias=True))
-    if regularizer.needs_attack_start and not trainer_cls.single_step:
-        single = [n for n in registry.names("trainer") if getattr(registry.load("trainer", n), "single_step", False)]
-        raise EnergybenchError(f"regularizer {config.regularizer!r} needs the loss at the attack's starting point, "
-                               f"which only single-step trainers report; trainer {config.trainer!r} is not one "
-                               f"(use one of: {', '.join(single)})")
+    if reg_cls.requires_attack_start and not trainer_cls.single_step:  # what hyper-parameters decide: Run checks
+        raise attack_start_refused(config.regularizer, config.trainer)
     return config.model_copy(update={"trainer_params": trainer_params.model_dump(by_alias=True),
                                      "regularizer_params": reg_params.model_dump(by_alias=True),
                                      "dataset": dataset_name(config.dataset)})
@@ -129,11 +124,13 @@ def _execute(config: RunConfig, store: Store, reporter: Reporter, record: RunRec
             raise
         elapsed = record.wall_time or 0.0
     else:
-        run = Run(config, store, None, reporter)
-        run.config, warnings = fit_counts(config, run.data)
+        data = load_dataset(config.dataset, data_root=config.data_root, val_size=config.val_size,
+                            n_train=config.n_train)
+        config, warnings = fit_counts(config, data)
         for warning in warnings:
             reporter.alert(warning)
-        run.run_id = store.create_run(run.config.model_dump(), run.config.config_hash(), suite=suite)
+        run = Run(config, store, store.new_run_id(), reporter, data=data)  # bad input fails here, nothing stored
+        store.create_run(config.model_dump(), config.config_hash(), suite=suite, run_id=run.run_id)
         claim = store.claim(run.run_id)
         elapsed = 0.0
     run_id = run.run_id
@@ -144,11 +141,13 @@ def _execute(config: RunConfig, store: Store, reporter: Reporter, record: RunRec
         if run.config.eval.test:
             with run.fast.final_evaluation():
                 evaluate_checkpoints(run)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        run.fail(exc)
         store.set_status(run_id, "interrupted", error="interrupted by the user",
                          wall_time=elapsed + time.perf_counter() - start)
         raise Interrupted(f"energybench run --resume {run_id}") from None
     except Exception as exc:
+        run.fail(exc)
         message = str(exc) if isinstance(exc, EnergybenchError) else f"{type(exc).__name__}: {exc}"
         store.set_status(run_id, "diverged" if isinstance(exc, Diverged) else "failed", error=message,
                          wall_time=elapsed + time.perf_counter() - start)

@@ -97,7 +97,7 @@ class DeltaEnergyRegularizer(Regularizer):
     @classmethod
     def variant(cls, params: dict[str, Any]) -> str | None:
         """``None`` for the published form; the ablation's form, terms and weight otherwise (leaderboard label)."""
-        form = params.get("form", "squared")  # runs stored before the published form existed were ablations
+        form = params["form"]  # a run stored before DER had forms reads as the ablation (storage.migrations)
         if form == "hinge":
             return None
         return f"{form} {params.get('terms', 'marginal')} dE, lambda {params.get('lambda', 1.0):g}"

@@ -18,6 +18,8 @@ class COMonitorCallback(Callback):
     fallback trainer (``MonitorConfig.action``; one rollback per run, later alarms only warn). Adds the
     epoch's ``monitor_*`` metrics and keeps ``monitor.json`` in the run folder."""
 
+    state_key = "co-monitor"
+
     def __init__(self, settings: MonitorConfig, device: torch.device):
         super().__init__()
         self.settings = settings

@@ -50,6 +50,10 @@ class TensorBoardLogger(Callback):
     def on_fit_end(self, run) -> None:
         self.writer.close()
 
+    def on_exception(self, run, error: BaseException) -> None:
+        if hasattr(self, "writer"):  # the run may fail before training starts
+            self.writer.close()
+
     def on_test_end(self, run, results: dict[str, dict[str, float]]) -> None:
         with _writer(run) as writer:
             for checkpoint, prefix in (("last", ""), ("best", "best/")):
