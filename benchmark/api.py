@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from energybench.config import RunConfig, Seed, eps_value, load_catalogue, resolve_config
+from energybench.config import RunConfig, RunRequest, Seed, eps_value, load_catalogue
 from energybench.contracts.params import validated
 from energybench.contracts.registry import model_params
 from energybench.data.datasets import get_dataset
@@ -98,11 +98,18 @@ def train(trainer: str | None = None, regularizer: str | None = None, *, track: 
     ``eps`` (a number or ``"8/255"``), ``epochs``, ``n_train``, ``eval={"aa_points": 0}``, ...).
     ``callbacks`` names extra training-loop callbacks (e.g. ``"tensorboard"`` or ``["tensorboard"]``).
     """
+    request = RunRequest(trainer, regularizer, track=track, config=config, trainer_params=trainer_params,
+                         regularizer_params=regularizer_params,
+                         callbacks=[callbacks] if isinstance(callbacks, str) else list(callbacks), settings=settings)
+    return run(request, store=store, progress=progress, catalogue=catalogue)
+
+
+@validated
+def run(request: RunRequest, *, store: StoreLike = None, progress: bool | Reporter = True,
+        catalogue: str | Path | None = None) -> StoredRun:
+    """``train`` with its settings gathered in one ``RunRequest`` (what ``energybench run`` calls)."""
     loaded = load_catalogue(catalogue)
-    names = [callbacks] if isinstance(callbacks, str) else list(callbacks)
-    overrides = settings | {"trainer": trainer, "regularizer": regularizer, "trainer_params": trainer_params,
-                            "regularizer_params": regularizer_params, "callbacks": names or None}
-    resolved = prepare(resolve_config(loaded, track=track, config_file=config, overrides=overrides), loaded)
+    resolved = prepare(request.resolve(loaded), loaded)
     target = _store(store)
     return StoredRun.of(target, execute(resolved, target, reporter=reporter_of(progress)))
 
