@@ -159,7 +159,7 @@ def evaluate(model: nn.Module | str, *, dataset: str | None = None, eps: float |
             raise ArgumentError("evaluating a module needs dataset= (the data it classifies)", "dataset")
         external = ExternalModel(model.eval(), info, type(model).__name__, _module_source(model))
     elif isinstance(model, str):
-        external = resolve_model(model, target or _store(None), dataset=dataset, model=arch, norm=norm,
+        external = resolve_model(model, target or _store(None), dataset=dataset, arch=arch, norm=norm,
                                  checkpoint=checkpoint, model_dir=model_dir)
     else:
         raise EnergybenchError(f"model must be an nn.Module or a reference (run id, file, robustbench:NAME), "
@@ -182,7 +182,7 @@ def load(ref: str, *, checkpoint: str = "best", dataset: str | None = None, arch
          store: StoreLike = None) -> nn.Module:
     """The trained model of a run id (its ``best`` or ``last`` checkpoint) or of a checkpoint file, in eval
     mode; a file outside a run folder needs ``dataset`` and ``arch`` (a registered architecture)."""
-    return load_trained(ref, _store(store, readonly=True), checkpoint=checkpoint, dataset=dataset, model=arch).model
+    return load_trained(ref, _store(store, readonly=True), checkpoint=checkpoint, dataset=dataset, arch=arch).model
 
 
 @validated
