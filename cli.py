@@ -168,17 +168,16 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
                 output, no_references, store_path, registry_path) -> None:
     """Print the robustness leaderboard of stored runs, or with --generative the generative one."""
     from energybench import api
-    from energybench.config import load_catalogue
     from energybench.reporting.formats import export, rich_tables
-    from energybench.storage.store import Store
 
     if generative:
         from energybench.reporting.generative_leaderboard import generative_tables
 
         if eps or track or trainer:
             raise EnergybenchError("--eps, --track and --trainer filter runs; with --generative use --dataset/--model")
-        for table in generative_tables(Store(store_path, readonly=True), load_catalogue(registry_path), dataset=dataset,
-                                       model=model, references=not no_references):
+        board = api.generative_leaderboard(dataset=dataset, model=model, references=not no_references,
+                                           store=store_path, catalogue=registry_path)
+        for table in generative_tables(board):
             out.print(table)
         return
     board = api.rankings(dataset=dataset, model=model, eps=eps, norm=norm, track=track, suite=suite, trainer=trainer,

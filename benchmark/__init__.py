@@ -33,6 +33,7 @@ from energybench.api import (
     energy_trace,
     evaluate,
     export,
+    generative_leaderboard,
     get_run,
     import_reference,
     leaderboard,
@@ -90,7 +91,7 @@ __all__ = ["Arrays", "Attack", "Batch", "Callback", "Classifier", "Dataset", "En
            "Sampler", "StoredRun", "TrainOutput", "Trainer", "__version__", "compare", "comparison", "create_attack",
            "create_callback", "create_dataset", "create_model", "create_regularizer", "create_sampler",
            "create_trainer", "describe_plugins", "energy_histograms", "energy_trace", "evaluate", "export",
-           "get_plugin", "get_run", "import_reference", "leaderboard", "list_plugins", "load", "load_data",
-           "register_attack", "register_callback", "register_dataset", "register_model", "register_regularizer",
-           "register_sampler", "register_trainer", "rankings", "repair_store", "report", "resume", "run", "run_suite",
-           "sample", "select_epochs", "suite_plan", "tracks", "train"]
+           "generative_leaderboard", "get_plugin", "get_run", "import_reference", "leaderboard", "list_plugins", "load",
+           "load_data", "register_attack", "register_callback", "register_dataset", "register_model",
+           "register_regularizer", "register_sampler", "register_trainer", "rankings", "repair_store", "report",
+           "resume", "run", "run_suite", "sample", "select_epochs", "suite_plan", "tracks", "train"]

@@ -250,6 +250,18 @@ def leaderboard(*, dataset: str | None = None, model: str | None = None, eps: fl
 
 
 @validated
+def generative_leaderboard(*, dataset: str | None = None, model: str | None = None, references: bool = True,
+                           store: StoreLike = None, catalogue: str | Path | None = None):
+    """The generative leaderboard, as ``energybench leaderboard --generative`` prints it: stored samplings
+    (``sample``) ranked by FID per dataset, feature space and sample size, filtered by ``dataset`` and ``model`` (the
+    architecture), and the published references (``energybench.reporting.generative_leaderboard.GenerativeBoard``)."""
+    from energybench.reporting.generative_leaderboard import build_generative_board
+
+    return build_generative_board(_store(store, readonly=True), load_catalogue(catalogue), dataset=dataset,
+                                  model=model, references=references)
+
+
+@validated
 def comparison(ref_a: str, ref_b: str, *, checkpoint: str = "last", margin: float = 1.0, store: StoreLike = None):
     """The comparison ``compare`` returns as a dict and ``energybench compare`` prints as a table
     (``energybench.reporting.compare.RowComparison``)."""
