@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from energybench.errors import ArgumentError, EnergybenchError, Interrupted
+
+if TYPE_CHECKING:
+    from energybench.config import RunRequest
 
 #: Piped into a file or a pager, stdout is as wide as a table needs (rich would assume 80 columns and squeeze every
 #: cell into wrapped lines); ``COLUMNS`` still sets a width. Lines on stderr wrap where the terminal wraps them.
@@ -82,9 +85,7 @@ def cli() -> None:
 @click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run after its last completed epoch.")
 @store_option
 @catalogue_option
-def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epochs, batch_size, lr, seed, n_train,
-        aa_points, aa_version, trainer_opt, reg_opt, config_file, data_root, device, fast, loggers, resume, store_path,
-        registry_path) -> None:
+def run(resume, store_path, registry_path, **options) -> None:
     """Train a classifier with a trainer (+ regularizer), evaluate it, store it, show the leaderboard."""
     from energybench import api
     from energybench.storage.store import Store
@@ -101,22 +102,33 @@ def run(track, trainer, regularizer, dataset, model, model_opt, eps, norm, epoch
     if resume:
         run_id = api.resume(resume, store=store, progress=RichReporter(err)).id
     else:
-        settings = {"dataset": dataset, "model": model, "eps": eps, "norm": norm, "epochs": epochs,
-                    "model_params": parse_assignments(model_opt, "--model-opt") or None, "batch_size": batch_size,
-                    "lr": lr, "seed": seed, "n_train": n_train, "data_root": data_root,
-                    "device": device, "fast": {"enabled": fast} if fast else None,
-                    "eval": {k: v for k, v in (("aa_points", aa_points), ("aa_version", aa_version))
-                             if v is not None} or None}
-        run_id = api.train(trainer, regularizer, track=track, config=config_file, callbacks=loggers,
-                           trainer_params=parse_assignments(trainer_opt, "--trainer-opt") or None,
-                           regularizer_params=parse_assignments(reg_opt, "--reg-opt") or None, store=store,
-                           progress=RichReporter(err), catalogue=registry_path, **settings).id
+        run_id = api.run(run_request(options), store=store, progress=RichReporter(err),
+                         catalogue=registry_path).id
     record = store.get_run(run_id)
     print_board(store, registry_path, record, highlight=run_id)
     out.print(f"run {run_id} stored in {store.run_dir(run_id)}")
     if record.dataset != "cifar10":
         out.print("[dim]Paper-scale protocols (GPU + CIFAR-10 files): energybench run --track cifar10-co "
                   "(catastrophic overfitting) or --track cifar10-ro (robust overfitting).[/]")
+
+
+def run_request(options: dict[str, Any]) -> RunRequest:
+    """The ``RunRequest`` of ``energybench run``'s options: the plugins, their ``KEY=VALUE`` options, the track and
+    file the settings start from, and the options that set ``RunConfig`` fields."""
+    from energybench.config import RunRequest
+
+    rest = dict(options)
+    model_params = parse_assignments(rest.pop("model_opt"), "--model-opt") or None
+    trainer_params = parse_assignments(rest.pop("trainer_opt"), "--trainer-opt") or None
+    regularizer_params = parse_assignments(rest.pop("reg_opt"), "--reg-opt") or None
+    fast = rest.pop("fast")
+    protocol = {key: rest.pop(key) for key in ("aa_points", "aa_version")}
+    evaluation = {key: value for key, value in protocol.items() if value is not None}
+    return RunRequest(rest.pop("trainer"), rest.pop("regularizer"), track=rest.pop("track"),
+                      config=rest.pop("config_file"), trainer_params=trainer_params,
+                      regularizer_params=regularizer_params, callbacks=list(rest.pop("loggers")),
+                      settings=rest | {"model_params": model_params, "fast": {"enabled": fast} if fast else None,
+                                       "eval": evaluation or None})
 
 
 def print_board(store, registry_path, record, *, highlight: str | None = None, only: str | None = None):
@@ -156,17 +168,16 @@ def leaderboard(dataset, model, eps, track, trainer, generative, norm, suite, so
                 output, no_references, store_path, registry_path) -> None:
     """Print the robustness leaderboard of stored runs, or with --generative the generative one."""
     from energybench import api
-    from energybench.config import load_catalogue
     from energybench.reporting.formats import export, rich_tables
-    from energybench.storage.store import Store
 
     if generative:
         from energybench.reporting.generative_leaderboard import generative_tables
 
         if eps or track or trainer:
             raise EnergybenchError("--eps, --track and --trainer filter runs; with --generative use --dataset/--model")
-        for table in generative_tables(Store(store_path, readonly=True), load_catalogue(registry_path), dataset=dataset,
-                                       model=model, references=not no_references):
+        board = api.generative_leaderboard(dataset=dataset, model=model, references=not no_references,
+                                           store=store_path, catalogue=registry_path)
+        for table in generative_tables(board):
             out.print(table)
         return
     board = api.rankings(dataset=dataset, model=model, eps=eps, norm=norm, track=track, suite=suite, trainer=trainer,

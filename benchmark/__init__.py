@@ -24,6 +24,7 @@ if __name__ != "energybench":  # the checkout's folder imported by its own name:
 from importlib.metadata import PackageNotFoundError, version
 
 from energybench.api import (
+    RunRequest,
     StoredRun,
     compare,
     comparison,
@@ -32,6 +33,7 @@ from energybench.api import (
     energy_trace,
     evaluate,
     export,
+    generative_leaderboard,
     get_run,
     import_reference,
     leaderboard,
@@ -41,6 +43,7 @@ from energybench.api import (
     repair_store,
     report,
     resume,
+    run,
     run_suite,
     sample,
     select_epochs,
@@ -83,12 +86,12 @@ try:
 except PackageNotFoundError:  # pragma: no cover - a checkout used without installing it
     __version__ = "unknown"
 
-__all__ = ["Arrays", "Attack", "Batch", "Callback", "Classifier", "Dataset", "EnergybenchError",
-           "ImageFolderDataset", "PluginError", "PluginParams", "Regularizer", "Reporter", "RichReporter",
-           "SampleBatch", "Sampler", "StoredRun", "TrainOutput", "Trainer", "__version__", "compare", "comparison",
-           "create_attack", "create_callback", "create_dataset", "create_model", "create_regularizer",
-           "create_sampler", "create_trainer", "describe_plugins", "energy_histograms", "energy_trace", "evaluate",
-           "export", "get_plugin", "get_run", "import_reference", "leaderboard", "list_plugins", "load", "load_data",
-           "register_attack", "register_callback", "register_dataset", "register_model", "register_regularizer",
-           "register_sampler", "register_trainer", "rankings", "repair_store", "report", "resume", "run_suite",
-           "sample", "select_epochs", "suite_plan", "tracks", "train"]
+__all__ = ["Arrays", "Attack", "Batch", "Callback", "Classifier", "Dataset", "EnergybenchError", "ImageFolderDataset",
+           "PluginError", "PluginParams", "Regularizer", "Reporter", "RichReporter", "RunRequest", "SampleBatch",
+           "Sampler", "StoredRun", "TrainOutput", "Trainer", "__version__", "compare", "comparison", "create_attack",
+           "create_callback", "create_dataset", "create_model", "create_regularizer", "create_sampler",
+           "create_trainer", "describe_plugins", "energy_histograms", "energy_trace", "evaluate", "export",
+           "generative_leaderboard", "get_plugin", "get_run", "import_reference", "leaderboard", "list_plugins", "load",
+           "load_data", "register_attack", "register_callback", "register_dataset", "register_model",
+           "register_regularizer", "register_sampler", "register_trainer", "rankings", "repair_store", "report",
+           "resume", "run", "run_suite", "sample", "select_epochs", "suite_plan", "tracks", "train"]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from energybench.config import RunConfig, Seed, eps_value, load_catalogue, resolve_config
+from energybench.config import RunConfig, RunRequest, Seed, eps_value, load_catalogue
 from energybench.contracts.params import validated
 from energybench.contracts.registry import model_params
 from energybench.data.datasets import get_dataset
@@ -98,11 +98,18 @@ def train(trainer: str | None = None, regularizer: str | None = None, *, track: 
     ``eps`` (a number or ``"8/255"``), ``epochs``, ``n_train``, ``eval={"aa_points": 0}``, ...).
     ``callbacks`` names extra training-loop callbacks (e.g. ``"tensorboard"`` or ``["tensorboard"]``).
     """
+    request = RunRequest(trainer, regularizer, track=track, config=config, trainer_params=trainer_params,
+                         regularizer_params=regularizer_params,
+                         callbacks=[callbacks] if isinstance(callbacks, str) else list(callbacks), settings=settings)
+    return run(request, store=store, progress=progress, catalogue=catalogue)
+
+
+@validated
+def run(request: RunRequest, *, store: StoreLike = None, progress: bool | Reporter = True,
+        catalogue: str | Path | None = None) -> StoredRun:
+    """``train`` with its settings gathered in one ``RunRequest`` (what ``energybench run`` calls)."""
     loaded = load_catalogue(catalogue)
-    names = [callbacks] if isinstance(callbacks, str) else list(callbacks)
-    overrides = settings | {"trainer": trainer, "regularizer": regularizer, "trainer_params": trainer_params,
-                            "regularizer_params": regularizer_params, "callbacks": names or None}
-    resolved = prepare(resolve_config(loaded, track=track, config_file=config, overrides=overrides), loaded)
+    resolved = prepare(request.resolve(loaded), loaded)
     target = _store(store)
     return StoredRun.of(target, execute(resolved, target, reporter=reporter_of(progress)))
 
@@ -152,7 +159,7 @@ def evaluate(model: nn.Module | str, *, dataset: str | None = None, eps: float |
             raise ArgumentError("evaluating a module needs dataset= (the data it classifies)", "dataset")
         external = ExternalModel(model.eval(), info, type(model).__name__, _module_source(model))
     elif isinstance(model, str):
-        external = resolve_model(model, target or _store(None), dataset=dataset, model=arch, norm=norm,
+        external = resolve_model(model, target or _store(None), dataset=dataset, arch=arch, norm=norm,
                                  checkpoint=checkpoint, model_dir=model_dir)
     else:
         raise EnergybenchError(f"model must be an nn.Module or a reference (run id, file, robustbench:NAME), "
@@ -175,7 +182,7 @@ def load(ref: str, *, checkpoint: str = "best", dataset: str | None = None, arch
          store: StoreLike = None) -> nn.Module:
     """The trained model of a run id (its ``best`` or ``last`` checkpoint) or of a checkpoint file, in eval
     mode; a file outside a run folder needs ``dataset`` and ``arch`` (a registered architecture)."""
-    return load_trained(ref, _store(store, readonly=True), checkpoint=checkpoint, dataset=dataset, model=arch).model
+    return load_trained(ref, _store(store, readonly=True), checkpoint=checkpoint, dataset=dataset, arch=arch).model
 
 
 @validated
@@ -240,6 +247,18 @@ def leaderboard(*, dataset: str | None = None, model: str | None = None, eps: fl
         return export(board.nonempty(), format)
     measured, refs = records(board)
     return measured + (refs if references else [])
+
+
+@validated
+def generative_leaderboard(*, dataset: str | None = None, model: str | None = None, references: bool = True,
+                           store: StoreLike = None, catalogue: str | Path | None = None):
+    """The generative leaderboard, as ``energybench leaderboard --generative`` prints it: stored samplings
+    (``sample``) ranked by FID per dataset, feature space and sample size, filtered by ``dataset`` and ``model`` (the
+    architecture), and the published references (``energybench.reporting.generative_leaderboard.GenerativeBoard``)."""
+    from energybench.reporting.generative_leaderboard import build_generative_board
+
+    return build_generative_board(_store(store, readonly=True), load_catalogue(catalogue), dataset=dataset,
+                                  model=model, references=references)
 
 
 @validated

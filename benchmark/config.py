@@ -16,6 +16,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -366,6 +367,29 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     for key, value in update.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+@dataclass
+class RunRequest:
+    """What a training run asks for (``energybench.train``, ``energybench run``): its settings come from the track
+    (default: the catalogue's default track), then the TOML file ``config``, then the ``trainer`` and ``regularizer``
+    with their hyper-parameters, the extra training-loop ``callbacks`` and ``settings`` (any ``RunConfig`` field)."""
+
+    trainer: str | None = None
+    regularizer: str | None = None
+    track: str | None = None
+    config: str | Path | None = None
+    trainer_params: dict[str, Any] | None = None
+    regularizer_params: dict[str, Any] | None = None
+    callbacks: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, catalogue: Catalogue) -> RunConfig:
+        """The ``RunConfig`` this request asks for (``resolve_config``)."""
+        overrides = self.settings | {"trainer": self.trainer, "regularizer": self.regularizer,
+                                     "trainer_params": self.trainer_params,
+                                     "regularizer_params": self.regularizer_params, "callbacks": self.callbacks or None}
+        return resolve_config(catalogue, track=self.track, config_file=self.config, overrides=overrides)
 
 
 def resolve_config(catalogue: Catalogue, *, track: str | None = None, config_file: str | Path | None = None,

@@ -205,7 +205,8 @@ def test_every_command_is_a_function_of_the_api():
                 for name, command in cli.commands.items()
                 for sub in (command.commands if isinstance(command, click.Group) else [None])}
     assert commands == set(COMMAND_FUNCTIONS)
-    for function in [*COMMAND_FUNCTIONS.values(), "resume", "suite_plan", "get_run", "load", "load_data"]:
+    for function in [*COMMAND_FUNCTIONS.values(), "resume", "run", "generative_leaderboard", "suite_plan", "get_run",
+                     "load", "load_data"]:
         assert callable(getattr(energybench, function)) and function in energybench.__all__, function
     assert energybench.__version__ == energybench_version()
 

@@ -81,14 +81,14 @@ def is_torchscript(path: Path) -> bool:
         return False
 
 
-def resolve_model(ref: str, store: Store, *, dataset: str | None = None, model: str | None = None,
+def resolve_model(ref: str, store: Store, *, dataset: str | None = None, arch: str | None = None,
                   norm: str | None = None, checkpoint: str = "best",
                   model_dir: str | Path | None = None) -> ExternalModel:
     """Load ``ref``: ``robustbench:NAME``, a TorchScript file, a checkpoint file or a run id of ``store``.
 
     RobustBench weights are read from ``model_dir`` (default ``STORE/robustbench-models``) in
     RobustBench's layout ``<dataset>/<threat model>/<NAME>.pt``; a bare state-dict file needs
-    ``dataset`` and ``model`` (a registered architecture).
+    ``dataset`` and ``arch`` (a registered architecture).
     """
     if ref.startswith(ZOO_PREFIX):
         name = ref[len(ZOO_PREFIX):]
@@ -114,9 +114,9 @@ def resolve_model(ref: str, store: Store, *, dataset: str | None = None, model: 
         if record.trainer == EXTERNAL:  # re-evaluate what an earlier `eval` evaluated
             return _from_source(record.config["trainer_params"], store, record.dataset, record.model,
                                 model_dir=model_dir, run_id=record.id)
-    trained = load_trained(ref, store, checkpoint=checkpoint, dataset=dataset, model=model)
+    trained = load_trained(ref, store, checkpoint=checkpoint, dataset=dataset, arch=arch)
     config = trained.config
-    label = model or config.model
+    label = arch or config.model
     if path.is_file():
         source = {"kind": "checkpoint", "path": str(path.resolve()), "sha256": _sha256(path), "model": label}
     else:
@@ -144,7 +144,7 @@ def _from_source(source: dict[str, Any], store: Store, dataset: str, label: str,
                              model_dir=model_dir)
     if kind == "run":
         return resolve_model(source["run"], store, checkpoint=source["checkpoint"])
-    return resolve_model(source["path"], store, dataset=dataset, model=source.get("model"))
+    return resolve_model(source["path"], store, dataset=dataset, arch=source.get("model"))
 
 
 def default_track(catalogue: Catalogue, dataset: str) -> str | None:

@@ -218,7 +218,7 @@ def generate(request: SampleRequest, store: Store, catalogue: Catalogue, *, repo
     if batch_size < 1:
         raise ArgumentError(f"batch_size={batch_size} must be at least 1", "batch_size")
     settings = sampler_settings(samplers, r.params, catalogue)
-    trained = load_trained(ref, store, checkpoint=r.checkpoint, dataset=r.dataset, model=r.arch)
+    trained = load_trained(ref, store, checkpoint=r.checkpoint, dataset=r.dataset, arch=r.arch)
     info = trained.info
     if n < 2 * info.num_classes:
         raise ArgumentError(f"n={n} is too small: FID and diversity need at least 2 samples per class "

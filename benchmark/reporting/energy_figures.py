@@ -104,7 +104,7 @@ def model_histograms(request: HistogramRequest, store: Store,
     """
     for name in request.attacks:
         get_plugin("attack", name)  # unknown names fail before any loading
-    external = resolve_model(request.ref, store, dataset=request.dataset, model=request.arch, norm=request.norm,
+    external = resolve_model(request.ref, store, dataset=request.dataset, arch=request.arch, norm=request.norm,
                              checkpoint=request.checkpoint, model_dir=request.model_dir)
     run = store.get_run(external.source["run"]) if external.source.get("kind") == "run" else None
     eps = request.eps if request.eps is not None else run.eps if run else None

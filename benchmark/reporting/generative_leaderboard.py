@@ -12,6 +12,7 @@ not recorded) and go in a table of their own, in a distinct style, never ranked.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -163,10 +164,26 @@ def reference_table(references: list[dict]) -> Table:
     return table
 
 
-def generative_tables(store: Store, catalogue: Catalogue, *, dataset: str | None = None, model: str | None = None,
-                      references: bool = True) -> list[Table]:
-    """The rankings of stored generative results (filtered by dataset/architecture), then the references."""
+@dataclass
+class GenerativeBoard:
+    """The generative leaderboard: stored results ranked per ``FeatureSpace``, the display names of their models
+    (``model_names``) and the published reference rows (empty when left out)."""
+
+    rankings: dict[FeatureSpace, list[GenerativeRecord]]
+    names: dict[str, str]
+    references: list[dict] | None
+
+
+def build_generative_board(store: Store, catalogue: Catalogue, *, dataset: str | None = None,
+                           model: str | None = None, references: bool = True) -> GenerativeBoard:
+    """The rankings of ``store``'s generative results (filtered by dataset/architecture) and the catalogue's
+    references (``references`` False: None)."""
     records = store.generative(dataset=dataset, model=model)
-    names = model_names(store, records)
-    tables = [ranking_table(space, group, names) for space, group in rankings(records).items()]
-    return tables + ([reference_table(catalogue.references.get("generative", []))] if references else [])
+    return GenerativeBoard(rankings(records), model_names(store, records),
+                           catalogue.references.get("generative", []) if references else None)
+
+
+def generative_tables(board: GenerativeBoard) -> list[Table]:
+    """The tables of ``board``: one per ranking, then the references."""
+    tables = [ranking_table(space, group, board.names) for space, group in board.rankings.items()]
+    return tables + ([reference_table(board.references)] if board.references is not None else [])

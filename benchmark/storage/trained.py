@@ -29,11 +29,11 @@ class TrainedModel:
 
 
 def load_trained(ref: str, store: Store, *, checkpoint: str = "best", dataset: str | None = None,
-                 model: str | None = None) -> TrainedModel:
+                 arch: str | None = None) -> TrainedModel:
     """Load ``ref``: a run id of ``store`` (its ``best`` or ``last`` checkpoint) or a checkpoint path.
 
     A checkpoint file inside a run folder finds its architecture in the ``config.json`` beside it;
-    any other file needs ``dataset`` and ``model`` (a registered model name).
+    any other file needs ``dataset`` and ``arch`` (a registered architecture).
     """
     if checkpoint not in ("best", "last"):
         raise EnergybenchError(f"checkpoint {checkpoint!r} must be 'best' or 'last'")
@@ -43,7 +43,7 @@ def load_trained(ref: str, store: Store, *, checkpoint: str = "best", dataset: s
         if not path.is_file():
             raise EnergybenchError(f"checkpoint file {ref} does not exist")
         beside = path.parent / "config.json"
-        if beside.is_file() and not (dataset and model):
+        if beside.is_file() and not (dataset and arch):
             try:
                 config = RunConfig(**json.loads(read_text(beside, "run config")))
             except (ValueError, TypeError) as exc:  # JSONDecodeError and ValidationError are ValueErrors
@@ -57,17 +57,17 @@ def load_trained(ref: str, store: Store, *, checkpoint: str = "best", dataset: s
         source = f"run {ref} ({checkpoint})"
     state = model_state(load_checkpoint(weights))  # a whole pickled model is refused here, saying what to save instead
     dataset = dataset or (config.dataset if config else None)
-    model = model or (config.model if config else None)
-    if not dataset or not model:
+    arch = arch or (config.model if config else None)
+    if not dataset or not arch:
         raise ArgumentError(f"{ref}: give dataset= and arch= (a registered architecture, see `energybench "
                             "plugins --kind model`) for a checkpoint that is not in an energybench run folder",
                             "dataset", "arch")
     info = get_dataset(dataset)
-    net = create_model(model, dataset=dataset, **(config.model_params if config and model == config.model else {}))
+    net = create_model(arch, dataset=dataset, **(config.model_params if config and arch == config.model else {}))
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise EnergybenchError(f"checkpoint {weights} does not fit model {model!r} for {dataset!r} "
+        raise EnergybenchError(f"checkpoint {weights} does not fit model {arch!r} for {dataset!r} "
                                f"({info.num_classes} classes, {info.in_channels} channels): {first}") from None
     return TrainedModel(model=net.eval(), info=info, source=source, config=config)
