@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from datafiles import SMALL_EVAL
 
 import energybench
 from energybench.cli import main
@@ -44,6 +45,20 @@ def test_the_python_api_walkthrough_runs_as_written_in_a_store_that_holds_other_
     assert earlier in {row["id"] for row in rows}
     assert [row["rank"] for row in rows] == sorted(row["rank"] for row in rows)
     assert store.get_run(namespace["run"].id).status == "done"
+
+
+def test_a_run_request_trains_what_train_and_the_cli_train(tmp_path):
+    """``energybench.run(RunRequest)`` is the one path: the same request gives the same config hash as ``train``'s
+    keywords, and a bad field is one line naming it."""
+    request = energybench.RunRequest(trainer="fgsm", regularizer="der", track="digits-tiny",
+                                     regularizer_params={"beta": 3.0}, settings={"epochs": 1, "eval": SMALL_EVAL})
+    run = energybench.run(request, store=tmp_path, progress=False)
+    assert run.config.regularizer_params["beta"] == 3.0 and len(run.epochs) == 1
+    again = energybench.train("fgsm", "der", track="digits-tiny", regularizer_params={"beta": 3.0}, epochs=1,
+                              eval=SMALL_EVAL, store=tmp_path / "other", progress=False)
+    assert again.config.config_hash() == run.config.config_hash()
+    with pytest.raises(energybench.EnergybenchError, match="epochs"):
+        energybench.run(energybench.RunRequest(track="digits-tiny", settings={"epochs": 0}), store=tmp_path)
 
 
 def test_the_tensorboard_logger_writes_every_epochs_metrics(tmp_path):
