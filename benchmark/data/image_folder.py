@@ -82,7 +82,11 @@ def _members(source: Path) -> Iterator[tuple[str, str, str, bytes | None]]:
         return
     seen_dirs: set[tuple[str, str]] = set()
     filled: set[tuple[str, str]] = set()
-    with tarfile.open(source, "r:*") as archive:
+    try:
+        archive = tarfile.open(source, "r:*")
+    except tarfile.ReadError:  # every format tried, tarfile's message lists one line per method
+        raise EnergybenchError(f"{source} is not a readable tar archive (not gzip, bzip2, xz or plain tar)") from None
+    with archive:
         for member in archive:
             parts = PurePosixPath(member.name.removeprefix("./")).parts
             where = place(parts)
@@ -144,9 +148,7 @@ def decode(source: Path, channels: int | None = None) -> FolderData:
                                        "of one size")
             per_class.append(pixels)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
-        reason = ("not gzip, bzip2, xz or plain tar" if "could not be opened" in str(exc)  # one line per method
-                  else f"{type(exc).__name__}: {exc}")
-        raise EnergybenchError(f"{source} is not a readable tar archive ({reason})") from None
+        raise EnergybenchError(f"{source} is not a readable tar archive ({type(exc).__name__}: {exc})") from None
     except OSError as exc:  # gzip's BadGzipFile, a file that vanished or is unreadable
         raise EnergybenchError(f"cannot read {source} ({type(exc).__name__}: {exc})") from None
     for split in SPLITS:
