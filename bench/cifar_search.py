@@ -46,13 +46,15 @@ RO_BASE = {"dataset": "cifar10-jpeg", "trainer": "pgd", "trainer_params": {"step
 
 
 def setting(base: dict, model: str, width: int, n_train: int, epochs: int, lr: float, eps: int,
-            seed: int = 0) -> tuple[str, dict]:
-    """A tag and the RunConfig fields of one search run (``eps`` in 1/255)."""
+            seed: int = 0, batch_size: int | None = None) -> tuple[str, dict]:
+    """A tag and the RunConfig fields of one search run (``eps`` in 1/255; the base's batch size unless given)."""
     short, default_width = {"small-cnn": ("cnn", 32), "preact-resnet18": ("rn", 64)}[model]
-    tag = f"{short}{width}-{n_train // 1000}k-e{epochs}-lr{lr:g}-eps{eps}" + (f"-s{seed}" if seed else "")
+    size = f"{n_train // 1000}k" if n_train % 1000 == 0 else f"{n_train / 1000:g}k"
+    tag = (f"{short}{width}-{size}-e{epochs}-lr{lr:g}-eps{eps}" + (f"-b{batch_size}" if batch_size else "")
+           + (f"-s{seed}" if seed else ""))
     params = {} if width == default_width else {"width": width}
     return tag, base | {"model": model, "model_params": params, "n_train": n_train, "epochs": epochs, "lr": lr,
-                        "eps": f"{eps}/255", "seed": seed}
+                        "eps": f"{eps}/255", "seed": seed} | ({"batch_size": batch_size} if batch_size else {})
 
 
 #: The settings tried, in the order they were run.
@@ -74,6 +76,7 @@ RO_SETTINGS = dict(setting(RO_BASE, *args, **kw) for args, kw in [
     (("small-cnn", 32, 2000, 40, 0.1, 8), {}),
     (("small-cnn", 64, 2000, 40, 0.1, 8), {}),
     (("small-cnn", 32, 5000, 40, 0.1, 8), {}),
+    (("small-cnn", 32, 1000, 40, 0.05, 8), {"batch_size": 32}),
 ])
 SEARCHES = {"co": CO_SETTINGS, "ro": RO_SETTINGS}
 

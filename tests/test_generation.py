@@ -19,7 +19,7 @@ from energybench.data.datasets import get_dataset, load_dataset
 from energybench.errors import EnergybenchError
 from energybench.generation.feature_extractors import domain_extractor, domain_name
 from energybench.generation.generate import feature_sets
-from energybench.generation.metrics import register_domain_extractor
+from energybench.generation.metrics import fid_bootstrap_std, register_domain_extractor
 from energybench.reporting.generative_leaderboard import rankings
 from energybench.storage.store import GenerativeRecord, Store
 
@@ -73,6 +73,7 @@ def test_sample_writes_grid_samples_and_labelled_metrics_and_stores_a_row(capsys
 
     saved = json.loads((out_dir / "local-pca.json").read_text())
     metrics = saved["metrics"]
+    assert metrics["FID_std[digits-cnn]"] > 0
     for key in ("FID[digits-cnn]", "IS[digits-cnn]", "KID[digits-cnn]", "KID_std[digits-cnn]", "precision[digits-cnn]",
                 "recall[digits-cnn]", "acc[digits-cnn]", "diversity", "diversity_real"):
         assert key in metrics, key
@@ -110,6 +111,23 @@ def test_sample_writes_grid_samples_and_labelled_metrics_and_stores_a_row(capsys
         predicted = extractor(fake.float() / 255).argmax(1)
     hits = predicted == torch.from_numpy(samples["y"])
     assert metrics["acc[digits-cnn]"] == pytest.approx(float(hits.float().mean()))
+
+
+def test_fid_uncertainty_is_the_spread_of_torch_fidelity_fids_of_bootstrap_resamples(home):
+    store_dir, _ = home
+    data = load_dataset("digits", val_size=1)
+    real, fake = data.train.x, data.test.x[:40]
+    register_domain_extractor("digits-cnn", domain_extractor("digits", store_dir).model)
+    common = dict(feature_extractor="digits-cnn", cuda=False, verbose=False, cache=False, save_cpu_ram=True)
+    generator = torch.Generator().manual_seed(0)
+    resamples = [fake[torch.randint(len(fake), (len(fake),), generator=generator)] for _ in range(3)]
+    direct = [torch_fidelity.calculate_metrics(input1=Images(x), input2=Images(real), fid=True, **common)[
+        "frechet_inception_distance"] for x in resamples]
+    options = dict(input1=Images(fake), input2=Images(real), fid=True, **common)
+    assert fid_bootstrap_std(options, resamples=3, seed=0) == pytest.approx(float(np.std(direct, ddof=1)), rel=1e-6)
+    # one image repeated: every resample is the same set, so FID has no spread
+    same = dict(options, input1=Images(fake[:1].repeat(40, 1, 1, 1)))
+    assert fid_bootstrap_std(same, resamples=3) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_compare_runs_every_sampler_on_the_same_labels_and_seed(capsys, home, tmp_path):

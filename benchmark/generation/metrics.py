@@ -15,7 +15,9 @@ the extractor's weights, so a changed model never reuses stale statistics (the i
 are not hashed: use one real_cache_name per real set). Precision (fraction of fakes inside the
 real manifold: quality) and recall (fraction of reals inside the fake manifold: diversity) are the
 k-NN estimates of Kynkäänniemi et al. (2019), computed in the same feature space against a real
-subset (``prc_real``), since they cost O(N^2) distances.
+subset (``prc_real``), since they cost O(N^2) distances. FID carries its standard deviation over
+``FID_RESAMPLES`` bootstrap resamples of the generated images (``FID_std``), computed from
+torch-fidelity's own features and statistics.
 """
 
 from __future__ import annotations
@@ -30,7 +32,18 @@ import torch_fidelity
 from torch import nn
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.metric_fid import (
+    fid_features_to_statistics,
+    fid_input_id_to_statistics_cached,
+    fid_statistics_to_metric,
+)
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import (
+    create_feature_extractor,
+    extract_featuresdict_from_input_id_cached,
+    resolve_feature_extractor,
+    resolve_feature_layer_for_metric,
+)
 
 from energybench.errors import EnergybenchError
 
@@ -38,8 +51,12 @@ INCEPTION = "inception-v3-compat"
 # torch-fidelity's file is weights-inception-2015-12-05-6726825d.pth: torch.hub names carry a sha256 prefix.
 INCEPTION_REFERENCE_SHA256 = "6726825d"
 RESULT_KEYS = {"inception_score_mean": "IS", "inception_score_std": "IS_std", "frechet_inception_distance": "FID",
-               "kernel_inception_distance_mean": "KID", "kernel_inception_distance_std": "KID_std",
-               "precision": "precision", "recall": "recall", "f_score": "F1"}
+               "frechet_inception_distance_std": "FID_std", "kernel_inception_distance_mean": "KID",
+               "kernel_inception_distance_std": "KID_std", "precision": "precision", "recall": "recall",
+               "f_score": "F1"}
+FID_STD_KEY = "frechet_inception_distance_std"
+#: FID's uncertainty: its standard deviation over this many bootstrap resamples of the generated images.
+FID_RESAMPLES = 50
 #: torch-fidelity's defaults: KID averages the MMD of 100 random subsets of 1000 samples (fewer when n is smaller).
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 
@@ -162,6 +179,25 @@ def _check_cached(extractor: str, cache_name: str | None, cache_root: str | None
                                "pass the real images once to cache them")
 
 
+def fid_bootstrap_std(options: dict, resamples: int = FID_RESAMPLES, seed: int = 0) -> float:
+    """FID's standard deviation over ``resamples`` bootstrap resamples of the generated images (input1).
+
+    ``options`` are the keywords of a ``torch_fidelity.calculate_metrics`` call with ``fid=True``; the
+    features and both statistics come from torch-fidelity (the real ones from its cache when that call
+    cached them), so each resample's FID is torch-fidelity's FID of those images. The real side is held
+    fixed: with the whole training set as reference its sampling error is small beside the samples'.
+    """
+    layer = resolve_feature_layer_for_metric("fid", **options)
+    extractor = create_feature_extractor(resolve_feature_extractor(**options), [layer], **options)
+    fake = extract_featuresdict_from_input_id_cached(1, extractor, **options)[layer]
+    real = fid_input_id_to_statistics_cached(2, extractor, layer, **options)
+    generator = torch.Generator().manual_seed(seed)
+    values = [fid_statistics_to_metric(fid_features_to_statistics(fake[torch.randint(len(fake), (len(fake),),
+                                                                                      generator=generator)]),
+                                       real, False)["frechet_inception_distance"] for _ in range(resamples)]
+    return float(torch.tensor(values, dtype=torch.float64).std())
+
+
 def _calculate(fake, real, *, extractor: str, label: str, fingerprint: str, channels: int | None,
                weights_path: str | None, real_cache_name: str | None, cache_root: str | None, prc_real,
                batch_size: int, isc_splits: int, prc_neighborhood: int, device, verbose: bool) -> dict[str, float]:
@@ -175,10 +211,11 @@ def _calculate(fake, real, *, extractor: str, label: str, fingerprint: str, chan
                   feature_extractor_weights_path=weights_path, cuda=device.type == "cuda", batch_size=batch_size,
                   save_cpu_ram=True, verbose=verbose)
     subset = min(KID_SUBSET_SIZE, len(fake), len(real) if real is not None else KID_SUBSET_SIZE)
-    result = torch_fidelity.calculate_metrics(
-        **common, input2=cache_name if real is None else ImageDataset(real, channels), isc=True, fid=True, kid=True,
-        kid_subsets=KID_SUBSETS, kid_subset_size=subset, isc_splits=isc_splits, cache=cache_name is not None,
-        cache_root=cache_root, input2_cache_name=cache_name)
+    options = dict(**common, input2=cache_name if real is None else ImageDataset(real, channels), isc=True, fid=True,
+                   kid=True, kid_subsets=KID_SUBSETS, kid_subset_size=subset, isc_splits=isc_splits,
+                   cache=cache_name is not None, cache_root=cache_root, input2_cache_name=cache_name)
+    result = torch_fidelity.calculate_metrics(**options)
+    result[FID_STD_KEY] = fid_bootstrap_std(options)
     if prc_real is not None:
         result.update(torch_fidelity.calculate_metrics(**common, input2=ImageDataset(prc_real, channels), prc=True,
                                                        prc_neighborhood=prc_neighborhood, cache=False))
@@ -196,8 +233,8 @@ def inception_metrics(fake: torch.Tensor, real: torch.Tensor | None, *, weights_
     call cached under ``real_cache_name``. Precision/recall cost O(N^2) distances, so they are
     computed only against ``prc_real`` (a random real subset, ideally the size of ``fake``), in a
     second pass over ``fake``. ``weights_path`` is a local Inception weights file; None downloads
-    the reference file. Keys: ``IS``, ``IS_std``, ``FID``, ``KID``, ``KID_std`` (+ ``precision``, ``recall``, ``F1``),
-    suffixed ``[inception:<sha256 prefix>]`` unless the weights are the reference ones.
+    the reference file. Keys: ``IS``, ``IS_std``, ``FID``, ``FID_std``, ``KID``, ``KID_std`` (+ ``precision``,
+    ``recall``, ``F1``), suffixed ``[inception:<sha256 prefix>]`` unless the weights are the reference ones.
     """
     sha = INCEPTION_REFERENCE_SHA256 if weights_path is None else _file_sha256(weights_path)[:8]
     label = "" if sha == INCEPTION_REFERENCE_SHA256 else f"[inception:{sha}]"
@@ -215,8 +252,8 @@ def domain_metrics(fake: torch.Tensor, real: torch.Tensor | None, model: nn.Modu
 
     Same arguments as ``inception_metrics``, with uint8 images in the model's own channels and size.
     ``name`` (e.g. ``fmnist-cnn``) registers the extractor and labels the results: ``IS[name]``,
-    ``IS_std[name]``, ``FID[name]``, ``KID[name]``, ``KID_std[name]`` (+ ``precision[name]``, ``recall[name]``,
-    ``F1[name]``).
+    ``IS_std[name]``, ``FID[name]``, ``FID_std[name]``, ``KID[name]``, ``KID_std[name]`` (+ ``precision[name]``,
+    ``recall[name]``, ``F1[name]``).
     """
     register_domain_extractor(name, model)
     return _calculate(fake, real, extractor=name, label=f"[{name}]", fingerprint=_model_fingerprint(model),

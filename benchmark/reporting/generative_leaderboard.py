@@ -27,7 +27,7 @@ from energybench.reporting.numbers import is_missing, number
 from energybench.storage.store import GenerativeRecord, Store
 
 #: Metrics whose value depends on the number of samples: their labels carry it (``FID@1000[fmnist-cnn]``).
-SIZED_METRICS = ("FID", "IS", "IS_std", "KID", "KID_std")
+SIZED_METRICS = ("FID", "FID_std", "IS", "IS_std", "KID", "KID_std")
 
 
 def fid_labels(record: GenerativeRecord) -> list[str]:
@@ -86,11 +86,11 @@ def sampler_label(record: GenerativeRecord) -> str:
     return " ".join([record.sampler, *changed])
 
 
-def _kid(space: FeatureSpace):
-    """KID and its standard deviation over subsets, e.g. ``0.0123±0.0011`` (``-`` for results stored without)."""
+def _with_std(space: FeatureSpace, name: str, spec: str):
+    """Metric ``name`` and its standard deviation (``<name>_std``), e.g. ``0.0123±0.0011`` (``-`` if stored without)."""
     def text(record: GenerativeRecord) -> str:
-        mean, sd = record.metrics.get(space.metric("KID")), record.metrics.get(space.metric("KID_std"))
-        return number(mean, ".4f") + ("" if is_missing(mean) or is_missing(sd) else f"±{sd:.4f}")
+        mean, sd = record.metrics.get(space.metric(name)), record.metrics.get(space.metric(f"{name}_std"))
+        return number(mean, spec) + ("" if is_missing(mean) or is_missing(sd) else f"±{sd:{spec}}")
     return text
 
 
@@ -103,9 +103,9 @@ def columns(space: FeatureSpace, model_names: dict[str, str]) -> list[Column]:
     return [
         Column("model", lambda r: model_names.get(r.model_ref, r.model_ref), justify="left"),
         Column("sampler", sampler_label, justify="left"),
-        Column(space.column("FID"), metric("FID"), _num(".2f")),
-        Column(space.column("KID"), _kid(space)),
-        Column(space.column("IS"), metric("IS"), _num(".2f")),
+        Column(space.column("FID"), _with_std(space, "FID", ".2f")),
+        Column(space.column("KID"), _with_std(space, "KID", ".4f")),
+        Column(space.column("IS"), _with_std(space, "IS", ".2f")),
         Column("prec", metric("precision"), _num(".2f")),
         Column("recall", metric("recall"), _num(".2f")),
         Column("acc", metric("acc"), _num(".2f")),
@@ -131,8 +131,10 @@ def ranking_table(space: FeatureSpace, records: list[GenerativeRecord], names: d
                     "Inception, not comparable with published FID)")
     caption = (f"{features}. @{space.n}: scores of {space.n} samples per sampler in this feature space (FID@{space.n} "
                f"is {space.header('FID')}); FID and IS depend on n, so only results on the same n are ranked together. "
-               "KID: unbiased kernel distance ± its standard deviation over random subsets; prec/recall: in the same "
-               "feature space; acc: samples that classifier assigns to their target class; div: within-class pixel "
+               "FID ± its standard deviation over 50 bootstrap resamples of the samples; KID: unbiased kernel "
+               "distance ± its standard deviation over random subsets; IS ± its standard deviation over splits; "
+               "prec/recall: in the same feature space; "
+               "acc: samples that classifier assigns to their target class; div: within-class pixel "
                "diversity of the samples over that of real images; steps: mean updates per sample; time: sampling "
                "wall time")
     table = Table(title=escape(f"Generative leaderboard: {space.dataset}, ranked by {space.header('FID')}"),
