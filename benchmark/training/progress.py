@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from energybench.reporting.numbers import number
+
 if TYPE_CHECKING:
     from energybench.config import RunConfig
 
@@ -83,7 +85,7 @@ class RichReporter(Reporter):
         self.console.print(
             f"epoch {epoch + 1}: loss {metrics['train_loss']:.3f}  val clean {metrics['val_clean_acc']:.1%}  "
             f"FGSM {metrics['val_fgsm_acc']:.1%}  PGD {metrics['val_pgd_acc']:.1%}  "
-            f"train dE {metrics.get('train_dE_mean', float('nan')):+.3f}  val dE {metrics['val_dE_mean']:+.3f}"
+            f"train dE {number(metrics.get('train_dE_mean'), '+.3f')}  val dE {number(metrics['val_dE_mean'], '+.3f')}"
             f"{self._penalty_text(metrics)}  ({metrics['epoch_time']:.0f}s){co}", soft_wrap=True)
 
     def _penalty_text(self, metrics: dict[str, Any]) -> str:
