@@ -224,6 +224,30 @@ def test_compare_seed_groups_with_welchs_t_test(capsys, tmp_path):
     assert measured[0]["test_pgd_acc_std"] == pytest.approx(np.std(a, ddof=1)) and measured[0]["points"] is None
 
 
+def test_seeds_that_agree_by_chance_claim_no_more_than_their_test_points_allow(capsys, tmp_path):
+    """AutoAttack on 100 points, three seeds each: 12, 13, 12 against 17, 18, 16 correct. Welch's test over the
+    seeds alone says p = 0.005, but a binomial count on 100 points varies by about 3.5 points from seed to seed:
+    the seeds agreeing this closely is luck, and the means 12.3% and 17.0% on 100 points are not told apart."""
+    store = Store(tmp_path)
+    pgd = correct(range(500))
+    low = [add_run(store, pgd, trainer="rs-fgsm", seed=s, aa=correct(range(k), 100))
+           for s, k in enumerate((12, 13, 12))]
+    high = [add_run(store, pgd, trainer="fgsm", seed=s, aa=correct(range(k), 100))
+            for s, k in enumerate((17, 18, 16))]
+    code, out, err = run_cli(capsys, "compare", f"group:{high[0]}", f"group:{low[0]}", "--format", "json",
+                             "--store", tmp_path)
+    assert code == 0, err
+    aa = next(m for m in json.loads(out)["metrics"] if m["metric"] == "test_aa_acc")
+    welch = stats.ttest_ind([0.17, 0.18, 0.16], [0.12, 0.13, 0.12], equal_var=False)
+    assert welch.pvalue < 0.01  # the seeds alone would claim a difference
+    fisher = stats.fisher_exact([[17, 83], [12, 88]]).pvalue  # the means (17.0%, 12.3%) as counts on 100 points
+    assert aa["test"] == "Fisher exact (unpaired) on the seed means" and aa["p"] == pytest.approx(fisher)
+    assert not aa["significant"] and aa["low"] < 0 < aa["high"]
+    assert aa["verdict"] == "not told apart (interval wider than ±1 point)"
+    welch_interval = welch.confidence_interval(0.95)
+    assert aa["low"] < welch_interval.low and aa["high"] > welch_interval.high  # widened, never narrowed
+
+
 def test_grouped_leaderboard_counts_the_seeds_with_catastrophic_overfitting(capsys, tmp_path):
     store = Store(tmp_path)
     runs = [add_run(store, correct(range(400 + 10 * s)), seed=s) for s in range(3)]

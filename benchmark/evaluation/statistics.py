@@ -46,6 +46,9 @@ ALPHA = 1 - LEVEL
 PAIRED_TEST = "exact McNemar"
 UNPAIRED_TEST = "Fisher exact (unpaired)"
 SEED_TESTS = WELCH_TEST, STUDENT_TEST = "Welch t over seeds", "Student t over seeds"
+#: A seed-group difference bounded by the test points' sampling error rather than the seeds' spread.
+SEED_MEANS_TEST = f"{UNPAIRED_TEST} on the seed means"
+GROUP_TESTS = (*SEED_TESTS, SEED_MEANS_TEST)
 
 T = TypeVar("T")
 

@@ -6,8 +6,9 @@ The test (``compare_rows``, also what the leaderboards rank with):
 - two runs otherwise (a run stored before per-point correctness was kept, or evaluated on another
   number of points): Fisher's exact test on their counts (unpaired), and the comparison says why;
 - seed groups (two or more seeds on either side): Welch's t-test over the per-seed accuracies
-  (Student's when one side has a single seed); when no seed differs from another at all, there is no
-  spread to test and the groups' oldest runs are compared as runs.
+  (Student's when one side has a single seed), held to at least the sampling error of the test points
+  (``group_difference``); when no seed differs from another at all, there is no spread to test and the
+  groups' oldest runs are compared as runs.
 
 ``energybench compare REF_A REF_B`` (``compare``): a REF is a run id, or ``group:RUN_ID`` for every
 completed run of that run's configuration except the seed (as ``leaderboard --group-seeds`` groups).
@@ -29,6 +30,7 @@ from energybench.evaluation.statistics import (
     ALPHA,
     LEVEL,
     PAIRED_TEST,
+    SEED_MEANS_TEST,
     Difference,
     Estimate,
     paired_difference,
@@ -98,6 +100,23 @@ def _run_difference(a: Row, b: Row, checkpoint: str, metric: str) -> tuple[Diffe
     return difference, why
 
 
+def group_difference(a: Row, b: Row, checkpoint: str, metric: str) -> Difference | None:
+    """Seed groups: the t-test over seeds (``seed_difference``), held to at least the sampling error of the test
+    points. Every seed is evaluated on the same n points, so more seeds do not shrink that error, and a few seeds
+    that agree by chance would otherwise claim more than the points allow: the interval is widened to Newcombe's
+    interval of the two means as accuracies on their n points, and the p-value is the larger of the t-test's and
+    Fisher's on those counts (the test named is the one that gave it). None when the t-test cannot apply."""
+    difference = seed_difference(_values(a, checkpoint, metric), _values(b, checkpoint, metric))
+    n_a, n_b = a.n(checkpoint, metric), b.n(checkpoint, metric)
+    if difference is None or not n_a or not n_b:
+        return difference
+    points = unpaired_difference(round(a.get(checkpoint, metric) * n_a), n_a,
+                                 round(b.get(checkpoint, metric) * n_b), n_b)
+    test = difference.test if difference.p >= points.p else SEED_MEANS_TEST
+    return Difference(difference.value, min(difference.low, points.low), max(difference.high, points.high),
+                      max(difference.p, points.p), test)
+
+
 def compare_rows(a: Row, b: Row, checkpoint: str, metric: str) -> Comparison:
     """Accuracy ``metric`` of ``a`` against ``b`` at ``checkpoint`` (runs or seed groups), with the test above."""
     estimate_a, estimate_b = a.estimate(checkpoint, metric), b.estimate(checkpoint, metric)
@@ -106,7 +125,7 @@ def compare_rows(a: Row, b: Row, checkpoint: str, metric: str) -> Comparison:
         return Comparison(checkpoint, metric, estimate_a, estimate_b, n_a, n_b, None, "not measured on both")
     prefix = ""
     if max(_seeds(a), _seeds(b)) > 1:
-        difference = seed_difference(_values(a, checkpoint, metric), _values(b, checkpoint, metric))
+        difference = group_difference(a, b, checkpoint, metric)
         if difference is not None:
             return Comparison(checkpoint, metric, estimate_a, estimate_b, n_a, n_b, difference,
                               f"{_seeds(a)} vs {_seeds(b)} seeds")

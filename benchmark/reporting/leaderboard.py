@@ -25,7 +25,7 @@ from energybench.config import format_eps
 from energybench.contracts.registry import get_plugin
 from energybench.errors import EnergybenchError
 from energybench.evaluation.external import EXTERNAL
-from energybench.evaluation.statistics import ALPHA, SEED_TESTS, UNPAIRED_TEST, Estimate, accuracy, rank_with_ties
+from energybench.evaluation.statistics import ALPHA, GROUP_TESTS, UNPAIRED_TEST, Estimate, accuracy, rank_with_ties
 from energybench.reporting.compare import Comparison, compare_rows, p_text
 from energybench.reporting.numbers import MISSING, is_missing, number
 from energybench.reporting.rows import LABELS, Row, SeedGroup, load_row
@@ -308,7 +308,7 @@ def versus_text(entry: Entry) -> str:
     difference = entry.versus.difference if entry.versus else None
     if difference is None:
         return "-"
-    mark = UNPAIRED_MARK if difference.test == UNPAIRED_TEST else SEED_MARK if difference.test in SEED_TESTS else ""
+    mark = UNPAIRED_MARK if difference.test == UNPAIRED_TEST else SEED_MARK if difference.test in GROUP_TESTS else ""
     return p_text(difference.p) + mark
 
 
@@ -343,8 +343,10 @@ def caption(ranking: Ranking, grouped: bool = False) -> str:
         if UNPAIRED_TEST in tests:
             ranked += (f"; {UNPAIRED_MARK} unpaired fallback, Fisher's exact test (an older run without per-point "
                        "correctness, or other test points)")
-        if tests & set(SEED_TESTS):
-            ranked += f"; {SEED_MARK} Welch's t-test over seeds (Student's when one side has one seed)"
+        if tests & set(GROUP_TESTS):
+            ranked += (f"; {SEED_MARK} Welch's t-test over seeds (Student's when one side has one seed), held to the "
+                       "sampling error of the shared test points: the larger p of it and Fisher's exact test on the "
+                       "seed means as counts on those points")
     seeds = ("; seed groups: means ± their 95% t interval over seeds (at least the Wilson interval of the mean on "
              "the shared test points), sd PGD/AA: sample standard deviation over seeds (ddof 1), CO: seeds with "
              "catastrophic overfitting / seeds" if grouped else "")
