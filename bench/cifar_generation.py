@@ -13,10 +13,12 @@ evaluated on 1,000 test images (clean and PGD-20, no AutoAttack) and sampled wit
 the ``cifar10-jpeg-cnn`` feature space (the domain classifier energybench trains on first use;
 registry.toml's ``[feature_extractors.cifar10-jpeg]``).
 
+``CONTROL`` samples local-pca's starts alone (no descent step) once: what its FID owes to the classifier.
+
 ``--run`` trains what the store lacks (same config hash: skipped) and samples what it lacks (same
 model, sampler, n and seed: skipped). Printed: per model and sampler FID ± its bootstrap standard
 deviation, KID ± its standard deviation over subsets, IS ± over splits, precision and recall with
-95% Wilson intervals over the n samples / n real images, target accuracy, samples per second.
+95% Wilson intervals over the n samples / n real images, target accuracy, mean steps, samples per second.
 ``--figure`` draws one image: a row per model, a column per sampler, each cell 10 classes x 3 samples.
 docs/generation.md reports the results.
 """
@@ -34,6 +36,7 @@ from rich.table import Table
 import energybench
 from energybench.config import load_catalogue, resolve_config
 from energybench.evaluation.statistics import accuracy
+from energybench.reporting.generative_leaderboard import sampler_label
 from energybench.storage.store import Store
 from energybench.training.run import prepare
 
@@ -58,6 +61,8 @@ MODELS = {
     "pgd+der": BASE | PGD | der(0.3),
 }
 SAMPLERS = ["sgld", "class-gaussian", "class-pca", "local-pca"]
+#: A control: local-pca's starts alone (no descent step). No classifier shapes them, so one model suffices.
+CONTROL = ("standard", "local-pca", {"steps": 0})
 SPACE = "[cifar10-jpeg-cnn]"
 
 
@@ -80,7 +85,8 @@ def interval(value: float, n: int) -> str:
 
 def figure(store: Store, runs: dict[str, str], path: Path, per_class: int = 3) -> None:
     """A row per model, a column per sampler; each cell the first ``per_class`` samples of every class."""
-    records = {(r.model_ref, r.sampler): r for r in store.generative(dataset="cifar10-jpeg")}
+    records = {(r.model_ref, r.sampler): r for r in store.generative(dataset="cifar10-jpeg")
+               if sampler_label(r) == r.sampler}  # plugin defaults only, not the control
     fig, axes = plt.subplots(len(runs), len(SAMPLERS), figsize=(2.2 * len(SAMPLERS), 2.4 * len(runs)))
     for row, (tag, run_id) in enumerate(runs.items()):
         for col, sampler in enumerate(SAMPLERS):
@@ -112,15 +118,17 @@ def main() -> None:
     store, console = Store(args.store), Console()
     runs = {tag: run_id for tag in MODELS if (run_id := trained(store, tag, args.data_root, args.run))}
     for tag, run_id in runs.items():
-        have = {r.sampler for r in store.generative(dataset="cifar10-jpeg")
+        have = {sampler_label(r) for r in store.generative(dataset="cifar10-jpeg")
                 if r.model_ref == run_id and r.n == args.n and r.seed == args.seed}
-        missing = [s for s in SAMPLERS if s not in have]
-        if missing and args.run:
-            console.print(f"[bold]{tag}[/] ({run_id}): sampling with {', '.join(missing)}")
-            energybench.sample(run_id, sampler=missing, n=args.n, seed=args.seed, features="domain",
-                               data_root=args.data_root, store=store, progress=False)
+        jobs = [(s, {}) for s in SAMPLERS] + ([CONTROL[1:]] if tag == CONTROL[0] else [])
+        for sampler, params in jobs:
+            label = " ".join([sampler, *(f"{k}={v}" for k, v in params.items())])
+            if label not in have and args.run:
+                console.print(f"[bold]{tag}[/] ({run_id}): sampling with {label}")
+                energybench.sample(run_id, sampler=sampler, params=params, n=args.n, seed=args.seed,
+                                   features="domain", data_root=args.data_root, store=store, progress=False)
     table = Table("model", "test clean / PGD-20 (1,000)", "sampler", f"FID@{args.n}", "KID", "IS",
-                  "precision [95%]", "recall [95%]", "acc", "samples/s",
+                  "precision [95%]", "recall [95%]", "acc", "steps", "samples/s",
                   title=f"cifar10-jpeg, {args.n} samples per sampler, features {SPACE[1:-1]}")
     for tag, run_id in runs.items():
         last = store.results(run_id)["best"]
@@ -129,10 +137,10 @@ def main() -> None:
             if record.model_ref != run_id or record.n != args.n or record.seed != args.seed:
                 continue
             m = {key.removesuffix(SPACE): value for key, value in record.metrics.items()}
-            table.add_row(tag, robust, record.sampler, f"{m['FID']:.1f} ± {m['FID_std']:.1f}",
+            table.add_row(tag, robust, sampler_label(record), f"{m['FID']:.1f} ± {m['FID_std']:.1f}",
                           f"{m['KID']:.3f} ± {m['KID_std']:.3f}", f"{m['IS']:.2f} ± {m['IS_std']:.2f}",
                           interval(m["precision"], record.n), interval(m["recall"], record.n), f"{m['acc']:.2f}",
-                          f"{record.n / record.wall_time:.1f}")
+                          f"{record.steps_mean:.0f}", f"{record.n / record.wall_time:.1f}")
     console.print(table)
     if args.figure:
         figure(store, runs, args.figure)
