@@ -14,6 +14,9 @@ the ``cifar10-jpeg-cnn`` feature space (the domain classifier energybench trains
 registry.toml's ``[feature_extractors.cifar10-jpeg]``).
 
 ``CONTROL`` samples local-pca's starts alone (no descent step) once: what its FID owes to the classifier.
+The first row measures ``n`` real test images the same way: what a perfect generator scores at this ``n``.
+
+Every model is sampled at its best checkpoint (by validation PGD), the standard one at its last.
 
 ``--run`` trains what the store lacks (same config hash: skipped) and samples what it lacks (same
 model, sampler, n and seed: skipped). Printed: per model and sampler FID ± its bootstrap standard
@@ -30,12 +33,15 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
 import energybench
 from energybench.config import load_catalogue, resolve_config
+from energybench.data.datasets import Split, get_dataset, load_dataset
 from energybench.evaluation.statistics import accuracy
+from energybench.generation.generate import SampleMetrics
 from energybench.reporting.generative_leaderboard import sampler_label
 from energybench.storage.store import Store
 from energybench.training.run import prepare
@@ -60,10 +66,14 @@ MODELS = {
     "pgd": BASE | PGD,
     "pgd+der": BASE | PGD | der(0.3),
 }
+#: The checkpoint sampled: the best by validation robustness, except for the standard model, whose robustness
+#: is near zero throughout (its best by PGD is an early, less accurate epoch): its last.
+CHECKPOINTS = {"standard": "last"}
 SAMPLERS = ["sgld", "class-gaussian", "class-pca", "local-pca"]
 #: A control: local-pca's starts alone (no descent step). No classifier shapes them, so one model suffices.
 CONTROL = ("standard", "local-pca", {"steps": 0})
 SPACE = "[cifar10-jpeg-cnn]"
+DATASET = "cifar10-jpeg"
 
 
 def trained(store: Store, tag: str, data_root: str | None, run: bool) -> str | None:
@@ -78,16 +88,28 @@ def trained(store: Store, tag: str, data_root: str | None, run: bool) -> str | N
     return done[-1].id if done else None
 
 
+def real_reference(store: Store, data_root: str | None, n: int, seed: int) -> dict[str, float]:
+    """The same metrics for ``n`` real test images (the first ``n`` of the stratified test order): what a
+    perfect generator would score at this ``n`` in this space."""
+    data = load_dataset(DATASET, data_root=data_root, val_size=1)
+    real = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
+    measure = SampleMetrics(real, get_dataset(DATASET), store.home, n=n, seed=seed, features=["domain"],
+                            inception_weights=None, device=torch.device("cpu"), data_root=data_root)
+    return measure(data.test.x[:n], data.test.y[:n])
+
+
 def interval(value: float, n: int) -> str:
     estimate = accuracy(round(value * n), n)
     return f"{estimate.value:.2f} [{estimate.low:.2f}, {estimate.high:.2f}]"
 
 
 def figure(store: Store, runs: dict[str, str], path: Path, per_class: int = 3) -> None:
-    """A row per model, a column per sampler; each cell the first ``per_class`` samples of every class."""
-    records = {(r.model_ref, r.sampler): r for r in store.generative(dataset="cifar10-jpeg")
-               if sampler_label(r) == r.sampler}  # plugin defaults only, not the control
-    fig, axes = plt.subplots(len(runs), len(SAMPLERS), figsize=(2.2 * len(SAMPLERS), 2.4 * len(runs)))
+    """A row per model, a column per sampler; each cell the first ``per_class`` samples (rows) of every class
+    (columns, in class order)."""
+    tags = {run_id: tag for tag, run_id in runs.items()}
+    records = {(r.model_ref, r.sampler): r for r in store.generative(dataset=DATASET)  # defaults only, no control
+               if sampler_label(r) == r.sampler and r.checkpoint == CHECKPOINTS.get(tags[r.model_ref], "best")}
+    fig, axes = plt.subplots(len(runs), len(SAMPLERS), figsize=(3.4 * len(SAMPLERS), 1.35 * len(runs)))
     for row, (tag, run_id) in enumerate(runs.items()):
         for col, sampler in enumerate(SAMPLERS):
             ax = axes[row, col]
@@ -97,13 +119,12 @@ def figure(store: Store, runs: dict[str, str], path: Path, per_class: int = 3) -
                 continue
             saved = np.load(Path(record.out_dir) / f"{sampler}.npz")
             x, y = saved["x"], saved["y"]
-            cells = [x[y == c][:per_class] for c in range(10)]
-            grid = np.concatenate([np.concatenate(list(c), axis=2) for c in cells], axis=1)  # C, 10*H, k*W
-            ax.imshow(grid.transpose(1, 2, 0), interpolation="nearest")
+            columns = [np.concatenate(list(x[y == c][:per_class]), axis=1) for c in range(10)]  # C, k*H, W
+            ax.imshow(np.concatenate(columns, axis=2).transpose(1, 2, 0), interpolation="nearest")
             fid, sd = record.metrics[f"FID{SPACE}"], record.metrics[f"FID_std{SPACE}"]
-            ax.set_title(f"{tag} / {sampler}\nFID@{record.n} {fid:.1f}±{sd:.1f}", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+            ax.set_title(f"{tag} / {sampler}: FID@{record.n} {fid:.1f}±{sd:.1f}", fontsize=7)
+    fig.tight_layout(pad=0.4)
+    fig.savefig(path, dpi=100)
 
 
 def main() -> None:
@@ -118,29 +139,37 @@ def main() -> None:
     store, console = Store(args.store), Console()
     runs = {tag: run_id for tag in MODELS if (run_id := trained(store, tag, args.data_root, args.run))}
     for tag, run_id in runs.items():
-        have = {sampler_label(r) for r in store.generative(dataset="cifar10-jpeg")
-                if r.model_ref == run_id and r.n == args.n and r.seed == args.seed}
+        checkpoint = CHECKPOINTS.get(tag, "best")
+        have = {sampler_label(r) for r in store.generative(dataset=DATASET) if r.model_ref == run_id
+                and r.checkpoint == checkpoint and r.n == args.n and r.seed == args.seed}
         jobs = [(s, {}) for s in SAMPLERS] + ([CONTROL[1:]] if tag == CONTROL[0] else [])
         for sampler, params in jobs:
             label = " ".join([sampler, *(f"{k}={v}" for k, v in params.items())])
             if label not in have and args.run:
                 console.print(f"[bold]{tag}[/] ({run_id}): sampling with {label}")
                 energybench.sample(run_id, sampler=sampler, params=params, n=args.n, seed=args.seed,
-                                   features="domain", data_root=args.data_root, store=store, progress=False)
-    table = Table("model", "test clean / PGD-20 (1,000)", "sampler", f"FID@{args.n}", "KID", "IS",
+                                   checkpoint=checkpoint, features="domain", data_root=args.data_root, store=store,
+                                   progress=False)
+    table = Table("model", "checkpoint: test clean / PGD-20 (1,000)", "sampler", f"FID@{args.n}", "KID", "IS",
                   "precision [95%]", "recall [95%]", "acc", "steps", "samples/s",
                   title=f"cifar10-jpeg, {args.n} samples per sampler, features {SPACE[1:-1]}")
+
+    def add_row(model: str, robust: str, sampler: str, metrics: dict[str, float], n: int, steps: str, rate: str):
+        m = {key.removesuffix(SPACE): value for key, value in metrics.items()}
+        table.add_row(model, robust, sampler, f"{m['FID']:.1f} ± {m['FID_std']:.1f}", f"{m['KID']:.3f} ± "
+                      f"{m['KID_std']:.3f}", f"{m['IS']:.2f} ± {m['IS_std']:.2f}", interval(m["precision"], n),
+                      interval(m["recall"], n), f"{m['acc']:.2f}", steps, rate)
+
+    add_row("real test images", "-", "-", real_reference(store, args.data_root, args.n, args.seed), args.n, "-", "-")
     for tag, run_id in runs.items():
-        last = store.results(run_id)["best"]
-        robust = f"{last['test_clean_acc']:.1%} / {last['test_pgd_acc']:.1%}"
-        for record in store.generative(dataset="cifar10-jpeg"):
-            if record.model_ref != run_id or record.n != args.n or record.seed != args.seed:
+        checkpoint = CHECKPOINTS.get(tag, "best")
+        sampled = store.results(run_id)[checkpoint]
+        robust = f"{checkpoint}: {sampled['test_clean_acc']:.1%} / {sampled['test_pgd_acc']:.1%}"
+        for record in store.generative(dataset=DATASET):
+            if (record.model_ref, record.checkpoint, record.n, record.seed) != (run_id, checkpoint, args.n, args.seed):
                 continue
-            m = {key.removesuffix(SPACE): value for key, value in record.metrics.items()}
-            table.add_row(tag, robust, sampler_label(record), f"{m['FID']:.1f} ± {m['FID_std']:.1f}",
-                          f"{m['KID']:.3f} ± {m['KID_std']:.3f}", f"{m['IS']:.2f} ± {m['IS_std']:.2f}",
-                          interval(m["precision"], record.n), interval(m["recall"], record.n), f"{m['acc']:.2f}",
-                          f"{record.steps_mean:.0f}", f"{record.n / record.wall_time:.1f}")
+            add_row(tag, robust, sampler_label(record), record.metrics, record.n, f"{record.steps_mean:.0f}",
+                    f"{record.n / record.wall_time:.1f}")
     console.print(table)
     if args.figure:
         figure(store, runs, args.figure)
