@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-from energybench.reporting.numbers import number
 
 if TYPE_CHECKING:
     from energybench.config import RunConfig
@@ -85,8 +84,14 @@ class RichReporter(Reporter):
         self.console.print(
             f"epoch {epoch + 1}: loss {metrics['train_loss']:.3f}  val clean {metrics['val_clean_acc']:.1%}  "
             f"FGSM {metrics['val_fgsm_acc']:.1%}  PGD {metrics['val_pgd_acc']:.1%}  "
-            f"train dE {number(metrics.get('train_dE_mean'), '+.3f')}  val dE {number(metrics['val_dE_mean'], '+.3f')}"
+            f"{self._train_dE_text(metrics)}val dE {metrics['val_dE_mean']:+.3f}"
             f"{self._penalty_text(metrics)}  ({metrics['epoch_time']:.0f}s){co}", soft_wrap=True)
+
+    @staticmethod
+    def _train_dE_text(metrics: dict[str, Any]) -> str:
+        """``train dE -0.012  ``; nothing when the trainer made no adversarial examples (standard training)."""
+        value = metrics.get("train_dE_mean")
+        return "" if value is None or math.isnan(value) else f"train dE {value:+.3f}  "
 
     def _penalty_text(self, metrics: dict[str, Any]) -> str:
         """``  der 0.0312 on 4.7% (abnormal adversarial examples)``: what the regularizer did this epoch."""
