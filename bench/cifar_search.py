@@ -78,6 +78,7 @@ RO_SETTINGS = dict(setting(RO_BASE, *args, **kw) for args, kw in [
     (("small-cnn", 32, 5000, 40, 0.1, 8), {}),
     (("small-cnn", 32, 1000, 40, 0.05, 8), {"batch_size": 32}),
     (("small-cnn", 64, 1000, 40, 0.05, 8), {"batch_size": 32}),
+    (("small-cnn", 64, 1000, 80, 0.05, 8), {"batch_size": 32}),
 ])
 SEARCHES = {"co": CO_SETTINGS, "ro": RO_SETTINGS}
 
