@@ -46,15 +46,19 @@ RO_BASE = {"dataset": "cifar10-jpeg", "trainer": "pgd", "trainer_params": {"step
 
 
 def setting(base: dict, model: str, width: int, n_train: int, epochs: int, lr: float, eps: int,
-            seed: int = 0, batch_size: int | None = None) -> tuple[str, dict]:
-    """A tag and the RunConfig fields of one search run (``eps`` in 1/255; the base's batch size unless given)."""
+            seed: int = 0, batch_size: int | None = None, decays: tuple[int, ...] = ()) -> tuple[str, dict]:
+    """A tag and the RunConfig fields of one search run (``eps`` in 1/255; the base's batch size and LR decay
+    epochs unless given)."""
     short, default_width = {"small-cnn": ("cnn", 32), "preact-resnet18": ("rn", 64)}[model]
     size = f"{n_train // 1000}k" if n_train % 1000 == 0 else f"{n_train / 1000:g}k"
     tag = (f"{short}{width}-{size}-e{epochs}-lr{lr:g}-eps{eps}" + (f"-b{batch_size}" if batch_size else "")
-           + (f"-s{seed}" if seed else ""))
+           + (f"-d{'-'.join(map(str, decays))}" if decays else "") + (f"-s{seed}" if seed else ""))
     params = {} if width == default_width else {"width": width}
-    return tag, base | {"model": model, "model_params": params, "n_train": n_train, "epochs": epochs, "lr": lr,
-                        "eps": f"{eps}/255", "seed": seed} | ({"batch_size": batch_size} if batch_size else {})
+    fields = base | {"model": model, "model_params": params, "n_train": n_train, "epochs": epochs, "lr": lr,
+                     "eps": f"{eps}/255", "seed": seed} | ({"batch_size": batch_size} if batch_size else {})
+    if decays:  # decay epochs as fractions of the run, rounded down so that the decay lands on that epoch's start
+        fields["schedule"] = base["schedule"] | {"milestones": [int(e / epochs * 1e4) / 1e4 for e in decays]}
+    return tag, fields
 
 
 #: The settings tried, in the order they were run.
@@ -79,6 +83,8 @@ RO_SETTINGS = dict(setting(RO_BASE, *args, **kw) for args, kw in [
     (("small-cnn", 32, 1000, 40, 0.05, 8), {"batch_size": 32}),
     (("small-cnn", 64, 1000, 40, 0.05, 8), {"batch_size": 32}),
     (("small-cnn", 64, 1000, 80, 0.05, 8), {"batch_size": 32}),
+    (("small-cnn", 64, 1000, 60, 0.05, 8), {"batch_size": 32, "decays": (20, 50)}),
+    (("small-cnn", 64, 1000, 60, 0.05, 8), {"batch_size": 32, "decays": (20, 50), "seed": 1}),
 ])
 SEARCHES = {"co": CO_SETTINGS, "ro": RO_SETTINGS}
 
