@@ -85,6 +85,7 @@ RO_SETTINGS = dict(setting(RO_BASE, *args, **kw) for args, kw in [
     (("small-cnn", 64, 1000, 80, 0.05, 8), {"batch_size": 32}),
     (("small-cnn", 64, 1000, 60, 0.05, 8), {"batch_size": 32, "decays": (20, 50)}),
     (("small-cnn", 64, 1000, 60, 0.05, 8), {"batch_size": 32, "decays": (20, 50), "seed": 1}),
+    (("small-cnn", 64, 1000, 60, 0.05, 8), {"batch_size": 32, "decays": (20, 50), "seed": 2}),
 ])
 SEARCHES = {"co": CO_SETTINGS, "ro": RO_SETTINGS}
 
