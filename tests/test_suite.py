@@ -45,7 +45,7 @@ def test_shipped_suites_expand_into_prepared_cells():
     catalogue = load_catalogue()
     sizes = {name: len(load_suite(catalogue, name).cells(catalogue)) for name in catalogue.suites}
     assert sizes == {"tiny": 4, "co-fmnist": 90, "ro-fmnist": 8, "co-cifar10": 81, "ro-cifar10": 4,
-                     "co-cifar10jpeg": 48}
+                     "co-cifar10jpeg": 48, "ro-cifar10jpeg": 12}
     suite = load_suite(catalogue, "co-fmnist")
     cells = suite.cells(catalogue, data_root="/data", device="cpu")
     ablation = [c for c in cells if c.regularizer == "der-all"]
