@@ -2,16 +2,18 @@
 
     energybench suite ro-fmnist                        # the runs: keep_epochs keeps every epoch's weights
     python bench/ro_selection_eval.py --store DIR      # compare the criteria of benchmark/evaluation/selection.py
+    python bench/ro_selection_eval.py --store DIR --runs ID ID   # any runs that kept their epochs (a search's)
 
-Every run of ``--suite`` (default ro-fmnist) that kept its epochs (``keep_epochs = true`` in the suite's
-settings: ``epoch-K.pt`` in the run folder) is scored: the test PGD-20 accuracy of every epoch on the
-first ``--test-points`` test points (cached in ``epoch_test.json``), then the epoch each criterion picks.
+Every run of ``--suite`` (default ro-fmnist), or every run named by ``--runs``, that kept its epochs
+(``keep_epochs``: ``epoch-K.pt`` in the run folder) is scored: the epoch each criterion picks and the test
+PGD-20 accuracy of that epoch on the first ``--test-points`` test points (cached per epoch in
+``epoch_test.json``). ``--every-epoch`` tests every kept epoch, for the test curve and the best epoch in
+hindsight (60 PGD-20 evaluations per 60-epoch run instead of at most 3).
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 
@@ -23,68 +25,81 @@ from energybench.config import load_catalogue
 from energybench.data.datasets import load_dataset
 from energybench.evaluation.robustness import robustness
 from energybench.evaluation.selection import CRITERIA, select_epoch
-from energybench.storage.store import Store
+from energybench.storage.store import RunRecord, Store
 from energybench.storage.trained import load_trained
 from energybench.suites.spec import cell_labels
 
 
-def epoch_test_accuracy(store: Store, run_id: str, test_points: int) -> list[float]:
-    """Test PGD-20 accuracy of every kept epoch checkpoint (cached in the run folder)."""
-    folder = store.run_dir(run_id)
-    cache = folder / "epoch_test.json"
-    cached = json.loads(cache.read_text()) if cache.is_file() else {}
-    if cached.get("test_points") == test_points:
-        return cached["pgd_acc"]
-    record = store.get_run(run_id)
-    test = load_dataset(record.dataset, val_size=1).test
-    accs = []
-    for epoch in itertools.count():
-        path = folder / f"epoch-{epoch}.pt"
-        if not path.is_file():
-            break
-        model = load_trained(str(path), store).model
-        metrics = robustness(model, test, n=test_points, eps=record.eps, norm=record.norm, pgd_steps=20,
-                             device=torch.device("cpu")).metrics
-        accs.append(metrics["pgd_acc"])
-    cache.write_text(json.dumps({"test_points": test_points, "pgd_acc": accs}))
-    return accs
+class EpochTests:
+    """Test PGD-20 accuracy of a run's kept epoch checkpoints, computed on demand and cached in the run folder."""
+
+    def __init__(self, store: Store, record: RunRecord, test_points: int):
+        self.store, self.record, self.test_points = store, record, test_points
+        self.cache = store.run_dir(record.id) / "epoch_test.json"
+        cached = json.loads(self.cache.read_text()) if self.cache.is_file() else {}
+        self.accs: dict[str, float] = cached.get("pgd_acc", {}) if cached.get("test_points") == test_points else {}
+        self._test = None
+
+    def __getitem__(self, epoch: int) -> float:
+        if str(epoch) not in self.accs:
+            if self._test is None:
+                self._test = load_dataset(self.record.dataset, data_root=self.record.config.get("data_root"),
+                                          val_size=1).test
+            path = self.store.run_dir(self.record.id) / f"epoch-{epoch}.pt"
+            model = load_trained(str(path), self.store).model
+            metrics = robustness(model, self._test, n=self.test_points, eps=self.record.eps, norm=self.record.norm,
+                                 pgd_steps=20, device=torch.device("cpu")).metrics
+            self.accs[str(epoch)] = metrics["pgd_acc"]
+            self.cache.write_text(json.dumps({"test_points": self.test_points, "pgd_acc": self.accs}))
+        return self.accs[str(epoch)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", required=True)
     parser.add_argument("--suite", default="ro-fmnist")
+    parser.add_argument("--runs", nargs="+", metavar="ID", help="these runs instead of a suite's")
     parser.add_argument("--test-points", type=int, default=1000)
+    parser.add_argument("--every-epoch", action="store_true", help="test every epoch: the curve and the oracle")
     args = parser.parse_args()
     torch.set_num_threads(1)
     store = Store(args.store)
-    runs = [r for r in store.runs(suite=args.suite) if (store.run_dir(r.id) / "epoch-0.pt").is_file()]
-    table = Table(title=f"epoch chosen and its test PGD-20 accuracy, per criterion ({len(runs)} runs of "
-                        f"{args.suite!r})", header_style="bold")
-    for column in ("run", "setting", "seed", "test PGD by epoch", "best possible", *CRITERIA):
+    candidates = [store.get_run(i) for i in args.runs] if args.runs else store.runs(suite=args.suite)
+    runs = [r for r in candidates if (store.run_dir(r.id) / "epoch-0.pt").is_file()]
+    source = f"runs {', '.join(args.runs)}" if args.runs else f"suite {args.suite!r}"
+    table = Table(title=f"epoch chosen and its test PGD-20 accuracy ({args.test_points} points), per criterion "
+                        f"({len(runs)} runs of {source})", header_style="bold")
+    oracle = ("test PGD by epoch", "best possible") if args.every_epoch else ()
+    columns = ("run", "setting", "seed", *oracle, *CRITERIA)
+    for column in columns:
         table.add_column(column)
     chosen: dict[str, list[float]] = {c: [] for c in CRITERIA}
     matches: dict[str, int] = {c: 0 for c in CRITERIA}
     best = []
-    labels = cell_labels(load_catalogue(), args.suite)
+    labels = {} if args.runs else cell_labels(load_catalogue(), args.suite)
     for record in sorted(runs, key=lambda r: (labels.get(r.config_hash, r.trainer), r.seed)):
         history = store.epochs(record.id)
-        accs = epoch_test_accuracy(store, record.id, args.test_points)
+        tests = EpochTests(store, record, args.test_points)
         picks = {c: select_epoch(history, c) for c in CRITERIA}
         for c, e in picks.items():
-            chosen[c].append(accs[e])
+            chosen[c].append(tests[e])
             matches[c] += e == picks["val-pgd"]
-        best.append(max(accs))
+        curve = []
+        if args.every_epoch:
+            accs = [tests[e] for e in range(len(history))]
+            best.append(max(accs))
+            curve = [" ".join(f"{100 * a:.0f}" for a in accs), f"{max(accs):.1%}"]
         label = labels.get(record.config_hash, f"{record.trainer} + {record.regularizer}")
-        table.add_row(record.id, label, str(record.seed), " ".join(f"{100 * a:.0f}" for a in accs), f"{max(accs):.1%}",
-                      *(f"epoch {picks[c] + 1}: {accs[picks[c]]:.1%}" for c in CRITERIA))
+        table.add_row(record.id, label, str(record.seed), *curve,
+                      *(f"epoch {picks[c] + 1}: {tests[picks[c]]:.1%}" for c in CRITERIA))
     console = Console(width=200)
     console.print(table)
     if not runs:
-        console.print(f"no run of suite {args.suite!r} in {args.store} kept its epochs")
+        console.print(f"no run of {source} in {args.store} kept its epochs")
         return
-    console.print(f"test PGD-20 of the best epoch in hindsight (oracle), mean over {len(runs)} runs: "
-                  f"{statistics.mean(best):.1%}")
+    if best:
+        console.print(f"test PGD-20 of the best epoch in hindsight (oracle), mean over {len(runs)} runs: "
+                      f"{statistics.mean(best):.1%}")
     for c in CRITERIA:
         console.print(f"{c}: same epoch as val-pgd in {matches[c]}/{len(runs)} runs, mean test PGD of its choice "
                       f"{statistics.mean(chosen[c]):.1%}")
