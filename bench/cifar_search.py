@@ -10,12 +10,12 @@ Printed: the per-epoch validation curves, the CO epochs (today's CO rule, recomp
 curves), the test PGD of the last checkpoint and the wall time.
 
 ``ro``: every setting (``RO_SETTINGS``) is one PGD-AT run (PGD-5, step eps/2, random start) with the LR
-divided by 10 at 50% and 75% of the epochs, no augmentation, every epoch's weights kept, on the
-protocol of ``RO_BASE``: validation PGD-10 on 500 images every epoch, PGD-20 on 2,000 test images for
-the best (by validation PGD) and last checkpoints. Printed: the per-epoch validation PGD curve, the
-best epoch, test PGD best and last with 95% Wilson intervals, their gap, and the wall time. Robust
-overfitting counts when, on at least 2 of 3 seeds, best beats last by at least 3 points with
-non-overlapping intervals and the validation curve rises then falls after the first decay.
+divided by 10 at 50% and 75% of the epochs or after the epochs the setting names (``decays``), no
+augmentation, every epoch's weights kept, on the protocol of ``RO_BASE``: validation PGD-10 on 500 images
+every epoch, PGD-20 on 2,000 test images for the best (by validation PGD) and last checkpoints. Printed: the
+per-epoch validation PGD curve, the best epoch, test PGD best and last with 95% Wilson intervals, their gap,
+and the wall time. Robust overfitting counts when, on at least 2 of 3 seeds, best beats last by at least 3
+points with non-overlapping intervals and the validation curve rises then falls after the first decay.
 
 ``--run`` trains the settings the store does not hold yet (same config hash: skipped), in order.
 docs/suites.md reports both searches.
