@@ -7,21 +7,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import ray
+from datafiles import StopAfterFirstEpoch
 
 from energybench.config import load_catalogue
 from energybench.storage.checkpoint import load_checkpoint
 from energybench.storage.store import Store
-from energybench.suites.executors import RayExecutor
+from energybench.suites.executors import LocalExecutor, RayExecutor, run_in_scratch_store
 from energybench.suites.spec import load_suite, pending
 
 ROOT = Path(__file__).resolve().parents[1]
+SMALL = {"aa_points": 2, "val_points": 20, "test_points": 20}  # AutoAttack on 2 points: present, not slow
 
 
 def test_ray_executor_runs_cells_as_tasks_into_the_store(tmp_path):
     catalogue = load_catalogue()
-    small = {"aa_points": 2, "val_points": 20, "test_points": 20}  # AutoAttack on 2 points: present, not slow
-    cells = [dataclasses.replace(c, config=c.config.model_copy(update={"eval": c.config.eval.model_copy(update=small)}))
+    cells = [dataclasses.replace(c, config=c.config.model_copy(update={"eval": c.config.eval.model_copy(update=SMALL)}))
              for c in load_suite(catalogue, "tiny").cells(catalogue)[:3]]
     broken = dataclasses.replace(cells[2], config=cells[2].config.model_copy(update={"device": "cuda:99"}))
     store = Store(tmp_path / "store")
@@ -45,6 +47,26 @@ def test_ray_executor_runs_cells_as_tasks_into_the_store(tmp_path):
     failed = store.get_run(status[broken.describe()].run_id)
     assert failed.status == "failed" and failed.suite == "tiny"
     assert pending(store, cells) == [cells[2]]  # a re-run retries only the failed cell
+    assert not any((store.home / "cells").iterdir())  # each scratch store is removed once its run is stored
+
+
+def test_a_killed_ray_cell_resumes_in_its_scratch_store(tmp_path):
+    catalogue = load_catalogue()
+    (cell,) = load_suite(catalogue, "tiny").cells(catalogue)[:1]
+    settings = cell.config.model_copy(update={"epochs": 2, "eval": cell.config.eval.model_copy(update=SMALL)})
+    cell = dataclasses.replace(cell, config=settings)
+    scratch = tmp_path / "cells"
+    killed_in = Store(scratch / cell.config_hash)  # where the Ray task ran it when the suite was killed
+    with pytest.raises(KeyboardInterrupt):
+        LocalExecutor(reporter=StopAfterFirstEpoch).run([cell], killed_in, suite="tiny")
+    (killed,) = killed_in.runs(status=None)
+    killed_in.set_status(killed.id, "running")  # what a SIGKILL leaves behind
+    killed_in.close()
+    export = run_in_scratch_store(cell.config.model_dump(), "tiny", 1, str(scratch))
+    assert export.status == "done" and [e["epoch"] for e in export.epochs] == [0, 1]
+    assert [r.id for r in Store(scratch / cell.config_hash).runs(status=None)] == [killed.id]  # resumed, not redone
+    again = run_in_scratch_store(cell.config.model_dump(), "tiny", 1, str(scratch))  # the driver died before storing
+    assert again.epochs == export.epochs and again.results == export.results and again.files == export.files
 
 
 WORKER = """

@@ -8,7 +8,7 @@ import statistics
 import pytest
 import scipy.stats
 import torch
-from datafiles import run_cli
+from datafiles import StopAfterFirstEpoch, run_cli
 
 from energybench.config import default_catalogue_path, load_catalogue
 from energybench.contracts import registry as reg
@@ -248,16 +248,6 @@ def test_tiny_suite_end_to_end_then_nothing_left_to_run(tmp_path, capsys):
     assert code == 2 and "--ray-address needs --executor ray" in err
 
 
-class _StopAfterFirstEpoch:
-    """A reporter that interrupts the run once its first epoch is stored (like Ctrl-C or a kill)."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-    def epoch_done(self, epoch, metrics):
-        raise KeyboardInterrupt
-
-
 def killed_cell(tmp_path):
     """A one-cell suite whose run was killed after its first epoch: (cell, store, run left 'running')."""
     catalogue = catalogue_with(tmp_path, '[suites.two]\ndescription = "x"\ntrack = "t"\ntrainers = ["fgsm"]\n'
@@ -265,7 +255,7 @@ def killed_cell(tmp_path):
     (cell,) = load_suite(catalogue, "two").cells(catalogue)
     store = Store(tmp_path / "store")
     with pytest.raises(KeyboardInterrupt):
-        LocalExecutor(reporter=_StopAfterFirstEpoch).run([cell], store, suite="two")
+        LocalExecutor(reporter=StopAfterFirstEpoch).run([cell], store, suite="two")
     (killed,) = store.runs(status=None)
     store.set_status(killed.id, "running")  # what a SIGKILL leaves behind
     return cell, store, killed

@@ -5,12 +5,16 @@ into the store. ``ray`` runs each as a Ray task with the CPUs/GPUs the suite ask
 local Ray instance it starts or on an existing cluster (``--ray-address``). A Ray task runs its
 cell into a scratch store and returns the whole run (metrics, results, checkpoints); the driver
 writes it into the suite's store, so workers need no shared filesystem and the store has a single
-writer. Either way a failing cell is recorded as failed with its error and the others go on.
+writer; on a local instance the scratch stores stay in the store's ``cells/`` folder until their
+run is stored, so a killed suite's cells resume there. Either way a failing cell is recorded as failed
+with its error and the others go on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -41,6 +45,14 @@ class CellOutcome:
 
 def _error_text(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, EnergybenchError) else f"{type(exc).__name__}: {exc}"
+
+
+def resumable(store: Store, config_hash: str) -> str | None:
+    """The latest run of ``config_hash`` that was interrupted, killed (left 'running' by a dead process) or
+    failed after completing some epochs (it has a resume state), or None."""
+    unfinished = [r for r in store.runs(status=None, config_hash=config_hash)
+                  if r.status in ("interrupted", "running", "failed") and (store.run_dir(r.id) / "state.pt").is_file()]
+    return unfinished[-1].id if unfinished else None
 
 
 def _outcome(store: Store, cell: Cell, run_id: str) -> CellOutcome:
@@ -77,10 +89,7 @@ class LocalExecutor(Executor):
     def run(self, cells, store, *, suite, on_done=lambda outcome: None):
         outcomes = []
         for cell in cells:
-            unfinished = [r for r in store.runs(status=None, config_hash=cell.config_hash)
-                          if r.status in ("interrupted", "running", "failed")
-                          and (store.run_dir(r.id) / "state.pt").is_file()]
-            resume = unfinished[-1].id if unfinished else None
+            resume = resumable(store, cell.config_hash)
             started = time.time()
             try:
                 run_id = execute(None if resume else cell.config, store, reporter=self.reporter(), resume=resume,
@@ -140,23 +149,35 @@ class RunExport:
         return run_id
 
 
-def run_in_scratch_store(settings: dict[str, Any], suite: str, threads: int) -> RunExport:
-    """A Ray task's body: run the config ``settings`` into a temporary store and return the run, failed or not."""
+def run_in_scratch_store(settings: dict[str, Any], suite: str, threads: int,
+                         scratch: str | None = None) -> RunExport | None:
+    """A Ray task's body: run the config ``settings`` into a scratch store and return the run, failed or not.
+
+    ``scratch``, a folder on the worker that outlives the task, makes the cell kill-safe: run again, the
+    cell resumes its killed run there after the last completed epoch, or returns the run it finished
+    there if the driver died before storing it. Without it the run goes to a temporary folder. None
+    when another live process is running the cell.
+    """
     import torch
 
     torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(prefix="energybench-cell-") as home:
+    config = RunConfig(**settings)
+    with contextlib.ExitStack() as stack:
+        home = (os.path.join(scratch, config.config_hash()) if scratch
+                else stack.enter_context(tempfile.TemporaryDirectory(prefix="energybench-cell-")))
         store = Store(home)
-        config = RunConfig(**settings)
-        try:
-            execute(config, store, suite=suite)
-        except Exception as exc:  # stored as failed by execute, unless it failed before storing the run
-            if not store.runs(status=None):
-                record_failure(store, config, suite, _error_text(exc))
-        (record,) = store.runs(status=None)
-        export = RunExport.of(store, record.id)
-        store.close()
-        return export
+        stack.callback(store.close)
+        finished = store.runs(status="done")
+        if not finished:
+            resume, before = resumable(store, config.config_hash()), len(store.runs(status=None))
+            try:
+                execute(None if resume else config, store, suite=suite, resume=resume)
+            except RunInUse:
+                return None
+            except Exception as exc:  # stored as failed by execute, unless it failed before storing the run
+                if not resume and len(store.runs(status=None)) == before:
+                    record_failure(store, config, suite, _error_text(exc))
+        return RunExport.of(store, store.runs(status=None)[-1].id)
 
 
 def _forwarded_environment() -> dict[str, str]:
@@ -197,11 +218,14 @@ class RayExecutor(Executor):
             raise EnergybenchError("the ray executor needs Ray: pip install 'energybench[ray]'") from None
         started = self._connect(ray)
         task = ray.remote(max_retries=0)(run_in_scratch_store)
+        # a local instance's workers share this filesystem: their scratch stores outlive a killed suite
+        scratch = None if self.address else store.home / "cells"
         waiting = {}
         for cell in cells:
             threads = max(1, int(cell.resources.num_cpus))
             ref = task.options(num_cpus=cell.resources.num_cpus, num_gpus=cell.resources.num_gpus,
-                               name=f"energybench {cell.describe()}").remote(cell.config.model_dump(), suite, threads)
+                               name=f"energybench {cell.describe()}").remote(cell.config.model_dump(), suite, threads,
+                                                                             scratch and str(scratch))
             waiting[ref] = cell
         outcomes = []
         try:
@@ -209,7 +233,14 @@ class RayExecutor(Executor):
                 (ref,), _ = ray.wait(list(waiting), num_returns=1)
                 cell = waiting.pop(ref)
                 try:
-                    outcome = _outcome(store, cell, ray.get(ref).save_to(store, suite))
+                    export = ray.get(ref)
+                    if export is None:
+                        where = scratch / cell.config_hash
+                        outcome = CellOutcome(cell, "in use", "", f"in use by another process in {where}")
+                    else:
+                        outcome = _outcome(store, cell, export.save_to(store, suite))
+                        if scratch:
+                            shutil.rmtree(scratch / cell.config_hash, ignore_errors=True)
                 except ray.exceptions.RayError as exc:
                     lines = str(exc).strip().splitlines() or [type(exc).__name__]
                     outcome = _outcome(store, cell, record_failure(store, cell.config, suite,
