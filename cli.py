@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -320,21 +321,23 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
                   else f"[red]{outcome.status}[/]: {outcome.error}")
         err.print(f"[{len(finished)}/{stage_size[0]}] {outcome.cell.describe()}: {result}", highlight=False)
 
+    given = {"--executor": None if executor == "local" else executor, "--ray-address": ray_address,
+             "--data-root": data_root, "--device": device, "--store": store_path, "--registry": registry_path}
+    again = shlex.join(["energybench", "suite", name, *(x for flag, v in given.items() if v for x in (flag, v))])
     store = Store(store_path)
     try:
         result = api.run_suite(name, executor=executor, ray_address=ray_address, data_root=data_root, device=device,
                                store=store, catalogue=registry_path, progress=RichReporter(err), on_stage=announce,
                                on_done=report_cell)
     except KeyboardInterrupt:
-        raise Interrupted(f"energybench suite {name}" + (f" --store {store_path}" if store_path else "")) from None
+        raise Interrupted(again) from None
     if result.selections:
         out.print(render_tuning(result.selections, result.suite.spec.tuning))
     first = result.cells[0].config
     out.print(render_suite(group_cells(store, result.cells, result.selections),
                            f"Suite {name}: {first.dataset}, {first.model}, {first.norm}"))
     if result.unfinished():
-        raise EnergybenchError(f"{result.unfinished()}; run `energybench suite {name}` again to retry only the "
-                               "unfinished cells")
+        raise EnergybenchError(f"{result.unfinished()}; run `{again}` again to retry only the unfinished cells")
 
 
 @cli.command("eval")

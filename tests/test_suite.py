@@ -290,6 +290,9 @@ def test_ctrl_c_names_the_command_that_continues_the_suite(tmp_path, capsys, mon
     code, _, err = run_cli(capsys, "suite", "tiny", "--store", str(store))
     assert code == 130 and "Traceback" not in err
     assert f"energybench: interrupted; continue with `energybench suite tiny --store {store}`" in err
+    code, _, err = run_cli(capsys, "suite", "tiny", "--device", "cpu", "--data-root", "my data", "--store", str(store))
+    assert code == 130  # the command repeats every option that says where and on what the cells run
+    assert f"continue with `energybench suite tiny --data-root 'my data' --device cpu --store {store}`" in err
 
 
 TUNED = '''[suites.s]
