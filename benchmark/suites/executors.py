@@ -167,8 +167,7 @@ def run_in_scratch_store(settings: dict[str, Any], suite: str, threads: int,
                 else stack.enter_context(tempfile.TemporaryDirectory(prefix="energybench-cell-")))
         store = Store(home)
         stack.callback(store.close)
-        finished = store.runs(status="done")
-        if not finished:
+        if not any(r.status in ("done", "diverged") for r in store.runs(status=None)):  # else: finished there
             resume, before = resumable(store, config.config_hash()), len(store.runs(status=None))
             try:
                 execute(None if resume else config, store, suite=suite, resume=resume)
