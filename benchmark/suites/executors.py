@@ -162,19 +162,21 @@ def run_in_scratch_store(settings: dict[str, Any], suite: str, threads: int,
 
     torch.set_num_threads(threads)
     config = RunConfig(**settings)
+    config_hash = config.config_hash()
     with contextlib.ExitStack() as stack:
-        home = (os.path.join(scratch, config.config_hash()) if scratch
+        home = (os.path.join(scratch, config_hash) if scratch
                 else stack.enter_context(tempfile.TemporaryDirectory(prefix="energybench-cell-")))
         store = Store(home)
         stack.callback(store.close)
-        if not any(r.status in ("done", "diverged") for r in store.runs(status=None)):  # else: finished there
-            resume, before = resumable(store, config.config_hash()), len(store.runs(status=None))
+        earlier = store.runs(status=None)
+        if not any(r.status in ("done", "diverged") for r in earlier):  # else: it finished there
+            resume = resumable(store, config_hash)
             try:
                 execute(None if resume else config, store, suite=suite, resume=resume)
             except RunInUse:
                 return None
             except Exception as exc:  # stored as failed by execute, unless it failed before storing the run
-                if not resume and len(store.runs(status=None)) == before:
+                if not resume and len(store.runs(status=None)) == len(earlier):
                     record_failure(store, config, suite, _error_text(exc))
         return RunExport.of(store, store.runs(status=None)[-1].id)
 
@@ -224,7 +226,7 @@ class RayExecutor(Executor):
             threads = max(1, int(cell.resources.num_cpus))
             ref = task.options(num_cpus=cell.resources.num_cpus, num_gpus=cell.resources.num_gpus,
                                name=f"energybench {cell.describe()}").remote(cell.config.model_dump(), suite, threads,
-                                                                             scratch and str(scratch))
+                                                                             str(scratch) if scratch else None)
             waiting[ref] = cell
         outcomes = []
         try:
