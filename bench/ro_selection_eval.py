@@ -23,6 +23,7 @@ from rich.table import Table
 
 from energybench.config import load_catalogue
 from energybench.data.datasets import load_dataset
+from energybench.errors import EnergybenchError
 from energybench.evaluation.robustness import robustness
 from energybench.evaluation.selection import CRITERIA, select_epoch
 from energybench.storage.store import RunRecord, Store
@@ -64,7 +65,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     store = Store(args.store)
-    candidates = [store.get_run(i) for i in args.runs] if args.runs else store.runs(suite=args.suite)
+    try:
+        candidates = [store.get_run(i) for i in args.runs] if args.runs else store.runs(suite=args.suite)
+    except EnergybenchError as exc:  # an unknown run id: one line, no traceback
+        parser.error(str(exc))
     runs = [r for r in candidates if (store.run_dir(r.id) / "epoch-0.pt").is_file()]
     source = f"runs {', '.join(args.runs)}" if args.runs else f"suite {args.suite!r}"
     table = Table(title=f"epoch chosen and its test PGD-20 accuracy ({args.test_points} points), per criterion "
