@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -570,8 +572,18 @@ def flags(argv: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one line on stderr and exit code 2 for bad input, 130 on Ctrl-C, never a traceback."""
+    """Entry point: one line on stderr and exit code 2 for bad input, never a traceback. Ctrl-C (exit 130) and
+    SIGTERM (exit 143, as sent by ``kill``, ``timeout`` or a batch scheduler) stop a long job the same way: the
+    current epoch is given up, the run is marked interrupted and the command that continues it is printed."""
     argv = sys.argv[1:] if argv is None else argv
+    terminated: list[int] = []
+
+    def on_sigterm(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     try:
         cli.main(args=argv, prog_name="energybench", standalone_mode=False)
     except EnergybenchError as exc:
@@ -586,8 +598,12 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, click.exceptions.Abort) as exc:
         cause = exc if isinstance(exc, Interrupted) else exc.__cause__  # click wraps Ctrl-C in Abort
         hint = f"; continue with `{cause.resume_command}`" if isinstance(cause, Interrupted) else ""
-        err.print(f"energybench: interrupted{hint}", markup=False, highlight=False, soft_wrap=True)
-        return 130
+        err.print(f"energybench: {'terminated' if terminated else 'interrupted'}{hint}", markup=False,
+                  highlight=False, soft_wrap=True)
+        return 128 + terminated[0] if terminated else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
 
 

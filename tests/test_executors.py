@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +70,65 @@ def test_a_killed_ray_cell_resumes_in_its_scratch_store(tmp_path):
     assert [r.id for r in Store(scratch / cell.config_hash).runs(status=None)] == [killed.id]  # resumed, not redone
     again = run_in_scratch_store(cell.config.model_dump(), "tiny", 1, str(scratch))  # the driver died before storing
     assert again.epochs == export.epochs and again.results == export.results and again.files == export.files
+
+
+def _cell_workers(ancestor: int) -> set[int]:
+    """Ray workers running a cell (named ``ray::energybench <cell>``) that descend from process ``ancestor``."""
+    parents, names = {}, {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            parents[int(proc.name)] = int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+            names[int(proc.name)] = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):  # the process ended meanwhile
+            pass
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == ancestor:
+                return True
+        return False
+
+    return {pid for pid, name in names.items() if name.startswith(b"ray::energybench") and descends(pid)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_a_ray_suite_as_ctrl_c_does_and_leaves_no_cell_running(tmp_path):
+    catalogue = load_catalogue()
+    short, long = (c.config.model_copy(update={"eval": c.config.eval.model_copy(update=SMALL)})
+                   for c in load_suite(catalogue, "tiny").cells(catalogue)[:2])
+    cells = [dataclasses.replace(c, config=config) for c, config in
+             zip(load_suite(catalogue, "tiny").cells(catalogue), (short, long.model_copy(update={"epochs": 200})))]
+    store = Store(tmp_path / "store")
+
+    def on_sigterm(signum, frame):  # what `energybench` sets: SIGTERM stops a job as Ctrl-C does
+        raise KeyboardInterrupt
+
+    def terminate_when_the_short_cell_ends(outcome) -> None:
+        running.update(_cell_workers(os.getpid()))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    running: set[int] = set()
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # Ray would exit on SIGTERM at once, leaving the long cell running
+            RayExecutor(num_cpus=2).run(cells, store, suite="tiny", on_done=terminate_when_the_short_cell_ends)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not ray.is_initialized() and running  # the long cell's worker was running at the signal
+    deadline = time.monotonic() + 30
+    while any(map(_alive, running)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_alive, running))  # and was stopped with the suite
+    (stored,) = store.runs()
+    assert stored.config_hash == cells[0].config_hash  # the short cell finished and was stored before the signal
+    assert pending(store, cells) == [cells[1]]
 
 
 WORKER = """

@@ -1,4 +1,4 @@
-"""Faults for real: `energybench run` killed (SIGKILL, SIGINT) or failed by a third-party plugin's
+"""Faults for real: `energybench run` killed (SIGKILL, SIGINT, SIGTERM) or failed by a third-party plugin's
 exception, in a subprocess, then `energybench run --resume RUN_ID`: it continues after the last
 completed epoch and ends with exactly the results of an uninterrupted run.
 
@@ -179,7 +179,7 @@ def kill_point(phase: str, sig: signal.Signals) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["training", "evaluation"])
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"])
 def test_a_killed_run_resumes_to_the_same_results(tmp_path, plugin_path, reference, sig, phase):
     point = kill_point(phase, sig)
     print(f"seed {SEED}: {sig.name} at {point}")
@@ -189,11 +189,12 @@ def test_a_killed_run_resumes_to_the_same_results(tmp_path, plugin_path, referen
     proc.send_signal(sig)
     code, err = _finish(proc)
     record = _only_run(store)
-    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130), (point, err)
+    assert code == {signal.SIGKILL: -signal.SIGKILL, signal.SIGINT: 130, signal.SIGTERM: 143}[sig], (point, err)
     assert "Traceback" not in err, (point, err)
     assert record.status == ("running" if sig == signal.SIGKILL else "interrupted"), point
-    if sig == signal.SIGINT:
-        assert f"continue with `energybench run --resume {record.id}`" in err, err
+    if sig != signal.SIGKILL:  # SIGTERM (kill, timeout, a batch scheduler) stops the run as Ctrl-C does
+        word = "interrupted" if sig == signal.SIGINT else "terminated"
+        assert f"energybench: {word}; continue with `energybench run --resume {record.id}`" in err, err
     stored = len(Store(store).epochs(record.id))
     assert stored == (EPOCHS if phase == "evaluation" else (int(point.split(":")[1]) - 1) // BATCHES)
     assert Store(store).results(record.id) == {}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import statistics
+import time
 
 import pytest
 import scipy.stats
@@ -248,6 +251,19 @@ def test_tiny_suite_end_to_end_then_nothing_left_to_run(tmp_path, capsys):
     assert code == 2 and "--ray-address needs --executor ray" in err
 
 
+def test_a_dataset_the_cells_cannot_read_is_one_error_before_any_cell_runs(tmp_path, capsys):
+    registry = tmp_path / "registry.toml"
+    registry.write_text(TRACK.replace('dataset = "digits"', 'dataset = "mnist"')
+                        + '[suites.s]\ndescription = "x"\ntrack = "t"\ntrainers = ["fgsm", "rs-fgsm"]\n')
+    empty, store = tmp_path / "no-data", tmp_path / "store"
+    empty.mkdir()
+    code, _, err = run_cli(capsys, "suite", "s", "--data-root", empty, "--store", store, "--registry", registry)
+    assert code == 2 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("energybench: error: dataset 'mnist' not found") and str(empty) in line
+    assert Store(store).runs(status=None) == []  # no cell ran, none is recorded as failed
+
+
 def killed_cell(tmp_path):
     """A one-cell suite whose run was killed after its first epoch: (cell, store, run left 'running')."""
     catalogue = catalogue_with(tmp_path, '[suites.two]\ndescription = "x"\ntrack = "t"\ntrainers = ["fgsm"]\n'
@@ -293,6 +309,20 @@ def test_ctrl_c_names_the_command_that_continues_the_suite(tmp_path, capsys, mon
     code, _, err = run_cli(capsys, "suite", "tiny", "--device", "cpu", "--data-root", "my data", "--store", str(store))
     assert code == 130  # the command repeats every option that says where and on what the cells run
     assert f"continue with `energybench suite tiny --data-root 'my data' --device cpu --store {store}`" in err
+
+
+def test_sigterm_stops_a_suite_as_ctrl_c_does(tmp_path, capsys, monkeypatch):
+    def terminated(self, cells, store, *, suite, on_done):
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill`, `timeout` or a batch scheduler sends it
+        time.sleep(30)
+
+    monkeypatch.setattr(LocalExecutor, "run", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    store = tmp_path / "store"
+    code, _, err = run_cli(capsys, "suite", "tiny", "--store", str(store))
+    assert code == 143 and "Traceback" not in err
+    assert f"energybench: terminated; continue with `energybench suite tiny --store {store}`" in err
+    assert signal.getsignal(signal.SIGTERM) is before  # the command's handler is gone with it
 
 
 TUNED = '''[suites.s]

@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -69,6 +71,9 @@ def record_failure(store: Store, config: RunConfig, suite: str, error: str) -> s
 
 class Executor(ABC):
     """Runs a suite's pending cells, records each in the store and reports each as it ends."""
+
+    #: Whether the cells read their data from this machine's files (the suite checks them before the first cell).
+    reads_local_files = True
 
     @abstractmethod
     def run(self, cells: list[Cell], store: Store, *, suite: str,
@@ -196,6 +201,7 @@ class RayExecutor(Executor):
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None):
         self.address, self.num_cpus = address, num_cpus
+        self.reads_local_files = address is None  # a cluster's workers read their own files
 
     def _connect(self, ray) -> bool:
         if ray.is_initialized():
@@ -206,10 +212,15 @@ class RayExecutor(Executor):
             options.update(address="local", num_cpus=self.num_cpus)
         else:
             options["address"] = self.address
+        sigterm = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(**options)
         except ConnectionError as exc:
             raise EnergybenchError(f"cannot connect to the Ray cluster at {self.address!r}: {exc}") from None
+        if callable(sigterm) and threading.current_thread() is threading.main_thread():
+            # ray.init makes SIGTERM exit at once, which would leave the running cells' workers behind; the handler
+            # set before (the CLI's: stop like Ctrl-C) cancels them and shuts Ray down in ``run``
+            signal.signal(signal.SIGTERM, sigterm)
         return True
 
     def run(self, cells, store, *, suite, on_done=lambda outcome: None):

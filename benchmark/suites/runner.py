@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from energybench.config import Catalogue
+from energybench.data.datasets import get_dataset, read_arrays
 from energybench.storage.store import Store
 from energybench.suites.executors import CellOutcome, Executor
 from energybench.suites.spec import Cell, Suite, pending, unique
@@ -61,6 +62,15 @@ class SuiteResult:
         return "; ".join(problems) or None
 
 
+def check_data(cells: list[Cell], checked: set[tuple[str, str | None]]) -> None:
+    """Read each dataset the cells train on once, here, before any cell runs: a wrong data root is one error
+    naming it rather than one failed cell per cell (and an image folder is decoded into its cache once, not by
+    every worker at the same time). ``checked`` holds the (dataset, data root) pairs read already."""
+    for key in sorted({(c.config.dataset, c.config.data_root) for c in cells} - checked, key=str):
+        read_arrays(get_dataset(key[0]), key[1])
+        checked.add(key)
+
+
 def run_suite(suite: Suite, catalogue: Catalogue, store: Store, executor: Executor, *,
               data_root: str | None = None, device: str | None = None,
               on_stage: Callable[[str, int, int], None] = lambda stage, cells, todo: None,
@@ -68,13 +78,15 @@ def run_suite(suite: Suite, catalogue: Catalogue, store: Store, executor: Execut
     """Run the cells of each stage (``suite_stages``) not done yet; ``on_stage(stage, cells, to_run)`` announces each
     stage and ``on_done`` hears every cell's end. Evaluation cells of a pair whose tuning did not complete are left
     out (see ``SuiteResult.untuned``)."""
-    result = SuiteResult(suite)
+    result, checked = SuiteResult(suite), set()
     for stage in suite_stages(suite, catalogue, store, data_root=data_root, device=device):
         cells = stage.cells
         if stage.name == "evaluation":
             result.selections, result.cells = stage.selections, stage.cells
             cells = [c for c in cells if not c.pending]
         todo = pending(store, cells)
+        if executor.reads_local_files:
+            check_data(todo, checked)
         on_stage(stage.name, len(cells), len(todo))
         result.outcomes += executor.run(todo, store, suite=suite.name, on_done=on_done)
     return result
