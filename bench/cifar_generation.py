@@ -2,6 +2,7 @@
 
     python bench/cifar_generation.py --store DIR --data-root cifar10-jpeg.tar.gz [--run] [-n 500]
     python bench/cifar_generation.py --store DIR --figure docs/images/cifar10-jpeg-samples.png
+    python bench/cifar_generation.py --models ro --store RO_SUITE_STORE --data-root cifar10-jpeg.tar.gz [--run]
 
 ``MODELS``: five small CNNs trained on the ``cifar10jpeg-co`` track's recipe (10,000 training images,
 5 epochs, cyclic LR, seed 0) at eps 8/255, differing only in the training method: standard (no
@@ -17,6 +18,14 @@ registry.toml's ``[feature_extractors.cifar10-jpeg]``).
 The first row measures ``n`` real test images the same way: what a perfect generator scores at this ``n``.
 
 Every model is sampled at its best checkpoint (by validation PGD), the standard one at its last.
+
+``--models ro`` takes the robust-overfitting track's models instead: the PGD-AT evaluation runs (none and
+DER, every seed) of the ``ro-cifar10jpeg`` suite in the store (``energybench suite`` trains them, this
+script never does), each sampled at its best checkpoint (the suite's early stopping) with every sampler;
+then, per sampler, FID's mean and standard deviation over the seeds per method and DER's paired difference
+per seed (same seed, same sampler), "apart" when it exceeds 1.96 times the root of the two bootstrap
+variances. The domain extractor is the one energybench trains in the store on first use (same settings
+and seed in every store).
 
 ``--run`` trains what the store lacks (same config hash: skipped) and samples what it lacks (same
 model, sampler, n and seed: skipped). Printed: per model and sampler FID ± its bootstrap standard
@@ -44,6 +53,8 @@ from energybench.evaluation.statistics import accuracy
 from energybench.generation.generate import SampleMetrics
 from energybench.reporting.generative_leaderboard import sampler_label
 from energybench.storage.store import Store
+from energybench.suites.spec import load_suite
+from energybench.suites.tuning import choose, chosen_values
 from energybench.training.run import prepare
 
 matplotlib.use("Agg")
@@ -74,6 +85,7 @@ SAMPLERS = ["sgld", "class-gaussian", "class-pca", "local-pca"]
 CONTROL = ("standard", "local-pca", {"steps": 0})
 SPACE = "[cifar10-jpeg-cnn]"
 DATASET = "cifar10-jpeg"
+RO_SUITE, RO_TRAINER = "ro-cifar10jpeg", "pgd"
 
 
 def trained(store: Store, tag: str, data_root: str | None, run: bool) -> str | None:
@@ -86,6 +98,68 @@ def trained(store: Store, tag: str, data_root: str | None, run: bool) -> str | N
         energybench.train(track=TRACK, store=store, data_root=data_root, **fields)
         done = store.runs(config_hash=config.config_hash())
     return done[-1].id if done else None
+
+
+def ro_models(store: Store) -> dict[str, str]:
+    """The ``RO_SUITE`` evaluation runs of ``RO_TRAINER`` done in ``store``, by tag (``pgd + none s0``, ``pgd + der
+    (beta=0.3) s0``, ...), seeds in order within each method."""
+    catalogue = load_catalogue()
+    suite = load_suite(catalogue, RO_SUITE)
+    cells = suite.cells(catalogue, chosen=chosen_values(choose(store, suite, catalogue)))
+    models = {}
+    for cell in sorted(cells, key=lambda c: (c.regularizer != "none", c.seed)):
+        done = store.runs(config_hash=cell.config_hash) if cell.trainer == RO_TRAINER and not cell.pending else []
+        if done:
+            models[f"{cell.label} s{cell.seed}"] = done[-1].id
+    return models
+
+
+def sample_missing(store: Store, console: Console, tag: str, run_id: str, checkpoint: str, jobs, args) -> None:
+    """Sample run ``run_id`` at ``checkpoint`` with each (sampler, params) of ``jobs`` the store lacks."""
+    have = {sampler_label(r) for r in sampled(store, run_id, checkpoint, args.n, args.seed)}
+    for sampler, params in jobs:
+        label = " ".join([sampler, *(f"{k}={v}" for k, v in params.items())])
+        if label not in have:
+            console.print(f"[bold]{tag}[/] ({run_id}): sampling with {label}")
+            energybench.sample(run_id, sampler=sampler, params=params, n=args.n, seed=args.seed,
+                               checkpoint=checkpoint, features="domain", data_root=args.data_root, store=store,
+                               progress=False)
+
+
+def sampled(store: Store, run_id: str, checkpoint: str, n: int, seed: int) -> list:
+    """The generative records of ``run_id`` at ``checkpoint``, ``n`` and ``seed``."""
+    return [r for r in store.generative(dataset=DATASET)
+            if (r.model_ref, r.checkpoint, r.n, r.seed) == (run_id, checkpoint, n, seed)]
+
+
+def ro_summary(store: Store, models: dict[str, str], n: int, seed: int) -> Table:
+    """Per sampler: FID mean ± SD over seeds per method, and DER minus none per seed (apart or not)."""
+    fid: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}  # (method, sampler) -> seed -> (FID, SD)
+    for tag, run_id in models.items():
+        method, _, seed_tag = tag.rpartition(" s")
+        for record in sampled(store, run_id, "best", n, seed):
+            m = record.metrics
+            fid.setdefault((method, sampler_label(record)), {})[int(seed_tag)] = (m[f"FID{SPACE}"],
+                                                                                 m[f"FID_std{SPACE}"])
+    methods = list(dict.fromkeys(key[0] for key in fid))
+    table = Table("sampler", *(f"{method}: FID@{n} mean ± SD (seeds)" for method in methods),
+                  *(f"{other} minus {methods[0]}, per seed" for other in methods[1:]),
+                  title=f"{RO_SUITE}: {RO_TRAINER} runs at their best checkpoint, FID over training seeds")
+    for sampler in SAMPLERS:
+        cells = []
+        for method in methods:
+            values = [v for v, _ in fid.get((method, sampler), {}).values()]
+            spread = f" ± {np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
+            cells.append(f"{np.mean(values):.1f}{spread} ({len(values)})" if values else "-")
+        for other in methods[1:]:
+            base, alt = fid.get((methods[0], sampler), {}), fid.get((other, sampler), {})
+            pairs = []
+            for s in sorted(set(base) & set(alt)):
+                diff, sd = alt[s][0] - base[s][0], (alt[s][1] ** 2 + base[s][1] ** 2) ** 0.5
+                pairs.append(f"s{s} {diff:+.1f}{'' if abs(diff) > 1.96 * sd else ' (not apart)'}")
+            cells.append(", ".join(pairs) or "-")
+        table.add_row(sampler, *cells)
+    return table
 
 
 def real_reference(store: Store, data_root: str | None, n: int, seed: int) -> dict[str, float]:
@@ -108,7 +182,8 @@ def figure(store: Store, runs: dict[str, str], path: Path, per_class: int = 3) -
     (columns, in class order)."""
     tags = {run_id: tag for tag, run_id in runs.items()}
     records = {(r.model_ref, r.sampler): r for r in store.generative(dataset=DATASET)  # defaults only, no control
-               if sampler_label(r) == r.sampler and r.checkpoint == CHECKPOINTS.get(tags[r.model_ref], "best")}
+               if r.model_ref in tags and sampler_label(r) == r.sampler
+               and r.checkpoint == CHECKPOINTS.get(tags[r.model_ref], "best")}
     fig, axes = plt.subplots(len(runs), len(SAMPLERS), figsize=(3.4 * len(SAMPLERS), 1.35 * len(runs)))
     for row, (tag, run_id) in enumerate(runs.items()):
         for col, sampler in enumerate(SAMPLERS):
@@ -135,22 +210,19 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=500, help="samples per sampler")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--figure", type=Path, help="write the grid figure here")
+    parser.add_argument("--models", choices=["co", "ro"], default="co",
+                        help=f"co: the five models above (trained here); ro: the {RO_SUITE} suite's {RO_TRAINER} runs")
     args = parser.parse_args()
     store, console = Store(args.store), Console()
-    runs = {tag: run_id for tag in MODELS if (run_id := trained(store, tag, args.data_root, args.run))}
+    if args.models == "ro":
+        runs = ro_models(store)
+    else:
+        runs = {tag: run_id for tag in MODELS if (run_id := trained(store, tag, args.data_root, args.run))}
     for tag, run_id in runs.items():
-        checkpoint = CHECKPOINTS.get(tag, "best")
-        have = {sampler_label(r) for r in store.generative(dataset=DATASET) if r.model_ref == run_id
-                and r.checkpoint == checkpoint and r.n == args.n and r.seed == args.seed}
         jobs = [(s, {}) for s in SAMPLERS] + ([CONTROL[1:]] if tag == CONTROL[0] else [])
-        for sampler, params in jobs:
-            label = " ".join([sampler, *(f"{k}={v}" for k, v in params.items())])
-            if label not in have and args.run:
-                console.print(f"[bold]{tag}[/] ({run_id}): sampling with {label}")
-                energybench.sample(run_id, sampler=sampler, params=params, n=args.n, seed=args.seed,
-                                   checkpoint=checkpoint, features="domain", data_root=args.data_root, store=store,
-                                   progress=False)
-    table = Table("model", "checkpoint: test clean / PGD-20 (1,000)", "sampler", f"FID@{args.n}", "KID", "IS",
+        if args.run:
+            sample_missing(store, console, tag, run_id, CHECKPOINTS.get(tag, "best"), jobs, args)
+    table = Table("model", "checkpoint: test clean / PGD-20 (test points)", "sampler", f"FID@{args.n}", "KID", "IS",
                   "precision [95%]", "recall [95%]", "acc", "steps", "samples/s",
                   title=f"cifar10-jpeg, {args.n} samples per sampler, features {SPACE[1:-1]}")
 
@@ -163,14 +235,15 @@ def main() -> None:
     add_row("real test images", "-", "-", real_reference(store, args.data_root, args.n, args.seed), args.n, "-", "-")
     for tag, run_id in runs.items():
         checkpoint = CHECKPOINTS.get(tag, "best")
-        sampled = store.results(run_id)[checkpoint]
-        robust = f"{checkpoint}: {sampled['test_clean_acc']:.1%} / {sampled['test_pgd_acc']:.1%}"
-        for record in store.generative(dataset=DATASET):
-            if (record.model_ref, record.checkpoint, record.n, record.seed) != (run_id, checkpoint, args.n, args.seed):
-                continue
+        results = store.results(run_id)[checkpoint]
+        robust = (f"{checkpoint}: {results['test_clean_acc']:.1%} / {results['test_pgd_acc']:.1%} "
+                  f"({store.get_run(run_id).config['eval']['test_points']:,})")
+        for record in sampled(store, run_id, checkpoint, args.n, args.seed):
             add_row(tag, robust, sampler_label(record), record.metrics, record.n, f"{record.steps_mean:.0f}",
                     f"{record.n / record.wall_time:.1f}")
     console.print(table)
+    if args.models == "ro":
+        console.print(ro_summary(store, runs, args.n, args.seed))
     if args.figure:
         figure(store, runs, args.figure)
         console.print(f"figure: {args.figure}")
