@@ -323,6 +323,9 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
                   else f"[red]{outcome.status}[/]: {outcome.error}")
         err.print(f"[{len(finished)}/{stage_size[0]}] {outcome.cell.describe()}: {result}", highlight=False)
 
+    def report_epoch(cell, epochs: int) -> None:
+        err.print(f"    {cell.describe()}: epoch {epochs}/{cell.config.epochs}", highlight=False)
+
     given = {"--executor": None if executor == "local" else executor, "--ray-address": ray_address,
              "--data-root": data_root, "--device": device, "--store": store_path, "--registry": registry_path}
     again = shlex.join(["energybench", "suite", name, *(x for flag, v in given.items() if v for x in (flag, v))])
@@ -330,7 +333,7 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
     try:
         result = api.run_suite(name, executor=executor, ray_address=ray_address, data_root=data_root, device=device,
                                store=store, catalogue=registry_path, progress=RichReporter(err), on_stage=announce,
-                               on_done=report_cell)
+                               on_done=report_cell, on_epoch=report_epoch)
     except KeyboardInterrupt:
         raise Interrupted(again) from None
     if result.selections:

@@ -377,9 +377,12 @@ def run_suite(name: str, *, executor: str = "local", ray_address: str | None = N
               data_root: str | Path | None = None, device: str | None = None, store: StoreLike = None,
               catalogue: str | Path | None = None, progress: bool | Reporter = True,
               on_stage: Callable[[str, int, int], None] = lambda stage, cells, todo: None,
-              on_done: Callable[[Any], None] = lambda outcome: None):
+              on_done: Callable[[Any], None] = lambda outcome: None,
+              on_epoch: Callable[[Any, int], None] = lambda cell, epochs: None):
     """``energybench suite NAME``: run the cells not done yet (tuning, then evaluation; ``executor`` local or ray);
-    returns the ``SuiteResult`` (every cell's outcome, the tuning selections, the evaluation cells)."""
+    returns the ``SuiteResult`` (every cell's outcome, the tuning selections, the evaluation cells).
+    ``on_done(outcome)`` hears each cell's end; ``on_epoch(cell, epochs_done)`` the epochs of cells running on a
+    local Ray instance (every 30 s; the local executor shows ``progress`` live instead)."""
     from energybench.suites.executors import LocalExecutor, RayExecutor
     from energybench.suites.runner import run_suite as run_cells
     from energybench.suites.spec import load_suite
@@ -390,7 +393,7 @@ def run_suite(name: str, *, executor: str = "local", ray_address: str | None = N
     runner = RayExecutor(ray_address) if executor == "ray" else LocalExecutor(lambda: reporter_of(progress))
     return run_cells(load_suite(loaded, name), loaded, _store(store), runner,
                      data_root=str(data_root) if data_root else None, device=device, on_stage=on_stage,
-                     on_done=on_done)
+                     on_done=on_done, on_epoch=on_epoch)
 
 
 @validated

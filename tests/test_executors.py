@@ -17,7 +17,7 @@ from datafiles import StopAfterFirstEpoch
 from energybench.config import load_catalogue
 from energybench.storage.checkpoint import load_checkpoint
 from energybench.storage.store import Store
-from energybench.suites.executors import LocalExecutor, RayExecutor, run_in_scratch_store
+from energybench.suites.executors import LocalExecutor, RayExecutor, epochs_done, run_in_scratch_store
 from energybench.suites.spec import load_suite, pending
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,36 +99,39 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_sigterm_stops_a_ray_suite_as_ctrl_c_does_and_leaves_no_cell_running(tmp_path):
+def test_a_ray_cell_reports_its_epochs_and_sigterm_stops_it_as_ctrl_c_does(tmp_path):
     catalogue = load_catalogue()
-    short, long = (c.config.model_copy(update={"eval": c.config.eval.model_copy(update=SMALL)})
-                   for c in load_suite(catalogue, "tiny").cells(catalogue)[:2])
-    cells = [dataclasses.replace(c, config=config) for c, config in
-             zip(load_suite(catalogue, "tiny").cells(catalogue), (short, long.model_copy(update={"epochs": 200})))]
+    (cell,) = load_suite(catalogue, "tiny").cells(catalogue)[:1]
+    long = cell.config.model_copy(update={"epochs": 200, "eval": cell.config.eval.model_copy(update=SMALL)})
+    cell = dataclasses.replace(cell, config=long)
     store = Store(tmp_path / "store")
+    heard, running = [], set()
 
     def on_sigterm(signum, frame):  # what `energybench` sets: SIGTERM stops a job as Ctrl-C does
         raise KeyboardInterrupt
 
-    def terminate_when_the_short_cell_ends(outcome) -> None:
-        running.update(_cell_workers(os.getpid()))
-        os.kill(os.getpid(), signal.SIGTERM)
+    def terminate_after_two_epochs(reported, epochs: int) -> None:
+        heard.append((reported, epochs))
+        if epochs >= 2:
+            running.update(_cell_workers(os.getpid()))
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    running: set[int] = set()
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        with pytest.raises(KeyboardInterrupt):  # Ray would exit on SIGTERM at once, leaving the long cell running
-            RayExecutor(num_cpus=2).run(cells, store, suite="tiny", on_done=terminate_when_the_short_cell_ends)
+        with pytest.raises(KeyboardInterrupt):  # Ray would exit on SIGTERM at once, leaving the cell running
+            RayExecutor(num_cpus=1, poll_seconds=0.05).run([cell], store, suite="tiny",
+                                                           on_epoch=terminate_after_two_epochs)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert not ray.is_initialized() and running  # the long cell's worker was running at the signal
+    assert [c for c, _ in heard] == [cell] * len(heard) and heard[-1][1] >= 2  # progress read from its scratch store
+    assert [e for _, e in heard] == sorted({e for _, e in heard})  # each count once, rising
+    assert not ray.is_initialized() and running  # its worker was running at the signal
     deadline = time.monotonic() + 30
     while any(map(_alive, running)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(map(_alive, running))  # and was stopped with the suite
-    (stored,) = store.runs()
-    assert stored.config_hash == cells[0].config_hash  # the short cell finished and was stored before the signal
-    assert pending(store, cells) == [cells[1]]
+    assert store.runs(status=None) == [] and pending(store, [cell]) == [cell]
+    assert epochs_done(tmp_path / "store" / "cells" / cell.config_hash) >= 2  # a re-run resumes it there
 
 
 WORKER = """

@@ -22,6 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from energybench.config import RunConfig
@@ -77,8 +78,10 @@ class Executor(ABC):
 
     @abstractmethod
     def run(self, cells: list[Cell], store: Store, *, suite: str,
-            on_done: Callable[[CellOutcome], None] = lambda outcome: None) -> list[CellOutcome]:
-        """Run ``cells``; a failing cell is recorded and reported, never raised."""
+            on_done: Callable[[CellOutcome], None] = lambda outcome: None,
+            on_epoch: Callable[[Cell, int], None] = lambda cell, epochs: None) -> list[CellOutcome]:
+        """Run ``cells``; a failing cell is recorded and reported, never raised. ``on_epoch(cell, epochs_done)``
+        hears a running cell's progress where the executor cannot show it live (Ray workers)."""
 
 
 class LocalExecutor(Executor):
@@ -91,8 +94,8 @@ class LocalExecutor(Executor):
     def __init__(self, reporter: Callable[[], Reporter] = Reporter):
         self.reporter = reporter
 
-    def run(self, cells, store, *, suite, on_done=lambda outcome: None):
-        outcomes = []
+    def run(self, cells, store, *, suite, on_done=lambda outcome: None, on_epoch=lambda cell, epochs: None):
+        outcomes = []  # progress is the reporter's, live
         for cell in cells:
             resume = resumable(store, cell.config_hash)
             started = time.time()
@@ -186,6 +189,18 @@ def run_in_scratch_store(settings: dict[str, Any], suite: str, threads: int,
         return RunExport.of(store, store.runs(status=None)[-1].id)
 
 
+def epochs_done(scratch_store: Path) -> int:
+    """Completed epochs of the latest run in a cell's scratch store (0 before it has one)."""
+    if not (scratch_store / "store.sqlite").is_file():
+        return 0
+    store = Store(scratch_store, readonly=True)
+    try:
+        runs = store.runs(status=None)
+        return runs[-1].epochs_done if runs else 0
+    finally:
+        store.close()
+
+
 def _forwarded_environment() -> dict[str, str]:
     """ENERGYBENCH_* settings (offline mode, data folder) that workers should see, not the store."""
     return {k: v for k, v in os.environ.items() if k.startswith("ENERGYBENCH_") and k != "ENERGYBENCH_HOME"}
@@ -199,8 +214,8 @@ class RayExecutor(Executor):
     down at the end. If Ray is already initialised in this process, that instance is used.
     """
 
-    def __init__(self, address: str | None = None, *, num_cpus: int | None = None):
-        self.address, self.num_cpus = address, num_cpus
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None, poll_seconds: float = 30.0):
+        self.address, self.num_cpus, self.poll_seconds = address, num_cpus, poll_seconds
         self.reads_local_files = address is None  # a cluster's workers read their own files
 
     def _connect(self, ray) -> bool:
@@ -223,7 +238,7 @@ class RayExecutor(Executor):
             signal.signal(signal.SIGTERM, sigterm)
         return True
 
-    def run(self, cells, store, *, suite, on_done=lambda outcome: None):
+    def run(self, cells, store, *, suite, on_done=lambda outcome: None, on_epoch=lambda cell, epochs: None):
         try:
             import ray
         except ImportError:
@@ -239,10 +254,18 @@ class RayExecutor(Executor):
                                name=f"energybench {cell.describe()}").remote(cell.config.model_dump(), suite, threads,
                                                                              str(scratch) if scratch else None)
             waiting[ref] = cell
-        outcomes = []
+        outcomes, progress = [], {}
         try:
             while waiting:
-                (ref,), _ = ray.wait(list(waiting), num_returns=1)
+                ready, _ = ray.wait(list(waiting), num_returns=1, timeout=self.poll_seconds if scratch else None)
+                if not ready:  # every poll_seconds: the running cells' epochs, read from their scratch stores
+                    for cell in waiting.values():
+                        done = epochs_done(scratch / cell.config_hash)
+                        if done > progress.get(cell.config_hash, 0):
+                            progress[cell.config_hash] = done
+                            on_epoch(cell, done)
+                    continue
+                ref = ready[0]
                 cell = waiting.pop(ref)
                 try:
                     export = ray.get(ref)

@@ -74,10 +74,11 @@ def check_data(cells: list[Cell], checked: set[tuple[str, str | None]]) -> None:
 def run_suite(suite: Suite, catalogue: Catalogue, store: Store, executor: Executor, *,
               data_root: str | None = None, device: str | None = None,
               on_stage: Callable[[str, int, int], None] = lambda stage, cells, todo: None,
-              on_done: Callable[[CellOutcome], None] = lambda outcome: None) -> SuiteResult:
+              on_done: Callable[[CellOutcome], None] = lambda outcome: None,
+              on_epoch: Callable[[Cell, int], None] = lambda cell, epochs: None) -> SuiteResult:
     """Run the cells of each stage (``suite_stages``) not done yet; ``on_stage(stage, cells, to_run)`` announces each
-    stage and ``on_done`` hears every cell's end. Evaluation cells of a pair whose tuning did not complete are left
-    out (see ``SuiteResult.untuned``)."""
+    stage, ``on_done`` hears every cell's end and ``on_epoch`` the progress of Ray cells. Evaluation cells of a
+    pair whose tuning did not complete are left out (see ``SuiteResult.untuned``)."""
     result, checked = SuiteResult(suite), set()
     for stage in suite_stages(suite, catalogue, store, data_root=data_root, device=device):
         cells = stage.cells
@@ -88,5 +89,5 @@ def run_suite(suite: Suite, catalogue: Catalogue, store: Store, executor: Execut
         if executor.reads_local_files:
             check_data(todo, checked)
         on_stage(stage.name, len(cells), len(todo))
-        result.outcomes += executor.run(todo, store, suite=suite.name, on_done=on_done)
+        result.outcomes += executor.run(todo, store, suite=suite.name, on_done=on_done, on_epoch=on_epoch)
     return result
