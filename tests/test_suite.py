@@ -279,8 +279,11 @@ def killed_cell(tmp_path):
 
 def test_rerunning_a_suite_resumes_a_killed_cell_after_its_last_epoch(tmp_path):
     cell, store, killed = killed_cell(tmp_path)
+    (first,) = store.epochs(killed.id)
+    store.add_epoch(killed.id, 0, first | {"epoch_time": 1000.0})  # a long first epoch, then the kill
     (outcome,) = LocalExecutor().run(pending(store, [cell]), store, suite="two")
     assert outcome.run_id == killed.id and outcome.status == "done"
+    assert outcome.wall_time > 1000.0  # the killed attempt's time is counted, not only the resumed part's
     assert [e["epoch"] for e in store.epochs(killed.id)] == [0, 1]
     lines = (store.run_dir(killed.id) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]  # no epoch twice after the resume

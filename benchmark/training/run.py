@@ -122,7 +122,8 @@ def _execute(config: RunConfig, store: Store, reporter: Reporter, record: RunRec
         except BaseException:
             claim.release()
             raise
-        elapsed = record.wall_time or 0.0
+        # a run killed outright recorded no wall time: its completed epochs' times stand in for it
+        elapsed = max(record.wall_time or 0.0, sum(e.get("epoch_time", 0.0) for e in store.epochs(record.id)))
     else:
         data = load_dataset(config.dataset, data_root=config.data_root, val_size=config.val_size,
                             n_train=config.n_train)
