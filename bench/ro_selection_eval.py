@@ -4,11 +4,12 @@
     python bench/ro_selection_eval.py --store DIR      # compare the criteria of benchmark/evaluation/selection.py
     python bench/ro_selection_eval.py --store DIR --runs ID ID   # any runs that kept their epochs (a search's)
 
-Every run of ``--suite`` (default ro-fmnist), or every run named by ``--runs``, that kept its epochs
-(``keep_epochs``: ``epoch-K.pt`` in the run folder) is scored: the epoch each criterion picks and the test
-PGD-20 accuracy of that epoch on the first ``--test-points`` test points (cached per epoch in
-``epoch_test.json``). ``--every-epoch`` tests every kept epoch, for the test curve and the best epoch in
-hindsight (60 PGD-20 evaluations per 60-epoch run instead of at most 3).
+Every evaluation run of ``--suite`` (default ro-fmnist; not its tuning runs), or every run named by
+``--runs``, that kept its epochs (``keep_epochs``: ``epoch-K.pt`` in the run folder) is scored: the
+epoch each criterion picks and the test PGD-20 accuracy of that epoch on the first ``--test-points``
+test points (cached per epoch in ``epoch_test.json``). ``--every-epoch`` tests every kept epoch, for
+the test curve and the best epoch in hindsight (60 PGD-20 evaluations per 60-epoch run instead of at
+most 3).
 """
 
 from __future__ import annotations
@@ -65,12 +66,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     store = Store(args.store)
+    # a suite's evaluation cells (with the values its tuning stage chose), not its tuning runs
+    labels = {} if args.runs else cell_labels(load_catalogue(), args.suite, store)
     try:
-        candidates = [store.get_run(i) for i in args.runs] if args.runs else store.runs(suite=args.suite)
+        candidates = ([store.get_run(i) for i in args.runs] if args.runs else
+                      [r for r in store.runs(suite=args.suite) if r.config_hash in labels])
     except EnergybenchError as exc:  # an unknown run id: one line, no traceback
         parser.error(str(exc))
     runs = [r for r in candidates if (store.run_dir(r.id) / "epoch-0.pt").is_file()]
-    source = f"runs {', '.join(args.runs)}" if args.runs else f"suite {args.suite!r}"
+    source = f"runs {', '.join(args.runs)}" if args.runs else f"the evaluation cells of suite {args.suite!r}"
     table = Table(title=f"epoch chosen and its test PGD-20 accuracy ({args.test_points} points), per criterion "
                         f"({len(runs)} runs of {source})", header_style="bold")
     oracle = ("test PGD by epoch", "best possible") if args.every_epoch else ()
@@ -80,7 +84,6 @@ def main() -> None:
     chosen: dict[str, list[float]] = {c: [] for c in CRITERIA}
     matches: dict[str, int] = {c: 0 for c in CRITERIA}
     best = []
-    labels = {} if args.runs else cell_labels(load_catalogue(), args.suite)
     for record in sorted(runs, key=lambda r: (labels.get(r.config_hash, r.trainer), r.seed)):
         history = store.epochs(record.id)
         tests = EpochTests(store, record, args.test_points)
