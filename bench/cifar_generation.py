@@ -100,9 +100,9 @@ def trained(store: Store, tag: str, data_root: str | None, run: bool) -> str | N
     return done[-1].id if done else None
 
 
-def ro_models(store: Store) -> dict[str, str]:
-    """The ``RO_SUITE`` evaluation runs of ``RO_TRAINER`` done in ``store``, by tag (``pgd + none s0``, ``pgd + der
-    (beta=0.3) s0``, ...), seeds in order within each method."""
+def ro_models(store: Store) -> dict[tuple[str, int], str]:
+    """The ``RO_SUITE`` evaluation runs of ``RO_TRAINER`` done in ``store``, by method (``pgd + none``, ``pgd + der
+    (beta=0.3)``, ...) and seed, seeds in order within each method."""
     catalogue = load_catalogue()
     suite = load_suite(catalogue, RO_SUITE)
     cells = suite.cells(catalogue, chosen=chosen_values(choose(store, suite, catalogue)))
@@ -110,7 +110,7 @@ def ro_models(store: Store) -> dict[str, str]:
     for cell in sorted(cells, key=lambda c: (c.regularizer != "none", c.seed)):
         done = store.runs(config_hash=cell.config_hash) if cell.trainer == RO_TRAINER and not cell.pending else []
         if done:
-            models[f"{cell.label} s{cell.seed}"] = done[-1].id
+            models[cell.label, cell.seed] = done[-1].id
     return models
 
 
@@ -132,14 +132,13 @@ def sampled(store: Store, run_id: str, checkpoint: str, n: int, seed: int) -> li
             if (r.model_ref, r.checkpoint, r.n, r.seed) == (run_id, checkpoint, n, seed)]
 
 
-def ro_summary(store: Store, models: dict[str, str], n: int, seed: int) -> Table:
+def ro_summary(store: Store, models: dict[tuple[str, int], str], n: int, seed: int) -> Table:
     """Per sampler: FID mean ± SD over seeds per method, and DER minus none per seed (apart or not)."""
     fid: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}  # (method, sampler) -> seed -> (FID, SD)
-    for tag, run_id in models.items():
-        method, _, seed_tag = tag.rpartition(" s")
+    for (method, training_seed), run_id in models.items():
         for record in sampled(store, run_id, "best", n, seed):
             m = record.metrics
-            fid.setdefault((method, sampler_label(record)), {})[int(seed_tag)] = (m[f"FID{SPACE}"],
+            fid.setdefault((method, sampler_label(record)), {})[training_seed] = (m[f"FID{SPACE}"],
                                                                                  m[f"FID_std{SPACE}"])
     methods = list(dict.fromkeys(key[0] for key in fid))
     table = Table("sampler", *(f"{method}: FID@{n} mean ± SD (seeds)" for method in methods),
@@ -214,8 +213,9 @@ def main() -> None:
                         help=f"co: the five models above (trained here); ro: the {RO_SUITE} suite's {RO_TRAINER} runs")
     args = parser.parse_args()
     store, console = Store(args.store), Console()
-    if args.models == "ro":
-        runs = ro_models(store)
+    ro_runs = ro_models(store) if args.models == "ro" else {}
+    if ro_runs:
+        runs = {f"{method} s{training_seed}": run_id for (method, training_seed), run_id in ro_runs.items()}
     else:
         runs = {tag: run_id for tag in MODELS if (run_id := trained(store, tag, args.data_root, args.run))}
     for tag, run_id in runs.items():
@@ -242,8 +242,8 @@ def main() -> None:
             add_row(tag, robust, sampler_label(record), record.metrics, record.n, f"{record.steps_mean:.0f}",
                     f"{record.n / record.wall_time:.1f}")
     console.print(table)
-    if args.models == "ro":
-        console.print(ro_summary(store, runs, args.n, args.seed))
+    if ro_runs:
+        console.print(ro_summary(store, ro_runs, args.n, args.seed))
     if args.figure:
         figure(store, runs, args.figure)
         console.print(f"figure: {args.figure}")
