@@ -304,7 +304,8 @@ def suite(name, dry_run, executor, ray_address, data_root, device, store_path, r
     from energybench.training.progress import RichReporter
 
     if dry_run:
-        table, summary = render_plan(api.suite_plan(name, data_root=data_root, device=device, store=store_path,
+        table, summary = render_plan(api.suite_plan(name, executor=executor, ray_address=ray_address,
+                                                    data_root=data_root, device=device, store=store_path,
                                                     catalogue=registry_path))
         out.print(table)
         out.print(summary)

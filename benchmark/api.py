@@ -19,7 +19,7 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -361,19 +361,29 @@ def describe_plugins(kind: str | None = None, *, catalogue: str | Path | None = 
 
 
 @validated
-def suite_plan(name: str, *, data_root: str | Path | None = None, device: str | None = None, store: StoreLike = None,
+def suite_plan(name: str, *, executor: Literal["local", "ray"] = "local", ray_address: str | None = None,
+               data_root: str | Path | None = None, device: str | None = None, store: StoreLike = None,
                catalogue: str | Path | None = None):
     """``energybench suite NAME --dry-run``: the ``SuitePlan`` (``energybench.suites.plan``), every cell of the suite
-    (tuning, then evaluation) in ``cells``, whether the store holds it, its estimated example passes and seconds
-    (None until a speed is known)."""
+    (tuning, then evaluation) in ``cells``, whether the store holds it, the epochs of a killed run that ``executor``
+    would resume, its estimated example passes and seconds still to spend (None until a speed is known)."""
     from energybench.suites.plan import plan_suite
 
     return plan_suite(load_catalogue(catalogue), name, _store(store, readonly=True),
-                      data_root=str(data_root) if data_root else None, device=device)
+                      data_root=str(data_root) if data_root else None, device=device,
+                      executor=_executor(executor, ray_address))
+
+
+def _executor(executor: Literal["local", "ray"], ray_address: str | None, progress: bool | Reporter = False):
+    from energybench.suites.executors import LocalExecutor, RayExecutor
+
+    if ray_address and executor != "ray":
+        raise ArgumentError("ray_address= needs executor=ray", "ray_address", "executor")
+    return RayExecutor(ray_address) if executor == "ray" else LocalExecutor(lambda: reporter_of(progress))
 
 
 @validated
-def run_suite(name: str, *, executor: str = "local", ray_address: str | None = None,
+def run_suite(name: str, *, executor: Literal["local", "ray"] = "local", ray_address: str | None = None,
               data_root: str | Path | None = None, device: str | None = None, store: StoreLike = None,
               catalogue: str | Path | None = None, progress: bool | Reporter = True,
               on_stage: Callable[[str, int, int], None] = lambda stage, cells, todo: None,
@@ -383,14 +393,11 @@ def run_suite(name: str, *, executor: str = "local", ray_address: str | None = N
     returns the ``SuiteResult`` (every cell's outcome, the tuning selections, the evaluation cells).
     ``on_done(outcome)`` hears each cell's end; ``on_epoch(cell, epochs_done)`` the epochs of cells running on a
     local Ray instance (every 30 s; the local executor shows ``progress`` live instead)."""
-    from energybench.suites.executors import LocalExecutor, RayExecutor
     from energybench.suites.runner import run_suite as run_cells
     from energybench.suites.spec import load_suite
 
-    if ray_address and executor != "ray":
-        raise ArgumentError("ray_address= needs executor=ray", "ray_address", "executor")
+    runner = _executor(executor, ray_address, progress)
     loaded = load_catalogue(catalogue)
-    runner = RayExecutor(ray_address) if executor == "ray" else LocalExecutor(lambda: reporter_of(progress))
     return run_cells(load_suite(loaded, name), loaded, _store(store), runner,
                      data_root=str(data_root) if data_root else None, device=device, on_stage=on_stage,
                      on_done=on_done, on_epoch=on_epoch)

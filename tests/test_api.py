@@ -234,6 +234,8 @@ def test_errors_below_the_cli_name_api_parameters_and_the_cli_names_its_flags(ca
 
     with pytest.raises(ArgumentError, match=r"^ray_address= needs executor=ray$"):
         energybench.run_suite("tiny", ray_address="x:1", store=tmp_path)
+    with pytest.raises(energybench.EnergybenchError, match=r"executor: .* 'local' or 'ray' \(got 'slurm'\)"):
+        energybench.suite_plan("tiny", executor="slurm", store=tmp_path)  # not silently the local executor
     assert main(["suite", "tiny", "--ray-address", "x:1", "--store", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "energybench: error: --ray-address needs --executor ray"
     error = ArgumentError("n=0 is too small; give dataset= (one of a, b)", "n", "dataset")

@@ -19,8 +19,8 @@ from energybench.contracts.trainer import Trainer, TrainOutput
 from energybench.errors import EnergybenchError
 from energybench.reporting.suite_leaderboard import group_cells, render_suite
 from energybench.storage.store import Store
-from energybench.suites.executors import LocalExecutor
-from energybench.suites.plan import AA_PASSES_PER_POINT, _passes_key, _step_passes, estimate_passes
+from energybench.suites.executors import LocalExecutor, RayExecutor
+from energybench.suites.plan import AA_PASSES_PER_POINT, _passes_key, _step_passes, estimate_passes, plan_suite
 from energybench.suites.spec import load_suite, pending
 
 TRACK = """
@@ -287,6 +287,27 @@ def test_rerunning_a_suite_resumes_a_killed_cell_after_its_last_epoch(tmp_path):
     assert [e["epoch"] for e in store.epochs(killed.id)] == [0, 1]
     lines = (store.run_dir(killed.id) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [0, 1]  # no epoch twice after the resume
+
+
+def test_the_dry_run_counts_only_the_epochs_the_executor_will_resume(tmp_path, capsys):
+    cell, store, killed = killed_cell(tmp_path)  # 1 of 2 epochs kept in the store, where the local executor resumes
+    catalogue = load_catalogue(tmp_path / "registry.toml")
+    (local,) = plan_suite(catalogue, "two", store).cells
+    assert (local.status, local.kept_epochs, local.run) == ("running: resumes after epoch 1/2", 1, killed.id)
+    assert local.passes == estimate_passes(cell.config, 1) < estimate_passes(cell.config)
+    (ray,) = plan_suite(catalogue, "two", store, executor=RayExecutor()).cells
+    assert (ray.status, ray.kept_epochs) == ("running: to run again", 0)  # Ray cells resume only their scratch stores
+
+    scratch = Store(store.home / "cells" / cell.config_hash)  # where a local Ray instance's cell keeps its run
+    with pytest.raises(KeyboardInterrupt):
+        LocalExecutor(reporter=StopAfterFirstEpoch).run([cell], scratch, suite="two")
+    (ray,) = plan_suite(catalogue, "two", store, executor=RayExecutor()).cells
+    assert (ray.status, ray.kept_epochs) == ("running: resumes after epoch 1/2", 1)
+    (cluster,) = plan_suite(catalogue, "two", store, executor=RayExecutor("ray://head:10001")).cells
+    assert cluster.kept_epochs == 0  # a cluster's workers keep no scratch store here
+    code, out, _ = run_cli(capsys, "suite", "two", "--dry-run", "--executor", "ray", "--store", str(store.home),
+                           "--registry", str(tmp_path / "registry.toml"))
+    assert code == 0 and "resumes after epoch 1/2" in out and "1 cells, 0 done, 1 to run" in out
 
 
 def test_a_cell_another_process_is_running_is_left_to_it(tmp_path):

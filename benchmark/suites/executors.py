@@ -83,6 +83,10 @@ class Executor(ABC):
         """Run ``cells``; a failing cell is recorded and reported, never raised. ``on_epoch(cell, epochs_done)``
         hears a running cell's progress where the executor cannot show it live (Ray workers)."""
 
+    @abstractmethod
+    def kept_epochs(self, store: Store, cell: Cell) -> int:
+        """Completed epochs of a killed or interrupted run of ``cell`` that ``run`` would resume, not train again."""
+
 
 class LocalExecutor(Executor):
     """One cell after another in this process.
@@ -93,6 +97,10 @@ class LocalExecutor(Executor):
 
     def __init__(self, reporter: Callable[[], Reporter] = Reporter):
         self.reporter = reporter
+
+    def kept_epochs(self, store, cell):
+        resume = resumable(store, cell.config_hash)
+        return store.get_run(resume).epochs_done if resume else 0
 
     def run(self, cells, store, *, suite, on_done=lambda outcome: None, on_epoch=lambda cell, epochs: None):
         outcomes = []  # progress is the reporter's, live
@@ -218,6 +226,15 @@ class RayExecutor(Executor):
         self.address, self.num_cpus, self.poll_seconds = address, num_cpus, poll_seconds
         self.reads_local_files = address is None  # a cluster's workers read their own files
 
+    def _scratch(self, store: Store) -> Path | None:
+        """Where a local instance's workers keep each cell's scratch store, which outlives a killed suite (a
+        cluster's workers keep theirs in temporary folders)."""
+        return None if self.address else store.home / "cells"
+
+    def kept_epochs(self, store, cell):
+        scratch = self._scratch(store)
+        return epochs_done(scratch / cell.config_hash) if scratch else 0
+
     def _connect(self, ray) -> bool:
         if ray.is_initialized():
             return False
@@ -245,8 +262,7 @@ class RayExecutor(Executor):
             raise EnergybenchError("the ray executor needs Ray: pip install 'energybench[ray]'") from None
         started = self._connect(ray)
         task = ray.remote(max_retries=0)(run_in_scratch_store)
-        # a local instance's workers share this filesystem: their scratch stores outlive a killed suite
-        scratch = None if self.address else store.home / "cells"
+        scratch = self._scratch(store)
         waiting = {}
         for cell in cells:
             threads = max(1, int(cell.resources.num_cpus))

@@ -13,8 +13,9 @@ from energybench.config import Catalogue, RunConfig, format_eps
 from energybench.data.datasets import split_sizes
 from energybench.errors import EnergybenchError
 from energybench.storage.store import Store
+from energybench.suites.executors import Executor, LocalExecutor
 from energybench.suites.runner import suite_stages
-from energybench.suites.spec import Calibration, Cell, format_values, latest_runs, load_suite
+from energybench.suites.spec import FINISHED, Calibration, Cell, format_values, latest_runs, load_suite
 
 #: Rough cost of AutoAttack per attacked point, in forward+backward pass equivalents: APGD-CE runs on
 #: every point, APGD-T, FAB-T and Square only on those still robust (measured on CPU with the small CNN:
@@ -49,8 +50,9 @@ def _step_passes(key: str) -> float:
     return TrainingStep(trainer, regularizer, num_classes=info.num_classes)(model, x, torch.tensor([0, 1])).passes
 
 
-def estimate_passes(config: RunConfig) -> float:
-    """Estimated forward+backward example passes of one run: training, per-epoch validation, final tests.
+def estimate_passes(config: RunConfig, kept_epochs: int = 0) -> float:
+    """Estimated forward+backward example passes of one run: training, per-epoch validation, final tests;
+    of a resumed run, only the epochs after its ``kept_epochs``.
 
     Training is exact up to the regularizer's own cost (see ``_step_passes``); AutoAttack is a rough
     ``AA_PASSES_PER_POINT`` per point and checkpoint; a tuning run (``eval.test`` off) has no test part.
@@ -59,8 +61,9 @@ def estimate_passes(config: RunConfig) -> float:
     train_points = min(config.n_train or train_size, train_size - config.val_size)
     trained = max(1, train_points // config.batch_size) * config.batch_size
     p = config.eval
-    train = trained * config.epochs * _step_passes(_passes_key(config))
-    validation = config.epochs * min(p.val_points, config.val_size) * (p.val_pgd_steps + 2)
+    epochs = max(0, config.epochs - kept_epochs)
+    train = trained * epochs * _step_passes(_passes_key(config))
+    validation = epochs * min(p.val_points, config.val_size) * (p.val_pgd_steps + 2)
     test = min(p.test_points or test_size, test_size) * (p.pgd_steps * p.pgd_restarts + 1)
     autoattack = min(p.aa_points, test_size) * AA_PASSES_PER_POINT
     return train + validation + (2 * (test + autoattack) if p.test else 0)  # best and last checkpoints
@@ -128,8 +131,9 @@ def count(n: float) -> str:
 
 @dataclass
 class PlannedCell:
-    """One cell of a suite's dry run: its stage, what it runs, whether the store holds it (``status``, ``run``), and
-    its estimated example passes and seconds (None until a speed is known)."""
+    """One cell of a suite's dry run: its stage, what it runs, whether the store holds it (``status``, ``run``), the
+    epochs of a killed run the executor will resume (``kept_epochs``), and the estimated example passes and seconds
+    still to spend (None until a speed is known)."""
 
     stage: str
     trainer: str
@@ -141,6 +145,7 @@ class PlannedCell:
     run: str | None
     passes: float
     seconds: float | None
+    kept_epochs: int = 0
 
 
 @dataclass
@@ -155,9 +160,10 @@ class SuitePlan:
 
 
 def plan_suite(catalogue: Catalogue, name: str, store: Store, *, data_root: str | None = None,
-               device: str | None = None) -> SuitePlan:
+               device: str | None = None, executor: Executor | None = None) -> SuitePlan:
     """The dry run of suite ``name``: its stages as they would run now (``suite_stages``), each cell with its status in
-    ``store`` and its estimated cost."""
+    ``store`` and its estimated cost, less the epochs that ``executor`` (default local) would resume."""
+    executor = executor or LocalExecutor()
     suite = load_suite(catalogue, name)
     stages = list(suite_stages(suite, catalogue, store, data_root=data_root, device=device))
     every = [cell for stage in stages for cell in stage.cells]
@@ -167,12 +173,15 @@ def plan_suite(catalogue: Catalogue, name: str, store: Store, *, data_root: str 
     for stage in stages:
         for cell in stage.cells:
             record = latest[cell.config_hash]
-            passes = estimate_passes(cell.config)
-            status = "to run" if record is None else (
-                "done" if record.status == "done" else f"{record.status}: to run again")
+            finished = record is not None and record.status in FINISHED
+            kept = 0 if finished or cell.pending else executor.kept_epochs(store, cell)
+            passes = estimate_passes(cell.config, kept)
+            action = (f"resumes after epoch {kept}/{cell.config.epochs}" if kept
+                      else "to run" if record is None else "to run again")
+            status = record.status if finished else action if record is None else f"{record.status}: {action}"
             tuned = "after tuning" if cell.pending else (format_values(cell.tuned) or "-")
             out.append(PlannedCell(stage.name, cell.trainer, cell.regularizer, tuned, cell.eps, cell.seed, status,
-                                   record.id if record else None, passes, costs.seconds(cell.config, passes)))
+                                   record.id if record else None, passes, costs.seconds(cell.config, passes), kept))
     return SuitePlan(suite.name, suite.spec.description, out, costs.source(every))
 
 
@@ -183,13 +192,13 @@ def render_plan(plan: SuitePlan) -> tuple[Table, str]:
     for header in ("#", "stage", "trainer", "reg", "tuned", "eps", "seed", "status", "passes", "est. time"):
         table.add_column(header, justify="right" if header in ("#", "eps", "seed", "passes", "est. time") else "left")
     for i, c in enumerate(cells, 1):
-        status = f"done ({c.run})" if c.status == "done" else c.status
+        status = f"{c.status} ({c.run})" if c.status in FINISHED else c.status
         table.add_row(str(i), c.stage, c.trainer, c.regularizer, c.tuned, format_eps(c.eps), str(c.seed), status,
                       count(c.passes), duration(c.seconds), end_section=i == len(cells) or cells[i].stage != c.stage)
     totals = []
     for stage in dict.fromkeys(c.stage for c in cells):
         size = sum(c.stage == stage for c in cells)
-        todo = [c for c in cells if c.stage == stage and c.status != "done"]
+        todo = [c for c in cells if c.stage == stage and c.status not in FINISHED]
         total = "?" if any(c.seconds is None for c in todo) else duration(sum(c.seconds for c in todo))
         totals.append(f"{stage}: {size} cells, {size - len(todo)} done, {len(todo)} to run, estimated "
                       f"{count(sum(c.passes for c in todo))} example passes, about {total}")
