@@ -175,11 +175,44 @@ def test_model_checks_flag_randomised_probability_and_masked_models(cls, check, 
     torch.manual_seed(0)
     model = cls(10, 1, (0.3,), (0.4,)).eval()
     checks = model_checks(model, _digits(20), device=CPU)
-    assert set(checks) == {"test_check_randomized", "test_check_probability_outputs", "test_check_zero_grad_frac"}
-    for key, got in checks.items():
-        assert got == (value if key == check else 0.0), key
-    warnings = evaluation_warnings(checks)
+    flags = ("test_check_randomized", "test_check_probability_outputs", "test_check_zero_grad_frac")
+    assert set(checks) == {*flags, "test_check_top_class_share", "test_check_top_class_labels"}
+    for key in flags:
+        assert checks[key] == (value if key == check else 0.0), key
+    # untrained, these models also give one class to most points: that warning has its own test below
+    warnings = [w for w in evaluation_warnings(checks) if "collapsed toward a constant classifier" not in w]
     assert (warnings == []) if warning is None else (len(warnings) == 1 and warning in warnings[0])
+
+
+class _Centred(nn.Module):
+    """A random linear map of the centred pixels."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(64, 10, bias=False)
+
+    def forward(self, x):
+        return self.linear((x - 0.5).flatten(1))
+
+
+def test_a_model_that_gives_every_input_one_class_is_flagged_as_collapsed():
+    split = _digits(40)
+    torch.manual_seed(0)
+    checks = model_checks(BNNet(10, 1, (0.3,), (0.4,)).eval(), split, device=CPU)  # untrained: one class for all
+    assert checks["test_check_top_class_share"] == 1.0 and checks["test_check_top_class_labels"] < 0.3
+    (warning,) = [w for w in evaluation_warnings(checks) if "collapsed" in w]
+    assert warning.startswith("the model gives one class to 100% of the checked points, which hold ")
+    sound = model_checks(_Centred(), split, device=CPU)  # a random linear map spreads its predictions
+    assert sound["test_check_top_class_share"] < 0.3 and evaluation_warnings(sound) == []
+
+
+@pytest.mark.parametrize(("share", "labels", "flagged"), [
+    (1.0, 0.1, True), (0.6, 0.1, True), (0.55, 0.1, False), (0.2, 0.1, False),
+    (0.95, 0.95, False),  # one class holds most of the data and the model says so: no collapse
+])
+def test_the_collapse_flag_compares_the_predicted_share_with_the_labels(share, labels, flagged):
+    warnings = evaluation_warnings({"test_check_top_class_share": share, "test_check_top_class_labels": labels})
+    assert len(warnings) == flagged and all(f"one class to {share:.0%}" in w for w in warnings)
 
 
 @pytest.mark.parametrize(("metrics", "warning"), [

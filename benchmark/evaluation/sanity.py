@@ -12,6 +12,10 @@ printed again for any stored run. The checks and their thresholds follow AutoAtt
 - ``test_check_probability_outputs``: the outputs lie in [0, 1] and sum to 1: cross-entropy on
   probabilities saturates, which weakens gradient attacks.
 - ``test_check_zero_grad_frac``: fraction of points whose input gradient of the loss is exactly zero.
+- ``test_check_top_class_share``: the share of the points predicted as the most-predicted class, beside
+  ``test_check_top_class_labels``, that class's share of the true labels. A model that gives nearly every
+  input one class (a collapse to a constant classifier, which strong regularizers cause) has a robust
+  accuracy no greater than that class's share: a number that looks like robustness and is none.
 - PGD weaker than FGSM: the multi-step attack leaves a higher accuracy than the single-step one
   it contains (test_pgd_acc above test_fgsm_acc): its steps are misled by the loss surface.
 - Square beats white-box: the black-box Square attack lowers AutoAttack's accuracy after the
@@ -50,12 +54,16 @@ PROBABILITY_TOLERANCE = 1e-5
 #: PGD-robust points the warning needs (docs/trust.md says where the values come from).
 MASKING_FRACTION = 0.5
 MASKING_MIN_POINTS = 20
+#: How far the most-predicted class's share of the predictions may exceed its share of the labels before the
+#: model counts as collapsed (a constant classifier of a balanced 10-class set: 1.0 against 0.1).
+COLLAPSE_EXCESS = 0.5
 #: AutoAttack's attacks in the order they run; Square is the black-box one.
 WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t", "apgd-dlr", "fab")
 
 
 def model_checks(model: nn.Module, split: Split, *, device: torch.device, n: int = CHECK_POINTS) -> dict[str, float]:
-    """Randomness, probability outputs and zero input gradients of ``model`` on the first ``n`` points.
+    """Randomness, probability outputs, zero input gradients and the most-predicted class's share of ``model`` on the
+    first ``n`` points.
 
     Runs in eval mode (BatchNorm statistics untouched) and restores the model's modes.
     """
@@ -76,10 +84,14 @@ def model_checks(model: nn.Module, split: Split, *, device: torch.device, n: int
     probabilities = ((first.min() > -PROBABILITY_TOLERANCE) & (first.max() < 1 + PROBABILITY_TOLERANCE)
                      & ((first.sum(1) - 1).abs() < PROBABILITY_TOLERANCE).all())
     zero = (grad.flatten(1).abs().sum(1) == 0).float().mean()
-    randomized, probs, zero_frac = torch.stack([(spread > RANDOM_TOLERANCE).float(), probabilities.float(),
-                                                zero]).tolist()
+    predicted = first.argmax(1)
+    top = torch.bincount(predicted).argmax()
+    randomized, probs, zero_frac, top_share, top_labels = torch.stack([
+        (spread > RANDOM_TOLERANCE).float(), probabilities.float(), zero, (predicted == top).float().mean(),
+        (y == top).float().mean()]).tolist()
     return {"test_check_randomized": randomized, "test_check_probability_outputs": probs,
-            "test_check_zero_grad_frac": zero_frac}
+            "test_check_zero_grad_frac": zero_frac, "test_check_top_class_share": top_share,
+            "test_check_top_class_labels": top_labels}
 
 
 def attack_disagreement(correct: dict[str, torch.Tensor], prefix: str = "test_") -> dict[str, float]:
@@ -113,6 +125,11 @@ def evaluation_warnings(metrics: dict[str, float]) -> list[str]:
     if metrics.get("test_check_zero_grad_frac"):
         out.append(f"{metrics['test_check_zero_grad_frac']:.0%} of checked points have an exactly zero input "
                    "gradient: gradient masking makes gradient attacks unreliable")
+    share, labels = metrics.get("test_check_top_class_share"), metrics.get("test_check_top_class_labels")
+    if share is not None and labels is not None and share - labels >= COLLAPSE_EXCESS:
+        out.append(f"the model gives one class to {share:.0%} of the checked points, which hold {labels:.0%} of it: "
+                   "it has collapsed toward a constant classifier, whose output no attack can move: its accuracy under "
+                   "attack is not robustness")
     fgsm, pgd = metrics.get("test_fgsm_acc"), metrics.get("test_pgd_acc")
     if fgsm is not None and pgd is not None and pgd > fgsm + ACC_MARGIN:
         out.append(f"PGD leaves a higher accuracy ({pgd:.1%}) than FGSM ({fgsm:.1%}): the stronger attack "
