@@ -128,8 +128,8 @@ def evaluation_warnings(metrics: dict[str, float]) -> list[str]:
     share, labels = metrics.get("test_check_top_class_share"), metrics.get("test_check_top_class_labels")
     if share is not None and labels is not None and share - labels >= COLLAPSE_EXCESS:
         out.append(f"the model gives one class to {share:.0%} of the checked points, which hold {labels:.0%} of it: "
-                   "it has collapsed toward a constant classifier, whose output no attack can move: its accuracy under "
-                   "attack is not robustness")
+                   "it has collapsed toward a constant classifier, whose output no attack can move, so its accuracy "
+                   "under attack is not robustness")
     fgsm, pgd = metrics.get("test_fgsm_acc"), metrics.get("test_pgd_acc")
     if fgsm is not None and pgd is not None and pgd > fgsm + ACC_MARGIN:
         out.append(f"PGD leaves a higher accuracy ({pgd:.1%}) than FGSM ({fgsm:.1%}): the stronger attack "
