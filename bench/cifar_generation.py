@@ -49,6 +49,7 @@ from rich.table import Table
 import energybench
 from energybench.config import load_catalogue, resolve_config
 from energybench.data.datasets import Split, get_dataset, load_dataset
+from energybench.errors import EnergybenchError
 from energybench.evaluation.statistics import accuracy
 from energybench.generation.generate import SampleMetrics
 from energybench.reporting.generative_leaderboard import sampler_label
@@ -212,9 +213,17 @@ def main() -> None:
     parser.add_argument("--models", choices=["co", "ro"], default="co",
                         help=f"co: the five models above (trained here); ro: the {RO_SUITE} suite's {RO_TRAINER} runs")
     args = parser.parse_args()
+    try:
+        study(args)
+    except EnergybenchError as exc:  # a dataset not found, a store that cannot be read: one line, no traceback
+        parser.error(str(exc))
+
+
+def study(args: argparse.Namespace) -> None:
+    """Train and sample what ``args.run`` asks for, then print the tables (and draw the figure)."""
     store, console = Store(args.store), Console()
     ro_runs = ro_models(store) if args.models == "ro" else {}
-    if ro_runs:
+    if args.models == "ro":  # never the co models, even when the suite has no runs yet
         runs = {f"{method} s{training_seed}": run_id for (method, training_seed), run_id in ro_runs.items()}
     else:
         runs = {tag: run_id for tag in MODELS if (run_id := trained(store, tag, args.data_root, args.run))}
@@ -242,7 +251,7 @@ def main() -> None:
             add_row(tag, robust, sampler_label(record), record.metrics, record.n, f"{record.steps_mean:.0f}",
                     f"{record.n / record.wall_time:.1f}")
     console.print(table)
-    if ro_runs:
+    if args.models == "ro":
         console.print(ro_summary(store, ro_runs, args.n, args.seed))
     if args.figure:
         figure(store, runs, args.figure)

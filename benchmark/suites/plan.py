@@ -178,7 +178,10 @@ def plan_suite(catalogue: Catalogue, name: str, store: Store, *, data_root: str 
             passes = estimate_passes(cell.config, kept)
             action = (f"resumes after epoch {kept}/{cell.config.epochs}" if kept
                       else "to run" if record is None else "to run again")
-            status = record.status if finished else action if record is None else f"{record.status}: {action}"
+            if finished:
+                status = record.status
+            else:
+                status = action if record is None else f"{record.status}: {action}"
             tuned = "after tuning" if cell.pending else (format_values(cell.tuned) or "-")
             out.append(PlannedCell(stage.name, cell.trainer, cell.regularizer, tuned, cell.eps, cell.seed, status,
                                    record.id if record else None, passes, costs.seconds(cell.config, passes), kept))
