@@ -20,7 +20,15 @@ from energybench.errors import EnergybenchError
 from energybench.reporting.suite_leaderboard import group_cells, render_suite
 from energybench.storage.store import Store
 from energybench.suites.executors import LocalExecutor, RayExecutor
-from energybench.suites.plan import AA_PASSES_PER_POINT, _passes_key, _step_passes, estimate_passes, plan_suite
+from energybench.suites.plan import (
+    AA_PASSES_PER_POINT,
+    _passes_key,
+    _step_passes,
+    epoch_passes,
+    estimate_passes,
+    final_test_passes,
+    plan_suite,
+)
 from energybench.suites.spec import load_suite, pending
 
 TRACK = """
@@ -193,6 +201,31 @@ def test_the_dry_run_lists_cells_status_and_estimated_cost(tmp_path, capsys):
     assert code == 0 and "evaluation: 90 cells, 0 done, 90 to run" in out and "n-fgsm" in out and "gradalign" in out
     assert "tuning: 78 cells, 0 done, 78 to run" in out and "after tuning" in out and "beta=30" in out
     assert "measured on" in out and "about ?" not in out
+
+
+def test_the_dry_run_times_the_epochs_and_the_final_tests_apart(tmp_path):
+    """AutoAttack's pass count is a rough guess; the time a completed run spent after its epochs corrects it."""
+    catalogue = load_catalogue()
+    cells = load_suite(catalogue, "tiny").cells(catalogue)
+    timed = cells[0].config
+    store = Store(tmp_path / "store")
+    run_id = _fake_run(store, cells[0], wall_time=2e-6 * epoch_passes(timed) + 7e-6 * final_test_passes(timed))
+    store.add_epoch(run_id, 0, {"epoch_time": 2e-6 * epoch_passes(timed)})
+    planned = plan_suite(catalogue, "tiny", store).cells
+    for cell, plan in zip(cells[1:], planned[1:]):
+        assert (plan.regularizer, plan.seed, plan.status) == (cell.regularizer, cell.seed, "to run")
+        assert plan.passes == epoch_passes(cell.config) + final_test_passes(cell.config) == estimate_passes(cell.config)
+        assert plan.seconds == pytest.approx(2e-6 * epoch_passes(cell.config) + 7e-6 * final_test_passes(cell.config))
+
+    # only a tuning run (no final tests) in the store: the final tests take the epochs' speed
+    untested = Store(tmp_path / "untested")
+    tuning = timed.model_copy(update={"eval": timed.eval.model_copy(update={"test": False})})
+    run_id = untested.create_run(tuning.model_dump(), tuning.config_hash(), suite="tiny")
+    untested.add_epoch(run_id, 0, {"epoch_time": 2e-6 * epoch_passes(tuning)})
+    untested.set_status(run_id, "done", wall_time=2e-6 * epoch_passes(tuning) + 0.5)
+    assert final_test_passes(tuning) == 0
+    plan = plan_suite(catalogue, "tiny", untested).cells[0]
+    assert plan.seconds == pytest.approx(2e-6 * estimate_passes(timed))
 
 
 def test_the_suite_leaderboard_aggregates_seeds(tmp_path):

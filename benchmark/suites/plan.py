@@ -19,7 +19,8 @@ from energybench.suites.spec import FINISHED, Calibration, Cell, format_values, 
 
 #: Rough cost of AutoAttack per attacked point, in forward+backward pass equivalents: APGD-CE runs on
 #: every point, APGD-T, FAB-T and Square only on those still robust (measured on CPU with the small CNN:
-#: ~150 per point of a collapsed model, ~5000 per robust point). An estimate, not a measurement.
+#: ~150 per point of a collapsed model, ~5000 per robust point). An estimate, not a measurement: the dry run's
+#: times correct it with what completed runs' final tests took (``CostModel``).
 AA_PASSES_PER_POINT = 2000
 
 
@@ -50,58 +51,91 @@ def _step_passes(key: str) -> float:
     return TrainingStep(trainer, regularizer, num_classes=info.num_classes)(model, x, torch.tensor([0, 1])).passes
 
 
-def estimate_passes(config: RunConfig, kept_epochs: int = 0) -> float:
-    """Estimated forward+backward example passes of one run: training, per-epoch validation, final tests;
-    of a resumed run, only the epochs after its ``kept_epochs``.
-
-    Training is exact up to the regularizer's own cost (see ``_step_passes``); AutoAttack is a rough
-    ``AA_PASSES_PER_POINT`` per point and checkpoint; a tuning run (``eval.test`` off) has no test part.
-    """
-    train_size, test_size = split_sizes(config.dataset, default=(50000, 10000))
+def epoch_passes(config: RunConfig, kept_epochs: int = 0) -> float:
+    """Estimated forward+backward example passes of a run's epochs (training and per-epoch validation) after its
+    ``kept_epochs``; exact up to the regularizer's own cost (see ``_step_passes``)."""
+    train_size, _ = split_sizes(config.dataset, default=(50000, 10000))
     train_points = min(config.n_train or train_size, train_size - config.val_size)
     trained = max(1, train_points // config.batch_size) * config.batch_size
     p = config.eval
     epochs = max(0, config.epochs - kept_epochs)
     train = trained * epochs * _step_passes(_passes_key(config))
-    validation = epochs * min(p.val_points, config.val_size) * (p.val_pgd_steps + 2)
+    return train + epochs * min(p.val_points, config.val_size) * (p.val_pgd_steps + 2)
+
+
+def final_test_passes(config: RunConfig) -> float:
+    """Estimated example passes of a run's final tests (PGD and AutoAttack on its best and last checkpoints); none
+    for a tuning run (``eval.test`` off). AutoAttack is a rough ``AA_PASSES_PER_POINT`` per point."""
+    _, test_size = split_sizes(config.dataset, default=(50000, 10000))
+    p = config.eval
     test = min(p.test_points or test_size, test_size) * (p.pgd_steps * p.pgd_restarts + 1)
     autoattack = min(p.aa_points, test_size) * AA_PASSES_PER_POINT
-    return train + validation + (2 * (test + autoattack) if p.test else 0)  # best and last checkpoints
+    return 2 * (test + autoattack) if p.test else 0
+
+
+def estimate_passes(config: RunConfig, kept_epochs: int = 0) -> float:
+    """Estimated example passes of one run: its epochs after ``kept_epochs``, then its final tests."""
+    return epoch_passes(config, kept_epochs) + final_test_passes(config)
+
+
+Speeds = dict[tuple[str, str], float]
 
 
 @dataclass
 class CostModel:
-    """Seconds per example pass, learned from completed runs in the store or taken from the suite."""
+    """Seconds per example pass of the epochs (``epochs``) and of the final tests (``final_tests``) per (dataset,
+    model), learned from completed runs in the store, or the suite's calibration for both."""
 
-    seconds_per_pass: dict[tuple[str, str], float]
+    epochs: Speeds
+    final_tests: Speeds
     fallback: Calibration | None
 
     @classmethod
     def learn(cls, store: Store, cells: list[Cell], fallback: Calibration | None) -> CostModel:
-        """Median seconds per estimated pass of the store's completed runs on each (dataset, model) of ``cells``."""
-        speeds: dict[tuple[str, str], float] = {}
-        for dataset, model in {(c.config.dataset, c.config.model) for c in cells}:
-            samples = []
-            for run in store.runs(dataset=dataset, model=model):
+        """Median seconds per estimated pass over the store's completed runs on each (dataset, model) of ``cells``:
+        of the epochs from their recorded epoch times, of the final tests from the rest of the run's wall time
+        (where AutoAttack's real cost corrects its rough pass count). A run without epoch times counts its whole
+        wall time for both."""
+        epoch_speeds: Speeds = {}
+        test_speeds: Speeds = {}
+        for key in {(c.config.dataset, c.config.model) for c in cells}:
+            epoch_samples, test_samples = [], []
+            for run in store.runs(dataset=key[0], model=key[1]):
+                if not run.wall_time:
+                    continue
+                epochs = store.epochs(run.id)
+                epoch_seconds = sum(e.get("epoch_time", 0.0) for e in epochs)
                 try:
-                    passes = estimate_passes(RunConfig(**run.config))
+                    config = RunConfig(**run.config)
+                    ran, tested = epoch_passes(config, config.epochs - len(epochs)), final_test_passes(config)
+                    whole = estimate_passes(config)
                 except EnergybenchError:  # a run of a plugin no longer installed cannot be re-estimated
                     continue
-                if run.wall_time:
-                    samples.append(run.wall_time / passes)
-            if samples:
-                speeds[(dataset, model)] = statistics.median(samples)
-        return cls(speeds, fallback)
+                if not epoch_seconds:
+                    epoch_samples.append(run.wall_time / whole)
+                    test_samples.append(run.wall_time / whole)
+                    continue
+                epoch_samples.append(epoch_seconds / ran)
+                if tested and run.wall_time > epoch_seconds:
+                    test_samples.append((run.wall_time - epoch_seconds) / tested)
+            if epoch_samples:
+                epoch_speeds[key] = statistics.median(epoch_samples)
+            if test_samples:
+                test_speeds[key] = statistics.median(test_samples)
+        return cls(epoch_speeds, test_speeds, fallback)
 
-    def seconds(self, config: RunConfig, passes: float) -> float | None:
-        speed = self.seconds_per_pass.get((config.dataset, config.model))
+    def seconds(self, config: RunConfig, epochs: float, final_tests: float) -> float | None:
+        """Estimated seconds of ``epochs`` passes of epochs and ``final_tests`` passes of final tests (None: no speed
+        known); the final tests take the epochs' speed until a completed run has timed them."""
+        key = (config.dataset, config.model)
+        speed = self.epochs.get(key)
         if speed is None and self.fallback is not None:
             speed = self.fallback.seconds_per_mpass / 1e6
-        return None if speed is None else passes * speed
+        return None if speed is None else epochs * speed + final_tests * self.final_tests.get(key, speed)
 
     def source(self, cells: list[Cell]) -> str:
         learned = sorted({f"{c.config.dataset}/{c.config.model}" for c in cells
-                          if (c.config.dataset, c.config.model) in self.seconds_per_pass})
+                          if (c.config.dataset, c.config.model) in self.epochs})
         if learned:
             return f"speed learned from completed runs in the store ({', '.join(learned)})"
         if self.fallback is not None:
@@ -175,7 +209,7 @@ def plan_suite(catalogue: Catalogue, name: str, store: Store, *, data_root: str 
             record = latest[cell.config_hash]
             finished = record is not None and record.status in FINISHED
             kept = 0 if finished or cell.pending else executor.kept_epochs(store, cell)
-            passes = estimate_passes(cell.config, kept)
+            epochs, tests = epoch_passes(cell.config, kept), final_test_passes(cell.config)
             action = (f"resumes after epoch {kept}/{cell.config.epochs}" if kept
                       else "to run" if record is None else "to run again")
             if finished:
@@ -184,7 +218,8 @@ def plan_suite(catalogue: Catalogue, name: str, store: Store, *, data_root: str 
                 status = action if record is None else f"{record.status}: {action}"
             tuned = "after tuning" if cell.pending else (format_values(cell.tuned) or "-")
             out.append(PlannedCell(stage.name, cell.trainer, cell.regularizer, tuned, cell.eps, cell.seed, status,
-                                   record.id if record else None, passes, costs.seconds(cell.config, passes), kept))
+                                   record.id if record else None, epochs + tests,
+                                   costs.seconds(cell.config, epochs, tests), kept))
     return SuitePlan(suite.name, suite.spec.description, out, costs.source(every))
 
 
