@@ -50,7 +50,7 @@ import energybench
 from energybench.config import load_catalogue, resolve_config
 from energybench.data.datasets import Split, get_dataset, load_dataset
 from energybench.errors import EnergybenchError
-from energybench.evaluation.statistics import accuracy
+from energybench.evaluation.statistics import accuracy, seed_difference
 from energybench.generation.generate import SampleMetrics
 from energybench.reporting.generative_leaderboard import sampler_label
 from energybench.storage.store import Store
@@ -134,7 +134,8 @@ def sampled(store: Store, run_id: str, checkpoint: str, n: int, seed: int) -> li
 
 
 def ro_summary(store: Store, models: dict[tuple[str, int], str], n: int, seed: int) -> Table:
-    """Per sampler: FID mean ± SD over seeds per method, and DER minus none per seed (apart or not)."""
+    """Per sampler: FID mean ± SD over seeds per method, DER minus none per seed (apart or not by the two FIDs'
+    sampling error), and over seeds (Welch's test, each seed's FID one observation)."""
     fid: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}  # (method, sampler) -> seed -> (FID, SD)
     for (method, training_seed), run_id in models.items():
         for record in sampled(store, run_id, "best", n, seed):
@@ -144,6 +145,7 @@ def ro_summary(store: Store, models: dict[tuple[str, int], str], n: int, seed: i
     methods = list(dict.fromkeys(key[0] for key in fid))
     table = Table("sampler", *(f"{method}: FID@{n} mean ± SD (seeds)" for method in methods),
                   *(f"{other} minus {methods[0]}, per seed" for other in methods[1:]),
+                  *(f"{other} minus {methods[0]}, over seeds [95%], Welch p" for other in methods[1:]),
                   title=f"{RO_SUITE}: {RO_TRAINER} runs at their best checkpoint, FID over training seeds")
     for sampler in SAMPLERS:
         cells = []
@@ -158,6 +160,10 @@ def ro_summary(store: Store, models: dict[tuple[str, int], str], n: int, seed: i
                 diff, sd = alt[s][0] - base[s][0], (alt[s][1] ** 2 + base[s][1] ** 2) ** 0.5
                 pairs.append(f"s{s} {diff:+.1f}{'' if abs(diff) > 1.96 * sd else ' (not apart)'}")
             cells.append(", ".join(pairs) or "-")
+        for other in methods[1:]:
+            base, alt = fid.get((methods[0], sampler), {}), fid.get((other, sampler), {})
+            d = seed_difference([v for v, _ in alt.values()], [v for v, _ in base.values()])
+            cells.append("-" if d is None else f"{d.value:+.1f} [{d.low:+.1f}, {d.high:+.1f}], p = {d.p:.3f}")
         table.add_row(sampler, *cells)
     return table
 
