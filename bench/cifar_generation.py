@@ -24,8 +24,8 @@ DER, every seed) of the ``ro-cifar10jpeg`` suite in the store (``energybench sui
 script never does), each sampled at its best checkpoint (the suite's early stopping) with every sampler;
 then, per sampler, FID's mean and standard deviation over the seeds per method and DER's paired difference
 per seed (same seed, same sampler), "apart" when it exceeds 1.96 times the root of the two bootstrap
-variances. The domain extractor is the one energybench trains in the store on first use (same settings
-and seed in every store).
+variances, and over the seeds (Welch's interval and p, each seed's FID one observation). The domain
+extractor is the one energybench trains in the store on first use (same settings and seed in every store).
 
 ``--run`` trains what the store lacks (same config hash: skipped) and samples what it lacks (same
 model, sampler, n and seed: skipped). Printed: per model and sampler FID ± its bootstrap standard
